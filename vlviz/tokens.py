@@ -1,0 +1,85 @@
+"""Readable tokens: which positions of a tokenised caption are words, and what they say.
+
+CLIP's BPE splits words into pieces ("sky", "scrap", "ers</w>"); views show whole words, so pieces
+are merged and every token position is mapped to the word it belongs to. Start, end and padding
+positions are not words.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+_PUNCTUATION = set(string.punctuation)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Token ids of N captions with their readable form.
+
+    `word_mask` marks real caption tokens (not start, end or padding): the mask SPARC's loss uses.
+    `word_index[n, t]` is the index in `words[n]` of the word that token t belongs to, or -1 for
+    start/end/padding and for punctuation.
+    """
+
+    ids: torch.Tensor  # (N, T) long
+    word_mask: torch.Tensor  # (N, T) bool
+    word_index: torch.Tensor  # (N, T) long
+    tokens: list[list[str]]  # (N, T) readable piece per position, "" for padding
+    words: list[list[str]]  # per caption, its words in order
+
+
+def _pieces(tokenizer: Callable[..., torch.Tensor], ids: torch.Tensor) -> tuple[list[list[str]], set[int], int]:
+    """Per-position token strings, the special ids, and the padding id, for either tokenizer kind."""
+    if isinstance(tokenizer, SimpleTokenizer):
+        decoder = tokenizer.decoder
+        pieces = [[decoder.get(int(i), "") for i in row] for row in ids.tolist()]
+        return pieces, {tokenizer.sot_token_id, tokenizer.eot_token_id}, 0
+    inner = tokenizer.tokenizer  # open_clip's HFTokenizer wraps a transformers tokenizer
+    pieces = [inner.convert_ids_to_tokens(row) for row in ids.tolist()]
+    pad = inner.pad_token_id if inner.pad_token_id is not None else 0
+    return pieces, set(inner.all_special_ids), pad
+
+
+def token_layout(tokenizer: Callable[..., torch.Tensor], captions: Sequence[str]) -> TokenLayout:
+    """Tokenise `captions` and merge BPE / sentencepiece pieces into words."""
+    ids = tokenizer(list(captions))
+    pieces, special, pad = _pieces(tokenizer, ids)
+    word_mask = ~torch.isin(ids, torch.tensor(sorted(special | {pad})))
+    word_index = torch.full_like(ids, -1)
+    tokens: list[list[str]] = []
+    words: list[list[str]] = []
+    for n, row in enumerate(pieces):  # string work on CPU for display; no tensor math here
+        readable, caption_words, current = [], [], ""
+        mask_row = word_mask[n].tolist()
+        for t, piece in enumerate(row):
+            if not mask_row[t]:
+                readable.append("")
+                current = ""
+                continue
+            starts = piece.startswith(("▁", "Ġ"))  # sentencepiece / byte-level BPE word starts
+            ends = piece.endswith("</w>")
+            text = piece.removesuffix("</w>").lstrip("▁Ġ")
+            readable.append(text)
+            if starts and current:
+                current = ""
+            if not current:
+                caption_words.append(text)
+            else:
+                caption_words[-1] += text
+            current = caption_words[-1]
+            word_index[n, t] = len(caption_words) - 1
+            if ends:
+                current = ""
+        tokens.append(readable)
+        # Drop words made only of punctuation and renumber the rest.
+        keep = [i for i, w in enumerate(caption_words) if w and not set(w) <= _PUNCTUATION]
+        remap = torch.full((len(caption_words) + 1,), -1, dtype=torch.long)
+        remap[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
+        word_index[n] = remap[word_index[n]]  # -1 indexes the trailing -1
+        words.append([caption_words[i] for i in keep])
+    return TokenLayout(ids=ids, word_mask=word_mask, word_index=word_index, tokens=tokens, words=words)
