@@ -7,6 +7,7 @@ whatever device the tensors are on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -77,3 +78,45 @@ def rank_images_by_text(query_features: torch.Tensor, image_features: torch.Tens
     scores = affinity(query_features[None], image_features)[0]
     order = scores.argsort(descending=True)
     return order.tolist(), scores[order].tolist()
+
+
+@dataclass(frozen=True)
+class AffinityReport:
+    """The Affinity view's numbers for N pairs: the three matrices, match probabilities, ranks."""
+
+    image_text: torch.Tensor  # (N, N) cosine, rows images, columns captions
+    image_image: torch.Tensor  # (N, N) A_I
+    text_text: torch.Tensor  # (N, N) A_T
+    image_to_text_probability: torch.Tensor  # (N, N)
+    text_to_image_probability: torch.Tensor  # (N, N)
+    image_to_text_rank: torch.Tensor  # (N,) rank of each image's own caption among all captions
+    text_to_image_rank: torch.Tensor  # (N,) rank of each caption's own image among all images
+    head: str  # "softmax" (CLIP) or "sigmoid" (SigLIP)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain lists for JSON (the `analyze` API)."""
+        return {
+            name: value.tolist() if isinstance(value, torch.Tensor) else value for name, value in self.__dict__.items()
+        }
+
+
+def affinity_report(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: float,
+    logit_bias: float | None = None,
+) -> AffinityReport:
+    """Compute every figure of the Affinity view, on the features' device, then move it to the CPU."""
+    matrices = affinity_matrices(image_features, text_features)
+    image_to_text, text_to_image = match_probabilities(image_features, text_features, logit_scale, logit_bias)
+    rank_i2t, rank_t2i = retrieval_ranks(matrices["image_text"])
+    return AffinityReport(
+        image_text=matrices["image_text"].cpu(),
+        image_image=matrices["image_image"].cpu(),
+        text_text=matrices["text_text"].cpu(),
+        image_to_text_probability=image_to_text.cpu(),
+        text_to_image_probability=text_to_image.cpu(),
+        image_to_text_rank=rank_i2t.cpu(),
+        text_to_image_rank=rank_t2i.cpu(),
+        head="softmax" if logit_bias is None else "sigmoid",
+    )

@@ -1,0 +1,56 @@
+"""What every tab shares: the sample sets, reading the user's pairs, and loading the chosen model.
+
+Callbacks here are thin adapters: they call the library and turn its `ValueError`s into
+`gr.Error`s, which Gradio shows as a message (and returns to API clients) without touching what is
+already on screen.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import gradio as gr
+
+from vlviz.encoding import VLModel
+from vlviz.inputs import InputError, PairSet, pairs_from_uploads
+from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model_or_offline
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+SAMPLES = {"scenes": ASSETS_DIR / "samples" / "scenes", "photos": ASSETS_DIR / "samples" / "photos"}
+MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
+TABLE_SUFFIXES = (".csv", ".json")
+
+
+def sample_files(name: str) -> tuple[list[str], str]:
+    """A bundled sample set as upload values: its image paths and its captions, one per line."""
+    folder = SAMPLES[name]
+    with (folder / "captions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [str(folder / row["file"]) for row in rows], "\n".join(row["caption"] for row in rows)
+
+
+def read_pairs(files: list[str] | None, captions_text: str | None) -> PairSet:
+    """The user's pairs from uploaded files (images, zips, a caption table) and caption lines."""
+    paths = [str(f) for f in files or []]
+    tables = [p for p in paths if p.lower().endswith(TABLE_SUFFIXES)]
+    images = [p for p in paths if not p.lower().endswith(TABLE_SUFFIXES)]
+    if len(tables) > 1:
+        raise InputError(f"{len(tables)} caption tables uploaded: give at most one CSV or JSON file.")
+    if not images:
+        raise InputError("No images yet: upload images (or a zip of them), or pick a sample set.")
+    return pairs_from_uploads(images, captions_text, tables[0] if tables else None)
+
+
+def model_for(spec: str | None) -> tuple[VLModel, str | None]:
+    """The model named by `spec` (cached per process), or the offline model with a notice why."""
+    try:
+        return load_model_or_offline((spec or OFFLINE_SPEC).strip())
+    except (ValueError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+
+
+def model_status(model: VLModel, notice: str | None) -> str:
+    """One line saying which model runs where, plus any notice."""
+    line = f"**Model:** `{model.spec}` on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
+    return line + (f"\n\n> {notice}" if notice else "")
