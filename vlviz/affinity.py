@@ -50,11 +50,12 @@ def retrieval_ranks(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """Rank (1 = best) of each true partner, for paired rows and columns of a square similarity.
 
     Returns (image -> text ranks over row i, text -> image ranks over column j), each (N,) long.
-    Ties count against the true partner: rank = 1 + number of others scoring strictly higher.
+    Ties count against the true partner (rank = number of entries scoring at least as high, itself
+    included), so a collapsed model that scores everything alike does not get a perfect R@1.
     """
     true = similarity.diagonal()
-    image_to_text = 1 + (similarity > true[:, None]).sum(dim=1)
-    text_to_image = 1 + (similarity > true[None, :]).sum(dim=0)
+    image_to_text = (similarity >= true[:, None]).sum(dim=1)
+    text_to_image = (similarity >= true[None, :]).sum(dim=0)
     return image_to_text, text_to_image
 
 

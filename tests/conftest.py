@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny random-init open_clip model on disk, and the app launched on a free port."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP
+
+from vlviz.train import save_checkpoint
+
+# A ViT and a ResNet small enough to build in milliseconds; weights do not matter for these tests.
+TINY_VIT_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+TINY_RESNET_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+def _write_model(folder: Path, cfg: dict, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_checkpoint(CLIP(**cfg), cfg, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_model(tmp_path_factory.mktemp("tiny-vit"), TINY_VIT_CFG, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_model(tmp_path_factory.mktemp("tiny-resnet"), TINY_RESNET_CFG, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_arch_name(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Register the tiny ViT as a built-in open_clip architecture name, for NAME:... specs."""
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "vlviz-test-tiny.json").write_text(json.dumps(TINY_VIT_CFG))
+    open_clip.add_model_config(folder)
+    return "vlviz-test-tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url() -> Iterator[str]:
+    """The real app on the offline model, launched in this process on a free local port."""
+    from vlviz.models import OFFLINE_SPEC
+    from vlviz.ui import build_app, launch_kwargs
+
+    demo = build_app(OFFLINE_SPEC)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
