@@ -122,8 +122,9 @@ def build_affinity_tab(
 
     outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, pairs_state]
     inputs = [files, captions, model_spec, value_kind]
-    analyze_button.click(analyze, inputs, outputs, api_name="analyze")
-    value_kind.change(analyze, inputs, outputs, api_visibility="private")
+    # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
+    analyze_button.click(analyze, inputs, outputs, api_name="analyze", show_progress="minimal")
+    value_kind.change(analyze, inputs, outputs, api_visibility="private", show_progress="minimal")
     query_event = dict(fn=query, inputs=[query_text, pairs_state, model_spec], outputs=query_gallery)
     query_button.click(**query_event, api_name="query")
     query_text.submit(**query_event, api_visibility="private")

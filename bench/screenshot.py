@@ -1,0 +1,83 @@
+"""Screenshot the app as it first opens: `python -m bench.screenshot --out assets/screenshot.png`.
+
+Launches the app on the offline model on a free local port, opens it in headless Chromium (the
+Debian `chromium` package), waits for the heatmaps of the bundled scenes analyzed on load, and
+saves the top of the page: the model panel, the inputs and the image-text heatmap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from vlviz.models import OFFLINE_SPEC
+from vlviz.ui import build_app, launch_kwargs
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1400, "height": 1000}
+PLOTS = ["image-text-plot", "image-image-plot", "text-text-plot"]
+# True once every plot shows a heatmap and no status overlay (spinner, error) is left over any of them.
+PLOTS_READY_JS = """(ids) => ids.every((id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    const trace = el && el._fullData && el._fullData[0];
+    const busy = Array.from(document.querySelectorAll(`#${id} [data-testid="status-tracker"]`))
+        .some((tracker) => getComputedStyle(tracker).opacity !== "0");
+    return !!trace && trace.type === "heatmap" && !busy;
+})"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def screenshot(out: Path, width: int, height: int, timeout_s: float) -> None:
+    """Launch the app, wait for the page-load heatmaps, save a `width` x `height` clip of the page's top."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("Chromium is not installed: `apt-get install -y chromium`.")
+    demo = build_app(OFFLINE_SPEC)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            start = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
+            page.wait_for_timeout(500)  # let overlays finish fading and plotly finish its layout pass
+            print(f"heatmaps drawn {time.perf_counter() - start:.1f} s after opening the page")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
+            browser.close()
+    finally:
+        demo.close()
+    print(f"wrote {out} ({width}x{height})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("assets/screenshot.png"), help="PNG to write")
+    parser.add_argument("--width", type=int, default=VIEWPORT["width"], help="clip width in pixels")
+    parser.add_argument("--height", type=int, default=1100, help="clip height in pixels, from the page's top")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the heatmaps")
+    args = parser.parse_args()
+    screenshot(args.out, args.width, args.height, args.timeout)
+
+
+if __name__ == "__main__":
+    main()

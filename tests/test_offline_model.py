@@ -1,0 +1,27 @@
+"""The shipped offline model is real: it retrieves held-out scenes and loads with open_clip alone."""
+
+import open_clip
+import torch
+
+from vlviz.__main__ import main
+from vlviz.data.scenes import generate_scenes
+from vlviz.models import OFFLINE_MODEL_DIR, load_model
+from vlviz.train import HELD_OUT_SEED, evaluate
+
+
+def test_offline_model_retrieves_held_out_scenes() -> None:
+    model = load_model("vlviz-scenes", device="cpu")
+    scenes = generate_scenes(1000, seed=HELD_OUT_SEED)
+    figures = evaluate(model.model, model.tokenizer, torch.from_numpy(scenes.images), scenes.captions)
+    assert figures["image_to_text_r1"] >= 0.8, figures
+
+
+def test_offline_model_is_a_plain_open_clip_folder() -> None:
+    model = open_clip.create_model(f"local-dir:{OFFLINE_MODEL_DIR}")
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000
+    assert (OFFLINE_MODEL_DIR / "open_clip_model.safetensors").stat().st_size < 12 * 2**20
+
+
+def test_eval_command_prints_the_figures(capsys) -> None:
+    assert main(["eval-scenes", "--n", "64"]) == 0
+    assert '"image_to_text_r1"' in capsys.readouterr().out
