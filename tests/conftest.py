@@ -10,7 +10,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from open_clip.model import CLIP
+from open_clip.model import CLIP, CustomTextCLIP
 
 from vlviz.train import save_checkpoint
 
@@ -27,9 +27,21 @@ TINY_RESNET_CFG = {
 }
 
 
+# SigLIP-style: a separate text tower (CustomTextCLIP), last-token pooling, a learned logit bias.
+TINY_SIGLIP_CFG = {
+    "embed_dim": 16,
+    "custom_text": True,
+    "init_logit_bias": -10,
+    "vision_cfg": TINY_VIT_CFG["vision_cfg"],
+    "text_cfg": {**TINY_VIT_CFG["text_cfg"], "pool_type": "last", "no_causal_mask": True},
+}
+
+
 def _write_model(folder: Path, cfg: dict, seed: int) -> Path:
     torch.manual_seed(seed)
-    save_checkpoint(CLIP(**cfg), cfg, folder)
+    kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
+    model = CustomTextCLIP(**kwargs) if cfg.get("custom_text") else CLIP(**kwargs)
+    save_checkpoint(model, cfg, folder)
     return folder
 
 
@@ -41,6 +53,11 @@ def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_resnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_model(tmp_path_factory.mktemp("tiny-resnet"), TINY_RESNET_CFG, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_model(tmp_path_factory.mktemp("tiny-siglip"), TINY_SIGLIP_CFG, seed=0)
 
 
 @pytest.fixture(scope="session")

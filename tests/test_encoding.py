@@ -116,3 +116,19 @@ def test_resnet_tower_has_no_patch_embeddings_and_says_why(tiny_resnet_dir: Path
     assert enc.patch_features is None and enc.grid_size is None
     assert "ModifiedResNet" in enc.patches_unavailable
     assert enc.image_features.shape == (2, 16) and enc.token_features.shape == (2, 16, 16)
+
+
+def test_siglip_style_model_has_a_bias_and_separate_text_tower(tiny_siglip_dir: Path) -> None:
+    from vlviz.affinity import affinity_report
+
+    model = load_model(str(tiny_siglip_dir), device="cpu")
+    assert type(model.model).__name__ == "CustomTextCLIP"
+    enc = model.encode_pairs(_images(2), CAPTIONS[:2])
+    assert enc.logit_bias == pytest.approx(-10.0)
+    assert enc.token_features.shape == (2, 16, 16) and enc.patch_features.shape == (2, 16, 16)
+    last = F.normalize(enc.token_features[:, -1], dim=-1)  # 'last' pooling reads the final position
+    assert torch.allclose(last, enc.text_features, atol=1e-5)
+    report = affinity_report(enc.image_features, enc.text_features, enc.logit_scale, enc.logit_bias)
+    assert report.head == "sigmoid"
+    expected = torch.sigmoid(enc.logit_scale * enc.image_features @ enc.text_features.T - 10)
+    assert torch.allclose(report.image_to_text_probability, expected, atol=1e-6)
