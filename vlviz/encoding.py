@@ -103,8 +103,6 @@ class VLModel:
         self.dtype = next(model.parameters()).dtype
         self._image_cache = _LRU(CACHE_ENTRIES)
         self._text_cache = _LRU(CACHE_ENTRIES)
-        self._image_projection = _image_projection(model)
-        self._text_projection = _text_projection(model)
 
     # --- properties -------------------------------------------------------------------------
     @property
@@ -122,13 +120,13 @@ class VLModel:
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
-        if self._image_projection is None:
+        if _image_projection(self.model) is None:
             return None
         return tuple(self.model.visual.grid_size)  # type: ignore[return-value]
 
     @property
     def patches_unavailable(self) -> str | None:
-        if self._image_projection is None:
+        if _image_projection(self.model) is None:
             kind = type(self.model.visual).__name__
             return f"the image tower ({kind}) has no projectable patch tokens; only ViT towers have them"
         return None
@@ -207,23 +205,36 @@ class VLModel:
     @torch.inference_mode()
     def _forward_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
         pixels = torch.stack([self.preprocess(image) for image in images])
-        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
-        if self._image_projection is None:
-            return F.normalize(self.model.encode_image(pixels), dim=-1), None
-        out = self.model.visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True, output_fmt="NLC")
-        patches = out["image_intermediates"][-1] @ self._image_projection  # (B, P, D)
-        return F.normalize(out["image_features"], dim=-1), patches
+        return image_embeddings(self.model, pixels.to(self.device, self.dtype, non_blocking=True))
 
     @torch.inference_mode()
     def _forward_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = self.tokenizer(texts).to(self.device)
-        if self._text_projection is None:
-            return F.normalize(self.model.encode_text(ids), dim=-1), None
-        out = self.model.forward_intermediates(text=ids, text_indices=1, normalize_intermediates=True)
-        tokens = out["text_intermediates"][-1]  # (B, T, W) after ln_final
-        projection = self._text_projection
-        tokens = projection(tokens) if isinstance(projection, torch.nn.Module) else tokens @ projection
-        return out["text_features"], tokens  # text_features are already L2-normalised
+        return text_embeddings(self.model, self.tokenizer(texts).to(self.device))
+
+
+def image_embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """L2-normalised global image embeddings (B, D) and projected patch embeddings (B, P, D) or None.
+
+    One tower pass: the final-norm patch tokens (what open_clip's `output_tokens` returns) times
+    `visual.proj`. Differentiable, so the trainer's token-level losses use it too.
+    """
+    projection = _image_projection(model)
+    if projection is None:
+        return F.normalize(model.encode_image(pixels), dim=-1), None
+    out = model.visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True, output_fmt="NLC")
+    patches = out["image_intermediates"][-1] @ projection  # (B, P, D)
+    return F.normalize(out["image_features"], dim=-1), patches
+
+
+def text_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """L2-normalised global text embeddings (B, D) and projected token embeddings (B, T, D) or None."""
+    projection = _text_projection(model)
+    if projection is None:
+        return F.normalize(model.encode_text(ids), dim=-1), None
+    out = model.forward_intermediates(text=ids, text_indices=1, normalize_intermediates=True)
+    tokens = out["text_intermediates"][-1]  # (B, T, W) after ln_final
+    tokens = projection(tokens) if isinstance(projection, torch.nn.Module) else tokens @ projection
+    return out["text_features"], tokens  # forward_intermediates already L2-normalised text_features
 
 
 def _image_projection(model: torch.nn.Module) -> torch.Tensor | None:
