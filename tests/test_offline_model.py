@@ -1,18 +1,17 @@
 """The shipped offline model is real: it retrieves held-out scenes and loads with open_clip alone."""
 
 import open_clip
-import torch
 
 from vlviz.__main__ import main
-from vlviz.data.scenes import generate_scenes
+from vlviz.data.sources import SceneSource, preprocess_stats
 from vlviz.models import OFFLINE_MODEL_DIR, load_model
-from vlviz.train import HELD_OUT_SEED, evaluate
+from vlviz.train import evaluate
 
 
 def test_offline_model_retrieves_held_out_scenes() -> None:
     model = load_model("vlviz-scenes", device="cpu")
-    scenes = generate_scenes(1000, seed=HELD_OUT_SEED)
-    figures = evaluate(model.model, model.tokenizer, torch.from_numpy(scenes.images), scenes.captions)
+    source = SceneSource(64, *preprocess_stats(model.model), held_out=1000)
+    figures = evaluate(model.model, model.tokenizer, source.held_out)
     assert figures["image_to_text_r1"] >= 0.8, figures
 
 

@@ -1,4 +1,4 @@
-"""The plain trainer: it learns, it stops on request, and its checkpoints load back exactly."""
+"""The trainer: it learns, it stops on request, it freezes what it should, and its checkpoints load back exactly."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from open_clip.model import CLIP
 
 from tests.conftest import TINY_VIT_CFG
+from vlviz.data.sources import SceneSource
 from vlviz.losses import LOSSES, clip_contrastive_loss, create_loss
 from vlviz.models import load_model
-from vlviz.train import TrainConfig, save_checkpoint, scene_pixels, train
+from vlviz.train import TrainConfig, save_checkpoint, set_trainable, train
 
 SCENES_TINY_CFG = {**TINY_VIT_CFG, "vision_cfg": {**TINY_VIT_CFG["vision_cfg"], "image_size": 32}}
 
@@ -22,6 +23,10 @@ def _tiny() -> tuple[CLIP, object]:
     torch.manual_seed(0)
     model = CLIP(**SCENES_TINY_CFG, output_dict=True)
     return model, open_clip.get_tokenizer("ViT-B-32", context_length=16)
+
+
+def _scenes(held_out: int = 64) -> SceneSource:
+    return SceneSource(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, held_out=held_out)
 
 
 def test_clip_loss_matches_a_hand_computed_case() -> None:
@@ -43,8 +48,8 @@ def test_loss_registry_gives_named_terms() -> None:
 
 def test_a_short_run_lowers_the_loss_and_reports_retrieval() -> None:
     model, tokenizer = _tiny()
-    config = TrainConfig(steps=40, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=40, eval_size=64)
-    records = list(train(model, tokenizer, config))
+    config = TrainConfig(steps=40, batch_size=16, lr=2e-3, warmup_steps=5, eval_every=40)
+    records = list(train(model, tokenizer, _scenes(), config))
     assert [r["step"] for r in records] == list(range(1, 41))
     first, last = sum(r["total_loss"] for r in records[:5]) / 5, sum(r["total_loss"] for r in records[-5:]) / 5
     assert last < first - 0.2
@@ -56,7 +61,7 @@ def test_stop_event_ends_the_run() -> None:
     model, tokenizer = _tiny()
     stop = threading.Event()
     records = []
-    for record in train(model, tokenizer, TrainConfig(steps=50, batch_size=8, eval_every=1000, eval_size=8), stop):
+    for record in train(model, tokenizer, _scenes(8), TrainConfig(steps=50, batch_size=8, eval_every=1000), stop):
         records.append(record)
         if record["step"] == 3:
             stop.set()
@@ -66,7 +71,7 @@ def test_stop_event_ends_the_run() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"steps": 0}, "steps must be at least 1"), ({"batch_size": 1}, "batch_size must be at least 2"),
-     ({"losses": {}}, "at least one loss")],
+     ({"losses": {}}, "at least one loss"), ({"trainable": "some"}, "Unknown trainable 'some'")],
 )  # fmt: skip
 def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -101,11 +106,21 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
 
 
-def test_scene_pixels_match_open_clip_preprocessing() -> None:
-    from vlviz.data.scenes import generate_scenes
-
+def test_trainable_modes_freeze_the_rest() -> None:
     model, _ = _tiny()
-    preprocess = open_clip.image_transform(224, is_train=False)  # open_clip's evaluation preprocess...
-    scenes = generate_scenes(2, seed=0, image_size=224)  # ...at its input size
-    expected = torch.stack([preprocess(im) for im in scenes.pil_images()])
-    assert torch.allclose(scene_pixels(torch.from_numpy(scenes.images), model), expected, atol=1e-5)
+    total = sum(p.numel() for p in model.parameters())
+    heads = model.visual.proj.numel() + model.text_projection.numel() + model.logit_scale.numel()
+    assert set_trainable(model, "projections") == heads
+    assert not model.visual.transformer.resblocks[0].attn.in_proj_weight.requires_grad
+    last = set_trainable(model, "last_blocks", last_blocks=1)
+    assert heads < last < total and model.visual.transformer.resblocks[-1].mlp.c_fc.weight.requires_grad
+    assert set_trainable(model, "all") == total
+
+
+def test_projections_only_run_changes_only_the_heads() -> None:
+    model, tokenizer = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(steps=3, batch_size=8, eval_every=100, trainable="projections")
+    list(train(model, tokenizer, _scenes(8), config))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"visual.proj", "text_projection", "logit_scale"}

@@ -11,10 +11,14 @@ import torch
 
 
 def _build_offline_model(args: argparse.Namespace) -> int:
-    from vlviz.train import TrainConfig, build_offline_model
+    from dataclasses import replace
+
+    from vlviz.train import OFFLINE_MODEL_TRAIN_CONFIG, build_offline_model
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = replace(
+        OFFLINE_MODEL_TRAIN_CONFIG, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     for record in build_offline_model(args.out, config):
         if "image_to_text_r1" in record or record["step"] % args.log_every == 0:
             print(json.dumps(record), flush=True)
@@ -23,13 +27,13 @@ def _build_offline_model(args: argparse.Namespace) -> int:
 
 
 def _eval_offline_model(args: argparse.Namespace) -> int:
-    from vlviz.data.scenes import generate_scenes
+    from vlviz.data.sources import SceneSource, preprocess_stats
     from vlviz.models import load_model
-    from vlviz.train import HELD_OUT_SEED, evaluate
+    from vlviz.train import evaluate
 
-    model = load_model(args.model, device="cpu")
-    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=model.model.visual.image_size[0])
-    figures = evaluate(model.model.float(), model.tokenizer, torch.from_numpy(scenes.images), scenes.captions)
+    model = load_model(args.model)
+    source = SceneSource(model.model.visual.image_size[0], *preprocess_stats(model.model), held_out=args.n)
+    figures = evaluate(model.model, model.tokenizer, source.held_out)
     print(json.dumps({"model": args.model, "held_out_scenes": args.n, **figures}))
     return 0
 

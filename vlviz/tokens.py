@@ -33,23 +33,34 @@ class TokenLayout:
     words: list[list[str]]  # per caption, its words in order
 
 
-def _pieces(tokenizer: Callable[..., torch.Tensor], ids: torch.Tensor) -> tuple[list[list[str]], set[int], int]:
-    """Per-position token strings, the special ids, and the padding id, for either tokenizer kind."""
+def _special_ids(tokenizer: Callable[..., torch.Tensor]) -> tuple[set[int], int]:
+    """The start/end/special token ids and the padding id, for either tokenizer kind."""
+    if isinstance(tokenizer, SimpleTokenizer):
+        return {tokenizer.sot_token_id, tokenizer.eot_token_id}, 0
+    inner = tokenizer.tokenizer  # open_clip's HFTokenizer wraps a transformers tokenizer
+    pad = inner.pad_token_id if inner.pad_token_id is not None else 0
+    return set(inner.all_special_ids), pad
+
+
+def real_token_mask(tokenizer: Callable[..., torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """(N, T) bool: True at real caption tokens, False at start, end, other special and padding ids."""
+    special, pad = _special_ids(tokenizer)
+    return ~torch.isin(ids, torch.tensor(sorted(special | {pad}), device=ids.device))
+
+
+def _pieces(tokenizer: Callable[..., torch.Tensor], ids: torch.Tensor) -> list[list[str]]:
+    """Per-position token strings, for either tokenizer kind."""
     if isinstance(tokenizer, SimpleTokenizer):
         decoder = tokenizer.decoder
-        pieces = [[decoder.get(int(i), "") for i in row] for row in ids.tolist()]
-        return pieces, {tokenizer.sot_token_id, tokenizer.eot_token_id}, 0
-    inner = tokenizer.tokenizer  # open_clip's HFTokenizer wraps a transformers tokenizer
-    pieces = [inner.convert_ids_to_tokens(row) for row in ids.tolist()]
-    pad = inner.pad_token_id if inner.pad_token_id is not None else 0
-    return pieces, set(inner.all_special_ids), pad
+        return [[decoder.get(int(i), "") for i in row] for row in ids.tolist()]
+    return [tokenizer.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
 
 
 def token_layout(tokenizer: Callable[..., torch.Tensor], captions: Sequence[str]) -> TokenLayout:
     """Tokenise `captions` and merge BPE / sentencepiece pieces into words."""
     ids = tokenizer(list(captions))
-    pieces, special, pad = _pieces(tokenizer, ids)
-    word_mask = ~torch.isin(ids, torch.tensor(sorted(special | {pad})))
+    pieces = _pieces(tokenizer, ids)
+    word_mask = real_token_mask(tokenizer, ids)
     word_index = torch.full_like(ids, -1)
     tokens: list[list[str]] = []
     words: list[list[str]] = []

@@ -1,8 +1,10 @@
-"""A plain contrastive trainer for open_clip models on scenes, and the offline model it builds.
+"""Continual pre-training of open_clip models with any weighted mix of registered losses.
 
-`train` is a generator: it yields one record per step (and evaluation figures every
-`eval_every` steps) and stops early when its `stop` event is set, so a command line, a notebook or
-a UI tab can all drive it. It knows nothing of any UI.
+`train` is a generator: it yields one record per step (and held-out figures every `eval_every`
+steps) and returns early when its `stop` event is set, so the command line, a notebook and the
+Train tab all drive the same loop. It knows nothing of any UI. Losses come from
+`vlviz.losses.LOSSES`; a loss that sets ``needs_tokens = True`` also receives projected patch and
+token embeddings and the mask of real caption tokens (what SPARC needs).
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
 from vlviz.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval_ranks
-from vlviz.data.scenes import generate_scenes
+from vlviz.data.sources import HeldOut, SceneSource, preprocess_stats
+from vlviz.distributed import DistributedContext, gather_features
+from vlviz.encoding import image_embeddings, text_embeddings
 from vlviz.losses import create_loss
+from vlviz.tokens import real_token_mask
 
 # The offline model: an open_clip CLIP small enough to train on two CPU cores, with open_clip's
 # own BPE tokenizer. 64 px scenes in 8 px patches give an 8 x 8 patch grid for grounding maps.
@@ -33,21 +38,25 @@ SCENES_MODEL_CFG: dict = {
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
-HELD_OUT_SEED = 1_000_000  # scenes for evaluation come from seeds no training stream uses
+TRAINABLE = ("all", "last_blocks", "projections")
+BATCH_FEATURES = ("image_features", "text_features")  # gathered over ranks for batch-level losses
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000  # optimiser steps
-    batch_size: int = 128  # pairs per step (the contrastive negatives)
-    lr: float = 5e-4  # peak AdamW learning rate
-    weight_decay: float = 0.1  # on weight matrices only, not on norms, biases or the logit scale
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to zero
+    steps: int = 300  # optimiser steps
+    batch_size: int = 64  # pairs per step (the contrastive negatives), per process
+    lr: float = 1e-4  # peak AdamW learning rate
+    weight_decay: float = 0.1  # on weight matrices only, not on norms, biases, embeddings or the logit scale
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to zero
     grad_clip: float = 1.0  # maximum global gradient norm
-    eval_every: int = 250  # evaluate on the held-out scenes every this many steps
-    eval_size: int = 1000  # held-out scenes
-    seed: int = 0  # initialisation and data order
+    eval_every: int = 25  # evaluate on the held-out split every this many steps (and at the end)
+    seed: int = 0  # initialisation, data order
     losses: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})  # registry name -> weight
+    loss_options: dict[str, dict] = field(default_factory=dict)  # registry name -> keyword arguments
+    trainable: str = "all"  # "all", "last_blocks" (the last `last_blocks` of each tower + heads) or "projections"
+    last_blocks: int = 2
+    amp: bool = True  # autocast to bf16 (else fp16) on CUDA; the CPU always trains in fp32
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -58,49 +67,115 @@ class TrainConfig:
             )
         if not self.losses:
             raise ValueError("Give at least one loss, e.g. {'clip': 1.0}.")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
 
 
-def scene_pixels(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    """uint8 (N, S, S, 3) scenes -> normalised (N, 3, S, S) floats, as open_clip's preprocess would.
+# How the shipped offline model was trained (`python -m vlviz build-offline-model`).
+OFFLINE_MODEL_TRAIN_CONFIG = TrainConfig(steps=3000, batch_size=128, lr=5e-4, warmup_steps=100, eval_every=250)
 
-    Scenes are rendered at the model's input size, so resizing and cropping are the identity.
+
+class Source(Protocol):
+    held_out: HeldOut
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, list[str]]: ...
+
+
+def set_trainable(model: torch.nn.Module, trainable: str, last_blocks: int = 2) -> int:
+    """Freeze what should not train; return the number of trainable parameters.
+
+    `projections`: the joint-space heads (visual.proj, text_projection) and the logit scale/bias.
+    `last_blocks`: those plus the last `last_blocks` transformer blocks and final norms of each tower.
     """
-    preprocess_cfg = getattr(model.visual, "preprocess_cfg", {})
-    mean = torch.tensor(preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=images.device)
-    std = torch.tensor(preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD), device=images.device)
-    pixels = images.permute(0, 3, 1, 2).float() / 255
-    return (pixels - mean[:, None, None]) / std[:, None, None]
+    heads = ("visual.proj", "text_projection", "text.text_projection", "logit_scale", "logit_bias")
+    tails = ("visual.ln_post", "ln_final", "text.ln_final")
+    blocks: list[str] = []
+    if trainable == "last_blocks":
+        for tower in ("visual.transformer", "transformer", "text.transformer"):
+            module = model.get_submodule(tower) if _has_submodule(model, tower) else None
+            if module is not None and hasattr(module, "resblocks"):
+                n = len(module.resblocks)
+                blocks += [f"{tower}.resblocks.{i}." for i in range(max(0, n - last_blocks), n)]
+    for name, param in model.named_parameters():
+        if trainable == "all":
+            param.requires_grad_(True)
+        else:
+            keep = name.startswith(heads) or (trainable == "last_blocks" and name.startswith((*tails, *blocks)))
+            param.requires_grad_(keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def scene_stream(batch_size: int, seed: int, image_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless batches of fresh scenes, one generator seed per step: (uint8 images, captions)."""
-    step = 0
-    while True:
-        batch = generate_scenes(batch_size, seed=seed * 1_000_003 + step, image_size=image_size)
-        yield torch.from_numpy(batch.images), batch.captions
-        step += 1
+def _has_submodule(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def forward_features(model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Tensor, with_tokens: bool) -> dict:
+    """The open_clip-named outputs the losses take; with patch/token embeddings when asked."""
+    if with_tokens:
+        image_features, patch_features = image_embeddings(model, pixels)
+        text_features, token_features = text_embeddings(model, ids)
+        if patch_features is None or token_features is None:
+            raise ValueError(
+                "This loss needs patch and token embeddings, which only ViT towers with a text projection have."
+            )
+        out = {"patch_features": patch_features, "token_features": token_features}
+    else:
+        image_features, text_features = (
+            model.encode_image(pixels, normalize=True),
+            model.encode_text(ids, normalize=True),
+        )
+        out = {}
+    out |= {"image_features": image_features, "text_features": text_features, "logit_scale": model.logit_scale.exp()}
+    if getattr(model, "logit_bias", None) is not None:
+        out["logit_bias"] = model.logit_bias
+    return out
+
+
+class _FeatureModel(torch.nn.Module):
+    """`forward_features` as a module, so that DistributedDataParallel sees (and syncs) every pass."""
+
+    def __init__(self, model: torch.nn.Module, with_tokens: bool) -> None:
+        super().__init__()
+        self.model, self.with_tokens = model, with_tokens
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor) -> dict:
+        return forward_features(self.model, pixels, ids, self.with_tokens)
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, tokenizer, images: torch.Tensor, captions: list[str]) -> dict[str, float]:
-    """Retrieval on a held-out set: image -> text R@1 (identical captions count as hits) and text -> image R@1."""
-    was_training = model.training
-    model.eval()
+def embed_held_out(
+    model: torch.nn.Module, tokenizer, held_out: HeldOut, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image and text embeddings of a held-out split, in chunks."""
     device = next(model.parameters()).device
-    image_features = torch.cat(
-        [F.normalize(model.encode_image(scene_pixels(chunk.to(device), model)), dim=-1) for chunk in images.split(256)]
-    )
-    text_features = torch.cat(
+    dtype = next(model.parameters()).dtype
+    images = torch.cat([image_embeddings(model, p.to(device, dtype))[0] for p in held_out.pixels.split(chunk)])
+    captions = held_out.captions
+    texts = torch.cat(
         [
-            F.normalize(model.encode_text(tokenizer(list(chunk)).to(device)), dim=-1)
-            for chunk in (captions[i : i + 256] for i in range(0, len(captions), 256))
+            text_embeddings(model, tokenizer(captions[i : i + chunk]).to(device))[0]
+            for i in range(0, len(captions), chunk)
         ]
     )
+    return images.float(), texts.float()
+
+
+def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, float]:
+    """Held-out retrieval: image -> text R@1 (identical captions count as hits) and text -> image R@1."""
+    was_training = model.training
+    model.eval()
+    image_features, text_features = embed_held_out(model, tokenizer, held_out)
+    model.train(was_training)
     similarity = affinity(image_features, text_features)
     _, text_to_image = retrieval_ranks(similarity)
-    model.train(was_training)
     return {
-        "image_to_text_r1": caption_recall_at_1(similarity, captions),
+        "image_to_text_r1": caption_recall_at_1(similarity, held_out.captions),
         "text_to_image_r1": recall_at_k(text_to_image, 1),
     }
 
@@ -116,20 +191,40 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+
+
 def train(
     model: torch.nn.Module,
     tokenizer,
+    source: Source,
     config: TrainConfig,
     stop: threading.Event | None = None,
+    context: DistributedContext | None = None,
 ) -> Iterator[dict[str, float]]:
-    """Train `model` on endless scenes; yield a record per step, with held-out figures every `eval_every`."""
+    """Train `model` in place on `source`; yield a record per step, with held-out figures every `eval_every`.
+
+    The model must hold fp32 weights (autocast handles half precision on GPUs). Under torchrun,
+    pass the `DistributedContext` and a DDP-wrapped model's `.module` is what gets evaluated.
+    """
+    context = context or DistributedContext(device=next(model.parameters()).device)
     torch.manual_seed(config.seed)
-    device = next(model.parameters()).device
-    image_size = model.visual.image_size[0]
-    held_out = generate_scenes(config.eval_size, seed=HELD_OUT_SEED, image_size=image_size)
-    held_out_images = torch.from_numpy(held_out.images)
-    losses = {name: (create_loss(name).to(device), weight) for name, weight in config.losses.items()}
+    device = context.device
+    losses = {
+        name: (create_loss(name, **config.loss_options.get(name, {})).to(device), weight)
+        for name, weight in config.losses.items()
+    }
+    with_tokens = any(getattr(loss, "needs_tokens", False) for loss, _ in losses.values())
+    set_trainable(model, config.trainable, config.last_blocks)
+    network: torch.nn.Module = _FeatureModel(model, with_tokens)
+    if context.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device] if device.type == "cuda" else None
+        )
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
@@ -138,29 +233,36 @@ def train(
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
     model.train()
-    batches = scene_stream(config.batch_size, config.seed, image_size)
     for step in range(config.steps):
         if stop is not None and stop.is_set():
             return
-        images, captions = next(batches)
+        # Each rank takes its own share of the data: a distinct seed per rank.
+        pixels, captions = source.batch(step, config.batch_size, config.seed + 7_777 * context.rank)
+        ids = tokenizer(captions).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        out = model(scene_pixels(images.to(device), model), tokenizer(captions).to(device))
-        terms: dict[str, torch.Tensor] = {}
-        for name, (loss, weight) in losses.items():
-            for key, value in loss(**out).items():
-                terms[f"{name}/{key}"] = value * weight if key.endswith("_loss") else value
-        total = sum(value for key, value in terms.items() if key.endswith("_loss"))
+        with _autocast(device, config.amp):
+            out = network(pixels.to(device), ids)
+            if with_tokens:
+                out["token_mask"] = real_token_mask(tokenizer, ids)
+            gathered = dict(zip(BATCH_FEATURES, gather_features(*(out[k] for k in BATCH_FEATURES)), strict=True))
+            terms: dict[str, torch.Tensor] = {}
+            for name, (loss, weight) in losses.items():
+                for key, value in loss(**(out | gathered)).items():
+                    terms[f"{name}/{key}"] = value * weight if key.endswith("_loss") else value
+            total = sum(value for key, value in terms.items() if key.endswith("_loss"))
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         record = {"step": step + 1, "lr": lr_at(step), "total_loss": float(total.detach())}
         record.update({key: float(value.detach()) for key, value in terms.items()})
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record.update(evaluate(model, tokenizer, held_out_images, held_out.captions))
+            record.update(evaluate(model, tokenizer, source.held_out))
         yield record
 
 
@@ -178,10 +280,8 @@ def save_checkpoint(
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    config = {
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)},
-    }
+    mean, std = preprocess_stats(model)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
     for name, write in (
         ("open_clip_model.safetensors", lambda path: save_file(state, path)),
         ("open_clip_config.json", lambda path: Path(path).write_text(json.dumps(config, indent=2))),
@@ -197,15 +297,22 @@ def save_checkpoint(
     return out
 
 
-def build_offline_model(out_dir: str | Path, config: TrainConfig | None = None) -> Iterator[dict[str, float]]:
+def scenes_tokenizer():
+    """open_clip's BPE tokenizer at the offline model's context length."""
+    return open_clip.get_tokenizer("ViT-B-32", context_length=SCENES_MODEL_CFG["text_cfg"]["context_length"])
+
+
+def build_offline_model(
+    out_dir: str | Path, config: TrainConfig = OFFLINE_MODEL_TRAIN_CONFIG
+) -> Iterator[dict[str, float]]:
     """Train the offline `vlviz-scenes` model from scratch and save it (fp16 weights) to `out_dir`.
 
     Yields the training records; the last one carries the held-out figures of the saved model.
     """
-    config = config or TrainConfig()
     torch.manual_seed(config.seed)
     model = CLIP(**SCENES_MODEL_CFG, output_dict=True)
-    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=SCENES_MODEL_CFG["text_cfg"]["context_length"])
-    yield from train(model, tokenizer, config)
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    source = SceneSource(SCENES_MODEL_CFG["vision_cfg"]["image_size"], mean, std, held_out=1000)
+    yield from train(model, scenes_tokenizer(), source, config)
     save_checkpoint(model, SCENES_MODEL_CFG, out_dir, dtype=torch.float16)
     (Path(out_dir) / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
