@@ -149,3 +149,10 @@ def test_fallback_to_offline_model_with_a_notice(monkeypatch: pytest.MonkeyPatch
 def test_a_model_that_loads_gives_no_fallback_notice(tiny_vit_dir: Path) -> None:
     model, notice = load_model_or_offline(str(tiny_vit_dir), device="cpu")
     assert model.spec == str(tiny_vit_dir) and notice is None
+
+
+def test_loaded_models_know_their_architecture_config(tiny_vit_dir: Path, tiny_arch_name: str) -> None:
+    from tests.conftest import TINY_VIT_CFG
+
+    assert load_model(str(tiny_vit_dir), device="cpu").model_cfg == TINY_VIT_CFG
+    assert load_model(f"{tiny_arch_name}:random", device="cpu").model_cfg == TINY_VIT_CFG

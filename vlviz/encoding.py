@@ -94,8 +94,10 @@ class VLModel:
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[..., torch.Tensor],
         device: torch.device,
+        model_cfg: dict | None = None,
     ) -> None:
         self.spec = spec
+        self.model_cfg = model_cfg  # the open_clip architecture config, saved with trained checkpoints
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer

@@ -16,6 +16,7 @@ minute otherwise); ``HF_HUB_OFFLINE=1`` skips the probe and lets the hub client 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -135,6 +136,18 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
+def model_config(source: ModelSource) -> dict:
+    """The open_clip architecture config of a source, saved beside any checkpoint trained from it."""
+    schema, _, identifier = source.model_name.partition(":")
+    if schema == "local-dir":
+        return json.loads((Path(identifier) / "open_clip_config.json").read_text())["model_cfg"]
+    if schema == "hf-hub":
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(identifier, "open_clip_config.json")).read_text())["model_cfg"]
+    return open_clip.get_model_config(source.model_name)
+
+
 _MODEL_CACHE: dict[tuple[str, str], VLModel] = {}  # the one process-wide cache: (spec, device) -> model
 _MODEL_CACHE_LOCK = threading.Lock()
 
@@ -168,7 +181,10 @@ def load_model(spec: str = OFFLINE_SPEC, device: str | torch.device | None = Non
         except (RuntimeError, OSError) as error:
             raise ModelUnavailableError(f"Cannot load {spec}: {error}") from error
         model.eval()
-        loaded = VLModel(spec=key[0], model=model, preprocess=preprocess, tokenizer=tokenizer, device=target)
+        loaded = VLModel(
+            spec=key[0], model=model, preprocess=preprocess, tokenizer=tokenizer, device=target,
+            model_cfg=model_config(source),
+        )  # fmt: skip
         _MODEL_CACHE[key] = loaded
         return loaded
 
