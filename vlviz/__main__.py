@@ -38,6 +38,51 @@ def _eval_offline_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vlviz.distributed import init_distributed
+    from vlviz.models import resolve_device
+    from vlviz.runs import parse_loss_weights, prepare_run
+    from vlviz.train import TrainConfig
+
+    options = {"saco": {"distance": args.saco_distance}} if args.saco_distance else {}
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
+        losses=parse_loss_weights(args.loss), loss_options=options, trainable=args.trainable,
+        last_blocks=args.last_blocks,
+    )  # fmt: skip
+    context = init_distributed(resolve_device(args.device))
+    run = prepare_run(args.model, args.data, config, args.out, context=context)
+    bar = tqdm(total=config.steps, disable=not context.is_main, unit="step")
+    for record in run.records():
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['total_loss']:.3f}")
+        if "image_to_text_r1" in record and context.is_main:
+            tqdm.write(json.dumps({k: round(v, 4) for k, v in record.items()}))
+    bar.close()
+    if context.is_main:
+        print(f"metrics: {run.out_dir / 'metrics.jsonl'}\ncheckpoint: {run.checkpoint}", file=sys.stderr)
+    return 0
+
+
+def _eval_grounding(args: argparse.Namespace) -> int:
+    from vlviz.data.scenes import generate_scenes
+    from vlviz.data.sources import HELD_OUT_SEED
+    from vlviz.grounding import MIN_COVER, score_scenes
+    from vlviz.models import load_model
+
+    model = load_model(args.model)
+    if model.patches_unavailable:
+        print(f"No grounding maps for {args.model}: {model.patches_unavailable}.", file=sys.stderr)
+        return 2
+    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=model.model.visual.image_size[0])
+    min_cover = MIN_COVER if args.min_cover is None else args.min_cover
+    scores = score_scenes(model, scenes, kinds=args.kind, min_cover=min_cover)
+    print(json.dumps({"model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +101,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--model", default="vlviz-scenes")
     evaluate.add_argument("--n", type=int, default=1000)
     evaluate.set_defaults(run=_eval_offline_model)
+
+    fit = commands.add_parser("train", help="continual pre-training with any mix of losses (torchrun for DDP)")
+    fit.add_argument("--model", default="vlviz-scenes", help="model spec to start from, or 'fresh'")
+    fit.add_argument("--data", default="scenes", help="scenes, photos, or a folder of images with captions.csv/json")
+    fit.add_argument("--loss", default="clip=1", help="weighted losses, e.g. clip=1,saco=0.5,sparc=1")
+    fit.add_argument("--saco-distance", default=None, help="SaCo distance: l1 (default), l2 or kl")
+    fit.add_argument("--steps", type=int, default=300)
+    fit.add_argument("--batch-size", type=int, default=64)
+    fit.add_argument("--lr", type=float, default=1e-4)
+    fit.add_argument("--eval-every", type=int, default=25)
+    fit.add_argument("--trainable", default="all", help="all, last_blocks or projections")
+    fit.add_argument("--last-blocks", type=int, default=2)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", default=None)
+    fit.add_argument("--out", default="runs/latest")
+    fit.set_defaults(run=_train)
+
+    grounding = commands.add_parser(
+        "eval-grounding", help="pointing game and mass in mask of colour and shape words on held-out scenes"
+    )
+    grounding.add_argument("--model", default="vlviz-scenes")
+    grounding.add_argument("--n", type=int, default=200)
+    grounding.add_argument("--kind", action="append", help="sparc, no-sparsity, softmax, cosine (default: all)")
+    grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
+    grounding.set_defaults(run=_eval_grounding)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -267,7 +267,11 @@ def train(
 
 
 def save_checkpoint(
-    model: torch.nn.Module, model_cfg: dict, out_dir: str | Path, dtype: torch.dtype | None = None
+    model: torch.nn.Module,
+    model_cfg: dict,
+    out_dir: str | Path,
+    dtype: torch.dtype | None = None,
+    weights_name: str = "open_clip_model.safetensors",
 ) -> Path:
     """Write `model` in open_clip's local-dir format (config JSON + safetensors), atomically.
 
@@ -283,7 +287,7 @@ def save_checkpoint(
     mean, std = preprocess_stats(model)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
     for name, write in (
-        ("open_clip_model.safetensors", lambda path: save_file(state, path)),
+        (weights_name, lambda path: save_file(state, path)),
         ("open_clip_config.json", lambda path: Path(path).write_text(json.dumps(config, indent=2))),
     ):
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")

@@ -1,0 +1,76 @@
+"""A whole run, as the command line and the Train tab drive it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlviz.__main__ import main
+from vlviz.models import load_model
+from vlviz.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
+from vlviz.train import TrainConfig
+
+
+def test_parse_loss_weights() -> None:
+    assert parse_loss_weights("clip=1, saco=0.5,sparc") == {"clip": 1.0, "saco": 0.5, "sparc": 1.0}
+    with pytest.raises(ValueError, match="Bad loss weight 'saco=lots'"):
+        parse_loss_weights("saco=lots")
+    with pytest.raises(ValueError, match="at least one loss"):
+        parse_loss_weights(" , ")
+
+
+def test_run_writes_metrics_and_a_loadable_checkpoint(tiny_vit_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=4, batch_size=8, eval_every=2)
+    run = prepare_run(str(tiny_vit_dir), "scenes", config, tmp_path / "run", device="cpu")
+    records = list(run.records())
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert {"image_to_text_r1", "probe_image_to_text_r1", "probe_image_to_text_r1_start"} <= set(lines[-1])
+    trained = load_model(str(tmp_path / "run" / WEIGHTS_NAME), device="cpu").model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in run.model.state_dict().items())
+    start = load_model(str(tiny_vit_dir), device="cpu").model.state_dict()
+    assert not torch.equal(start["visual.proj"], trained["visual.proj"])  # the cached start model is untouched
+
+
+def test_stopping_keeps_the_checkpoint_of_the_steps_done(tmp_path: Path) -> None:
+    run = prepare_run(FRESH, "scenes", TrainConfig(steps=50, batch_size=4, eval_every=100), tmp_path, device="cpu")
+    for record in run.records():
+        if record["step"] == 2:
+            run.stop.set()
+    assert (tmp_path / WEIGHTS_NAME).is_file() and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "config", "message"),
+    [
+        ("photos", TrainConfig(batch_size=32), "batch_size 32 is larger than the 6 training pairs"),
+        ("scenes", TrainConfig(losses={"nope": 1.0}), "Unknown loss 'nope'"),
+        ("/no/such/folder", TrainConfig(), "no/such/folder"),
+    ],
+)
+def test_bad_settings_fail_before_training(data: str, config: TrainConfig, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        run = prepare_run(FRESH, data, config, tmp_path, device="cpu")
+        next(run.records())
+
+
+def test_train_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "train",
+        "--model",
+        "fresh",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    assert (tmp_path / WEIGHTS_NAME).is_file() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1

@@ -1,0 +1,150 @@
+"""A training run from start to checkpoint: the one code path behind `python -m vlviz train` and the Train tab.
+
+`prepare_run` turns user choices (a model to start from, a data source, a config) into a ready
+`Run`; iterating `Run.records()` trains, evaluates (held-out figures plus retention on a probe set
+the run never trains on), appends every evaluation to ``metrics.jsonl`` and writes the checkpoint
+atomically at the end or when stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+
+from vlviz.data.sources import HeldOut, PairSource, SceneSource, preprocess_stats
+from vlviz.distributed import DistributedContext
+from vlviz.encoding import VLModel
+from vlviz.inputs import PairSet, load_pairs_folder
+from vlviz.models import load_model, resolve_device
+from vlviz.train import SCENES_MODEL_CFG, Source, TrainConfig, evaluate, save_checkpoint, scenes_tokenizer, train
+
+FRESH = "fresh"  # start from a randomly initialised model of the offline architecture
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
+WEIGHTS_NAME = "checkpoint.safetensors"
+HELD_OUT_SCENES = 256
+
+
+def parse_loss_weights(text: str) -> dict[str, float]:
+    """``"clip=1,saco=0.5"`` -> ``{"clip": 1.0, "saco": 0.5}``; names are checked by the trainer's registry."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value) if sep else 1.0
+        except ValueError:
+            raise ValueError(f"Bad loss weight {part!r}: write NAME=NUMBER, e.g. saco=0.5.") from None
+    if not weights:
+        raise ValueError("Give at least one loss, e.g. clip=1.")
+    return weights
+
+
+@dataclass
+class Run:
+    """A prepared run: an fp32 copy of the start model on its device, its data, and where it writes."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_cfg: dict
+    source: Source
+    probe: HeldOut | None
+    config: TrainConfig
+    out_dir: Path
+    start: str
+    data: str
+    context: DistributedContext = field(default_factory=DistributedContext)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / WEIGHTS_NAME
+
+    def records(self) -> Iterator[dict]:
+        """Train; yield each step's record; write metrics and the checkpoint (main process only)."""
+        main = self.context.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            meta = {"start": self.start, "data": self.data, "config": asdict(self.config)}
+            (self.out_dir / "run_config.json").write_text(json.dumps(meta, indent=2))
+        metrics = self.out_dir / "metrics.jsonl"
+        probe_start = self._probe() if self.probe is not None else {}
+        last: dict = {}
+        try:
+            for record in train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context):
+                if "image_to_text_r1" in record:
+                    if self.probe is not None:
+                        record |= self._probe() | {f"{k}_start": v for k, v in probe_start.items()}
+                    if main:
+                        with metrics.open("a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                last = record
+                yield record
+        finally:
+            if main and last:
+                save_checkpoint(self.model, self.model_cfg, self.out_dir, weights_name=WEIGHTS_NAME)
+
+    def _probe(self) -> dict[str, float]:
+        figures = evaluate(self.model, self.tokenizer, self.probe)
+        return {f"probe_{k}": v for k, v in figures.items()}
+
+
+def start_model(start: str, device: torch.device, seed: int = 0) -> tuple[torch.nn.Module, object, object, dict]:
+    """An fp32 trainable copy of the start model (a spec, or FRESH): (model, tokenizer, preprocess, config).
+
+    The loaded model stays untouched in the process cache, so the other views keep showing it.
+    """
+    if start == FRESH:
+        torch.manual_seed(seed)
+        model = CLIP(**SCENES_MODEL_CFG, output_dict=True).to(device)
+        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+        return model, scenes_tokenizer(), preprocess, SCENES_MODEL_CFG
+    loaded: VLModel = load_model(start, device)
+    if loaded.model_cfg is None:
+        raise ValueError(f"{start}: its architecture config is unknown, so a trained copy could not be saved.")
+    return copy.deepcopy(loaded.model).float(), loaded.tokenizer, loaded.preprocess, loaded.model_cfg
+
+
+def make_source(data: str | PairSet, model: torch.nn.Module, preprocess, seed: int) -> tuple[Source, str]:
+    """The data to train on: "scenes", "photos" (bundled), a folder of pairs, or uploaded pairs."""
+    if isinstance(data, PairSet):
+        return PairSource(data.images, data.captions, preprocess, seed=seed), "uploaded pairs"
+    if data == "scenes":
+        return SceneSource(model.visual.image_size[0], *preprocess_stats(model), held_out=HELD_OUT_SCENES), data
+    folder = SAMPLES_DIR / "photos" if data == "photos" else Path(data)
+    if folder.is_file():
+        folder = folder.parent  # a captions CSV/JSON: its folder holds the images
+    pairs = load_pairs_folder(folder)
+    return PairSource(pairs.images, pairs.captions, preprocess, seed=seed), str(data)
+
+
+def probe_set(data_name: str, model: torch.nn.Module, preprocess) -> HeldOut:
+    """A probe of what the start model knew, from the other domain: photos for scene runs, scenes otherwise."""
+    if data_name == "scenes":
+        pairs = load_pairs_folder(SAMPLES_DIR / "photos")
+        return HeldOut(torch.stack([preprocess(im) for im in pairs.images]), pairs.captions)
+    return SceneSource(model.visual.image_size[0], *preprocess_stats(model), held_out=HELD_OUT_SCENES).held_out
+
+
+def prepare_run(
+    start: str,
+    data: str | PairSet,
+    config: TrainConfig,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+    context: DistributedContext | None = None,
+) -> Run:
+    """Validate everything and build the run before any training starts (errors are ValueErrors)."""
+    context = context or DistributedContext(device=resolve_device(device))
+    model, tokenizer, preprocess, model_cfg = start_model(start, context.device, config.seed)
+    source, data_name = make_source(data, model, preprocess, config.seed)
+    if isinstance(source, PairSource) and config.batch_size > len(source):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(source)} training pairs.")
+    probe = probe_set(data_name, model, preprocess) if start != FRESH else None
+    return Run(model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context)
