@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
 
 LABEL_CHARS = 28
 
@@ -64,5 +68,374 @@ def heatmap(
         height=max(360, min(720, 120 + 26 * n_rows)),
         yaxis={"autorange": "reversed", "automargin": True, "tickfont": {"size": 10}},
         xaxis={"automargin": True, "tickangle": -40, "tickfont": {"size": 10}},
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- consistency (SaCo)
+
+WEBGL_POINTS = 2000  # above this many points, scatters draw with WebGL (Scattergl)
+
+
+def _ordered_heatmap(
+    matrix: np.ndarray,
+    order: Sequence[int],
+    labels: Sequence[str],
+    title: str,
+    value_name: str,
+    zrange: tuple[float, float],
+    colorscale: str,
+) -> go.Figure:
+    """A square heatmap with rows and columns permuted by `order`; hover names both samples.
+
+    Hover reads the axis labels (no per-cell strings), so it stays light for hundreds of samples.
+    """
+    order = np.asarray(order)
+    shown = [labels[i] for i in order]
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix[np.ix_(order, order)],
+            x=shown,
+            y=shown,
+            zmin=zrange[0],
+            zmax=zrange[1],
+            colorscale=colorscale,
+            hovertemplate=f"<b>%{{y}}</b><br>vs <b>%{{x}}</b><br>{value_name}: %{{z:.3f}}<extra></extra>",
+            colorbar={"title": {"text": value_name, "side": "right"}, "thickness": 12},
+        )
+    )
+    n = len(order)
+    fig.update_layout(
+        title={"text": title, "x": 0.5},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=max(360, min(720, 120 + 26 * n)),
+        yaxis={"autorange": "reversed", "automargin": True, "tickfont": {"size": 10}, "showticklabels": n <= 60},
+        xaxis={"automargin": True, "tickangle": -40, "tickfont": {"size": 10}, "showticklabels": n <= 60},
+    )
+    return fig
+
+
+def consistency_heatmaps(
+    image_image: np.ndarray,
+    text_text: np.ndarray,
+    order: Sequence[int],
+    image_labels: Sequence[str],
+    caption_labels: Sequence[str],
+) -> tuple[go.Figure, go.Figure]:
+    """A_I and A_T side by side: one sample ordering and one colour range, so equal colours mean equal cosines."""
+    low = float(min(image_image.min(), text_text.min()))
+    high = float(max(image_image.max(), text_text.max()))
+    return (
+        _ordered_heatmap(image_image, order, image_labels, "Image-image A_I", "cosine", (low, high), "Viridis"),
+        _ordered_heatmap(text_text, order, caption_labels, "Text-text A_T", "cosine", (low, high), "Viridis"),
+    )
+
+
+def inconsistency_heatmap(
+    difference: np.ndarray, order: Sequence[int], labels: Sequence[str], signed: bool
+) -> go.Figure:
+    """|A_I - A_T| (sequential colours from 0), or signed A_I - A_T on a diverging scale centred on 0.
+
+    Signed: red where the images are more alike than their captions, blue where less.
+    """
+    if signed:
+        bound = float(np.abs(difference).max()) or 1.0
+        return _ordered_heatmap(
+            difference, order, labels, "Signed inconsistency A_I − A_T", "A_I − A_T", (-bound, bound), "RdBu_r"
+        )
+    return _ordered_heatmap(
+        difference, order, labels, "SaCo inconsistency |A_I − A_T|", "|A_I − A_T|",
+        (0.0, float(difference.max()) or 1.0), "Inferno",
+    )  # fmt: skip
+
+
+def affinity_scatter(
+    image_affinity: np.ndarray,
+    text_affinity: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    labels: Sequence[str],
+    highlight: int = 0,
+    title: str = "A_T against A_I, one point per pair of samples",
+) -> go.Figure:
+    """One point per pair (i, j): x = A_I[i, j], y = A_T[i, j], coloured by |A_I - A_T|.
+
+    Points on the dashed diagonal are consistent. Hover names both samples. The first `highlight`
+    points (the caller puts the most inconsistent pairs first) are ringed in red.
+    """
+    gap = np.abs(image_affinity - text_affinity)
+    hover = [f"<b>{labels[i]}</b><br><b>{labels[j]}</b>" for i, j in zip(first.tolist(), second.tolist())]
+    scatter = go.Scattergl if len(image_affinity) > WEBGL_POINTS else go.Scatter
+    low = float(min(image_affinity.min(), text_affinity.min()))
+    high = float(max(image_affinity.max(), text_affinity.max()))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[low, high], y=[low, high], mode="lines", line={"dash": "dash", "color": "grey"},
+            name="A_T = A_I", hoverinfo="skip",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        scatter(
+            x=image_affinity,
+            y=text_affinity,
+            mode="markers",
+            name="pairs",
+            marker={"color": gap, "colorscale": "Inferno", "size": 6, "colorbar": {"title": {"text": "|A_I − A_T|"}}},
+            text=hover,
+            hovertemplate="%{text}<br>A_I %{x:.3f} · A_T %{y:.3f}<extra></extra>",
+        )
+    )
+    if highlight:
+        fig.add_trace(
+            scatter(
+                x=image_affinity[:highlight],
+                y=text_affinity[:highlight],
+                mode="markers",
+                name="most inconsistent",
+                marker={"size": 12, "color": "rgba(0,0,0,0)", "line": {"color": "red", "width": 2}},
+                text=hover[:highlight],
+                hovertemplate="%{text}<br>A_I %{x:.3f} · A_T %{y:.3f}<extra>most inconsistent</extra>",
+            )
+        )
+    fig.update_layout(
+        title={"text": title, "x": 0.5},
+        xaxis_title="A_I = cos(image i, image j)",
+        yaxis_title="A_T = cos(caption i, caption j)",
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=480,
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+# -------------------------------------------------------------------------------- embedding space
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    """Break a long caption into hover lines of about `width` characters."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "<br>".join([*lines, line])
+
+
+def embedding_scatter(
+    coordinates: np.ndarray,
+    names: Sequence[str],
+    captions: Sequence[str],
+    axis_titles: tuple[str, str],
+    title: str,
+    highlight: Sequence[int] = (),
+) -> go.Figure:
+    """Images and captions of N pairs in 2-D, coloured by modality, each image joined to its caption.
+
+    `coordinates` is (2N, 2): the N images, then the N captions. Hover shows the image's name and
+    caption, or the caption. Box and lasso selection are on the mode bar; `highlight` rings the
+    listed pairs. Scattergl draws above WEBGL_POINTS points.
+    """
+    n = len(names)
+    images, texts = coordinates[:n], coordinates[n:]
+    scatter = go.Scattergl if 2 * n > WEBGL_POINTS else go.Scatter
+    # One line trace for all pairs: segments separated by None (gaps).
+    line_x = np.column_stack([images[:, 0], texts[:, 0], np.full(n, np.nan)]).ravel()
+    line_y = np.column_stack([images[:, 1], texts[:, 1], np.full(n, np.nan)]).ravel()
+    wrapped = [_wrap(c) for c in captions]
+    fig = go.Figure()
+    fig.add_trace(
+        scatter(
+            x=line_x, y=line_y, mode="lines", line={"color": "rgba(120,120,120,0.35)", "width": 1},
+            name="image ↔ caption", hoverinfo="skip",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        scatter(
+            x=images[:, 0],
+            y=images[:, 1],
+            mode="markers",
+            name="images",
+            marker={"color": "#1f77b4", "size": 8, "symbol": "circle"},
+            text=[f"<b>image {i + 1}: {name}</b><br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        scatter(
+            x=texts[:, 0],
+            y=texts[:, 1],
+            mode="markers",
+            name="captions",
+            marker={"color": "#ff7f0e", "size": 8, "symbol": "diamond"},
+            text=[f"<b>caption {i + 1}</b> ({name})<br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    if len(highlight):
+        picked = np.asarray(highlight)
+        both = np.concatenate([images[picked], texts[picked]])
+        fig.add_trace(
+            scatter(
+                x=both[:, 0],
+                y=both[:, 1],
+                mode="markers",
+                name="picked",
+                marker={"size": 16, "color": "rgba(0,0,0,0)", "line": {"color": "red", "width": 2}},
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        title={"text": title, "x": 0.5},
+        xaxis_title=axis_titles[0],
+        yaxis_title=axis_titles[1],
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=560,
+        dragmode="lasso",
+        clickmode="event+select",
+        legend={"orientation": "h", "y": -0.12},
+        modebar_add=["lasso2d", "select2d"],
+    )
+    return fig
+
+
+# --- Grounding: token-to-patch maps over the image (vlviz.sparc) --------------------------------
+
+
+def _png_data_uri(image: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a PNG data URI, which plotly's go.Image draws without a pixel array."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _map_range(values: np.ndarray) -> tuple[float, float]:
+    """Colour range of a map: from 0 for non-negative maps (weights), else its own minimum (cosines)."""
+    low = min(0.0, float(values.min()))
+    return low, max(float(values.max()), low + 1e-6)
+
+
+def _overlay_traces(
+    image: np.ndarray, values: np.ndarray, opacity: float, zrange: tuple[float, float], value_name: str, scale: bool
+) -> list:
+    """The image and, over it, a semi-transparent heatmap of `values` on the same pixel grid."""
+    if values.shape != image.shape[:2]:
+        raise ValueError(f"map of shape {values.shape} does not match the image's {image.shape[:2]}")
+    return [
+        go.Image(source=_png_data_uri(image), hoverinfo="skip"),
+        go.Heatmap(
+            z=values,
+            zmin=zrange[0],
+            zmax=zrange[1],
+            opacity=opacity,
+            colorscale="Inferno",
+            showscale=scale,
+            colorbar={"title": {"text": value_name, "side": "right"}, "thickness": 12},
+            hovertemplate=f"x %{{x}}, y %{{y}}<br>{value_name}: %{{z:.4f}}<extra></extra>",
+        ),
+    ]
+
+
+def grounding_overlay(
+    image: np.ndarray,
+    values: np.ndarray,
+    title: str,
+    opacity: float = 0.6,
+    value_name: str = "weight",
+    zrange: tuple[float, float] | None = None,
+) -> go.Figure:
+    """One word's map, upsampled to the image's (H, W), as a heatmap over the (H, W, 3) uint8 image."""
+    height, width = values.shape
+    fig = go.Figure(_overlay_traces(image, values, opacity, zrange or _map_range(values), value_name, scale=True))
+    fig.update_layout(
+        title={"text": title, "x": 0.5},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=460,
+        xaxis={"visible": False, "range": [-0.5, width - 0.5], "constrain": "domain"},
+        yaxis={"visible": False, "range": [height - 0.5, -0.5], "scaleanchor": "x", "constrain": "domain"},
+    )
+    return fig
+
+
+def grounding_grid(
+    image: np.ndarray, maps: np.ndarray, words: Sequence[str], opacity: float = 0.6, columns: int = 5
+) -> go.Figure:
+    """Small overlays, one per word: `maps` (W, H, Wd) over the (H, Wd, 3) image, each on its own colour range."""
+    n_words, height, width = maps.shape
+    rows = max(1, -(-n_words // columns))
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=list(words),
+        horizontal_spacing=0.015,
+        vertical_spacing=min(0.3 / rows, 0.08),
+    )
+    for i in range(n_words):  # one small figure per word of one caption: display only
+        for trace in _overlay_traces(image, maps[i], opacity, _map_range(maps[i]), "value", scale=False):
+            fig.add_trace(trace, row=i // columns + 1, col=i % columns + 1)
+    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], constrain="domain")
+    for i in range(1, rows * columns + 1):  # square pixels in every cell
+        fig.layout[f"yaxis{'' if i == 1 else i}"].scaleanchor = f"x{'' if i == 1 else i}"
+    fig.update_annotations(font_size=11)
+    fig.update_layout(
+        title={"text": "Every word (each map on its own colour range)", "x": 0.5},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=80 + 150 * rows,
+        showlegend=False,
+    )
+    return fig
+
+
+def token_patch_matrix(
+    matrix: np.ndarray, tokens: Sequence[str], grid_size: tuple[int, int], title: str, value_name: str = "weight"
+) -> go.Figure:
+    """The (T, P) token x patch map as a heatmap; patches are named by their grid row and column."""
+    columns = grid_size[1]
+    patch_labels = [f"r{p // columns}c{p % columns}" for p in range(matrix.shape[1])]
+    patch_hover = [f"patch row {p // columns}, column {p % columns}" for p in range(matrix.shape[1])]
+    token_labels = [f"{t + 1}. {token}" for t, token in enumerate(tokens)]
+    token_hover = [f"token {t + 1} '{token}'" for t, token in enumerate(tokens)]
+    return heatmap(
+        matrix, patch_labels, token_labels, patch_hover, token_hover, title, value_name,
+        zrange=_map_range(matrix), colorscale="Inferno", annotate=False,
+    )  # fmt: skip
+
+
+def training_curves(records: Sequence[dict], keys: Sequence[str], title: str, y_title: str = "") -> go.Figure:
+    """Lines of `keys` against `step` from a run's records; records missing a key are skipped for it."""
+    fig = go.Figure()
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers" if len(points) < 40 else "lines", name=key))
+    fig.update_layout(
+        title={"text": title, "x": 0.5},
+        xaxis_title="step",
+        yaxis_title=y_title,
+        height=320,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def compare_runs(runs: Sequence[dict], key: str) -> go.Figure:
+    """One line per run (each a dict with `name` and `records`) for the figure `key`."""
+    fig = go.Figure()
+    for run in runs:
+        points = [(r["step"], r[key]) for r in run["records"] if key in r]
+        if points:
+            steps, values = zip(*points, strict=True)
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=run["name"]))
+    fig.update_layout(
+        title={"text": f"{key} by run", "x": 0.5},
+        xaxis_title="step",
+        height=320,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig

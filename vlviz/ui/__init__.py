@@ -7,6 +7,7 @@ import gradio as gr
 from vlviz.models import OFFLINE_NOTICE
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
 from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, sample_files
+from vlviz.ui.train_tab import RUNS_DIR, build_train_tab
 
 INTRO = """# vlviz
 See how a CLIP-style model aligns images with text: upload image-caption pairs (or pick a sample
@@ -49,10 +50,13 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Bloc
                     elem_id="captions",
                 )
                 analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-            with gr.Column(scale=3), gr.Tabs(), gr.Tab("Affinity", id="affinity"):
-                analyze_inputs, analyze_outputs = build_affinity_tab(
-                    files, captions, model, analyze_button, status, pairs_state
-                )
+            with gr.Column(scale=3), gr.Tabs():
+                with gr.Tab("Affinity", id="affinity"):
+                    analyze_inputs, analyze_outputs = build_affinity_tab(
+                        files, captions, model, analyze_button, status, pairs_state
+                    )
+                with gr.Tab("Train", id="train"):
+                    build_train_tab(model, files, captions)
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         if initial_sample is not None:
             demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")
@@ -61,4 +65,4 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Bloc
 
 def launch_kwargs() -> dict:
     """Settings `launch()` needs: the sample assets must be servable."""
-    return {"allowed_paths": [str(ASSETS_DIR)]}
+    return {"allowed_paths": [str(ASSETS_DIR), str(RUNS_DIR)]}

@@ -1,0 +1,56 @@
+"""The Train tab's API: a run streams records through gradio_client, stops cleanly, and its checkpoint loads."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from safetensors.torch import load_file
+
+from vlviz.losses import LOSSES
+from vlviz.models import load_model
+
+
+def _settings(steps: int, batch_size: int = 8, data: str = "scenes", **weights: float) -> list:
+    loss_weights = [weights.get(name, 0.0) for name in LOSSES]
+    return [
+        "offline scenes model", data, "all", steps, batch_size, 1e-4, 2, 0, "l1", "vlviz-scenes", [], "", *loss_weights
+    ]
+
+
+def test_train_streams_updates_and_ends_with_a_checkpoint(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    job = client.submit(*_settings(steps=4, clip=1.0), api_name="/train")
+    updates = list(job)
+    assert len(updates) >= 2  # streamed while training, not only at the end
+    *_, status, records, checkpoint, _chosen = updates[-1]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert "finished after 4 steps" in status
+    assert {"image_to_text_r1", "probe_image_to_text_r1"} <= set(records[-1])
+    assert "visual.proj" in load_file(checkpoint)  # the downloadable weights
+    folder = status.rsplit("`", 2)[1].rsplit("/", 1)[0]  # the run's folder on the server, as the status names it
+    assert load_model(folder, device="cpu").model_cfg["embed_dim"] == 128
+
+
+def test_bad_settings_get_clear_errors(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="Give at least one loss"):
+        client.predict(*_settings(steps=4), api_name="/train")
+    with pytest.raises(AppError, match="batch_size 64 is larger than the 6 training pairs"):
+        client.predict(*_settings(steps=4, batch_size=64, data="photos", clip=1.0), api_name="/train")
+
+
+def test_stop_ends_the_run_and_keeps_its_checkpoint(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    job = client.submit(*_settings(steps=400, clip=1.0), api_name="/train")
+    for update in job:
+        records = update[3]
+        if records and records[-1]["step"] >= 5:
+            assert "Stopping" in client.predict(api_name="/stop_training")
+            break
+    *_, status, records, checkpoint, _chosen = job.result()
+    assert "stopped after" in status and len(records) < 400 and checkpoint
+
+
+def test_stop_without_a_run_says_so(app_url: str) -> None:
+    assert Client(app_url, verbose=False).predict(api_name="/stop_training") == "No run is training in this session."

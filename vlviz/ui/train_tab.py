@@ -1,0 +1,201 @@
+"""The Train tab: continual pre-training with any mix of losses, streamed live; stop, compare, reuse.
+
+The callback drives `vlviz.runs.Run.records()` as a generator and turns records into figures
+every few steps. Each browser session has its own runs (in `gr.State`) and its own stop flag
+(keyed by the session), so two people training at once never see each other's runs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from vlviz.figures import compare_runs, training_curves
+from vlviz.inputs import InputError
+from vlviz.losses import LOSSES
+from vlviz.models import OFFLINE_SPEC, ModelUnavailableError
+from vlviz.runs import FRESH, prepare_run
+from vlviz.train import TRAINABLE, TrainConfig
+from vlviz.ui.session import read_pairs
+
+RUNS_DIR = Path(os.environ.get("VLVIZ_RUNS_DIR", Path(tempfile.gettempdir()) / "vlviz-runs"))
+STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
+DATA = ["scenes", "photos", "uploaded pairs"]
+METRIC_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_image_to_text_r1_start"]
+COMPARE_KEYS = ["total_loss", "image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1"]
+STREAM_EVERY = 5  # steps between live updates (evaluations always update)
+
+
+class StopFlags:
+    """The stop event of each session's running job (the one shared registry, keyed by session)."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            self._flags[session] = flag
+
+    def stop(self, session: str) -> bool:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def finish(self, session: str) -> None:
+        with self._lock:
+            self._flags.pop(session, None)
+
+
+STOP_FLAGS = StopFlags()
+
+
+def _loss_keys(records: list[dict]) -> list[str]:
+    return [k for k in records[-1] if k.endswith("_loss")] if records else []
+
+
+def _view(records: list[dict], runs: list[dict], status: str, checkpoint: str | None = None) -> tuple[Any, ...]:
+    losses = training_curves(records, _loss_keys(records), "Loss terms")
+    metrics = training_curves(
+        records, [k for k in METRIC_KEYS if any(k in r for r in records)], "Held-out and probe R@1"
+    )
+    names = [run["name"] for run in runs]
+    return (
+        losses, metrics, status, records, checkpoint, runs,
+        gr.update(choices=names, value=names[-2:] if names else []),
+    )  # fmt: skip
+
+
+def run_training(
+    start: str, data: str, trainable: str, steps: float, batch_size: float, lr: float, eval_every: float,
+    seed: float, saco_distance: str, model_spec: str | None, files: list[str] | None, captions: str | None,
+    runs: list[dict] | None, request: gr.Request, *weights: float,
+):  # fmt: skip
+    """Stream a training run (the `train` API): figures and records every few steps, the checkpoint at the end."""
+    runs = list(runs or [])
+    losses = {name: float(w) for name, w in zip(LOSSES, weights, strict=True) if w and w > 0}
+    session = request.session_hash or "api"
+    try:
+        options = {"saco": {"distance": saco_distance}} if "saco" in losses else {}
+        config = TrainConfig(
+            steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
+            seed=int(seed), losses=losses, loss_options=options, trainable=trainable,
+        )  # fmt: skip
+        start_spec = STARTS[start] or (model_spec or OFFLINE_SPEC)
+        source = read_pairs(files, captions) if data == "uploaded pairs" else data
+        name = f"run {len(runs) + 1}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
+        out_dir = RUNS_DIR / session / f"run-{len(runs) + 1}"
+        run = prepare_run(start_spec, source, config, out_dir)
+    except (ValueError, InputError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+    entry = {"name": name, "records": [], "checkpoint": None, "start": start_spec, "data": run.data}
+    runs.append(entry)
+    STOP_FLAGS.start(session, run.stop)
+    yield _view([], runs, f"**{name}**: preparing on `{run.context.device}`…")
+    try:
+        for record in run.records():
+            entry["records"].append(record)
+            if record["step"] % STREAM_EVERY == 0 or "image_to_text_r1" in record or record["step"] == 1:
+                status = f"**{name}**: step {record['step']} / {config.steps}, loss {record['total_loss']:.3f}"
+                yield _view(entry["records"], runs, status)
+    finally:
+        STOP_FLAGS.finish(session)
+    entry["checkpoint"] = str(run.checkpoint)
+    done = len(entry["records"])
+    verb = "stopped" if run.stop.is_set() else "finished"
+    status = f"**{name}** {verb} after {done} steps. Checkpoint: `{run.checkpoint}`"
+    yield _view(entry["records"], runs, status, str(run.checkpoint))
+
+
+def stop_training(request: gr.Request) -> str:
+    """Ask this session's run to stop after its current step; it keeps its curves and checkpoint."""
+    if STOP_FLAGS.stop(request.session_hash or "api"):
+        return "Stopping after the current step…"
+    return "No run is training in this session."
+
+
+def use_checkpoint(runs: list[dict] | None) -> Any:
+    """Make the last finished run's checkpoint folder the model of the other tabs."""
+    done = [run for run in runs or [] if run["checkpoint"]]
+    if not done:
+        raise gr.Error("No checkpoint yet: train (or stop) a run first.")
+    folder = str(Path(done[-1]["checkpoint"]).parent)
+    gr.Info(f"The other tabs now use {done[-1]['name']} ({folder}).")
+    return gr.update(value=folder)
+
+
+def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
+    chosen_runs = [run for run in runs or [] if run["name"] in (chosen or [])]
+    return compare_runs(chosen_runs, key)
+
+
+def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbox) -> None:
+    """Create the tab: settings on the left, live curves on the right, compare below."""
+    runs = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            start = gr.Radio(list(STARTS), value=next(iter(STARTS)), label="Start from")
+            data = gr.Radio(
+                DATA, value=DATA[0], label="Train on", info="a held-out split is always kept for evaluation"
+            )
+            gr.Markdown("**Losses** (weight 0 = off)")
+            weights = [
+                gr.Slider(0, 2, value=1.0 if name == "clip" else 0.0, step=0.05, label=name, elem_id=f"weight-{name}")
+                for name in LOSSES
+            ]
+            saco_distance = gr.Dropdown(["l1", "l2", "kl"], value="l1", label="SaCo distance", visible="saco" in LOSSES)
+            trainable = gr.Radio(list(TRAINABLE), value="all", label="What trains")
+            steps = gr.Slider(1, 2000, value=120, step=1, label="Steps")
+            batch_size = gr.Slider(2, 256, value=64, step=1, label="Batch size")
+            lr = gr.Number(value=1e-4, label="Peak learning rate")
+            eval_every = gr.Slider(1, 200, value=10, step=1, label="Evaluate every (steps)")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+            with gr.Row():
+                train_button = gr.Button("Train", variant="primary", elem_id="train")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+        with gr.Column(scale=2):
+            status = gr.Markdown(elem_id="train-status")
+            loss_plot = gr.Plot(label="Loss terms", elem_id="loss-plot")
+            metric_plot = gr.Plot(label="Held-out figures", elem_id="metric-plot")
+            with gr.Row():
+                checkpoint = gr.File(label="Checkpoint", interactive=False)
+                use_button = gr.Button("Use this model in the other tabs")
+            with gr.Accordion("Compare runs of this session", open=False):
+                with gr.Row():
+                    chosen = gr.CheckboxGroup([], label="Runs")
+                    compare_key = gr.Dropdown(COMPARE_KEYS, value="image_to_text_r1", label="Figure")
+                compare_plot = gr.Plot(label="Runs compared")
+            with gr.Accordion("Records (JSON)", open=False):
+                records = gr.JSON()
+
+    settings = [
+        start,
+        data,
+        trainable,
+        steps,
+        batch_size,
+        lr,
+        eval_every,
+        seed,
+        saco_distance,
+        model_spec,
+        files,
+        captions,
+        runs,
+    ]
+    outputs = [loss_plot, metric_plot, status, records, checkpoint, runs, chosen]
+    train_button.click(
+        run_training, [*settings, *weights], outputs, api_name="train", concurrency_limit=None, show_progress="minimal"
+    )
+    stop_button.click(stop_training, None, status, api_name="stop_training", concurrency_limit=None)
+    use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
+    for trigger in (chosen.change, compare_key.change):
+        trigger(compare, [runs, chosen, compare_key], compare_plot, api_visibility="private")
