@@ -71,7 +71,8 @@ def test_stop_event_ends_the_run() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"steps": 0}, "steps must be at least 1"), ({"batch_size": 1}, "batch_size must be at least 2"),
-     ({"losses": {}}, "at least one loss"), ({"trainable": "some"}, "Unknown trainable 'some'")],
+     ({"losses": {}}, "at least one loss"), ({"losses": {"nope": 1.0}}, "Unknown loss 'nope'"),
+     ({"trainable": "some"}, "Unknown trainable 'some'")],
 )  # fmt: skip
 def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -24,7 +24,7 @@ def test_train_streams_updates_and_ends_with_a_checkpoint(app_url: str) -> None:
     updates = list(job)
     assert len(updates) >= 2  # streamed while training, not only at the end
     *_, status, records, checkpoint, _chosen = updates[-1]
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert "finished after 4 steps" in status
     assert {"image_to_text_r1", "probe_image_to_text_r1"} <= set(records[-1])
     assert "visual.proj" in load_file(checkpoint)  # the downloadable weights

@@ -56,8 +56,9 @@ def _train(args: argparse.Namespace) -> int:
     run = prepare_run(args.model, args.data, config, args.out, context=context)
     bar = tqdm(total=config.steps, disable=not context.is_main, unit="step")
     for record in run.records():
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['total_loss']:.3f}")
+        if record["step"] > 0:  # step 0 is the start model's evaluation
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['total_loss']:.3f}")
         if "image_to_text_r1" in record and context.is_main:
             tqdm.write(json.dumps({k: round(v, 4) for k, v in record.items()}))
     bar.close()
@@ -80,6 +81,23 @@ def _eval_grounding(args: argparse.Namespace) -> int:
     min_cover = MIN_COVER if args.min_cover is None else args.min_cover
     scores = score_scenes(model, scenes, kinds=args.kind, min_cover=min_cover)
     print(json.dumps({"model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores}))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from vlviz.inputs import InputError
+    from vlviz.models import ModelUnavailableError
+    from vlviz.report import write_report
+
+    try:
+        path = write_report(
+            args.pairs, args.model, args.out, top_k=args.top_k, method=args.method, seed=args.seed,
+            temperature=args.temperature, max_pairs=args.max_pairs, device=args.device,
+        )  # fmt: skip
+    except (InputError, ValueError, ModelUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 
@@ -126,6 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument("--kind", action="append", help="sparc, no-sparsity, softmax, cosine (default: all)")
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     grounding.set_defaults(run=_eval_grounding)
+
+    report = commands.add_parser(
+        "report", help="self-contained HTML report of the Affinity, Consistency and Embedding views"
+    )
+    report.add_argument("--pairs", required=True, help="a folder of images with captions.csv/json, a .zip, or a table")
+    report.add_argument("--model", default="vlviz-scenes")
+    report.add_argument("--out", required=True, help="folder for report.html and its CSV/JSON/.npz files")
+    report.add_argument("--top-k", type=int, default=10, help="most inconsistent pairs to show")
+    report.add_argument("--method", default="umap", choices=["umap", "pca"], help="2-D layout of the embeddings")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the symmetric KL")
+    report.add_argument("--max-pairs", type=int, default=20_000, help="refuse larger sets (images are held in memory)")
+    report.add_argument("--device", default=None)
+    report.set_defaults(run=_report)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import open_clip
@@ -74,23 +75,27 @@ class Run:
             meta = {"start": self.start, "data": self.data, "config": asdict(self.config)}
             (self.out_dir / "run_config.json").write_text(json.dumps(meta, indent=2))
         metrics = self.out_dir / "metrics.jsonl"
-        probe_start = self._probe() if self.probe is not None else {}
-        last: dict = {}
+        # Step 0 is the start model: every curve starts from where the run began.
+        initial = {"step": 0, **evaluate(self.model, self.tokenizer, self.source.held_out)}
+        trained = False
         try:
-            for record in train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context):
+            for record in chain(
+                [initial], train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context)
+            ):
                 if "image_to_text_r1" in record:
-                    if self.probe is not None:
-                        record |= self._probe() | {f"{k}_start": v for k, v in probe_start.items()}
+                    record |= self._probe()
                     if main:
                         with metrics.open("a") as handle:
                             handle.write(json.dumps(record) + "\n")
-                last = record
+                trained = record["step"] > 0
                 yield record
         finally:
-            if main and last:
+            if main and trained:
                 save_checkpoint(self.model, self.model_cfg, self.out_dir, weights_name=WEIGHTS_NAME)
 
     def _probe(self) -> dict[str, float]:
+        if self.probe is None:
+            return {}
         figures = evaluate(self.model, self.tokenizer, self.probe)
         return {f"probe_{k}": v for k, v in figures.items()}
 

@@ -28,7 +28,7 @@ from vlviz.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval
 from vlviz.data.sources import HeldOut, SceneSource, preprocess_stats
 from vlviz.distributed import DistributedContext, gather_features
 from vlviz.encoding import image_embeddings, text_embeddings
-from vlviz.losses import create_loss
+from vlviz.losses import LOSSES, create_loss
 from vlviz.tokens import real_token_mask
 
 # The offline model: an open_clip CLIP small enough to train on two CPU cores, with open_clip's
@@ -67,6 +67,9 @@ class TrainConfig:
             )
         if not self.losses:
             raise ValueError("Give at least one loss, e.g. {'clip': 1.0}.")
+        unknown = [name for name in self.losses if name not in LOSSES]
+        if unknown:
+            raise ValueError(f"Unknown loss {unknown[0]!r}; known losses: {', '.join(LOSSES)}.")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
         if self.eval_every < 1:

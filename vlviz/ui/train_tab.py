@@ -26,7 +26,7 @@ from vlviz.ui.session import read_pairs
 RUNS_DIR = Path(os.environ.get("VLVIZ_RUNS_DIR", Path(tempfile.gettempdir()) / "vlviz-runs"))
 STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
 DATA = ["scenes", "photos", "uploaded pairs"]
-METRIC_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_image_to_text_r1_start"]
+METRIC_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
 COMPARE_KEYS = ["total_loss", "image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1"]
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 
@@ -103,13 +103,14 @@ def run_training(
     try:
         for record in run.records():
             entry["records"].append(record)
-            if record["step"] % STREAM_EVERY == 0 or "image_to_text_r1" in record or record["step"] == 1:
-                status = f"**{name}**: step {record['step']} / {config.steps}, loss {record['total_loss']:.3f}"
+            if record["step"] % STREAM_EVERY == 0 or "image_to_text_r1" in record:
+                loss = f", loss {record['total_loss']:.3f}" if "total_loss" in record else ""
+                status = f"**{name}**: step {record['step']} / {config.steps}{loss}"
                 yield _view(entry["records"], runs, status)
     finally:
         STOP_FLAGS.finish(session)
     entry["checkpoint"] = str(run.checkpoint)
-    done = len(entry["records"])
+    done = entry["records"][-1]["step"]
     verb = "stopped" if run.stop.is_set() else "finished"
     status = f"**{name}** {verb} after {done} steps. Checkpoint: `{run.checkpoint}`"
     yield _view(entry["records"], runs, status, str(run.checkpoint))
