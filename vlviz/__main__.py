@@ -92,7 +92,8 @@ def _report(args: argparse.Namespace) -> int:
     try:
         path = write_report(
             args.pairs, args.model, args.out, top_k=args.top_k, method=args.method, seed=args.seed,
-            temperature=args.temperature, max_pairs=args.max_pairs, device=args.device,
+            temperature=args.temperature, device=args.device,
+            **({"max_pairs": args.max_pairs} if args.max_pairs else {}),
         )  # fmt: skip
     except (InputError, ValueError, ModelUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -102,6 +103,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vlviz.consistency import DEFAULT_TEMPERATURE
+
     parser = argparse.ArgumentParser(prog="python -m vlviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -154,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--top-k", type=int, default=10, help="most inconsistent pairs to show")
     report.add_argument("--method", default="umap", choices=["umap", "pca"], help="2-D layout of the embeddings")
     report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the symmetric KL")
-    report.add_argument("--max-pairs", type=int, default=20_000, help="refuse larger sets (images are held in memory)")
+    report.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature of the KL")
+    report.add_argument("--max-pairs", type=int, default=None, help="refuse more pairs (20,000; images stay in memory)")
     report.add_argument("--device", default=None)
     report.set_defaults(run=_report)
 

@@ -8,18 +8,19 @@ embeddings I (N, D) and T (N, D):
 
 The paper's exact distance, whether its affinities are softmaxed and how it treats the diagonal
 are not public. vlviz exposes the options below with the defaults of ../shared/SEEDS.md: raw
-cosine affinities, the diagonal (always 1 = 1) excluded, the mean absolute difference as the main
+cosine affinities, the diagonal (cos(x, x) = 1 on both sides) excluded, the mean absolute difference as the main
 figure, and a symmetric KL between row-softmaxes at a temperature as an alternative.
 
 Two paths give the same figures:
   - dense (`consistency_figures` and friends): full (N, N) matrices, for the few hundred pairs a
     heatmap can show;
-  - chunked (`consistency_summary`): blocks of rows, memory O(chunk * N + k), never an (N, N)
-    matrix, for thousands to 100k pairs. Every figure is exact except Spearman, which needs ranks
-    over all N(N-1)/2 values: it is exact while they number at most `spearman_pairs`, and beyond
-    that is computed on a seeded uniform random sample of that many pairs (said in the result).
+  - chunked (`consistency_summary`): square tiles on and above the diagonal, memory
+    O(tile^2 + N + k), never an (N, N) matrix, for thousands to 100k pairs. Every figure is exact
+    except Spearman, which needs ranks over all N(N-1)/2 values: it is exact while they number at
+    most `spearman_pairs`, and beyond that is computed on a seeded uniform random sample of that
+    many pairs (said in the result).
 
-Shapes: N pairs, D embedding width, C rows of a chunk, K pairs asked for.
+Shapes: N pairs, D embedding width, R x S a tile, C rows of a block, K pairs asked for.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from vlviz.affinity import affinity
 
 DEFAULT_TEMPERATURE = 0.1  # vlviz's choice for the KL option; the paper gives none
 SPEARMAN_PAIRS = 500_000  # exact Spearman up to N = 1000 pairs, sampled beyond
-CHUNK_ELEMENTS = 2**23  # entries of one (C, N) block: 32 MB in float32
-_PAIR_BATCH = 8192  # pairs whose dot products are taken at once when sampling
+CHUNK_ELEMENTS = 2**23  # entries of one tile or block: 32 MB in float32
+_PAIR_BATCH = 8192  # pairs whose dot products `pair_affinities` takes at once
 
 
 # ------------------------------------------------------------------------------------------ dense
@@ -196,9 +197,9 @@ class ConsistencySummary:
 
 
 class _Moments:
-    """Running off-diagonal count, means, centred sums of squares and co-moment, in float64.
+    """Running count, means, centred sums of squares and co-moment of (x, y) values, in float64.
 
-    Blocks are merged with Chan et al.'s pairwise update, so Pearson's r stays accurate over
+    Tiles are merged with Chan et al.'s pairwise update, so Pearson's r stays accurate over
     billions of entries with a mean far from zero.
     """
 
@@ -206,7 +207,20 @@ class _Moments:
         self.count = 0
         self.mean_x = self.mean_y = self.m2_x = self.m2_y = self.c_xy = 0.0
 
-    def merge(self, count: int, mean_x: float, mean_y: float, m2_x: float, m2_y: float, c_xy: float) -> None:
+    def merge(self, x: torch.Tensor, y: torch.Tensor, upper: bool) -> None:
+        """Add a (R, S) tile of values; `upper`: only its strict upper triangle (a diagonal tile)."""
+        rows, columns = x.shape
+        count = rows * (rows - 1) // 2 if upper else rows * columns
+        if count == 0:
+            return
+        tile_x, tile_y = (x.triu(1), y.triu(1)) if upper else (x, y)  # zeros below count for nothing
+        mean_x, mean_y = float(tile_x.sum()) / count, float(tile_y.sum()) / count
+        centred_x, centred_y = x - mean_x, y - mean_y
+        if upper:
+            centred_x, centred_y = centred_x.triu_(1), centred_y.triu_(1)
+        m2_x = float(_row_dot(centred_x, centred_x).double().sum())
+        m2_y = float(_row_dot(centred_y, centred_y).double().sum())
+        c_xy = float(_row_dot(centred_x, centred_y).double().sum())
         total = self.count + count
         dx, dy, weight = mean_x - self.mean_x, mean_y - self.mean_y, self.count * count / total
         self.m2_x += m2_x + dx * dx * weight
@@ -218,13 +232,63 @@ class _Moments:
 
     @property
     def pearson(self) -> float:
-        denominator = math.sqrt(self.m2_x * self.m2_y)
-        return self.c_xy / denominator if denominator > 0 else math.nan
+        """r, or NaN when either side is constant to float32 precision (std below 1e-6)."""
+        if min(self.m2_x, self.m2_y) <= 1e-12 * self.count:
+            return math.nan
+        return self.c_xy / math.sqrt(self.m2_x * self.m2_y)
+
+
+class _SoftmaxMeans:
+    """Per-row sum_j p_ij d_ij for p_i = softmax_j(z_ij), accumulated tile by tile (online softmax).
+
+    Keeps, for each row, a running maximum m_i of the logits z_ij seen so far, the normaliser
+    s_i = sum_j exp(z_ij - m_i) and w_i = sum_j exp(z_ij - m_i) d_ij, rescaling both when m_i grows
+    (the trick of flash attention); the mean is w_i / s_i. Excluded entries carry z = -inf.
+    """
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.maximum = torch.full((n,), -math.inf, device=device)
+        self.normaliser = torch.zeros(n, device=device)
+        self.weighted = torch.zeros(n, device=device)
+
+    def merge(self, rows: slice, logits: torch.Tensor, values: torch.Tensor) -> None:
+        """Add columns for `rows`: logits z and values d, each (R, S)."""
+        lowest = torch.finfo(logits.dtype).min  # a finite floor, so an all -inf row gives exp(-inf) = 0
+        maximum = torch.maximum(self.maximum[rows], logits.amax(dim=1)).clamp_min(lowest)  # (R,)
+        weights = torch.exp(logits - maximum[:, None])  # (R, S)
+        rescale = torch.exp(self.maximum[rows] - maximum)  # (R,)
+        self.normaliser[rows] = self.normaliser[rows] * rescale + weights.sum(dim=1)
+        self.weighted[rows] = self.weighted[rows] * rescale + (weights * values).sum(dim=1)
+        self.maximum[rows] = maximum
+
+    def means(self) -> torch.Tensor:
+        return self.weighted / self.normaliser
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_j a_rj b_rj per row as one batched BLAS call (no (C, N) temporary): (C, N), (C, N) -> (C,)."""
+    """sum_j a_rj b_rj per row as one batched BLAS call (no (R, S) temporary): (R, S), (R, S) -> (R,)."""
     return (a.unsqueeze(1) @ b.unsqueeze(2)).view(-1)
+
+
+def _merge_top(
+    top_values: torch.Tensor, top_index: torch.Tensor, tile: torch.Tensor, row0: int, col0: int, n: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of the running top-k and a (R, S) tile of |A_I - A_T| (-1 where excluded).
+
+    Only rows whose maximum beats the running k-th value are searched, which after the first
+    tiles is usually none. Indices are flat, i * N + j.
+    """
+    rows = torch.arange(tile.shape[0], device=tile.device)
+    if top_values.numel() == k:
+        rows = rows[tile.amax(dim=1) > top_values[-1]]
+    if rows.numel() == 0:
+        return top_values, top_index
+    candidates = tile[rows]  # (R', S)
+    values, flat = candidates.view(-1).topk(min(k, candidates.numel()))
+    index = (row0 + rows[flat // tile.shape[1]]) * n + col0 + flat % tile.shape[1]
+    values, index = torch.cat([top_values, values]), torch.cat([top_index, index])
+    values, order = values.topk(min(k, values.numel()))
+    return values, index[order]
 
 
 def consistency_summary(
@@ -236,18 +300,27 @@ def consistency_summary(
     spearman_pairs: int = SPEARMAN_PAIRS,
     seed: int = 0,
 ) -> ConsistencySummary:
-    """Global figures, per-sample inconsistency and the top-k pairs, one block of rows at a time.
+    """Global figures, per-sample inconsistency and the top-k pairs, one square tile at a time.
 
-    Memory is O(chunk_size * N) for the block and O(k) for the running top-k, plus the Spearman
-    sample; no (N, N) matrix is ever held. Mean |A_I - A_T|, Pearson's r, the symmetric KL, the
-    per-sample scores and the top-k are exact (equal to the dense path up to float rounding).
+    A_I and A_T are symmetric, so only the tiles on and above the diagonal are computed (half the
+    work of full rows); each tile adds to the statistics of its rows and, transposed, of its
+    columns. The symmetric KL needs row softmaxes over all j: since sum_j (p_ij - q_ij) = 0, the
+    log-normalisers cancel and J_i = (1/tau) (sum_j p_ij d_ij - sum_j q_ij d_ij) with
+    d = A_I - A_T, two softmax-weighted means accumulated online (`_SoftmaxMeans`).
+
+    Memory is O(chunk_size^2) for a tile, O(N) for the per-sample sums, O(k) for the running
+    top-k and O(spearman_pairs) for the Spearman pairs, whose affinities are read from the tiles
+    as they pass; no (N, N) matrix is ever held. Mean |A_I - A_T|, Pearson's r, the symmetric KL,
+    the per-sample scores and the top-k are exact (equal to the dense path up to float rounding);
+    so is Spearman's rho while N(N-1)/2 <= spearman_pairs, and beyond that it is computed on a
+    seeded uniform sample of that many pairs (`sample_pairs`).
 
     Args:
         image_features: L2-normalised image embeddings, (N, D).
         text_features: L2-normalised text embeddings of the same pairs, (N, D).
         k: How many of the most inconsistent pairs i < j to return (at most N(N-1)/2).
         temperature: Softmax temperature of the symmetric KL.
-        chunk_size: Rows per block; None picks CHUNK_ELEMENTS // N.
+        chunk_size: Side of the square tiles; None picks sqrt(CHUNK_ELEMENTS).
         spearman_pairs: Pairs the Spearman ranks at most; more pairs than this are sampled.
         seed: Seed of the Spearman sample.
     """
@@ -256,67 +329,66 @@ def consistency_summary(
         raise ValueError(f"temperature must be positive, got {temperature}")
     n, device = image_features.shape[0], image_features.device
     images, texts = image_features.float(), text_features.float()
-    chunk = max(1, min(n, chunk_size or CHUNK_ELEMENTS // n))
+    size = max(1, min(n, chunk_size or math.isqrt(CHUNK_ELEMENTS)))
     k = max(0, min(k, n * (n - 1) // 2))
-    columns = torch.arange(n, device=device)
+    ranked = sample_pairs(n, spearman_pairs, seed, device)  # (2, M), sorted by i
+    ranked_x, ranked_y = [], []  # their A_I and A_T values, tile by tile
 
     moments = _Moments()
-    per_sample = torch.empty(n, device=device)
-    kl_sum = 0.0
+    absolute_sums = torch.zeros(n, device=device)  # sum over j != i of |A_I - A_T|
+    image_means, text_means = _SoftmaxMeans(n, device), _SoftmaxMeans(n, device)
     top_values = torch.empty(0, device=device)
-    top_index = torch.empty(0, dtype=torch.long, device=device)  # flat index i * N + j
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        rows = torch.arange(start, stop, device=device)
-        diagonal = (rows - start, rows)  # where each row's own entry sits in the block
-        image_image = images[start:stop] @ images.T  # (C, N)
-        text_text = texts[start:stop] @ texts.T  # (C, N)
+    top_index = torch.empty(0, dtype=torch.long, device=device)  # flat, i * N + j
+    for row0 in range(0, n, size):
+        rows = slice(row0, min(n, row0 + size))
+        low, high = torch.searchsorted(ranked[0], torch.tensor([rows.start, rows.stop], device=device)).tolist()
+        for col0 in range(row0, n, size):
+            columns = slice(col0, min(n, col0 + size))
+            diagonal = col0 == row0  # the tile holds (i, j) and (j, i): count it by rows only
+            image_image = images[rows] @ images[columns].T  # (R, S)
+            text_text = texts[rows] @ texts[columns].T  # (R, S)
 
-        # Pearson: centre on the block's off-diagonal means, then merge the block's moments.
-        count = (stop - start) * (n - 1)
-        mean_x = float((image_image.sum() - image_image[diagonal].sum()) / count)
-        mean_y = float((text_text.sum() - text_text[diagonal].sum()) / count)
-        image_image -= mean_x
-        text_text -= mean_y
-        x_diag, y_diag = image_image[diagonal], text_text[diagonal]  # (C,)
-        m2_x = float(_row_dot(image_image, image_image).double().sum() - x_diag.double().square().sum())
-        m2_y = float(_row_dot(text_text, text_text).double().sum() - y_diag.double().square().sum())
-        c_xy = float(_row_dot(image_image, text_text).double().sum() - (x_diag.double() * y_diag.double()).sum())
-        moments.merge(count, mean_x, mean_y, m2_x, m2_y, c_xy)
+            first, second = ranked[0, low:high], ranked[1, low:high]
+            inside = (second >= columns.start) & (second < columns.stop)
+            ranked_x.append(image_image[first[inside] - row0, second[inside] - col0])
+            ranked_y.append(text_text[first[inside] - row0, second[inside] - col0])
+            moments.merge(image_image, text_text, upper=diagonal)
 
-        # |A_I - A_T| = |(x - mean_x) - (y - mean_y) + (mean_x - mean_y)|; the diagonal counts as 0.
-        gap = (image_image - text_text).add_(mean_x - mean_y).abs_()  # (C, N)
-        gap[diagonal] = 0
-        per_sample[start:stop] = gap.sum(dim=1) / (n - 1)
-        if k:
-            gap.masked_fill_(columns[None, :] <= rows[:, None], -1.0)  # keep j > i: each pair once
-            values, flat = gap.view(-1).topk(min(k, gap.numel()))
-            top_values, picked = torch.cat([top_values, values]).topk(min(k, top_values.numel() + values.numel()))
-            top_index = torch.cat([top_index, start * n + flat])[picked]
-        del gap
+            difference = image_image - text_text  # (R, S)
+            if diagonal:
+                difference.fill_diagonal_(0)
+            absolute = difference.abs()
+            absolute_sums[rows] += absolute.sum(dim=1)
+            if not diagonal:
+                absolute_sums[columns] += absolute.sum(dim=0)
+            if k:
+                if diagonal:  # each pair once: i < j
+                    absolute.masked_fill_(torch.ones_like(absolute, dtype=torch.bool).tril_(), -1.0)
+                top_values, top_index = _merge_top(top_values, top_index, absolute, row0, col0, n, k)
+            del absolute
 
-        # Symmetric KL of row softmaxes without the diagonal (softmax ignores the per-block shift).
-        image_image[diagonal] = -math.inf
-        text_text[diagonal] = -math.inf
-        log_p = torch.log_softmax(image_image.div_(temperature), dim=1)
-        log_q = torch.log_softmax(text_text.div_(temperature), dim=1)
-        del image_image, text_text
-        log_ratio = log_p - log_q
-        log_ratio[diagonal] = 0  # -inf - -inf
-        kl_sum += float(_row_dot(log_p.exp_().sub_(log_q.exp_()), log_ratio).double().sum())
-        del log_p, log_q, log_ratio
+            image_image /= temperature  # logits of the row softmaxes
+            text_text /= temperature
+            if diagonal:
+                image_image.fill_diagonal_(-math.inf)
+                text_text.fill_diagonal_(-math.inf)
+            image_means.merge(rows, image_image, difference)
+            text_means.merge(rows, text_text, difference)
+            if not diagonal:
+                image_means.merge(columns, image_image.T, difference.T)
+                text_means.merge(columns, text_text.T, difference.T)
 
     first, second = top_index // n, top_index % n
-    spearman, used, exact = _sampled_spearman(images, texts, spearman_pairs, seed)
+    kl_rows = (image_means.means() - text_means.means()) / temperature  # J_i, (N,)
     figures = ConsistencyFigures(
         pairs=n,
-        mean_abs_inconsistency=float(per_sample.double().mean()),
+        mean_abs_inconsistency=float(absolute_sums.double().sum()) / (n * (n - 1)),
         pearson=moments.pearson,
-        spearman=spearman,
-        symmetric_kl=kl_sum / n,
+        spearman=spearman_correlation(torch.cat(ranked_x), torch.cat(ranked_y)),
+        symmetric_kl=float(kl_rows.double().mean()),
         temperature=temperature,
-        spearman_pairs=used,
-        spearman_exact=exact,
+        spearman_pairs=ranked.shape[1],
+        spearman_exact=ranked.shape[1] == n * (n - 1) // 2,
     )
     top = InconsistentPairs(
         first=first,
@@ -324,25 +396,30 @@ def consistency_summary(
         image_affinity=(images[first] * images[second]).sum(dim=1),
         text_affinity=(texts[first] * texts[second]).sum(dim=1),
     )
-    return ConsistencySummary(figures=figures, sample_inconsistency=per_sample, top_pairs=top)
+    return ConsistencySummary(figures=figures, sample_inconsistency=absolute_sums / (n - 1), top_pairs=top)
 
 
 def sample_pairs(n: int, max_pairs: int, seed: int = 0, device: torch.device | str | None = None) -> torch.Tensor:
     """Pairs i < j of N samples as a (2, M) long tensor, sorted by (i, j).
 
-    All N(N-1)/2 pairs when they number at most `max_pairs`; otherwise `max_pairs` ordered pairs
-    i != j drawn uniformly with a seeded generator, each sorted to i < j, duplicates dropped (so M
-    is a little under `max_pairs`): a uniform random subset of the pairs.
+    All N(N-1)/2 pairs when they number at most `max_pairs` (M = N(N-1)/2); otherwise a uniformly
+    random set of M = `max_pairs` distinct pairs, drawn with a seeded generator: ordered pairs
+    i != j are drawn uniformly and sorted to i < j until enough distinct ones are found, and a
+    random `max_pairs` of those are kept. Memory O(max_pairs).
     """
     total = n * (n - 1) // 2
     if total <= max_pairs:
         return torch.triu_indices(n, n, offset=1, device=device)
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(n, (max_pairs,), generator=generator)
-    second = torch.randint(n - 1, (max_pairs,), generator=generator)
-    second += second >= first  # uniform over j != i
-    low, high = torch.minimum(first, second), torch.maximum(first, second)
-    flat = torch.unique(low * n + high)  # sorted, distinct
+    flat = torch.empty(0, dtype=torch.long)  # distinct pairs so far, as i * N + j
+    while flat.numel() < max_pairs:
+        draws = 2 * (max_pairs - flat.numel())
+        first = torch.randint(n, (draws,), generator=generator)
+        second = torch.randint(n - 1, (draws,), generator=generator)
+        second += second >= first  # uniform over j != i
+        pairs = torch.minimum(first, second) * n + torch.maximum(first, second)
+        flat = torch.unique(torch.cat([flat, pairs]))
+    flat = flat[torch.randperm(flat.numel(), generator=generator)[:max_pairs]].sort().values
     return torch.stack([flat // n, flat % n]).to(device)
 
 
@@ -356,14 +433,6 @@ def pair_affinities(
         image_values.append((image_features[first].float() * image_features[second].float()).sum(dim=1))
         text_values.append((text_features[first].float() * text_features[second].float()).sum(dim=1))
     return torch.cat(image_values), torch.cat(text_values)
-
-
-def _sampled_spearman(images: torch.Tensor, texts: torch.Tensor, max_pairs: int, seed: int) -> tuple[float, int, bool]:
-    """Spearman's rho over all pairs, or over a seeded sample of them: (rho, pairs used, exact)."""
-    n = images.shape[0]
-    pairs = sample_pairs(n, max_pairs, seed, images.device)
-    x, y = pair_affinities(images, texts, pairs)
-    return spearman_correlation(x, y), pairs.shape[1], pairs.shape[1] == n * (n - 1) // 2
 
 
 def _check_pairs(image_features: torch.Tensor, text_features: torch.Tensor, minimum: int = 1) -> None:

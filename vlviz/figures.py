@@ -303,6 +303,15 @@ def embedding_scatter(
 
 # --- Grounding: token-to-patch maps over the image (vlviz.sparc) --------------------------------
 
+# Inferno-like, transparent at the low end: where a map is near its minimum the image shows through.
+OVERLAY_COLORSCALE = [
+    [0.0, "rgba(0, 0, 4, 0)"],
+    [0.2, "rgba(87, 16, 110, 0.35)"],
+    [0.45, "rgba(188, 55, 84, 0.7)"],
+    [0.7, "rgba(249, 142, 9, 0.9)"],
+    [1.0, "rgba(252, 255, 164, 1)"],
+]
+
 
 def _png_data_uri(image: np.ndarray) -> str:
     """An (H, W, 3) uint8 image as a PNG data URI, which plotly's go.Image draws without a pixel array."""
@@ -318,72 +327,78 @@ def _map_range(values: np.ndarray) -> tuple[float, float]:
 
 
 def _overlay_traces(
-    image: np.ndarray, values: np.ndarray, opacity: float, zrange: tuple[float, float], value_name: str, scale: bool
+    image: np.ndarray, grid_map: np.ndarray, opacity: float, zrange: tuple[float, float], value_name: str, scale: bool
 ) -> list:
-    """The image and, over it, a semi-transparent heatmap of `values` on the same pixel grid."""
-    if values.shape != image.shape[:2]:
-        raise ValueError(f"map of shape {values.shape} does not match the image's {image.shape[:2]}")
+    """The image and, over it, a semi-transparent heatmap of a (rows, cols) patch map.
+
+    Each patch value sits at its patch's centre in image pixels; plotly's ``zsmooth="best"``
+    interpolates bilinearly between the centres, so the map reads as a smooth image at any size.
+    """
+    height, width = image.shape[:2]
+    rows, cols = grid_map.shape
+    patch = np.array([[f"patch row {r}, column {c}" for c in range(cols)] for r in range(rows)])
     return [
         go.Image(source=_png_data_uri(image), hoverinfo="skip"),
         go.Heatmap(
-            z=values,
+            z=grid_map,
+            x=(np.arange(cols) + 0.5) * width / cols - 0.5,
+            y=(np.arange(rows) + 0.5) * height / rows - 0.5,
+            zsmooth="best",
             zmin=zrange[0],
             zmax=zrange[1],
             opacity=opacity,
-            colorscale="Inferno",
+            colorscale=OVERLAY_COLORSCALE,
             showscale=scale,
             colorbar={"title": {"text": value_name, "side": "right"}, "thickness": 12},
-            hovertemplate=f"x %{{x}}, y %{{y}}<br>{value_name}: %{{z:.4f}}<extra></extra>",
+            text=patch,
+            hovertemplate=f"%{{text}}<br>{value_name}: %{{z:.4f}}<extra></extra>",
         ),
     ]
 
 
+def _image_axes(fig: go.Figure, height: int, width: int) -> None:
+    """Hide the axes and keep pixels square, with row 0 at the top, in every subplot."""
+    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], constrain="domain")
+    fig.for_each_yaxis(lambda axis: axis.update(scaleanchor=axis.anchor or "x"))
+
+
 def grounding_overlay(
     image: np.ndarray,
-    values: np.ndarray,
+    grid_map: np.ndarray,
     title: str,
-    opacity: float = 0.6,
+    opacity: float = 0.7,
     value_name: str = "weight",
     zrange: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """One word's map, upsampled to the image's (H, W), as a heatmap over the (H, W, 3) uint8 image."""
-    height, width = values.shape
-    fig = go.Figure(_overlay_traces(image, values, opacity, zrange or _map_range(values), value_name, scale=True))
-    fig.update_layout(
-        title={"text": title, "x": 0.5},
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        height=460,
-        xaxis={"visible": False, "range": [-0.5, width - 0.5], "constrain": "domain"},
-        yaxis={"visible": False, "range": [height - 0.5, -0.5], "scaleanchor": "x", "constrain": "domain"},
-    )
+    """One word's (rows, cols) patch map as a smooth heatmap over the (H, W, 3) uint8 image the grid covers."""
+    fig = go.Figure(_overlay_traces(image, grid_map, opacity, zrange or _map_range(grid_map), value_name, scale=True))
+    _image_axes(fig, *image.shape[:2])
+    fig.update_layout(title={"text": title, "x": 0.5}, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=460)
     return fig
 
 
 def grounding_grid(
-    image: np.ndarray, maps: np.ndarray, words: Sequence[str], opacity: float = 0.6, columns: int = 5
+    image: np.ndarray, maps: np.ndarray, words: Sequence[str], opacity: float = 0.7, columns: int = 6
 ) -> go.Figure:
-    """Small overlays, one per word: `maps` (W, H, Wd) over the (H, Wd, 3) image, each on its own colour range."""
-    n_words, height, width = maps.shape
-    rows = max(1, -(-n_words // columns))
+    """Small overlays, one per word: `maps` (W, rows, cols) over the (H, W, 3) image, each on its own colour range."""
+    rows = max(1, -(-len(words) // columns))
     fig = make_subplots(
         rows=rows,
         cols=columns,
         subplot_titles=list(words),
-        horizontal_spacing=0.015,
-        vertical_spacing=min(0.3 / rows, 0.08),
+        horizontal_spacing=0.01,
+        vertical_spacing=min(0.25 / rows, 0.06),
     )
-    for i in range(n_words):  # one small figure per word of one caption: display only
-        for trace in _overlay_traces(image, maps[i], opacity, _map_range(maps[i]), "value", scale=False):
+    for i, word_map in enumerate(maps):  # one small overlay per word of one caption: display only
+        for trace in _overlay_traces(image, word_map, opacity, _map_range(word_map), "value", scale=False):
             fig.add_trace(trace, row=i // columns + 1, col=i % columns + 1)
-    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5], constrain="domain")
-    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], constrain="domain")
-    for i in range(1, rows * columns + 1):  # square pixels in every cell
-        fig.layout[f"yaxis{'' if i == 1 else i}"].scaleanchor = f"x{'' if i == 1 else i}"
+    _image_axes(fig, *image.shape[:2])
     fig.update_annotations(font_size=11)
     fig.update_layout(
         title={"text": "Every word (each map on its own colour range)", "x": 0.5},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        height=80 + 150 * rows,
+        height=70 + 130 * rows,
         showlegend=False,
     )
     return fig

@@ -515,6 +515,7 @@ def pairs_from_uploads(
     image_paths: list[str],
     captions_text: str | None = None,
     caption_table_path: str | None = None,
+    max_pairs: int | None = None,
 ) -> PairSet:
     """Build the image-caption pairs from what the user uploaded; the one entry point of the UI.
 
@@ -529,6 +530,7 @@ def pairs_from_uploads(
             None is treated as no upload.
         captions_text: Captions, one per line (blank lines are ignored).
         caption_table_path: A CSV or JSON caption table (see `load_caption_table`).
+        max_pairs: Most images accepted; None means MAX_PAIRS (the command line allows more).
 
     Raises:
         InputError: Anything wrong with the uploads, with a message for the user.
@@ -571,9 +573,10 @@ def pairs_from_uploads(
                 items.append(_Item(base, base, path=path))
         if not items:
             raise InputError("No images were uploaded: add at least one image, or a .zip of images.")
-        if len(items) > MAX_PAIRS:
+        limit = MAX_PAIRS if max_pairs is None else max_pairs
+        if len(items) > limit:
             raise InputError(
-                f"{len(items)} images were uploaded, but at most {MAX_PAIRS} can be compared at once; upload fewer."
+                f"{len(items)} images were uploaded, but at most {limit} can be compared at once; upload fewer."
             )
 
         names = [item.name for item in items]
@@ -599,11 +602,11 @@ def pairs_from_uploads(
     return PairSet(images=images, captions=captions, names=names, notices=notices)
 
 
-def load_pairs_folder(path: str | os.PathLike[str]) -> PairSet:
+def load_pairs_folder(path: str | os.PathLike[str], max_pairs: int | None = None) -> PairSet:
     """Load a folder of images with a caption table (captions.csv or captions.json, or a single table).
 
     Used by the command line and for the bundled sample sets. Images are the folder's top-level image
-    files, in name order; dotfiles are ignored.
+    files, in name order; dotfiles are ignored. At most `max_pairs` (None: MAX_PAIRS) are accepted.
 
     Raises:
         InputError: The folder is missing, holds no images, has no (or several) caption tables, or any
@@ -626,4 +629,5 @@ def load_pairs_folder(path: str | os.PathLike[str]) -> PairSet:
             f"{folder} needs exactly one caption table, named captions.csv or captions.json "
             f"(found {_list_names(preferred or tables) if tables else 'none'})."
         )
-    return pairs_from_uploads(images, caption_table_path=os.path.join(folder, (preferred or tables)[0]))
+    table = os.path.join(folder, (preferred or tables)[0])
+    return pairs_from_uploads(images, caption_table_path=table, max_pairs=max_pairs)

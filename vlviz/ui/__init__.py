@@ -6,6 +6,9 @@ import gradio as gr
 
 from vlviz.models import OFFLINE_NOTICE
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
+from vlviz.ui.consistency_tab import build_consistency_tab
+from vlviz.ui.embedding_tab import build_embedding_tab
+from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, sample_files
 from vlviz.ui.train_tab import RUNS_DIR, build_train_tab
 
@@ -55,6 +58,12 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Bloc
                     analyze_inputs, analyze_outputs = build_affinity_tab(
                         files, captions, model, analyze_button, status, pairs_state
                     )
+                with gr.Tab("Consistency", id="consistency"):
+                    build_consistency_tab(files, captions, model)
+                with gr.Tab("Embedding space", id="embedding"):
+                    build_embedding_tab(files, captions, model)
+                with gr.Tab("Grounding", id="grounding"):
+                    build_grounding_tab(model, pairs_state)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, files, captions)
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")

@@ -8,9 +8,14 @@ already on screen.
 from __future__ import annotations
 
 import csv
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from vlviz.encoding import VLModel
 from vlviz.inputs import InputError, PairSet, pairs_from_uploads
@@ -54,3 +59,42 @@ def model_status(model: VLModel, notice: str | None) -> str:
     """One line saying which model runs where, plus any notice."""
     line = f"**Model:** `{model.spec}` on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
     return line + (f"\n\n> {notice}" if notice else "")
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """The user's pairs with their global embeddings and the notices worth showing."""
+
+    pairs: PairSet
+    image_features: torch.Tensor  # (N, D), L2-normalised
+    text_features: torch.Tensor  # (N, D), L2-normalised
+    model: VLModel
+    notices: list[str]
+
+
+def encoded_pairs(files: list[str] | None, captions_text: str | None, model_spec: str | None) -> EncodedPairs:
+    """Read the pairs and encode them; the model caches embeddings by content, so tabs re-read cheaply."""
+    try:
+        pairs = read_pairs(files, captions_text)
+    except InputError as error:
+        raise gr.Error(str(error)) from error
+    model, notice = model_for(model_spec)
+    notices = [*pairs.notices, *([notice] if notice else [])]
+    notices += [
+        f"Caption {i + 1} ({pairs.names[i]}) is longer than the model's {model.context_length} tokens and was truncated."
+        for i in model.truncated_captions(pairs.captions)
+    ]
+    return EncodedPairs(pairs, model.encode_images(pairs.images), model.encode_texts(pairs.captions), model, notices)
+
+
+def export_folder(request: gr.Request | None, view: str) -> Path:
+    """An empty folder for one view's downloads in this browser session; the previous files are removed.
+
+    Gradio copies returned files into its own cache, so only the latest set needs to stay here. The
+    session id comes from the client, so it is hashed before it names a folder.
+    """
+    session = (request.session_hash if request is not None else None) or "no-session"
+    folder = Path(tempfile.gettempdir()) / "vlviz-exports" / hashlib.sha256(session.encode()).hexdigest()[:16] / view
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder

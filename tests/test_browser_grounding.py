@@ -1,0 +1,93 @@
+"""The Grounding tab in a real Chromium: open it, pick a word, and see its map drawn over the image."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.test_browser import CHROMIUM_ARGS, N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+from vlviz.ui.session import sample_files
+
+pytestmark = pytest.mark.browser
+
+FIRST_CAPTION_WORDS = sample_files("scenes")[1].splitlines()[0].replace(",", "").split()
+
+# The plotly figure inside a gr.Plot: trace types, title, each heatmap's z shape, the image traces'
+# sources, and how many <image> elements plotly drew (one per image trace and one per heatmap).
+_FIGURE_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    if (!el || !el._fullData) return null;
+    return {
+        types: el._fullData.map((t) => t.type),
+        title: (el.layout.title && el.layout.title.text) || "",
+        shapes: el._fullData.filter((t) => t.type === "heatmap").map((t) => [t.z.length, t.z[0].length]),
+        sources: el._fullData.filter((t) => t.type === "image").map((t) => (t.source || "").slice(0, 22)),
+        drawn: el.querySelectorAll("image").length,
+    };
+}"""
+
+
+def figure(page: Page, elem_id: str) -> dict | None:
+    return page.evaluate(_FIGURE_JS, elem_id)
+
+
+def wait_for_title(page: Page, elem_id: str, title_starts: str) -> None:
+    page.wait_for_function(
+        f"([id, title]) => {{ const f = ({_FIGURE_JS})(id); return !!f && f.title.startsWith(title); }}",
+        arg=[elem_id, title_starts],
+        timeout=TIMEOUT_MS,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Chromium is not installed: the browser tests need it (`apt-get install -y chromium`).")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, app_url: str) -> Iterator[Page]:
+    """A fresh page on the app with the Grounding tab open, once the scenes analyzed on load are drawn."""
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(app_url)
+    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
+    page.get_by_role("tab", name="Grounding").click()
+    yield page
+    context.close()
+
+
+def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:
+    chips = page.locator("#grounding-words label")
+    expect(chips).to_have_count(len(FIRST_CAPTION_WORDS))
+    assert chips.all_inner_texts() == FIRST_CAPTION_WORDS
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}'")  # the first content word
+
+    word = FIRST_CAPTION_WORDS[2]
+    page.locator("#grounding-words").get_by_label(word, exact=True).check()
+    wait_for_title(page, "grounding-overlay", f"'{word}': SPARC weights")
+    overlay = figure(page, "grounding-overlay")
+    assert overlay["types"] == ["image", "heatmap"] and overlay["shapes"] == [[8, 8]]
+    assert overlay["sources"] == ["data:image/png;base64,"] and overlay["drawn"] == 2  # the scene, then the map
+    expect(page.locator("#grounding-overlay .js-plotly-plot")).to_be_visible()
+
+    grid = figure(page, "grounding-grid")
+    assert grid["types"] == ["image", "heatmap"] * len(FIRST_CAPTION_WORDS)
+    assert "pointing game" in page.locator("#grounding-score").inner_text()
+
+
+def test_the_switch_redraws_the_dense_cosine_map(page: Page) -> None:
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}'")
+    page.locator("#grounding-kind").get_by_label("dense cosine map").check()
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}': dense cosine map")
+    wait_for_title(page, "grounding-matrix", "Token x patch: dense cosine map")

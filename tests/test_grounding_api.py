@@ -1,0 +1,87 @@
+"""The `grounding` API through gradio_client, against the app launched on the offline model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from vlviz.models import OFFLINE_SPEC
+
+SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}
+FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    """A session that has analyzed four bundled scenes with their own captions."""
+    client = Client(app_url, verbose=False)
+    captions = "\n".join(SCENE_CAPTIONS[f.name] for f in FILES)
+    client.predict(
+        [handle_file(str(f)) for f in FILES], captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze"
+    )
+    return client
+
+
+def _ground(client: Client, pair: int | None = 2, word: int | None = None, kind: str = "sparc", text: str = "",
+            model: str = OFFLINE_SPEC) -> dict:  # fmt: skip
+    return client.predict(pair, word, kind, 0.6, text, model, api_name="/grounding")[-1]
+
+
+def test_grounding_returns_the_words_and_their_weights(client: Client) -> None:
+    data = _ground(client, pair=2, word=3)
+    caption = SCENE_CAPTIONS["scene_01.png"]
+    assert data["pair"] == 2 and data["image"] == "scene_01.png" and data["text"] == caption
+    assert data["words"] == caption.replace(",", "").split() and data["word"] == 3
+    assert data["grid_size"] == [8, 8] and len(data["word_maps"]) == len(data["words"])
+    assert all(len(row) == 64 and abs(sum(row) - 1) < 1e-4 for row in data["word_maps"])  # SPARC rows sum to 1
+    assert len(data["token_maps"]) == len(data["tokens"]) and all(min(row) >= 0 for row in data["token_maps"])
+
+
+def test_the_default_word_is_the_first_content_word(client: Client) -> None:
+    data = _ground(client, pair=1)
+    assert data["words"][:2] == ["a", "small"] and data["word"] == 1
+
+
+def test_bundled_scenes_get_a_grounding_score(client: Client) -> None:
+    result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, api_name="/grounding")
+    score, data = result[-2], result[-1]
+    assert "pointing game" in score and "4 loaded bundled scenes" in score
+    for name in ("colour", "shape"):
+        entry = data["scene_score"][name]
+        assert 0 <= entry["pointing_game"] <= 1 and 0 <= entry["mass_in_mask"] <= 1 and entry["words"] > 0
+
+
+def test_the_dense_cosine_map_lies_in_the_unit_interval(client: Client) -> None:
+    data = _ground(client, kind="cosine")
+    values = [v for row in data["word_maps"] for v in row]
+    assert all(-1 <= v <= 1 for v in values) and min(values) < 0.999
+
+
+def test_any_typed_text_is_grounded(client: Client) -> None:
+    data = _ground(client, text="blue square")
+    assert data["words"] == ["blue", "square"] and data["text"] == "blue square" and data["word"] == 0
+
+
+def test_a_resnet_says_why_there_are_no_maps(client: Client, tiny_resnet_dir: Path) -> None:
+    result = client.predict(1, None, "sparc", 0.6, "", str(tiny_resnet_dir), api_name="/grounding")
+    notice, data = result[5], result[-1]
+    assert "no projectable patch tokens" in notice and "ModifiedResNet" in data["unavailable"]
+
+
+@pytest.mark.parametrize(
+    ("pair", "kind", "message"),
+    [(9, "sparc", "Pair 9 does not exist: choose 1 to 4"), (1, "nope", "'nope'.*not in the list of choices")],
+)
+def test_bad_requests_are_named(client: Client, pair: int, kind: str, message: str) -> None:
+    with pytest.raises(AppError, match=message):
+        _ground(client, pair=pair, kind=kind)
+
+
+def test_grounding_needs_analyzed_pairs(app_url: str) -> None:
+    with pytest.raises(AppError, match="Analyze a set of pairs first"):
+        _ground(Client(app_url, verbose=False))

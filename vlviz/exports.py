@@ -1,0 +1,116 @@
+"""Downloadable files of the Consistency and Embedding-space views: HTML, CSV, JSON and .npz.
+
+Figures go to one offline HTML page per view (plotly.js inlined; PNG would need kaleido, which
+vlviz does not depend on); numbers to CSV and JSON; embeddings and matrices to .npz.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from vlviz.consistency import in_modal_affinities
+from vlviz.views import (
+    ConsistencyView,
+    EmbeddingView,
+    consistency_table,
+    gap_table,
+    page_html,
+    top_pairs_html,
+    top_pairs_table,
+)
+
+
+def write_consistency_files(
+    folder: str | Path,
+    view: ConsistencyView,
+    data: dict[str, object],
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    images: Sequence[Image.Image],
+    names: Sequence[str],
+    captions: Sequence[str],
+) -> list[Path]:
+    """consistency.html, consistency.json, samples.csv, top_pairs.csv and, for N <= 4096, affinities.npz."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    top = view.summary.top_pairs
+    blocks = [
+        "<h1>Consistency (SaCo)</h1>",
+        *(f"<p>{html.escape(note)}</p>" for note in view.notes),
+        consistency_table(view.summary.figures).to_html(index=False),
+        view.image_heatmap,
+        view.text_heatmap,
+        view.inconsistency_heatmap,
+        view.scatter,
+        "<h2>Most inconsistent pairs</h2>",
+        top_pairs_html(top, images, names, captions),
+    ]
+    paths = [folder / "consistency.html", folder / "consistency.json", folder / "samples.csv", folder / "top_pairs.csv"]
+    paths[0].write_text(page_html("vlviz consistency", blocks), encoding="utf-8")
+    paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
+    samples = pd.DataFrame(
+        {
+            "index": range(1, len(names) + 1),
+            "image": names,
+            "caption": captions,
+            "inconsistency": view.summary.sample_inconsistency.cpu().numpy(),
+        }
+    )
+    samples.to_csv(paths[2], index=False)
+    top_pairs_table(top, names, captions).to_csv(paths[3], index=False)
+    if len(names) <= 4096:  # two float32 N x N matrices: 128 MB at 4096
+        image_image, text_text = in_modal_affinities(image_features, text_features)
+        paths.append(folder / "affinities.npz")
+        np.savez_compressed(
+            paths[-1], image_image=image_image.cpu().numpy(), text_text=text_text.cpu().numpy(),
+            names=np.array(names), captions=np.array(captions),
+        )  # fmt: skip
+    return paths
+
+
+def write_embedding_files(
+    folder: str | Path,
+    view: EmbeddingView,
+    data: dict[str, object],
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    names: Sequence[str],
+    captions: Sequence[str],
+) -> list[Path]:
+    """embedding.html, embedding.json, embedding.csv (2-D coordinates) and embeddings.npz (the features)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in ("embedding.html", "embedding.json", "embedding.csv", "embeddings.npz")]
+    blocks = [
+        "<h1>Embedding space</h1>",
+        *([f"<p>{html.escape(view.layout.note)}</p>"] if view.layout.note else []),
+        gap_table(view.gap).to_html(index=False),
+        view.figure,
+    ]
+    paths[0].write_text(page_html("vlviz embedding space", blocks), encoding="utf-8")
+    paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
+    n = len(names)
+    coordinates = view.coordinates.numpy()
+    pd.DataFrame(
+        {
+            "kind": ["image"] * n + ["caption"] * n,
+            "index": [*range(1, n + 1), *range(1, n + 1)],
+            "name": [*names, *names],
+            "caption": [*captions, *captions],
+            "x": coordinates[:, 0],
+            "y": coordinates[:, 1],
+        }
+    ).to_csv(paths[2], index=False)
+    np.savez_compressed(
+        paths[3], image_features=image_features.float().cpu().numpy(), text_features=text_features.float().cpu().numpy(),
+        coordinates=coordinates, names=np.array(names), captions=np.array(captions),
+    )  # fmt: skip
+    return paths

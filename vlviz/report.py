@@ -1,0 +1,204 @@
+"""A self-contained HTML report of the Affinity, Consistency and Embedding-space views.
+
+`python -m vlviz report --pairs FILE_OR_FOLDER --model SPEC --out DIR` reads a folder of images
+with a caption table, a zip of them, or a caption table beside its images; encodes everything in
+batches; and writes DIR/report.html (plotly.js inlined once: it opens offline) with the numbers
+beside it as CSV, JSON and .npz. Global figures cover every pair through the chunked paths, so
+the report scales to thousands of pairs; heatmaps show a random subset (said on the page).
+All images are decoded into memory first (at most 1024 px a side each, see `vlviz.inputs`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from tqdm import tqdm
+
+from vlviz.affinity import affinity
+from vlviz.consistency import CHUNK_ELEMENTS, DEFAULT_TEMPERATURE
+from vlviz.embedding_space import close_modality_gap
+from vlviz.exports import write_consistency_files, write_embedding_files
+from vlviz.figures import embedding_scatter, heatmap, short_labels
+from vlviz.inputs import InputError, PairSet, load_caption_table, load_pairs_folder, pairs_from_uploads
+from vlviz.models import load_model
+from vlviz.views import (
+    consistency_data,
+    consistency_table,
+    consistency_view,
+    embedding_data,
+    embedding_view,
+    gap_table,
+    page_html,
+    top_pairs_html,
+)
+
+REPORT_MAX_PAIRS = 20_000
+HEATMAP_SAMPLES = 150  # samples shown in each heatmap of the report
+ENCODE_BATCH = 256  # pairs encoded per progress step
+
+
+def load_report_pairs(path: str | Path, max_pairs: int = REPORT_MAX_PAIRS) -> PairSet:
+    """Pairs from a folder (images + captions.csv/json), a .zip of them, or a caption table beside its images."""
+    path = Path(path)
+    if path.is_dir():
+        return load_pairs_folder(path, max_pairs=max_pairs)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: give a folder, a .zip, or a caption table (.csv/.json).")
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        return pairs_from_uploads([str(path)], max_pairs=max_pairs)
+    if suffix in (".csv", ".json"):
+        images = [str(path.parent / name) for name in load_caption_table(str(path), path.name)]
+        return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=max_pairs)
+    raise InputError(f"{path.name}: give a folder, a .zip, or a caption table (.csv/.json) beside its images.")
+
+
+def chunked_ranks(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Rank (1 = best) of each query's own key (query i's partner is key i) among all keys, (N,).
+
+    Same rule as `vlviz.affinity.retrieval_ranks` (ties count against the partner), one block of
+    rows at a time: memory O(chunk * N).
+    """
+    n = queries.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // n)
+    ranks = []
+    for start in range(0, n, chunk):
+        scores = affinity(queries[start : start + chunk], keys)  # (C, N)
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        own = scores[rows, rows + start]  # (C,)
+        ranks.append((scores >= own[:, None]).sum(dim=1))
+    return torch.cat(ranks)
+
+
+def write_report(
+    pairs_path: str | Path,
+    model_spec: str,
+    out_dir: str | Path,
+    top_k: int = 10,
+    method: str = "umap",
+    seed: int = 0,
+    temperature: float = DEFAULT_TEMPERATURE,
+    max_pairs: int = REPORT_MAX_PAIRS,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Write DIR/report.html and its data files; return the report's path."""
+    out = Path(out_dir)
+    with tqdm(total=5, desc="reading pairs", unit="step", disable=not show_progress) as bar:
+        pairs = load_report_pairs(pairs_path, max_pairs)
+        n = len(pairs)
+        if n < 2:
+            raise InputError("A report compares samples with each other: give at least 2 image-caption pairs.")
+        bar.total += (n + ENCODE_BATCH - 1) // ENCODE_BATCH
+        bar.update()
+        bar.set_description("loading the model")
+        model = load_model(model_spec, device)
+        bar.set_description("encoding")
+        image_parts, text_parts = [], []
+        for start in range(0, n, ENCODE_BATCH):
+            image_parts.append(model.encode_images(pairs.images[start : start + ENCODE_BATCH]))
+            text_parts.append(model.encode_texts(pairs.captions[start : start + ENCODE_BATCH]))
+            bar.update()
+        images, texts = torch.cat(image_parts), torch.cat(text_parts)
+
+        bar.set_description("consistency")
+        consistency = consistency_view(
+            images, texts, pairs.names, pairs.captions, k=top_k, temperature=temperature,
+            max_heatmap=HEATMAP_SAMPLES, seed=seed,
+        )  # fmt: skip
+        bar.update()
+        bar.set_description("affinity")
+        out.mkdir(parents=True, exist_ok=True)
+        affinity_blocks = _affinity_section(images, texts, pairs, consistency.shown, out)
+        bar.update()
+        bar.set_description(f"embedding space ({method})")
+        embedding = embedding_view(images, texts, pairs.names, pairs.captions, method=method, seed=seed)
+        closed = embedding_scatter(
+            embedding.layout.transform(*close_modality_gap(images, texts)).numpy(), pairs.names, pairs.captions,
+            embedding.layout.axis_titles, embedding.title + ", gap closed in the same frame",
+        )  # fmt: skip
+        bar.update()
+
+        bar.set_description("writing")
+        consistency_json = {"model": model.spec, **consistency_data(consistency, pairs.names, pairs.captions)}
+        embedding_json = {"model": model.spec, **embedding_data(embedding, pairs.names, pairs.captions)}
+        files = write_consistency_files(
+            out, consistency, consistency_json, images, texts, pairs.images, pairs.names, pairs.captions
+        )
+        files += write_embedding_files(out, embedding, embedding_json, images, texts, pairs.names, pairs.captions)
+        files.append(out / "ranks.csv")
+        notes = [*pairs.notices, *consistency.notes, *([embedding.layout.note] if embedding.layout.note else [])]
+        blocks = [
+            "<h1>vlviz report</h1>",
+            f"<p><b>Model:</b> {html.escape(model.spec)} · <b>pairs:</b> {n} · <b>source:</b> "
+            f"{html.escape(str(pairs_path))} · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
+            *(f"<p><i>{html.escape(note)}</i></p>" for note in notes),
+            "<h2>Affinity</h2>",
+            *affinity_blocks,
+            "<h2>Consistency (SaCo)</h2>",
+            "<p>A_I compares images with images, A_T captions with captions (cosine); the inconsistency is "
+            "|A_I − A_T| over every two samples i ≠ j. SaCo's exact distance is not public: these are vlviz's "
+            "figures.</p>",
+            consistency_table(consistency.summary.figures).to_html(index=False),
+            consistency.image_heatmap,
+            consistency.text_heatmap,
+            consistency.inconsistency_heatmap,
+            consistency.scatter,
+            "<h3>Most inconsistent pairs</h3>",
+            top_pairs_html(consistency.summary.top_pairs, pairs.images, pairs.names, pairs.captions),
+            "<h2>Embedding space</h2>",
+            gap_table(embedding.gap).to_html(index=False),
+            embedding.figure,
+            closed,
+            "<h2>Files</h2>",
+            "<ul>" + "".join(f"<li>{html.escape(p.name)}</li>" for p in files) + "</ul>",
+        ]
+        report = out / "report.html"
+        report.write_text(page_html("vlviz report", blocks), encoding="utf-8")
+        (out / "report.json").write_text(
+            json.dumps({"model": model.spec, "pairs": n, "source": str(pairs_path), "files": [p.name for p in files]}),
+            encoding="utf-8",
+        )
+        bar.update()
+    return report
+
+
+def _affinity_section(
+    images: torch.Tensor, texts: torch.Tensor, pairs: PairSet, shown: list[int], out: Path
+) -> list[go.Figure | str]:
+    """Retrieval figures over all pairs (ranks.csv holds every rank), and the image-text heatmap of the samples
+    the other heatmaps show."""
+    image_to_text, text_to_image = chunked_ranks(images, texts), chunked_ranks(texts, images)
+    matched = (images.float() * texts.float()).sum(dim=1)
+    table = pd.DataFrame(
+        [
+            ("image → caption R@1", f"{float((image_to_text == 1).float().mean()):.4f}"),
+            ("caption → image R@1", f"{float((text_to_image == 1).float().mean()):.4f}"),
+            ("median rank of the own caption", f"{float(image_to_text.float().median()):.0f}"),
+            ("mean cos(image i, caption i)", f"{float(matched.mean()):.4f}"),
+        ],
+        columns=["figure", "value"],
+    )
+    similarity = affinity(images[shown], texts[shown]).cpu().numpy()
+    labels = short_labels(pairs.captions)
+    caption_labels = [labels[i] for i in shown]
+    image_labels = [f"{i + 1}. {pairs.names[i]}" for i in shown]
+    figure = heatmap(
+        similarity, caption_labels, image_labels, [f"caption {i + 1}: {pairs.captions[i]}" for i in shown],
+        [f"image {i + 1} ({pairs.names[i]})" for i in shown], "Image-text cosine similarity", "cosine",
+        annotate=len(shown) <= 12,
+    )  # fmt: skip
+    ranks = pd.DataFrame(
+        {"image": pairs.names, "caption": pairs.captions, "image→text rank": image_to_text.cpu().numpy(),
+         "text→image rank": text_to_image.cpu().numpy(), "cos(own pair)": np.round(matched.cpu().numpy(), 4)}
+    )  # fmt: skip
+    ranks.to_csv(out / "ranks.csv", index=False)
+    worst = ranks.sort_values("image→text rank", ascending=False).head(10)
+    return [table.to_html(index=False), figure, "<h3>Worst-ranked pairs</h3>", worst.to_html(index=False)]

@@ -1,0 +1,94 @@
+"""The Consistency tab: SaCo's affinity inconsistency between the image side and the text side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from vlviz.consistency import DEFAULT_TEMPERATURE
+from vlviz.exports import write_consistency_files
+from vlviz.ui.session import encoded_pairs, export_folder
+from vlviz.views import consistency_data, consistency_table, consistency_view, top_pairs_html
+
+ORDERINGS = ["clustered", "input order"]
+VIEWS = ["absolute |A_I − A_T|", "signed A_I − A_T"]
+ABOUT = """Two images that look alike should be as similar as the captions that describe them (SaCo,
+Wu et al. CVPR 2024). **A_I** compares images with images, **A_T** captions with captions (cosine);
+the inconsistency is |A_I − A_T| for every two samples i ≠ j. SaCo's exact distance is not public:
+vlviz shows the mean absolute difference, correlations and a symmetric KL of row softmaxes."""
+
+
+def consistency(
+    files: list[str] | None,
+    captions_text: str | None,
+    model_spec: str | None,
+    ordering: str = ORDERINGS[0],
+    view_kind: str = VIEWS[0],
+    top_k: float = 8,
+    temperature: float = DEFAULT_TEMPERATURE,
+    request: gr.Request | None = None,  # filled in by Gradio
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
+) -> tuple[Any, ...]:
+    """Read and encode the pairs, then draw the Consistency view (the `consistency` API)."""
+    progress(0.1, desc="Reading and encoding images and captions")
+    encoded = encoded_pairs(files, captions_text, model_spec)
+    pairs = encoded.pairs
+    if len(pairs) < 2:
+        raise gr.Error("Consistency compares samples with each other: give at least 2 image-caption pairs.")
+    if temperature is None or temperature <= 0:
+        raise gr.Error(f"The KL temperature must be positive, got {temperature}.")
+    progress(0.6, desc="Comparing affinities")
+    view = consistency_view(
+        encoded.image_features,
+        encoded.text_features,
+        pairs.names,
+        pairs.captions,
+        k=int(top_k),
+        temperature=float(temperature),
+        clustered=ordering == ORDERINGS[0],
+        signed=view_kind == VIEWS[1],
+    )
+    data = {"model": encoded.model.spec, **consistency_data(view, pairs.names, pairs.captions)}
+    progress(0.9, desc="Writing downloads")
+    paths = write_consistency_files(
+        export_folder(request, "consistency"), view, data, encoded.image_features, encoded.text_features,
+        pairs.images, pairs.names, pairs.captions,
+    )  # fmt: skip
+    top = top_pairs_html(view.summary.top_pairs, pairs.images, pairs.names, pairs.captions)
+    message = "\n".join(f"- {note}" for note in [*encoded.notices, *view.notes])
+    return (
+        view.image_heatmap, view.text_heatmap, view.inconsistency_heatmap, view.scatter,
+        consistency_table(view.summary.figures), top, [str(p) for p in paths], data, message,
+    )  # fmt: skip
+
+
+def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown) -> None:
+    """Create the tab's components and wire them to `consistency`, reading the shared inputs."""
+    gr.Markdown(ABOUT)
+    with gr.Row():
+        ordering = gr.Radio(ORDERINGS, value=ORDERINGS[0], label="Heatmap order", elem_id="consistency-order")
+        view_kind = gr.Radio(VIEWS, value=VIEWS[0], label="Inconsistency heatmap shows", elem_id="consistency-view")
+        top_k = gr.Slider(1, 50, value=8, step=1, label="Most inconsistent pairs to show")
+        temperature = gr.Number(value=DEFAULT_TEMPERATURE, minimum=0.001, label="KL temperature τ")
+    run = gr.Button("Compute consistency", variant="primary", elem_id="consistency-button")
+    notices = gr.Markdown(elem_id="consistency-notices")
+    table = gr.Dataframe(label="Global figures (all pairs i ≠ j)", interactive=False, wrap=True)
+    with gr.Row():
+        image_plot = gr.Plot(label="A_I", elem_id="consistency-image-plot")
+        text_plot = gr.Plot(label="A_T", elem_id="consistency-text-plot")
+    inconsistency_plot = gr.Plot(label="Inconsistency", elem_id="inconsistency-plot")
+    scatter_plot = gr.Plot(label="A_T against A_I", elem_id="affinity-scatter-plot")
+    gr.Markdown("### Most inconsistent pairs")
+    top = gr.HTML(elem_id="inconsistent-pairs", js_on_load=None)
+    downloads = gr.File(
+        label="Downloads: HTML figures, CSV/JSON numbers, .npz matrices", file_count="multiple", interactive=False
+    )
+    with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
+        data = gr.JSON(label="consistency output")
+
+    inputs = [files, captions, model_spec, ordering, view_kind, top_k, temperature]
+    outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices]
+    run.click(consistency, inputs, outputs, api_name="consistency", show_progress="minimal")
+    for control in (ordering, view_kind):
+        control.change(consistency, inputs, outputs, api_visibility="private", show_progress="minimal")

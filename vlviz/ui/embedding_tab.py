@@ -1,0 +1,145 @@
+"""The Embedding-space tab: images and captions together in 2-D, and the modality gap.
+
+Gradio's gr.Plot reports no selection events (only `change`), so the plot's box and lasso tools
+highlight points in the browser only; the sample picker below the plot names samples, rings
+them in the plot and lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import torch
+
+from vlviz.embedding_space import UMAP_METRICS, EmbeddingLayout
+from vlviz.exports import write_embedding_files
+from vlviz.figures import embedding_scatter
+from vlviz.inputs import PairSet
+from vlviz.ui.session import encoded_pairs, export_folder
+from vlviz.views import embedding_data, embedding_view, gap_table
+
+METHODS = ["umap", "pca"]
+ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
+to its caption. The **modality gap** (Liang et al., NeurIPS 2022) is the distance between the two
+clouds' centres: *close the gap* shifts each modality halfway towards the other, so what remains
+between them is alignment. *Keep layout* projects later embeddings into the frame fitted first."""
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """What the picker needs to redraw and list samples without recomputing."""
+
+    pairs: PairSet
+    coordinates: torch.Tensor  # (2N, 2)
+    axis_titles: tuple[str, str]
+    title: str
+    matched_cosine: list[float]  # cos(image i, caption i)
+
+
+def sample_labels(pairs: PairSet) -> list[str]:
+    """Picker entries: number, file name and the start of the caption."""
+    return [f"{i + 1}. {name} · {caption[:50]}" for i, (name, caption) in enumerate(zip(pairs.names, pairs.captions))]
+
+
+def embedding_space(
+    files: list[str] | None,
+    captions_text: str | None,
+    model_spec: str | None,
+    method: str = "umap",
+    n_neighbors: float = 15,
+    min_dist: float = 0.1,
+    metric: str = "cosine",
+    seed: float = 0,
+    close_gap: bool = False,
+    keep_layout: bool = False,
+    kept: EmbeddingLayout | None = None,
+    request: gr.Request | None = None,  # filled in by Gradio
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
+) -> tuple[Any, ...]:
+    """Read and encode the pairs, lay them out and draw the Embedding-space view (the `embedding_space` API)."""
+    progress(0.1, desc="Reading and encoding images and captions")
+    encoded = encoded_pairs(files, captions_text, model_spec)
+    pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
+    notes = list(encoded.notices)
+    layout = kept if keep_layout else None
+    if layout is not None and layout.dimension != images.shape[1]:
+        notes.append(f"The kept layout was fitted on {layout.dimension}-d embeddings; this model gives {images.shape[1]}-d, so it was refitted.")  # fmt: skip
+        layout = None
+    progress(
+        0.4, desc="Fitting the layout" + (" (the first UMAP compiles numba code: ~30 s)" if method == "umap" else "")
+    )
+    try:
+        view = embedding_view(
+            images, texts, pairs.names, pairs.captions, method=method, n_neighbors=int(n_neighbors),
+            min_dist=float(min_dist), metric=metric, seed=int(seed), close_gap=close_gap, layout=layout,
+        )  # fmt: skip
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    if view.layout.note:
+        notes.append(view.layout.note)
+    data = {"model": encoded.model.spec, "gap_closed": close_gap, **embedding_data(view, pairs.names, pairs.captions)}
+    paths = write_embedding_files(
+        export_folder(request, "embedding"), view, data, images, texts, pairs.names, pairs.captions
+    )
+    drawn = Drawn(
+        pairs, view.coordinates, view.layout.axis_titles, view.title, (images * texts).sum(dim=1).cpu().tolist()
+    )
+    picker = gr.update(choices=sample_labels(pairs), value=[])
+    message = "\n".join(f"- {note}" for note in notes)
+    return view.figure, gap_table(view.gap), message, picker, [], [str(p) for p in paths], data, view.layout, drawn
+
+
+def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple[Any, str]]]:
+    """Ring the picked samples in the plot and list them with their captions."""
+    if drawn is None:
+        raise gr.Error("Draw the embedding space first.")
+    indices = [int(label.split(".", 1)[0]) - 1 for label in picked or []]
+    pairs = drawn.pairs
+    figure = embedding_scatter(
+        drawn.coordinates.numpy(), pairs.names, pairs.captions, drawn.axis_titles, drawn.title, highlight=indices
+    )
+    listed = [
+        (pairs.images[i], f"{i + 1}. {pairs.names[i]}: {pairs.captions[i]} · cos(image, caption) {drawn.matched_cosine[i]:.3f}")
+        for i in indices
+    ]  # fmt: skip
+    return figure, listed
+
+
+def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown) -> None:
+    """Create the tab's components and wire them to `embedding_space` and `pick`."""
+    gr.Markdown(ABOUT)
+    with gr.Row():
+        method = gr.Radio(METHODS, value="umap", label="Layout", elem_id="embedding-method")
+        n_neighbors = gr.Slider(2, 100, value=15, step=1, label="UMAP neighbours")
+        min_dist = gr.Slider(0.0, 0.99, value=0.1, step=0.01, label="UMAP min distance")
+        metric = gr.Dropdown(list(UMAP_METRICS), value="cosine", label="UMAP metric")
+        seed = gr.Number(value=0, precision=0, label="Seed")
+    with gr.Row():
+        close_gap = gr.Checkbox(label="Close the modality gap", elem_id="close-gap")
+        keep_layout = gr.Checkbox(label="Keep layout (project new embeddings into the first fit)")
+        run = gr.Button("Draw embedding space", variant="primary", elem_id="embedding-button")
+    notices = gr.Markdown(elem_id="embedding-notices")
+    plot = gr.Plot(label="Joint embedding space", elem_id="embedding-plot")
+    gap = gr.Dataframe(label="Modality gap and alignment, before and after closing the gap", interactive=False)
+    picker = gr.Dropdown(
+        choices=[], value=[], multiselect=True, label="Pick samples to ring in the plot and list below",
+        elem_id="embedding-picker",
+    )  # fmt: skip
+    picked = gr.Gallery(
+        label="Picked samples", columns=6, height="auto", object_fit="contain", elem_id="picked-samples"
+    )
+    downloads = gr.File(
+        label="Downloads: HTML figure, CSV/JSON numbers, .npz embeddings", file_count="multiple", interactive=False
+    )
+    with gr.Accordion("Data (JSON): 2-D coordinates and the gap figures", open=False):
+        data = gr.JSON(label="embedding_space output")
+    kept_layout = gr.State(None)
+    drawn = gr.State(None)
+
+    inputs = [files, captions, model_spec, method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout]  # fmt: skip
+    outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
+    run.click(embedding_space, inputs, outputs, api_name="embedding_space", show_progress="minimal")
+    close_gap.change(embedding_space, inputs, outputs, api_visibility="private", show_progress="minimal")
+    picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
