@@ -26,8 +26,9 @@ from vlviz.ui.session import read_pairs
 RUNS_DIR = Path(os.environ.get("VLVIZ_RUNS_DIR", Path(tempfile.gettempdir()) / "vlviz-runs"))
 STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
 DATA = ["scenes", "photos", "uploaded pairs"]
-METRIC_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
-COMPARE_KEYS = ["total_loss", "image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1"]
+RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
+ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
+COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS]
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 
 
@@ -64,12 +65,11 @@ def _loss_keys(records: list[dict]) -> list[str]:
 
 def _view(records: list[dict], runs: list[dict], status: str, checkpoint: str | None = None) -> tuple[Any, ...]:
     losses = training_curves(records, _loss_keys(records), "Loss terms")
-    metrics = training_curves(
-        records, [k for k in METRIC_KEYS if any(k in r for r in records)], "Held-out and probe R@1"
-    )
+    retrieval = training_curves(records, RETRIEVAL_KEYS, "R@1: held-out split and probe set (retention)")
+    alignment = training_curves(records, ALIGNMENT_KEYS, "SaCo inconsistency and SPARC pointing game (held-out)")
     names = [run["name"] for run in runs]
     return (
-        losses, metrics, status, records, checkpoint, runs,
+        losses, retrieval, alignment, status, records, checkpoint, runs,
         gr.update(choices=names, value=names[-2:] if names else []),
     )  # fmt: skip
 
@@ -165,7 +165,8 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="train-status")
             loss_plot = gr.Plot(label="Loss terms", elem_id="loss-plot")
-            metric_plot = gr.Plot(label="Held-out figures", elem_id="metric-plot")
+            metric_plot = gr.Plot(label="Retrieval", elem_id="metric-plot")
+            alignment_plot = gr.Plot(label="Alignment", elem_id="alignment-plot")
             with gr.Row():
                 checkpoint = gr.File(label="Checkpoint", interactive=False)
                 use_button = gr.Button("Use this model in the other tabs")
@@ -192,7 +193,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         captions,
         runs,
     ]
-    outputs = [loss_plot, metric_plot, status, records, checkpoint, runs, chosen]
+    outputs = [loss_plot, metric_plot, alignment_plot, status, records, checkpoint, runs, chosen]
     train_button.click(
         run_training, [*settings, *weights], outputs, api_name="train", concurrency_limit=None, show_progress="minimal"
     )
