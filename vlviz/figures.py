@@ -426,7 +426,9 @@ def training_curves(records: Sequence[dict], keys: Sequence[str], title: str, y_
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
             steps, values = zip(*points, strict=True)
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers" if len(points) < 40 else "lines", name=key))
+            fig.add_trace(
+                go.Scatter(x=steps, y=values, mode="lines+markers" if len(points) < 40 else "lines", name=key)
+            )
     fig.update_layout(
         title={"text": title, "x": 0.5},
         xaxis_title="step",

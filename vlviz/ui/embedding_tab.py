@@ -1,12 +1,14 @@
 """The Embedding-space tab: images and captions together in 2-D, and the modality gap.
 
-Gradio's gr.Plot reports no selection events (only `change`), so the plot's box and lasso tools
-highlight points in the browser only; the sample picker below the plot names samples, rings
-them in the plot and lists them.
+Gradio's gr.Plot reports no selection events (only `change`). A small gr.HTML bridge listens to
+plotly's own `plotly_selected` event on the plot in the browser and sends the selected pair
+numbers to the server, which fills the sample picker; the picker (also usable by itself) rings
+the samples in the plot and lists them below it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,31 @@ METHODS = ["umap", "pca"]
 ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
 to its caption. The **modality gap** (Liang et al., NeurIPS 2022) is the distance between the two
 clouds' centres: *close the gap* shifts each modality halfway towards the other, so what remains
-between them is alignment. *Keep layout* projects later embeddings into the frame fitted first."""
+between them is alignment. *Keep layout* projects later embeddings into the frame fitted first.
+Select points with the lasso or box tool to list their pairs below the plot."""
+
+# Runs once in the browser: (re)attach a `plotly_selected` listener whenever the plot is redrawn,
+# and report the pair numbers of the selected images and captions as this component's value.
+LASSO_BRIDGE_JS = """
+const report = (event) => {
+    const picked = new Set();
+    for (const point of (event && event.points) || []) {
+        if (point.data.name === "images" || point.data.name === "captions") picked.add(point.pointIndex);
+    }
+    if (picked.size === 0) return;
+    props.value = JSON.stringify([...picked].sort((a, b) => a - b));
+    trigger("change");
+};
+const listen = () => {
+    const plot = document.querySelector("#embedding-plot .js-plotly-plot");
+    if (!plot || typeof plot.on !== "function") return;
+    plot.removeListener("plotly_selected", report);
+    plot.on("plotly_selected", report);
+};
+new MutationObserver(listen).observe(document.getElementById("embedding-plot") || document.body,
+                                     {childList: true, subtree: true});
+listen();
+"""
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,16 @@ def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple
     return figure, listed
 
 
+def select_from_plot(selected: str | None, drawn: Drawn | None) -> tuple[Any, Any, list[tuple[Any, str]]]:
+    """Points selected with the lasso or box (pair numbers, as JSON) become the picker's value."""
+    if drawn is None or not selected:
+        return gr.skip(), gr.skip(), gr.skip()
+    labels = sample_labels(drawn.pairs)
+    chosen = [labels[i] for i in json.loads(selected) if 0 <= i < len(labels)]
+    figure, listed = pick(chosen, drawn)
+    return gr.update(value=chosen), figure, listed
+
+
 def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown) -> None:
     """Create the tab's components and wire them to `embedding_space` and `pick`."""
     gr.Markdown(ABOUT)
@@ -122,6 +158,7 @@ def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dro
         run = gr.Button("Draw embedding space", variant="primary", elem_id="embedding-button")
     notices = gr.Markdown(elem_id="embedding-notices")
     plot = gr.Plot(label="Joint embedding space", elem_id="embedding-plot")
+    lasso = gr.HTML("", html_template="", js_on_load=LASSO_BRIDGE_JS, elem_id="embedding-lasso")
     gap = gr.Dataframe(label="Modality gap and alignment, before and after closing the gap", interactive=False)
     picker = gr.Dropdown(
         choices=[], value=[], multiselect=True, label="Pick samples to ring in the plot and list below",
@@ -143,3 +180,6 @@ def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dro
     run.click(embedding_space, inputs, outputs, api_name="embedding_space", show_progress="minimal")
     close_gap.change(embedding_space, inputs, outputs, api_visibility="private", show_progress="minimal")
     picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
+    lasso.change(
+        select_from_plot, [lasso, drawn], [picker, plot, picked], api_visibility="private", show_progress="hidden"
+    )

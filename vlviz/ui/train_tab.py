@@ -29,6 +29,7 @@ DATA = ["scenes", "photos", "uploaded pairs"]
 RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
 ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
 COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS]
+DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 
 
@@ -149,7 +150,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
             )
             gr.Markdown("**Losses** (weight 0 = off)")
             weights = [
-                gr.Slider(0, 2, value=1.0 if name == "clip" else 0.0, step=0.05, label=name, elem_id=f"weight-{name}")
+                gr.Slider(0, 2, value=DEFAULT_WEIGHTS.get(name, 0.0), step=0.05, label=name, elem_id=f"weight-{name}")
                 for name in LOSSES
             ]
             saco_distance = gr.Dropdown(["l1", "l2", "kl"], value="l1", label="SaCo distance", visible="saco" in LOSSES)
