@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,39 @@ def app_url() -> Iterator[str]:
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (its own browser download is not used); CI installs it."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM_ARGS
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(
+            "Chromium is not installed: the browser tests need it. Install it with "
+            "`apt-get install -y chromium` (Playwright's own browser download is not used)."
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url: str) -> Iterator[object]:
+    """A fresh page on the app, once the bundled scenes analyzed on load are drawn."""
+    from playwright.sync_api import expect
+
+    from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(app_url)
+    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
+    yield page
+    context.close()

@@ -1,6 +1,6 @@
 """The real app in a real Chromium, driven through Playwright: what a user sees after each action.
 
-Needs the Debian `chromium` package (Playwright's own browser download is not used). Each test
+Needs the Debian `chromium` package (the `browser` fixture in conftest.py). Each test
 opens a fresh page, which analyzes the bundled scenes on load; the browser is shared per module.
 Plot data is read from the DOM: Gradio renders each gr.Plot as a plotly `.js-plotly-plot`
 element, whose `_fullData` holds the traces with their `z` matrices decoded (the figure arrives
@@ -9,61 +9,12 @@ base64-encoded, so `data[0].z` is a `{dtype, bdata}` object, not an array).
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from vlviz.ui.session import SAMPLES, sample_files
+from tests.browser import N_SAMPLE_PAIRS, SCENES, heatmap, heatmap_z, wait_for_heatmap
 
 pytestmark = pytest.mark.browser
-
-TIMEOUT_MS = 60_000  # generous: the CPU is shared with other work and the model runs on it
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-SCENES = SAMPLES["scenes"]
-N_SAMPLE_PAIRS = len(sample_files("scenes")[0])
-
-# The first trace of the plotly figure inside a gr.Plot, or null while none is drawn.
-_TRACE_JS = """(id) => {
-    const el = document.querySelector(`#${id} .js-plotly-plot`);
-    const trace = el && el._fullData && el._fullData[0];
-    return trace ? {type: trace.type, z: Array.from(trace.z || [], (row) => Array.from(row)),
-                    title: (el.layout.title && el.layout.title.text) || ""} : null;
-}"""
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def heatmap(page: Page, elem_id: str) -> dict | None:
-    """The first trace of the plot `#elem_id` as {type, z (rows of floats), title}, or None."""
-    return page.evaluate(_TRACE_JS, elem_id)
-
-
-def heatmap_z(page: Page, elem_id: str) -> list[list[float]] | None:
-    """The z matrix drawn in the plot `#elem_id`, row by row, or None while nothing is drawn."""
-    trace = heatmap(page, elem_id)
-    return trace["z"] if trace else None
-
-
-def wait_for_heatmap(page: Page, elem_id: str, rows: int, title_starts: str = "") -> None:
-    """Wait until `#elem_id` draws a heatmap with `rows` rows (and a title starting so)."""
-    page.wait_for_function(
-        f"""([id, rows, title]) => {{
-            const trace = ({_TRACE_JS})(id);
-            return !!trace && trace.type === "heatmap" && trace.z.length === rows && trace.title.startsWith(title);
-        }}""",
-        arg=[elem_id, rows, title_starts],
-        timeout=TIMEOUT_MS,
-    )
 
 
 def opaque_overlays(page: Page, elem_id: str) -> list[str]:
@@ -114,36 +65,6 @@ def enter_mismatched_captions(page: Page) -> None:
     page.locator("#analyze").click()
     message = page.get_by_text("2 images but 3 captions").filter(visible=True).first
     expect(message).to_be_visible()
-
-
-# ----------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(
-            "Chromium is not installed: the browser tests need it. Install it with "
-            "`apt-get install -y chromium` (Playwright's own browser download is not used)."
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, app_url: str) -> Iterator[Page]:
-    """A fresh page on the app, once the bundled scenes analyzed on load are drawn."""
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(app_url)
-    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
-    yield page
-    context.close()
 
 
 # ------------------------------------------------------------------------------------------- tests

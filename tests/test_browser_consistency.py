@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.test_browser import CHROMIUM_ARGS, N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
 
 pytestmark = pytest.mark.browser
 
@@ -32,30 +29,6 @@ def wait_for_trace(page: Page, elem_id: str, name: str) -> None:
         arg=[elem_id, name],
         timeout=TIMEOUT_MS,
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("Chromium is not installed: the browser tests need it (`apt-get install -y chromium`).")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, app_url: str) -> Iterator[Page]:
-    """A fresh page on the app, once the scenes analyzed on load are drawn in the Affinity tab."""
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(app_url)
-    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
-    yield page
-    context.close()
 
 
 def test_consistency_tab_draws_heatmaps_scatter_and_the_most_inconsistent_pairs(page: Page) -> None:

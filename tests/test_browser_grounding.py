@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.test_browser import CHROMIUM_ARGS, N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+from tests.browser import TIMEOUT_MS
 from vlviz.ui.session import sample_files
 
 pytestmark = pytest.mark.browser
@@ -42,29 +39,11 @@ def wait_for_title(page: Page, elem_id: str, title_starts: str) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("Chromium is not installed: the browser tests need it (`apt-get install -y chromium`).")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def page(browser: Browser, app_url: str) -> Iterator[Page]:
-    """A fresh page on the app with the Grounding tab open, once the scenes analyzed on load are drawn."""
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(app_url)
-    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
+def page(page: Page) -> Page:
+    """The app's page with the Grounding tab open."""
     page.get_by_role("tab", name="Grounding").click()
-    yield page
-    context.close()
+    return page
 
 
 def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:

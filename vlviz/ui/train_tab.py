@@ -155,10 +155,10 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
             ]
             saco_distance = gr.Dropdown(["l1", "l2", "kl"], value="l1", label="SaCo distance", visible="saco" in LOSSES)
             trainable = gr.Radio(list(TRAINABLE), value="all", label="What trains")
-            steps = gr.Slider(1, 2000, value=120, step=1, label="Steps")
+            steps = gr.Slider(1, 2000, value=120, step=1, label="Steps", elem_id="train-steps")
             batch_size = gr.Slider(2, 256, value=64, step=1, label="Batch size")
             lr = gr.Number(value=1e-4, label="Peak learning rate")
-            eval_every = gr.Slider(1, 200, value=10, step=1, label="Evaluate every (steps)")
+            eval_every = gr.Slider(1, 200, value=10, step=1, label="Evaluate every (steps)", elem_id="train-eval-every")
             seed = gr.Number(value=0, precision=0, label="Seed")
             with gr.Row():
                 train_button = gr.Button("Train", variant="primary", elem_id="train")

@@ -1,0 +1,50 @@
+"""The Train tab in a real Chromium: press Train, watch the curves draw, and stop a run."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser import TIMEOUT_MS
+
+pytestmark = pytest.mark.browser
+
+# Per trace of the plotly figure inside a gr.Plot: its name and how many points it has.
+_LINES_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    return el && el._fullData ? el._fullData.map((t) => [t.name, (t.x || []).length]) : [];
+}"""
+
+
+def lines(page: Page, elem_id: str) -> dict[str, int]:
+    return dict(page.evaluate(_LINES_JS, elem_id))
+
+
+def set_slider(page: Page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) -> None:
+    page.get_by_role("tab", name="Train").click()
+    set_slider(page, "train-steps", 6)
+    set_slider(page, "train-eval-every", 3)
+    page.locator("#train").click()
+    expect(page.locator("#train-status")).to_contain_text("finished after 6 steps", timeout=3 * TIMEOUT_MS)
+    losses = lines(page, "loss-plot")
+    assert losses.get("clip/contrastive_loss", 0) == 6 and losses.get("saco/saco_loss", 0) == 6  # the default demo
+    retrieval = lines(page, "metric-plot")
+    assert retrieval["image_to_text_r1"] == 3  # steps 0 (the start model), 3 and 6
+    assert lines(page, "alignment-plot")["mean_abs_inconsistency"] == 3
+    expect(page.get_by_text("checkpoint.safetensors").first).to_be_visible()
+
+
+def test_stop_ends_a_long_run_and_keeps_what_it_drew(page: Page) -> None:
+    page.get_by_role("tab", name="Train").click()
+    set_slider(page, "train-steps", 2000)
+    page.locator("#train").click()
+    expect(page.locator("#train-status")).to_contain_text("step 5 /", timeout=3 * TIMEOUT_MS)
+    page.locator("#stop").click()
+    expect(page.locator("#train-status")).to_contain_text("stopped after", timeout=3 * TIMEOUT_MS)
+    assert lines(page, "loss-plot").get("total_loss", 0) >= 5
