@@ -323,6 +323,7 @@ def save_checkpoint(
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; checkpoints are meant to be shared
             os.replace(tmp, out / name)
         finally:
             if os.path.exists(tmp):
