@@ -38,6 +38,9 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     assert retrieval["image_to_text_r1"] == 3  # steps 0 (the start model), 3 and 6
     assert lines(page, "alignment-plot")["mean_abs_inconsistency"] == 3
     expect(page.get_by_text("checkpoint.safetensors").first).to_be_visible()
+    for probe in ("probe-grounding-plot", "probe-inconsistency-plot", "probe-embedding-plot"):
+        assert lines(page, probe), f"{probe} drew nothing"
+    assert "images" in lines(page, "probe-embedding-plot")
 
 
 def test_stop_ends_a_long_run_and_keeps_what_it_drew(page: Page) -> None:

@@ -25,6 +25,7 @@ from vlviz.distributed import DistributedContext
 from vlviz.encoding import VLModel
 from vlviz.inputs import PairSet, load_pairs_folder
 from vlviz.models import load_model, resolve_device
+from vlviz.probe import ProbeBatch
 from vlviz.train import SCENES_MODEL_CFG, Source, TrainConfig, evaluate, save_checkpoint, scenes_tokenizer, train
 
 FRESH = "fresh"  # start from a randomly initialised model of the offline architecture
@@ -62,6 +63,13 @@ class Run:
     data: str
     context: DistributedContext = field(default_factory=DistributedContext)
     stop: threading.Event = field(default_factory=threading.Event)
+    _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
+
+    def probe_views(self, step: int) -> dict:
+        """Figures of a fixed held-out probe batch for the model as it is now (see `vlviz.probe`)."""
+        if self._probe_batch is None:
+            self._probe_batch = ProbeBatch(self.source.held_out, *preprocess_stats(self.model))
+        return self._probe_batch.views(self.model, self.tokenizer, step)
 
     @property
     def checkpoint(self) -> Path:

@@ -30,6 +30,7 @@ RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r
 ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
 COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS]
 DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
+PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # figures of vlviz.probe, refreshed at each evaluation
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 
 
@@ -64,13 +65,17 @@ def _loss_keys(records: list[dict]) -> list[str]:
     return [k for k in records[-1] if k.endswith("_loss")] if records else []
 
 
-def _view(records: list[dict], runs: list[dict], status: str, checkpoint: str | None = None) -> tuple[Any, ...]:
+def _view(
+    records: list[dict], runs: list[dict], status: str, checkpoint: str | None = None, probe: dict | None = None
+) -> tuple[Any, ...]:
     losses = training_curves(records, _loss_keys(records), "Loss terms")
     retrieval = training_curves(records, RETRIEVAL_KEYS, "R@1: held-out split and probe set (retention)")
     alignment = training_curves(records, ALIGNMENT_KEYS, "SaCo inconsistency and SPARC pointing game (held-out)")
     names = [run["name"] for run in runs]
+    probe = probe or {}
+    probe_plots = [probe[key] if key in probe else gr.skip() for key in PROBE_KEYS]
     return (
-        losses, retrieval, alignment, status, records, checkpoint, runs,
+        losses, retrieval, alignment, *probe_plots, status, records, checkpoint, runs,
         gr.update(choices=names, value=names[-2:] if names else []),
     )  # fmt: skip
 
@@ -104,10 +109,12 @@ def run_training(
     try:
         for record in run.records():
             entry["records"].append(record)
-            if record["step"] % STREAM_EVERY == 0 or "image_to_text_r1" in record:
+            evaluated = "image_to_text_r1" in record
+            if record["step"] % STREAM_EVERY == 0 or evaluated:
                 loss = f", loss {record['total_loss']:.3f}" if "total_loss" in record else ""
                 status = f"**{name}**: step {record['step']} / {config.steps}{loss}"
-                yield _view(entry["records"], runs, status)
+                probe = run.probe_views(record["step"]) if evaluated else None
+                yield _view(entry["records"], runs, status, probe=probe)
     finally:
         STOP_FLAGS.finish(session)
     entry["checkpoint"] = str(run.checkpoint)
@@ -168,6 +175,11 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
             loss_plot = gr.Plot(label="Loss terms", elem_id="loss-plot")
             metric_plot = gr.Plot(label="Retrieval", elem_id="metric-plot")
             alignment_plot = gr.Plot(label="Alignment", elem_id="alignment-plot")
+            gr.Markdown("**A fixed held-out probe batch**, redrawn at every evaluation")
+            with gr.Row():
+                probe_grounding = gr.Plot(label="Grounding of one word", elem_id="probe-grounding-plot")
+                probe_inconsistency = gr.Plot(label="Inconsistency", elem_id="probe-inconsistency-plot")
+            probe_embedding = gr.Plot(label="Embedding space", elem_id="probe-embedding-plot")
             with gr.Row():
                 checkpoint = gr.File(label="Checkpoint", interactive=False)
                 use_button = gr.Button("Use this model in the other tabs")
@@ -194,7 +206,8 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         captions,
         runs,
     ]
-    outputs = [loss_plot, metric_plot, alignment_plot, status, records, checkpoint, runs, chosen]
+    probe_plots = [probe_grounding, probe_inconsistency, probe_embedding]
+    outputs = [loss_plot, metric_plot, alignment_plot, *probe_plots, status, records, checkpoint, runs, chosen]
     train_button.click(
         run_training, [*settings, *weights], outputs, api_name="train", concurrency_limit=None, show_progress="minimal"
     )
