@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -58,3 +59,56 @@ def test_single_process_is_a_no_op(monkeypatch) -> None:
     assert init_distributed() == DistributedContext()
     x = torch.randn(3, 2)
     assert gather_features(x)[0] is x
+
+
+def _train_worker(rank: int, port: int, out_dir: str) -> None:
+    import open_clip
+
+    from tests.conftest import TINY_VIT_CFG
+    from vlviz.data.sources import SceneSource
+    from vlviz.train import TrainConfig, train
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    context = init_distributed(torch.device("cpu"))
+    torch.manual_seed(0)  # the same initial weights on both ranks, as DDP requires
+    from open_clip.model import CLIP
+
+    model = CLIP(**TINY_VIT_CFG, output_dict=True)
+    mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+    source = SceneSource(32, mean, std, held_out=8)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    config = TrainConfig(steps=3, batch_size=4, eval_every=100, losses={"clip": 1.0, "saco": 0.5})
+    records = list(train(model, tokenizer, source, config, context=context))
+    state = {k: v for k, v in model.state_dict().items()}
+    torch.save({"records": records, "state": state}, Path(out_dir) / f"train{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
+    """Both ranks see the global batch's loss and end with identical weights (DDP synced the gradients)."""
+    mp.spawn(_train_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(2))
+    assert [r["total_loss"] for r in first["records"]] == pytest.approx([r["total_loss"] for r in second["records"]])
+    assert all(torch.equal(v, second["state"][k]) for k, v in first["state"].items())
+    # One process on the global batch (rank 0's share, then rank 1's) gives the same first-step losses.
+    import open_clip
+    from open_clip.model import CLIP
+
+    from tests.conftest import TINY_VIT_CFG
+    from vlviz.data.sources import SceneSource
+    from vlviz.losses import saco_loss
+    from vlviz.train import forward_features
+
+    torch.manual_seed(0)
+    model = CLIP(**TINY_VIT_CFG, output_dict=True)
+    source = SceneSource(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, held_out=8)
+    shares = [source.batch(0, 4, 0 + 7_777 * rank) for rank in range(2)]
+    pixels = torch.cat([p for p, _ in shares])
+    ids = open_clip.get_tokenizer("ViT-B-32", context_length=16)([c for _, cs in shares for c in cs])
+    with torch.no_grad():
+        out = forward_features(model, pixels, ids, with_tokens=False)
+        clip = clip_contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"])
+        saco = saco_loss(out["image_features"], out["text_features"])
+    assert first["records"][0]["clip/contrastive_loss"] == pytest.approx(float(clip), rel=1e-5)
+    assert first["records"][0]["saco/saco_loss"] == pytest.approx(0.5 * float(saco), rel=1e-5)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,23 @@ def init_distributed(device: torch.device | None = None) -> DistributedContext:
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (world * B, ...)
+        ctx.rank, ctx.world_size = dist.get_rank(), dist.get_world_size()
+        parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on this rank's features
+        return grad.chunk(ctx.world_size)[ctx.rank]
+
+
 def gather_features(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Concatenate each tensor over all ranks along dim 0, keeping gradients; identity in one process.
 
@@ -57,4 +73,4 @@ def gather_features(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors
-    return tuple(torch.cat(dist_fn.all_gather(t), dim=0) for t in tensors)
+    return tuple(_AllGatherWithGrad.apply(t) for t in tensors)
