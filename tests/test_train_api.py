@@ -68,3 +68,17 @@ def test_stop_ends_the_run_and_keeps_its_checkpoint(app_url: str) -> None:
 
 def test_stop_without_a_run_says_so(app_url: str) -> None:
     assert Client(app_url, verbose=False).predict(api_name="/stop_training") == "No run is training in this session."
+
+
+def test_compare_start_and_trained_models_side_by_side(app_url: str) -> None:
+    from gradio_client import handle_file
+
+    from tests.browser import SCENES
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="No finished run to compare"):
+        client.predict([], [], "", api_name="/compare_models")
+    client.predict(*_settings(steps=2, clip=1.0), api_name="/train")
+    files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(3)]
+    figures = client.predict([], files, "a red circle\na blue square\na white cross", api_name="/compare_models")
+    assert len(figures) == 6 and all(figure is not None for figure in figures)

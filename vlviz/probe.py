@@ -25,6 +25,18 @@ PROBE_PAIRS = 16
 _SKIP_WORDS = {"a", "an", "the", "of", "on", "in", "at", "and", "with", "small", "large"}
 
 
+def input_image(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The (H, W, 3) uint8 image a model sees, from its normalised (3, H, W) input: undoes Normalize."""
+    mean_t, std_t = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    image = (pixels.float().cpu() * std_t + mean_t).clamp(0, 1)
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def content_word(words: list[str]) -> int:
+    """The first word that is not an article, preposition or size: the one worth grounding."""
+    return next((i for i, w in enumerate(words) if w not in _SKIP_WORDS), 0)
+
+
 @dataclass
 class ProbeBatch:
     """The first `size` held-out pairs, with their pixels turned back into images for overlays."""
@@ -38,10 +50,7 @@ class ProbeBatch:
     def __post_init__(self) -> None:
         n = min(self.size, len(self.held_out.captions))
         self.batch = HeldOut(self.held_out.pixels[:n], self.held_out.captions[:n])
-        mean = torch.tensor(self.mean)[:, None, None]
-        std = torch.tensor(self.std)[:, None, None]
-        pixels = (self.batch.pixels[0] * std + mean).clamp(0, 1)  # undo the normalisation
-        self.first_image = (pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        self.first_image = input_image(self.batch.pixels[0], self.mean, self.std)
 
     def views(self, model: torch.nn.Module, tokenizer, step: int) -> dict[str, go.Figure]:
         """The three figures for the model as it is now (evaluation mode, no gradients)."""
@@ -77,7 +86,7 @@ class ProbeBatch:
         """SPARC's weights of one content word of the first probe caption, over its image."""
         layout = token_layout(tokenizer, self.batch.captions[:1])
         words = layout.words[0]
-        chosen = next((i for i, w in enumerate(words) if w not in _SKIP_WORDS), 0)
+        chosen = content_word(words)
         maps = word_maps(alignment_weights(tokens, patches), layout.word_index.to(tokens.device))  # (1, W, P)
         grid_map = maps[0, chosen].reshape(grid).numpy()
         title = f"SPARC weights of “{words[chosen]}”, step {step}"

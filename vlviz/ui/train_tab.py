@@ -15,10 +15,11 @@ from typing import Any
 
 import gradio as gr
 
+from vlviz.compare import VIEWS, side_by_side
 from vlviz.figures import compare_runs, training_curves
 from vlviz.inputs import InputError
 from vlviz.losses import LOSSES
-from vlviz.models import OFFLINE_SPEC, ModelUnavailableError
+from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.runs import FRESH, prepare_run
 from vlviz.train import TRAINABLE, TrainConfig
 from vlviz.ui.session import read_pairs
@@ -141,6 +142,24 @@ def use_checkpoint(runs: list[dict] | None) -> Any:
     return gr.update(value=folder)
 
 
+def compare_models(runs: list[dict] | None, chosen: list[str], files: list[str] | None, captions: str | None) -> list:
+    """The Affinity, Consistency and Grounding views of a run's start model and its checkpoint, on the current pairs."""
+    done = [run for run in runs or [] if run["checkpoint"] and (not chosen or run["name"] in chosen)]
+    if not done:
+        raise gr.Error("No finished run to compare: train (or stop) a run first.")
+    run = done[-1]
+    if run["start"] == FRESH:
+        raise gr.Error(f"{run['name']} started from random weights: there is no start model to show.")
+    try:
+        pairs = read_pairs(files, captions)
+        start = load_model(run["start"])
+        trained = load_model(str(Path(run["checkpoint"]).parent))
+    except (ValueError, InputError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+    views = side_by_side(start, trained, pairs)
+    return [figure for view in VIEWS for figure in views[view]]
+
+
 def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
     chosen_runs = [run for run in runs or [] if run["name"] in (chosen or [])]
     return compare_runs(chosen_runs, key)
@@ -188,6 +207,13 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
                     chosen = gr.CheckboxGroup([], label="Runs")
                     compare_key = gr.Dropdown(COMPARE_KEYS, value="image_to_text_r1", label="Figure")
                 compare_plot = gr.Plot(label="Runs compared")
+                compare_button = gr.Button(
+                    "Start model vs trained model on the current pairs", elem_id="compare-models"
+                )
+                side_plots = []
+                for view in VIEWS:
+                    with gr.Row():
+                        side_plots += [gr.Plot(label=f"{view}: start"), gr.Plot(label=f"{view}: trained")]
             with gr.Accordion("Records (JSON)", open=False):
                 records = gr.JSON()
 
@@ -213,5 +239,6 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
     )
     stop_button.click(stop_training, None, status, api_name="stop_training", concurrency_limit=None)
     use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
+    compare_button.click(compare_models, [runs, chosen, files, captions], side_plots, api_name="compare_models")
     for trigger in (chosen.change, compare_key.change):
         trigger(compare, [runs, chosen, compare_key], compare_plot, api_visibility="private")

@@ -1,0 +1,44 @@
+"""Start model against trained model: the same views of the same pairs, for each model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vlviz.compare import VIEWS, model_views, side_by_side
+from vlviz.inputs import PairSet
+from vlviz.models import load_model
+from vlviz.probe import content_word, input_image
+
+
+def _pairs() -> PairSet:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    return PairSet(images, ["a red circle", "the blue square", "a white cross"], ["a.png", "b.png", "c.png"])
+
+
+def test_views_of_both_models(tiny_vit_dir: Path, tiny_arch_name: str) -> None:
+    start, trained = load_model(str(tiny_vit_dir), device="cpu"), load_model(f"{tiny_arch_name}:random", device="cpu")
+    views = side_by_side(start, trained, _pairs())
+    assert set(views) == set(VIEWS)
+    before, after = views["affinity"]
+    assert before.layout.title.text.startswith("start") and after.layout.title.text.startswith("trained")
+    assert not np.array_equal(np.asarray(before.data[0].z), np.asarray(after.data[0].z))  # different models
+    z = np.asarray(views["inconsistency"][0].data[0].z, dtype=float)
+    assert z.shape == (3, 3) and np.allclose(z, z.T, atol=1e-6)
+
+
+def test_no_grounding_for_a_resnet(tiny_resnet_dir: Path) -> None:
+    assert model_views(load_model(str(tiny_resnet_dir), device="cpu"), _pairs(), "start")["grounding"] is None
+
+
+def test_input_image_undoes_the_normalisation(tiny_vit_dir: Path) -> None:
+    model = load_model(str(tiny_vit_dir), device="cpu")
+    image = Image.fromarray(np.full((32, 32, 3), (200, 30, 90), dtype=np.uint8))
+    restored = input_image(
+        model.preprocess(image), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    )
+    assert restored.shape == (32, 32, 3) and np.abs(restored.astype(int) - (200, 30, 90)).max() <= 1
+    assert content_word(["a", "small", "red", "circle"]) == 2
