@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from tests.browser import CHROMIUM_ARGS
+from tests.conftest import free_port
 from vlviz.models import OFFLINE_SPEC
 from vlviz.ui import build_app, launch_kwargs
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1400, "height": 1000}
 PLOTS = ["image-text-plot", "image-image-plot", "text-text-plot"]
 # True once every plot shows a heatmap and no status overlay (spinner, error) is left over any of them.
@@ -36,12 +29,6 @@ PLOTS_READY_JS = """(ids) => ids.every((id) => {
         .some((tracker) => getComputedStyle(tracker).opacity !== "0");
     return !!trace && trace.type === "heatmap" && !busy;
 })"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def screenshot(out: Path, width: int, height: int, timeout_s: float) -> None:
