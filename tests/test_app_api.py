@@ -35,7 +35,9 @@ def test_api_lists_analyze_and_query(client: Client) -> None:
 def test_analyze_returns_the_matrices_as_data(client: Client) -> None:
     files = [SCENES / f"scene_{i:02d}.png" for i in range(3)]
     captions = "a small red circle\na large blue square\na white cross on the left"
-    *_, data, status, _notices = _analyze(client, files, captions)
+    result = _analyze(client, files, captions)
+    data, status, downloads = result[5], result[6], result[8]
+    assert sorted(Path(f).name for f in downloads) == ["affinity.html", "affinity.json", "image_text.csv", "ranks.csv"]
     assert data["model"] == OFFLINE_SPEC and data["captions"] == captions.split("\n")
     assert data["names"] == ["scene_00.png", "scene_01.png", "scene_02.png"]
     for key in ("image_text", "image_image", "text_text", "image_to_text_probability"):
@@ -87,7 +89,8 @@ def test_corrupt_and_wrong_files_are_named(client: Client, tmp_path: Path) -> No
 
 def test_long_captions_are_truncated_with_a_notice(client: Client) -> None:
     long_caption = " ".join(["a small red circle on the left"] * 8)
-    *_, data, _status, notices = _analyze(client, [SCENES / "scene_00.png"], long_caption)
+    result = _analyze(client, [SCENES / "scene_00.png"], long_caption)
+    data, notices = result[5], result[7]
     assert "truncated" in notices and "scene_00.png" in notices and data["notices"]
 
 

@@ -1,4 +1,4 @@
-"""Downloadable files of the Consistency and Embedding-space views: HTML, CSV, JSON and .npz.
+"""Downloadable files of the Affinity, Consistency and Embedding-space views: HTML, CSV, JSON and .npz.
 
 Figures go to one offline HTML page per view (plotly.js inlined; PNG would need kaleido, which
 vlviz does not depend on); numbers to CSV and JSON; embeddings and matrices to .npz.
@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from vlviz.affinity import AffinityReport
 from vlviz.consistency import in_modal_affinities
 from vlviz.views import (
     ConsistencyView,
@@ -26,6 +28,34 @@ from vlviz.views import (
     top_pairs_html,
     top_pairs_table,
 )
+
+
+def write_affinity_files(
+    folder: str | Path,
+    report: AffinityReport,
+    figures: Sequence[go.Figure],
+    data: dict[str, object],
+    names: Sequence[str],
+    captions: Sequence[str],
+) -> list[Path]:
+    """affinity.html (the heatmaps), affinity.json (every number), image_text.csv and ranks.csv."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "affinity.html", folder / "affinity.json", folder / "image_text.csv", folder / "ranks.csv"]
+    paths[0].write_text(page_html("vlviz affinity", ["<h1>Affinity</h1>", *figures]), encoding="utf-8")
+    paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
+    labels = [f"{i + 1}. {name}" for i, name in enumerate(names)]
+    pd.DataFrame(report.image_text.numpy(), index=labels, columns=list(captions)).to_csv(paths[2])
+    ranks = pd.DataFrame(
+        {
+            "image": names,
+            "caption": captions,
+            "image_to_text_rank": report.image_to_text_rank.numpy(),
+            "text_to_image_rank": report.text_to_image_rank.numpy(),
+        }
+    )
+    ranks.to_csv(paths[3], index=False)
+    return paths
 
 
 def write_consistency_files(

@@ -8,9 +8,10 @@ import gradio as gr
 import pandas as pd
 
 from vlviz.affinity import affinity_report, rank_images_by_text
+from vlviz.exports import write_affinity_files
 from vlviz.figures import heatmap, short_labels
 from vlviz.inputs import InputError, PairSet
-from vlviz.ui.session import model_for, model_status, read_pairs
+from vlviz.ui.session import export_folder, model_for, model_status, read_pairs
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 
@@ -20,6 +21,7 @@ def analyze(
     captions_text: str | None,
     model_spec: str | None,
     value_kind: str = VALUE_KINDS[0],
+    request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
     """Read the pairs, encode them, and draw the Affinity view (the `analyze` API)."""
@@ -79,7 +81,11 @@ def analyze(
     data |= report.to_dict() | {"logit_scale": encoding.logit_scale, "logit_bias": encoding.logit_bias}
     status = model_status(model, notice)
     message = "\n".join(f"- {n}" for n in notices)
-    return image_text, image_image, text_text, ranks, gallery, data, status, message, pairs
+    figures = [image_text, image_image, text_text]
+    downloads = [str(path) for path in write_affinity_files(
+        export_folder(request, "affinity"), report, figures, data, pairs.names, pairs.captions
+    )]  # fmt: skip
+    return image_text, image_image, text_text, ranks, gallery, data, status, message, downloads, pairs
 
 
 def query(text: str, pairs: PairSet | None, model_spec: str | None) -> list[tuple[Any, str]]:
@@ -119,8 +125,11 @@ def build_affinity_tab(
         query_gallery = gr.Gallery(label="Images, best match first", columns=8, height="auto", object_fit="contain")
     with gr.Accordion("Data (JSON): every matrix, probability and rank", open=False):
         data = gr.JSON(label="analyze output")
+    downloads = gr.File(
+        label="Downloads: figures (HTML), numbers (JSON, CSV)", file_count="multiple", interactive=False
+    )
 
-    outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, pairs_state]
+    outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, pairs_state]
     inputs = [files, captions, model_spec, value_kind]
     # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
     analyze_button.click(analyze, inputs, outputs, api_name="analyze", show_progress="minimal")
