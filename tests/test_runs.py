@@ -11,7 +11,7 @@ import torch
 from vlviz.__main__ import main
 from vlviz.models import load_model
 from vlviz.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
-from vlviz.train import TrainConfig
+from vlviz.train import TrainConfig, load_loss_heads
 
 
 def test_parse_loss_weights() -> None:
@@ -93,3 +93,25 @@ def test_saco_lowers_inconsistency_where_clip_alone_does_not(tmp_path: Path) -> 
         start, end = records[0]["mean_abs_inconsistency"], records[-1]["mean_abs_inconsistency"]
         ends[name] = end - start
     assert ends["saco"] < ends["clip"] - 0.01, ends  # clip alone drifts apart; SaCo holds it
+
+
+def test_a_run_saves_its_loss_heads_beside_the_checkpoint(tmp_path: Path) -> None:
+    config = TrainConfig(steps=2, batch_size=4, eval_every=2, losses={"clip": 1.0, "xmm": 1.0, "psl": 1.0})
+    run = prepare_run(FRESH, "scenes", config, tmp_path, device="cpu")
+    list(run.records())
+    heads = load_loss_heads(tmp_path, run.model, run.tokenizer)
+    assert set(heads) == {"xmm", "psl"} and int(heads["psl"].steps) == 2
+
+
+def test_bad_loss_options_fail_before_training(tmp_path: Path) -> None:
+    config = TrainConfig(losses={"clip": 1.0, "psl": 1.0}, loss_options={"psl": {"vocabulary": []}})
+    with pytest.raises(ValueError, match="The PSL vocabulary is empty"):
+        prepare_run(FRESH, "scenes", config, tmp_path, device="cpu")
+
+
+def test_a_resnet_start_model_can_train_on_scenes(tiny_resnet_dir: Path, tmp_path: Path) -> None:
+    run = prepare_run(
+        str(tiny_resnet_dir), "scenes", TrainConfig(steps=1, batch_size=4, eval_every=1), tmp_path, device="cpu"
+    )
+    records = list(run.records())
+    assert records[-1]["step"] == 1 and "pointing_game_colour" not in records[-1]  # no patch tokens to ground

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
+LOSS_OPTIONS_EXAMPLE = '{"psl": {"alpha": 0.2}, "xmm": {"layers": 1}}'
+
 
 def _build_offline_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
@@ -27,12 +29,12 @@ def _build_offline_model(args: argparse.Namespace) -> int:
 
 
 def _eval_offline_model(args: argparse.Namespace) -> int:
-    from vlviz.data.sources import SceneSource, preprocess_stats
+    from vlviz.data.sources import SceneSource, input_side, preprocess_stats
     from vlviz.models import load_model
     from vlviz.train import evaluate
 
     model = load_model(args.model)
-    source = SceneSource(model.model.visual.image_size[0], *preprocess_stats(model.model), held_out=args.n)
+    source = SceneSource(input_side(model.model), *preprocess_stats(model.model), held_out=args.n)
     figures = evaluate(model.model, model.tokenizer, source.held_out)
     print(json.dumps({"model": args.model, "held_out_scenes": args.n, **figures}))
     return 0
@@ -46,7 +48,14 @@ def _train(args: argparse.Namespace) -> int:
     from vlviz.runs import parse_loss_weights, prepare_run
     from vlviz.train import TrainConfig
 
-    options = {"saco": {"distance": args.saco_distance}} if args.saco_distance else {}
+    try:
+        options = json.loads(args.loss_options)
+    except json.JSONDecodeError:
+        options = None
+    if not isinstance(options, dict):
+        raise ValueError(f"--loss-options must be a JSON object, e.g. {LOSS_OPTIONS_EXAMPLE}, not {args.loss_options}")
+    if args.saco_distance:
+        options.setdefault("saco", {})["distance"] = args.saco_distance
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
         losses=parse_loss_weights(args.loss), loss_options=options, trainable=args.trainable,
@@ -69,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_grounding(args: argparse.Namespace) -> int:
     from vlviz.data.scenes import generate_scenes
-    from vlviz.data.sources import HELD_OUT_SEED
+    from vlviz.data.sources import HELD_OUT_SEED, input_side
     from vlviz.grounding import MIN_COVER, score_scenes
     from vlviz.models import load_model
 
@@ -77,7 +86,7 @@ def _eval_grounding(args: argparse.Namespace) -> int:
     if model.patches_unavailable:
         print(f"No grounding maps for {args.model}: {model.patches_unavailable}.", file=sys.stderr)
         return 2
-    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=model.model.visual.image_size[0])
+    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=input_side(model.model))
     min_cover = MIN_COVER if args.min_cover is None else args.min_cover
     scores = score_scenes(model, scenes, kinds=args.kind, min_cover=min_cover)
     print(json.dumps({"model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores}))
@@ -128,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit.add_argument("--data", default="scenes", help="scenes, photos, or a folder of images with captions.csv/json")
     fit.add_argument("--loss", default="clip=1", help="weighted losses, e.g. clip=1,saco=0.5,sparc=1")
     fit.add_argument("--saco-distance", default=None, help="SaCo distance: l1 (default), l2 or kl")
+    fit.add_argument("--loss-options", default="{}", help=f"keyword arguments per loss, e.g. {LOSS_OPTIONS_EXAMPLE}")
     fit.add_argument("--steps", type=int, default=300)
     fit.add_argument("--batch-size", type=int, default=64)
     fit.add_argument("--lr", type=float, default=1e-4)

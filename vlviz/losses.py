@@ -3,7 +3,8 @@
 Each loss takes open_clip's output names (`image_features`, `text_features`, `logit_scale`, ...)
 so that `loss(**model_out)` works, and returns a dict: keys ending in ``_loss`` are summed by the
 trainer, other keys are diagnostics to plot. `LOSSES` is the registry the trainer, the UI and the
-tests enumerate.
+tests enumerate. SIMLA's two objectives live in their own modules (`vlviz.psl`, `vlviz.xmm`): they
+carry trainable heads and set ``needs_inputs = True`` (see `create_loss`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlviz.consistency import DEFAULT_TEMPERATURE, in_modal_affinities, off_diagonal, row_symmetric_kl
+from vlviz.psl import PslLoss
 from vlviz.sparc import alignment_weights, grouped_embeddings
+from vlviz.xmm import XmmLoss
 
 
 def clip_contrastive_loss(
@@ -184,11 +187,26 @@ class SparcLoss(nn.Module):
         return {"global_loss": self.global_weight * global_term, "fine_loss": self.fine_weight * fine_term}
 
 
-LOSSES: dict[str, type[nn.Module]] = {"clip": ClipLoss, "saco": SacoLoss, "sparc": SparcLoss}
+LOSSES: dict[str, type[nn.Module]] = {
+    "clip": ClipLoss,
+    "saco": SacoLoss,
+    "sparc": SparcLoss,
+    "psl": PslLoss,
+    "xmm": XmmLoss,
+}
 
 
-def create_loss(name: str, **kwargs: object) -> nn.Module:
-    """A loss module by registry name."""
+def create_loss(name: str, model: nn.Module | None = None, tokenizer: object = None, **kwargs: object) -> nn.Module:
+    """A loss module by registry name.
+
+    A loss with ``needs_inputs = True`` works on the batch itself, not only on features: it is
+    built for the model it trains with and that model's tokenizer (`cls(model, tokenizer, **kwargs)`,
+    which sizes its heads), and the trainer calls it with `pixels`, `ids`, `captions` and `model`.
+    """
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; known losses: {', '.join(LOSSES)}.")
+    if getattr(LOSSES[name], "needs_inputs", False):
+        if model is None or tokenizer is None:
+            raise ValueError(f"Loss {name!r} is built for a model: pass model= and tokenizer=.")
+        return LOSSES[name](model, tokenizer, **kwargs)
     return LOSSES[name](**kwargs)

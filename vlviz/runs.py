@@ -20,13 +20,23 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-from vlviz.data.sources import HeldOut, PairSource, SceneSource, preprocess_stats
+from vlviz.data.sources import HeldOut, PairSource, SceneSource, input_side, preprocess_stats
 from vlviz.distributed import DistributedContext
 from vlviz.encoding import VLModel
 from vlviz.inputs import PairSet, load_pairs_folder
 from vlviz.models import load_model, resolve_device
 from vlviz.probe import ProbeBatch
-from vlviz.train import SCENES_MODEL_CFG, Source, TrainConfig, evaluate, save_checkpoint, scenes_tokenizer, train
+from vlviz.train import (
+    SCENES_MODEL_CFG,
+    Source,
+    TrainConfig,
+    build_losses,
+    evaluate,
+    save_checkpoint,
+    save_loss_heads,
+    scenes_tokenizer,
+    train,
+)
 
 FRESH = "fresh"  # start from a randomly initialised model of the offline architecture
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
@@ -63,6 +73,8 @@ class Run:
     data: str
     context: DistributedContext = field(default_factory=DistributedContext)
     stop: threading.Event = field(default_factory=threading.Event)
+    # The loss modules (`prepare_run` builds them): their trained heads are saved beside the checkpoint.
+    losses: dict[str, torch.nn.Module] | None = None
     _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
 
     def probe_views(self, step: int) -> dict:
@@ -88,7 +100,8 @@ class Run:
         trained = False
         try:
             for record in chain(
-                [initial], train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context)
+                [initial],
+                train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context, self.losses),
             ):
                 if "image_to_text_r1" in record:
                     record |= self._probe()
@@ -100,6 +113,8 @@ class Run:
         finally:
             if main and trained:
                 save_checkpoint(self.model, self.model_cfg, self.out_dir, weights_name=WEIGHTS_NAME)
+                if self.losses:
+                    save_loss_heads(self.losses, self.out_dir)
 
     def _probe(self) -> dict[str, float]:
         if self.probe is None:
@@ -129,7 +144,7 @@ def make_source(data: str | PairSet, model: torch.nn.Module, preprocess, seed: i
     if isinstance(data, PairSet):
         return PairSource(data.images, data.captions, preprocess, seed=seed), "uploaded pairs"
     if data == "scenes":
-        return SceneSource(model.visual.image_size[0], *preprocess_stats(model), held_out=HELD_OUT_SCENES), data
+        return SceneSource(input_side(model), *preprocess_stats(model), held_out=HELD_OUT_SCENES), data
     folder = SAMPLES_DIR / "photos" if data == "photos" else Path(data)
     if folder.is_file():
         folder = folder.parent  # a captions CSV/JSON: its folder holds the images
@@ -142,7 +157,7 @@ def probe_set(data_name: str, model: torch.nn.Module, preprocess) -> HeldOut:
     if data_name == "scenes":
         pairs = load_pairs_folder(SAMPLES_DIR / "photos")
         return HeldOut(torch.stack([preprocess(im) for im in pairs.images]), pairs.captions)
-    return SceneSource(model.visual.image_size[0], *preprocess_stats(model), held_out=HELD_OUT_SCENES).held_out
+    return SceneSource(input_side(model), *preprocess_stats(model), held_out=HELD_OUT_SCENES).held_out
 
 
 def prepare_run(
@@ -160,4 +175,7 @@ def prepare_run(
     if isinstance(source, PairSource) and config.batch_size > len(source):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(source)} training pairs.")
     probe = probe_set(data_name, model, preprocess) if start != FRESH else None
-    return Run(model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context)
+    losses = build_losses(config, model, tokenizer, context.device)  # e.g. XMM refuses a tower without patches
+    return Run(
+        model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context, losses=losses
+    )

@@ -4,7 +4,11 @@
 steps) and returns early when its `stop` event is set, so the command line, a notebook and the
 Train tab all drive the same loop. It knows nothing of any UI. Losses come from
 `vlviz.losses.LOSSES`; a loss that sets ``needs_tokens = True`` also receives projected patch and
-token embeddings and the mask of real caption tokens (what SPARC needs).
+token embeddings and the mask of real caption tokens (what SPARC needs), and one that sets
+``needs_inputs = True`` also receives the batch's `pixels`, `ids` and `captions` and the `model`
+(SIMLA's heads re-encode masked inputs). Loss modules may hold trainable heads, which the optimiser
+trains with the model, and an ``after_step()`` method, called after every optimiser step (an EMA
+update); `save_loss_heads` writes their state beside a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +26,7 @@ from typing import Protocol
 import open_clip
 import torch
 from open_clip.model import CLIP
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from vlviz.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval_ranks
 from vlviz.consistency import consistency_figures
@@ -42,6 +46,7 @@ SCENES_MODEL_CFG: dict = {
 }
 TRAINABLE = ("all", "last_blocks", "projections")
 BATCH_FEATURES = ("image_features", "text_features")  # gathered over ranks for batch-level losses
+LOSS_HEADS = "loss_heads"  # loss_heads.safetensors + loss_heads.json: trained loss heads beside a checkpoint
 
 
 @dataclass
@@ -58,6 +63,7 @@ class TrainConfig:
     loss_options: dict[str, dict] = field(default_factory=dict)  # registry name -> keyword arguments
     trainable: str = "all"  # "all", "last_blocks" (the last `last_blocks` of each tower + heads) or "projections"
     last_blocks: int = 2
+    head_lr_scale: float = 10.0  # loss heads (PSL, XMM: new, untrained) learn at this multiple of `lr`
     amp: bool = True  # autocast to bf16 (else fp16) on CUDA; the CPU always trains in fp32
 
     def __post_init__(self) -> None:
@@ -76,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
+        if self.head_lr_scale <= 0:
+            raise ValueError(f"head_lr_scale must be positive, got {self.head_lr_scale}")
 
 
 # How the shipped offline model was trained (`python -m vlviz build-offline-model`).
@@ -209,20 +217,33 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
     return figures
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices only, as open_clip's trainer does."""
+def _param_groups(module: torch.nn.Module, weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
+    """Decay weight matrices only, as open_clip's trainer does; `lr_scale` multiplies the scheduled rate."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         exclude = param.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name or "embedding" in name
         (no_decay if exclude else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": params, "weight_decay": decay_rate, "lr_scale": lr_scale}
+        for params, decay_rate in ((decay, weight_decay), (no_decay, 0.0))
+    ]
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+
+
+def build_losses(
+    config: TrainConfig, model: torch.nn.Module, tokenizer, device: torch.device
+) -> dict[str, torch.nn.Module]:
+    """The loss modules of `config`, with their `loss_options`, on `device` (built for `model` where they need it)."""
+    return {
+        name: create_loss(name, model=model, tokenizer=tokenizer, **config.loss_options.get(name, {})).to(device)
+        for name in config.losses
+    }
 
 
 def train(
@@ -232,19 +253,25 @@ def train(
     config: TrainConfig,
     stop: threading.Event | None = None,
     context: DistributedContext | None = None,
+    loss_modules: dict[str, torch.nn.Module] | None = None,
 ) -> Iterator[dict[str, float]]:
     """Train `model` in place on `source`; yield a record per step, with held-out figures every `eval_every`.
 
     The model must hold fp32 weights (autocast handles half precision on GPUs). Under torchrun,
     pass the `DistributedContext` and a DDP-wrapped model's `.module` is what gets evaluated.
+    Pass `loss_modules` (from `build_losses`) to keep hold of the trained loss heads, e.g. to save them.
     """
     context = context or DistributedContext(device=next(model.parameters()).device)
     torch.manual_seed(config.seed)
     device = context.device
-    losses = {
-        name: (create_loss(name, **config.loss_options.get(name, {})).to(device), weight)
-        for name, weight in config.losses.items()
-    }
+    modules = loss_modules if loss_modules is not None else build_losses(config, model, tokenizer, device)
+    losses = {name: (modules[name], weight) for name, weight in config.losses.items()}
+    single_process = [n for n, m in modules.items() if getattr(m, "needs_inputs", False) or list(m.parameters())]
+    if context.world_size > 1 and single_process:
+        raise ValueError(
+            f"{', '.join(single_process)}: losses with their own heads train in one process only "
+            "(DistributedDataParallel does not see their parameters or their extra passes)."
+        )
     with_tokens = any(getattr(loss, "needs_tokens", False) for loss, _ in losses.values())
     set_trainable(model, config.trainable, config.last_blocks)
     network: torch.nn.Module = _FeatureModel(model, with_tokens)
@@ -252,7 +279,9 @@ def train(
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device] if device.type == "cuda" else None
         )
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    groups = _param_groups(model, config.weight_decay)
+    groups += [g for m in modules.values() for g in _param_groups(m, config.weight_decay, config.head_lr_scale)]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(enabled=config.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
     def lr_at(step: int) -> float:
@@ -267,25 +296,30 @@ def train(
             return
         # Each rank takes its own share of the data: a distinct seed per rank.
         pixels, captions = source.batch(step, config.batch_size, config.seed + 7_777 * context.rank)
-        ids = tokenizer(captions).to(device)
+        pixels, ids = pixels.to(device), tokenizer(captions).to(device)
+        inputs = {"pixels": pixels, "ids": ids, "captions": captions, "model": model}  # for `needs_inputs` losses
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step) * group["lr_scale"]
         with _autocast(device, config.amp):
-            out = network(pixels.to(device), ids)
+            out = network(pixels, ids)
             if with_tokens:
                 out["token_mask"] = real_token_mask(tokenizer, ids)
             gathered = dict(zip(BATCH_FEATURES, gather_features(*(out[k] for k in BATCH_FEATURES)), strict=True))
             terms: dict[str, torch.Tensor] = {}
             for name, (loss, weight) in losses.items():
-                for key, value in loss(**(out | gathered)).items():
+                extra = inputs if getattr(loss, "needs_inputs", False) else {}
+                for key, value in loss(**(out | gathered | extra)).items():
                     terms[f"{name}/{key}"] = value * weight if key.endswith("_loss") else value
             total = sum(value for key, value in terms.items() if key.endswith("_loss"))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        for loss, _ in losses.values():
+            if hasattr(loss, "after_step"):
+                loss.after_step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         record = {"step": step + 1, "lr": lr_at(step), "total_loss": float(total.detach())}
@@ -315,10 +349,19 @@ def save_checkpoint(
     }
     mean, std = preprocess_stats(model)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
-    for name, write in (
-        (weights_name, lambda path: save_file(state, path)),
-        ("open_clip_config.json", lambda path: Path(path).write_text(json.dumps(config, indent=2))),
-    ):
+    _write_atomically(
+        out,
+        {
+            weights_name: lambda path: save_file(state, path),
+            "open_clip_config.json": lambda path: Path(path).write_text(json.dumps(config, indent=2)),
+        },
+    )
+    return out
+
+
+def _write_atomically(out: Path, writers: dict[str, Callable[[str], object]]) -> None:
+    """Write each file of `out` through a temporary name and a rename, so a crash never leaves a half file."""
+    for name, write in writers.items():
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         os.close(fd)
         try:
@@ -328,7 +371,57 @@ def save_checkpoint(
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return out
+
+
+def save_loss_heads(losses: dict[str, torch.nn.Module], out_dir: str | Path) -> Path | None:
+    """Write the state of the losses that have one (trained heads, EMA copies) beside a checkpoint.
+
+    `loss_heads.safetensors` holds each loss's state under ``NAME.``; `loss_heads.json` the keyword
+    arguments that rebuild it (its `options`). Returns the weights' path, or None when no loss has state.
+    """
+    stateful = {name: loss for name, loss in losses.items() if loss.state_dict()}
+    if not stateful:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        f"{name}.{key}": value.detach().cpu().contiguous()
+        for name, loss in stateful.items()
+        for key, value in loss.state_dict().items()
+    }
+    options = {name: getattr(loss, "options", {}) for name, loss in stateful.items()}
+    _write_atomically(
+        out,
+        {
+            f"{LOSS_HEADS}.safetensors": lambda path: save_file(state, path),
+            f"{LOSS_HEADS}.json": lambda path: Path(path).write_text(json.dumps(options, indent=2)),
+        },
+    )
+    return out / f"{LOSS_HEADS}.safetensors"
+
+
+def load_loss_heads(path: str | Path, model: torch.nn.Module, tokenizer) -> dict[str, torch.nn.Module]:
+    """The trained loss modules saved by `save_loss_heads`, rebuilt for `model`: {} when there are none.
+
+    `path` is a checkpoint folder or a file in one (a model spec that names no path has none). They
+    come back in evaluation mode, on the model's device and in its floating-point dtype.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
+        return {}
+    weights, options_file = folder / f"{LOSS_HEADS}.safetensors", folder / f"{LOSS_HEADS}.json"
+    if not weights.is_file() or not options_file.is_file():
+        return {}
+    state = load_file(weights)
+    parameter = next(model.parameters())
+    modules = {}
+    for name, options in json.loads(options_file.read_text()).items():
+        module = create_loss(name, model=model, tokenizer=tokenizer, **options)
+        prefix = f"{name}."
+        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+        modules[name] = module.to(parameter.device, parameter.dtype).eval()
+    return modules
 
 
 def scenes_tokenizer():

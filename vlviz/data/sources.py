@@ -27,6 +27,12 @@ def normalise_uint8(images: torch.Tensor, mean: tuple[float, ...], std: tuple[fl
     return (pixels - mean_t) / std_t
 
 
+def input_side(model: torch.nn.Module) -> int:
+    """The side in pixels of a model's square input (ViT towers store a pair, ResNet towers an int)."""
+    size = model.visual.image_size
+    return int(size if isinstance(size, int) else size[0])
+
+
 def preprocess_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation a model was trained with (open_clip records it on the visual tower)."""
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}

@@ -9,12 +9,14 @@ from vlviz.ui.affinity_tab import analyze, build_affinity_tab
 from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import build_embedding_tab
 from vlviz.ui.grounding_tab import build_grounding_tab
+from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, sample_files
 from vlviz.ui.train_tab import RUNS_DIR, build_train_tab
 
 INTRO = """# vlviz
 See how a CLIP-style model aligns images with text: upload image-caption pairs (or pick a sample
-set), choose a model, and press **Analyze**."""
+set), choose a model, and press **Analyze**; then look at its consistency, embedding space and
+word grounding, or train it live in the **Train** tab."""
 
 
 def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Blocks:
@@ -64,6 +66,8 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Bloc
                     build_embedding_tab(files, captions, model)
                 with gr.Tab("Grounding", id="grounding"):
                     build_grounding_tab(model, pairs_state)
+                with gr.Tab("Keywords", id="keywords"):
+                    build_keywords_tab(model, pairs_state)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, files, captions)
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")

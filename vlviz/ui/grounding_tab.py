@@ -1,4 +1,8 @@
-"""The Grounding tab: where each word of a caption lands on its image (SPARC's token-to-patch weights)."""
+"""The Grounding tab: where each word of a caption lands on its image (SPARC's token-to-patch weights).
+
+Beside SPARC's weights, a model trained with XMM (`vlviz.xmm`) shows where its fusion head looks for
+the word when the word is masked.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from vlviz.figures import grounding_grid, grounding_overlay, token_patch_matrix
 from vlviz.grounding import MIN_COVER, scene_grounding_score, select_scenes
 from vlviz.inputs import PairSet
 from vlviz.sparc import grounding_maps, word_maps
+from vlviz.train import load_loss_heads
 from vlviz.ui.session import model_for
+from vlviz.xmm import masked_word_attention
 
 KIND_LABELS = {
     "sparc": "SPARC weights",
@@ -83,6 +89,35 @@ def _scene_score(pairs: PairSet, model: VLModel, kind: str) -> tuple[dict | None
     return scores, _score_markdown(scores, kind, len(rows))
 
 
+def _xmm_view(
+    model: VLModel, image: Image.Image, caption: str, word: int, view: np.ndarray, opacity: float
+) -> tuple[Any, str, dict[str, Any]]:
+    """The trained XMM head's cross-attention from the masked word to the patches, or why there is none."""
+    xmm = load_loss_heads(model.spec, model.model, model.tokenizer).get("xmm")
+    if xmm is None:
+        reason = (
+            f"No XMM map: `{model.spec}` has no trained XMM head. Train with `xmm` (weight above 0) in the "
+            "Train tab and use that run's checkpoint as the model to see one here."
+        )
+        return gr.Plot(value=None, visible=False), reason, {"available": False, "reason": reason}
+    pixels = model.preprocess(image)[None].to(model.device, model.dtype)
+    found = masked_word_attention(xmm, model.model, model.tokenizer, pixels, caption)
+    maps = found.patch_maps.cpu()  # (W, P)
+    share = float(found.global_share[word])
+    chosen = found.layout.words[0][word]
+    figure = grounding_overlay(
+        view, maps[word].reshape(model.grid_size).numpy(), f"'{chosen}' masked: XMM cross-attention", opacity,
+        "attention",
+    )  # fmt: skip
+    notice = (
+        f"Where the trained XMM fusion head looks for '{chosen}' when it is masked (the last fusion layer's "
+        f"cross-attention, heads averaged); {share:.0%} of it goes to the global image embedding, the rest "
+        "to the patches shown."
+    )
+    data = {"available": True, "word_maps": maps.tolist(), "global_share": found.global_share.cpu().tolist()}
+    return gr.Plot(value=figure, visible=True), notice, data
+
+
 def ground(
     pair: int | None,
     word: int | None,
@@ -96,7 +131,8 @@ def ground(
 
     `pair` is 1-based (None: the first); `word` indexes the caption's words (None: the first
     content word). Returns the overlay, the per-word grid, the token x patch matrix, the pair and
-    word choices, a notice, the scenes score and the data (word list and maps).
+    word choices, a notice, the XMM overlay and its notice (or why there is none), the scenes score
+    and the data (word list and maps).
     """
     if pairs is None:
         raise gr.Error("Analyze a set of pairs first: the Grounding tab shows their words on their images.")
@@ -113,7 +149,8 @@ def ground(
     if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
         reason = f"No grounding maps for `{model.spec}`: {encoding.patches_unavailable}."
         no_words = gr.Radio(choices=[], value=None)
-        return None, None, None, pair_choices, no_words, reason, "", data | {"unavailable": reason}
+        no_xmm = gr.Plot(value=None, visible=False)
+        return None, None, None, pair_choices, no_words, reason, no_xmm, "", "", data | {"unavailable": reason}
     words = encoding.tokens.words[0]
     if not words:
         raise gr.Error(f"{caption!r} has no words to ground: type a word or a phrase.")
@@ -134,6 +171,7 @@ def ground(
     grid = grounding_grid(small, grid_maps, words, opacity)
     tokens = [piece for piece, keep in zip(encoding.tokens.tokens[0], real.tolist()) if keep]
     matrix = token_patch_matrix(real_maps.numpy(), tokens, encoding.grid_size, f"Token x patch: {label}", value_name)
+    xmm_overlay, xmm_notice, xmm_data = _xmm_view(model, pairs.images[index], caption, chosen, large, opacity)
     scores, score_text = _scene_score(pairs, model, kind)
     notice = "" if caption == pairs.captions[index] else f"Grounding the typed text {caption!r} in image {index + 1}."
     data |= {
@@ -145,9 +183,10 @@ def ground(
         "tokens": tokens,
         "token_maps": real_maps.tolist(),
         "scene_score": scores,
+        "xmm": xmm_data,
     }
     word_choices = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=chosen)
-    return overlay, grid, matrix, pair_choices, word_choices, notice, score_text, data
+    return overlay, grid, matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice, score_text, data
 
 
 def _ground_first_word(
@@ -192,6 +231,9 @@ def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             overlay = gr.Plot(label="The chosen word", elem_id="grounding-overlay")
+        with gr.Column(scale=3):
+            xmm_overlay = gr.Plot(label="The chosen word, masked: XMM cross-attention", elem_id="grounding-xmm")
+            xmm_notice = gr.Markdown(elem_id="grounding-xmm-notice")
         with gr.Column(scale=2):
             opacity = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Heatmap opacity", elem_id="grounding-opacity")
             notice = gr.Markdown(elem_id="grounding-notice")
@@ -206,7 +248,7 @@ def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
         api_pair, api_word = gr.Number(precision=0), gr.Number(precision=0)
         api_run = gr.Button()
 
-    outputs = [overlay, grid, matrix, pair, words, notice, score, data]
+    outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, data]
     shown = dict(outputs=outputs, show_progress="minimal")
     common = [kind, opacity, text, pairs_state, model_spec]
     api_run.click(ground, [api_pair, api_word, *common], **shown, api_name="grounding")

@@ -29,7 +29,8 @@ STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, 
 DATA = ["scenes", "photos", "uploaded pairs"]
 RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
 ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
-COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS]
+SIMLA_KEYS = ["xmm/mlm_accuracy", "xmm/mlm_accuracy_noise", "xmm/cross_modal_gain", "psl/precision_at_3"]
+COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SIMLA_KEYS]
 DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
 PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # figures of vlviz.probe, refreshed at each evaluation
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
@@ -72,11 +73,14 @@ def _view(
     losses = training_curves(records, _loss_keys(records), "Loss terms")
     retrieval = training_curves(records, RETRIEVAL_KEYS, "R@1: held-out split and probe set (retention)")
     alignment = training_curves(records, ALIGNMENT_KEYS, "SaCo inconsistency and SPARC pointing game (held-out)")
+    simla = training_curves(
+        records, SIMLA_KEYS, "SIMLA: masked-token accuracy (image vs noise) and concept precision@3 (training batch)"
+    )
     names = [run["name"] for run in runs]
     probe = probe or {}
     probe_plots = [probe[key] if key in probe else gr.skip() for key in PROBE_KEYS]
     return (
-        losses, retrieval, alignment, *probe_plots, status, records, checkpoint, runs,
+        losses, retrieval, alignment, simla, *probe_plots, status, records, checkpoint, runs,
         gr.update(choices=names, value=names[-2:] if names else []),
     )  # fmt: skip
 
@@ -194,6 +198,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
             loss_plot = gr.Plot(label="Loss terms", elem_id="loss-plot")
             metric_plot = gr.Plot(label="Retrieval", elem_id="metric-plot")
             alignment_plot = gr.Plot(label="Alignment", elem_id="alignment-plot")
+            simla_plot = gr.Plot(label="SIMLA objectives (when xmm or psl train)", elem_id="simla-plot")
             gr.Markdown("**A fixed held-out probe batch**, redrawn at every evaluation")
             with gr.Row():
                 probe_grounding = gr.Plot(label="Grounding of one word", elem_id="probe-grounding-plot")
@@ -233,7 +238,18 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         runs,
     ]
     probe_plots = [probe_grounding, probe_inconsistency, probe_embedding]
-    outputs = [loss_plot, metric_plot, alignment_plot, *probe_plots, status, records, checkpoint, runs, chosen]
+    outputs = [
+        loss_plot,
+        metric_plot,
+        alignment_plot,
+        simla_plot,
+        *probe_plots,
+        status,
+        records,
+        checkpoint,
+        runs,
+        chosen,
+    ]
     train_button.click(
         run_training, [*settings, *weights], outputs, api_name="train", concurrency_limit=None, show_progress="minimal"
     )

@@ -1,0 +1,147 @@
+"""SIMLA keywords and concepts: the vote on hand-made attention, the attention of a real text tower, concepts."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP
+
+from tests.conftest import TINY_VIT_CFG
+from vlviz.keywords import (
+    caption_keywords,
+    concept_vocabulary,
+    default_concepts,
+    keyword_candidates,
+    keyword_word_mask,
+    mention_matrix,
+    pooled_attention,
+    rank_concepts,
+    select_keywords,
+    zero_shot_concept_scores,
+)
+from vlviz.tokens import token_layout
+
+# One caption of 10 positions: start (0), eight word tokens (1-8), end (9); three heads. Each row sums to 1.
+#   head a: top 4 words 2 (.15), 4 (.12), 6 (.10), 8 (.08); the start token (.30) is no candidate
+#   head b: top 4 words 2 (.20), 4 (.18), 5 (.16), 7 (.14); the end token (.20) is no candidate
+#   head c: top 4 words 2 (.22), 4 (.20), 8 (.16), 3 (.12)
+# Votes: 2 and 4 three each, 8 two, 3, 5, 6 and 7 one each. Ties go to the larger summed attention:
+# 5 (.21) > 7 (.19) > 6 (.17) > 3 (.15), so the five keywords are positions 2, 4, 8, 5 and 7.
+ATTENTION = torch.tensor(
+    [
+        [
+            [0.30, 0.01, 0.15, 0.02, 0.12, 0.03, 0.10, 0.04, 0.08, 0.15],
+            [0.05, 0.02, 0.20, 0.01, 0.18, 0.16, 0.03, 0.14, 0.01, 0.20],
+            [0.10, 0.03, 0.22, 0.12, 0.20, 0.02, 0.04, 0.01, 0.16, 0.10],
+        ]
+    ]
+)
+CANDIDATES = torch.tensor([[False, *[True] * 8, False]])
+
+
+def test_the_vote_keeps_the_expected_positions() -> None:
+    kept = select_keywords(ATTENTION, CANDIDATES)
+    assert kept[0].nonzero().flatten().tolist() == [2, 4, 5, 7, 8]
+
+
+def test_votes_beat_attention_and_unvoted_positions_are_never_kept() -> None:
+    # One vote per head: position 0 gets one, position 3 two; position 1 has the most attention in
+    # total (.95) but no head ranks it first, so it is not a keyword, even with room for three.
+    attention = torch.tensor([[[0.4, 0.3, 0.2, 0.1], [0.1, 0.3, 0.2, 0.4], [0.1, 0.35, 0.15, 0.4]]])
+    kept = select_keywords(attention, torch.ones(1, 4, dtype=torch.bool), per_head=1, keep=3)
+    assert kept[0].tolist() == [True, False, False, True]
+
+
+def test_a_caption_shorter_than_the_vote_keeps_only_its_words() -> None:
+    candidates = torch.tensor([[False, True, True, False, False]])  # two words, then end and padding
+    attention = torch.full((2, 4, 5), 0.2)  # a batch of two: the second caption has no words at all
+    kept = select_keywords(attention, torch.cat([candidates, torch.zeros_like(candidates)]))
+    assert kept.tolist() == [[False, True, True, False, False], [False] * 5]
+
+
+def test_kept_pieces_become_kept_words() -> None:
+    word_index = torch.tensor([[-1, 0, 1, 1, 2, -1], [-1, 0, -1, -1, -1, -1]])  # "sky scrap|ers now", "hi"
+    kept = torch.tensor([[False, False, False, True, False, False], [False, True, False, False, False, False]])
+    assert keyword_word_mask(kept, word_index).tolist() == [[False, True, False], [True, False, False]]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[CLIP, object]:
+    torch.manual_seed(0)
+    return CLIP(**TINY_VIT_CFG, output_dict=True).eval(), open_clip.get_tokenizer("ViT-B-32", context_length=16)
+
+
+def test_pooled_attention_reads_the_end_of_text_row_of_the_last_block(tiny: tuple[CLIP, object]) -> None:
+    model, tokenizer = tiny
+    ids = tokenizer(["a red circle", "a small blue square at the top left"])
+    attention = pooled_attention(model, ids)
+    heads = TINY_VIT_CFG["text_cfg"]["heads"]
+    assert attention.shape == (2, heads, ids.shape[1])
+    assert torch.allclose(attention.sum(-1), torch.ones(2, heads), atol=1e-5)
+    end = ids.argmax(-1)
+    after_end = torch.arange(ids.shape[1])[None, None, :] > end[:, None, None]
+    assert (attention[after_end.expand_as(attention)] == 0).all()  # the causal mask: nothing after end-of-text
+
+    # The same row by hand: the last block's input, its attention per head, the end-of-text query.
+    block = model.transformer.resblocks[-1]
+    x = model.token_embedding(ids) + model.positional_embedding
+    for earlier in model.transformer.resblocks[:-1]:
+        x = earlier(x, attn_mask=model.attn_mask)
+    y = block.ln_1(x)
+    _, weights = block.attn(y, y, y, attn_mask=model.attn_mask, need_weights=True, average_attn_weights=False)
+    assert torch.allclose(attention, weights[torch.arange(2), :, end], atol=1e-6)
+
+
+def test_caption_keywords_are_words_of_the_caption(tiny: tuple[CLIP, object]) -> None:
+    model, tokenizer = tiny
+    captions = ["a large white triangle on the left, a small blue triangle at the bottom", "red"]
+    found = caption_keywords(model, tokenizer, captions)
+    long, short = found.keywords
+    assert 1 <= len(long) <= 5 and set(long) <= set(found.layout.words[0])
+    assert short == ["red"]
+    content = caption_keywords(model, tokenizer, captions, content_words_only=True).keywords[0]
+    assert content and not {"a", "on", "the", "at"} & set(content)
+
+
+def test_content_candidates_leave_stop_words_out(tiny: tuple[CLIP, object]) -> None:
+    _, tokenizer = tiny
+    layout = token_layout(tokenizer, ["a red circle on the left"])
+    every = keyword_candidates(layout)
+    content = keyword_candidates(layout, content_words_only=True)
+    words = layout.words[0]
+    kept = {words[i] for i, ok in zip(layout.word_index[0].tolist(), content[0].tolist()) if ok}
+    assert kept == {"red", "circle", "left"} and int(every.sum()) == len(words)
+
+
+def test_the_vocabulary_puts_caption_words_first_and_ships_concepts() -> None:
+    shipped = default_concepts()
+    assert len(shipped) >= 200 and {"red", "circle", "cat", "coffee"} <= set(shipped)
+    assert all(w == w.strip().lower() and " " not in w for w in shipped)
+    vocabulary = concept_vocabulary([["A", "zebu", "on", "the", "grass"], ["zebu", "3"]], defaults=["grass", "tree"])
+    assert vocabulary == ["zebu", "grass", "tree"]
+
+
+def test_concepts_are_ranked_and_marked_in_or_missing() -> None:
+    vocabulary = ["cat", "dog", "sofa", "red"]
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.1, 0.7]])
+    ranked = rank_concepts(scores, vocabulary, [["a", "Cat"], ["a", "red", "ball"]], top_k=2)
+    assert [[(c.word, c.in_caption) for c in row] for row in ranked] == [
+        [("cat", True), ("sofa", False)],
+        [("dog", False), ("red", True)],
+    ]
+    assert ranked[0][0].score == pytest.approx(0.9)
+    assert mention_matrix([["Dog", "dog"]], vocabulary).tolist() == [[False, True, False, False]]
+
+
+def test_zero_shot_scores_are_cosines_with_prompts() -> None:
+    images = torch.eye(3)[:2]  # two L2-normalised image embeddings
+    prompts = {"a photo of cat": torch.tensor([1.0, 0.0, 0.0]), "a photo of dog": torch.tensor([0.6, 0.8, 0.0])}
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return torch.stack([prompts[t] for t in texts])
+
+    scores = zero_shot_concept_scores(images, encode, ["cat", "dog"])
+    assert torch.allclose(scores, torch.tensor([[1.0, 0.6], [0.0, 0.8]]))
+    with pytest.raises(ValueError, match="needs a \\{\\}"):
+        zero_shot_concept_scores(images, encode, ["cat"], template="a photo")

@@ -1,0 +1,266 @@
+"""SIMLA's keywords and concepts (Khan et al., ECCV 2022), adapted to a CLIP dual encoder.
+
+Keywords: SIMLA picks a caption's keywords with the text encoder's last-layer [CLS] attention: the
+top 4 positions of each head vote, and the 5 positions with the most votes are kept. A CLIP text
+tower has no [CLS]; its global embedding is pooled at the end-of-text token (argmax pooling), so
+the attention row of that token plays the part (`pooled_attention`). Only real word tokens are
+candidates (not start, end, padding or punctuation); kept positions are merged into words.
+
+Concepts: the words of a vocabulary (the captions' own words plus `assets/concepts.txt`) that the
+model predicts for an image, ranked, each marked as in the caption or missing from it: SIMLA's
+pseudo-label idea, where the momentum model recommends keywords the caption left out.
+
+Letters in shape comments: B captions, H heads, T tokens, W words, N images, V vocabulary words.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from open_clip.transformer import ResidualAttentionBlock, TextTransformer, Transformer
+
+from vlviz.tokens import TokenLayout, token_layout
+
+PER_HEAD = 4  # SIMLA: the top 4 positions of each head vote
+KEEP = 5  # SIMLA: the 5 positions with the most votes are the keywords
+CONCEPTS_PATH = Path(__file__).resolve().parents[1] / "assets" / "concepts.txt"
+DEFAULT_TEMPLATE = "a photo of {}"
+# Words that never make a concept: articles, prepositions, conjunctions, pronouns, auxiliaries.
+# fmt: off
+STOP_WORDS = frozenset({
+    "a", "an", "the", "at", "on", "in", "of", "and", "or", "with", "to", "is", "are", "was", "were", "be",
+    "been", "its", "it", "this", "that", "these", "those", "his", "her", "their", "there", "here", "by",
+    "for", "from", "as", "into", "onto", "over", "under", "near", "next", "up", "down", "out", "off",
+    "some", "many", "two", "three", "one", "has", "have", "had", "very",
+})
+# fmt: on
+
+
+# --- keyword selection ---------------------------------------------------------------------------
+def select_keywords(
+    attention: torch.Tensor, candidates: torch.Tensor, per_head: int = PER_HEAD, keep: int = KEEP
+) -> torch.Tensor:
+    """SIMLA's keyword vote on an attention row per head: (B, H, T), (B, T) bool -> (B, T) bool kept positions.
+
+    Each head's `per_head` most-attended candidate positions get one vote; the `keep` positions with
+    the most votes are kept. Ties in votes go to the position with more attention summed over the
+    heads. A position no head voted for is never kept, so short captions keep fewer.
+
+    Args:
+        attention: attention weights from the pooled token to every position, per head.
+        candidates: positions that may be keywords (real word tokens).
+        per_head: votes per head (SIMLA: 4).
+        keep: positions kept (SIMLA: 5).
+    """
+    batch, heads, length = attention.shape
+    attention = attention.float().masked_fill(~candidates[:, None, :], 0.0)  # (B, H, T)
+    scores = attention.masked_fill(~candidates[:, None, :], float("-inf"))
+    top = scores.topk(min(per_head, length), dim=-1).indices.flatten(1)  # (B, H * per_head)
+    # A caption with fewer candidates than `per_head` fills its top-k with non-candidates: they do not vote.
+    votes = attention.new_zeros(batch, length).scatter_add_(1, top, candidates.gather(1, top).float())  # (B, T)
+    # Summed attention is at most H (each row sums to 1), so / (H + 1) orders positions within one vote count.
+    rank = (votes + attention.sum(1) / (heads + 1)).masked_fill(votes == 0, float("-inf"))  # (B, T)
+    chosen = rank.topk(min(keep, length), dim=-1).indices  # (B, keep)
+    kept = torch.zeros_like(candidates).scatter_(1, chosen, True)
+    return kept & (votes > 0)
+
+
+def keyword_word_mask(kept: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """Kept token positions (B, T) -> kept words (B, W): a word is a keyword when any of its BPE pieces is kept.
+
+    `word_index` is `TokenLayout.word_index` (-1 outside words); W is one more than its largest entry.
+    """
+    n_words = int(word_index.max().clamp_min(0)) + 1
+    slots = word_index + 1  # slot 0 collects the positions outside words
+    merged = kept.new_zeros(kept.shape[0], n_words + 1, dtype=torch.float)
+    merged.scatter_reduce_(1, slots, kept.float(), reduce="amax")
+    return merged[:, 1:] > 0
+
+
+def _text_tower(model: torch.nn.Module) -> tuple[Transformer, str, int | None, bool]:
+    """The text transformer of an open_clip model, its pool type, end-of-text id and whether a [CLS] is appended."""
+    if getattr(model, "token_embedding", None) is not None and isinstance(
+        getattr(model, "transformer", None), Transformer
+    ):
+        return model.transformer, model.text_pool_type, getattr(model, "text_eos_id", None), False
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer):
+        return text.transformer, text.pool_type, text.eos_id, text.cls_emb is not None
+    raise ValueError(
+        f"Keyword selection needs an open_clip text transformer; this model's text tower is {type(text).__name__}."
+    )
+
+
+def pooled_positions(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(B,) the position whose output becomes the global text embedding: end-of-text for CLIP's argmax pooling."""
+    _, pool_type, eos_id, has_cls = _text_tower(model)
+    length = ids.shape[1]
+    if has_cls:  # CoCa-style towers append a [CLS] token after the caption
+        return torch.full((ids.shape[0],), length, dtype=torch.long, device=ids.device)
+    if pool_type == "argmax":
+        return ids.argmax(dim=-1)
+    if pool_type == "eos" and eos_id is not None:
+        return (ids == eos_id).int().argmax(dim=-1)
+    if pool_type in ("first", "last"):
+        return torch.full((ids.shape[0],), 0 if pool_type == "first" else length - 1, device=ids.device)
+    raise ValueError(
+        f"The text tower pools with {pool_type!r}: there is no single pooled token to read attention from."
+    )
+
+
+@torch.no_grad()
+def pooled_attention(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Last-layer attention per head from the pooled token to every caption position: (B, T) ids -> (B, H, T).
+
+    A forward pre-hook catches the input of the text tower's last block; its attention is then
+    re-run with `need_weights=True, average_attn_weights=False` (open_clip runs it without weights)
+    under the same mask (causal for CLIP), and the pooled token's row is read.
+    """
+    transformer, _, _, has_cls = _text_tower(model)
+    block = transformer.resblocks[-1]
+    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, torch.nn.MultiheadAttention):
+        raise ValueError(f"Keyword selection needs torch attention in the last text block, not {type(block).__name__}.")
+    caught: dict[str, torch.Tensor | None] = {}
+
+    def catch(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        caught["x"] = args[0]  # grad checkpointing passes (x, None, None, attn_mask) positionally
+        caught["mask"] = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+
+    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        model.encode_text(ids)
+    finally:
+        handle.remove()
+    x, mask = caught["x"], caught["mask"]
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)  # (T, B, W) -> (B, T, W)
+    y = block.ln_1(x)
+    mask = None if mask is None else mask.to(y.dtype)
+    _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False, attn_mask=mask)  # (B, H, L, L)
+    row = pooled_positions(model, ids)  # (B,)
+    attention = weights[torch.arange(ids.shape[0], device=ids.device), :, row]  # (B, H, L)
+    return attention[..., : ids.shape[1]] if has_cls else attention  # the appended [CLS] key is not a caption position
+
+
+@dataclass(frozen=True)
+class CaptionKeywords:
+    """Keywords of N captions: the token layout, the kept positions and words, and the attention they came from."""
+
+    layout: TokenLayout
+    positions: torch.Tensor  # (N, T) bool, kept token positions
+    word_mask: torch.Tensor  # (N, W) bool, kept words (W: the most words of any caption)
+    attention: torch.Tensor  # (N, H, T) attention from the pooled token
+
+    @property
+    def keywords(self) -> list[list[str]]:
+        """Each caption's keywords in caption order."""
+        rows = self.word_mask.tolist()
+        return [[w for w, kept in zip(words, row) if kept] for words, row in zip(self.layout.words, rows)]
+
+
+def keyword_candidates(layout: TokenLayout, content_words_only: bool = False) -> torch.Tensor:
+    """(N, T) bool: real word tokens (not start, end, padding, punctuation), optionally without stop words."""
+    candidates = layout.word_index >= 0
+    if content_words_only:
+        longest = max((len(words) for words in layout.words), default=0)
+        content = torch.zeros(len(layout.words), longest + 1, dtype=torch.bool)  # slot 0: outside words
+        for n, words in enumerate(layout.words):  # string tests per word; the gather below is batched
+            content[n, 1 : len(words) + 1] = torch.tensor([is_concept_word(w) for w in words], dtype=torch.bool)
+        candidates &= content.gather(1, layout.word_index + 1)
+    return candidates
+
+
+def keywords_from_attention(
+    attention: torch.Tensor, layout: TokenLayout, per_head: int = PER_HEAD, keep: int = KEEP,
+    content_words_only: bool = False,
+) -> CaptionKeywords:  # fmt: skip
+    """SIMLA keywords of the captions in `layout` from their pooled-token attention (N, H, T), on the CPU."""
+    attention = attention.float().cpu()
+    positions = select_keywords(attention, keyword_candidates(layout, content_words_only), per_head, keep)
+    return CaptionKeywords(layout, positions, keyword_word_mask(positions, layout.word_index), attention)
+
+
+def caption_keywords(
+    model: torch.nn.Module,
+    tokenizer: Callable[..., torch.Tensor],
+    captions: Sequence[str],
+    per_head: int = PER_HEAD,
+    keep: int = KEEP,
+    content_words_only: bool = False,
+) -> CaptionKeywords:
+    """Select SIMLA keywords for `captions` with `model`'s text tower, batched.
+
+    `content_words_only` leaves stop words out of the candidates (SIMLA votes over every token).
+    """
+    layout = token_layout(tokenizer, list(captions))
+    attention = pooled_attention(model, layout.ids.to(next(model.parameters()).device))
+    return keywords_from_attention(attention, layout, per_head, keep, content_words_only)
+
+
+# --- concepts ------------------------------------------------------------------------------------
+@functools.cache
+def default_concepts() -> tuple[str, ...]:
+    """The concept list shipped in `assets/concepts.txt` (comments and blank lines skipped)."""
+    lines = CONCEPTS_PATH.read_text(encoding="utf-8").splitlines()
+    return tuple(dict.fromkeys(line.strip().lower() for line in lines if line.strip() and not line.startswith("#")))
+
+
+def is_concept_word(word: str) -> bool:
+    """Whether a caption word can be a concept: alphabetic, two letters or more, not a stop word."""
+    return word.isalpha() and len(word) > 1 and word.lower() not in STOP_WORDS
+
+
+def concept_vocabulary(caption_words: Sequence[Sequence[str]], defaults: Sequence[str] | None = None) -> list[str]:
+    """The captions' concept words (lowercase, first-seen order), then the default concepts not among them."""
+    words = (w.lower() for caption in caption_words for w in caption if is_concept_word(w))
+    return list(dict.fromkeys([*words, *(default_concepts() if defaults is None else defaults)]))
+
+
+def mention_matrix(caption_words: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> torch.Tensor:
+    """(N, V) bool: which vocabulary words each caption contains (case-insensitive)."""
+    index = {word: v for v, word in enumerate(vocabulary)}
+    mentioned = torch.zeros(len(caption_words), len(vocabulary), dtype=torch.bool)
+    for n, words in enumerate(caption_words):  # string lookups; the tensor work is batched
+        columns = [index[w.lower()] for w in words if w.lower() in index]
+        mentioned[n, columns] = True
+    return mentioned
+
+
+def zero_shot_concept_scores(
+    image_features: torch.Tensor, encode_texts: Callable[[list[str]], torch.Tensor], vocabulary: Sequence[str],
+    template: str = DEFAULT_TEMPLATE,
+) -> torch.Tensor:  # fmt: skip
+    """Cosine of each L2-normalised image embedding (N, D) with each concept's prompt embedding: (N, V).
+
+    `encode_texts` returns L2-normalised text embeddings (e.g. `VLModel.encode_texts`, which caches them).
+    """
+    if "{}" not in template:
+        raise ValueError(
+            f"The concept prompt {template!r} needs a {{}} where the concept goes, e.g. {DEFAULT_TEMPLATE!r}."
+        )
+    prompts = encode_texts([template.format(word) for word in vocabulary])  # (V, D)
+    return image_features.float() @ prompts.float().to(image_features.device).T
+
+
+@dataclass(frozen=True)
+class Concept:
+    word: str
+    score: float
+    in_caption: bool
+
+
+def rank_concepts(
+    scores: torch.Tensor, vocabulary: Sequence[str], caption_words: Sequence[Sequence[str]], top_k: int = 10
+) -> list[list[Concept]]:
+    """Each image's `top_k` concepts by score (N, V), each marked in the caption or missing from it."""
+    mentioned = mention_matrix(caption_words, vocabulary)
+    values, order = scores.float().cpu().topk(min(top_k, len(vocabulary)), dim=-1)  # (N, k)
+    inside = mentioned.gather(1, order)
+    return [
+        [Concept(vocabulary[v], s, m) for v, s, m in zip(row, row_scores, row_in)]
+        for row, row_scores, row_in in zip(order.tolist(), values.tolist(), inside.tolist())
+    ]

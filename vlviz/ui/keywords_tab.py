@@ -1,0 +1,169 @@
+"""The Keywords tab: SIMLA's keywords of each caption and the concepts the model sees in each image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import torch
+from PIL import Image
+
+from vlviz.encoding import VLModel
+from vlviz.inputs import PairSet
+from vlviz.keywords import (
+    DEFAULT_TEMPLATE,
+    caption_keywords,
+    concept_vocabulary,
+    rank_concepts,
+    zero_shot_concept_scores,
+)
+from vlviz.train import load_loss_heads
+from vlviz.ui.session import model_for
+
+VOCABULARIES = {
+    "the captions' words and the default concepts": None,
+    "the captions' words only": (),
+}
+IN_CAPTION, MISSING = "in the caption", "missing from the caption"
+KEYWORD = "keyword"
+DISPLAY_SIDE = 256  # pixels: smaller images are enlarged by a whole factor to reach about this
+
+
+def concept_scores(
+    model: VLModel, pairs: PairSet, template: str, defaults: tuple[str, ...] | None, caption_words: list[list[str]]
+) -> tuple[torch.Tensor, list[str], str]:
+    """(N, V) concept scores, their vocabulary and where they come from: the trained PSL head, else zero-shot prompts."""
+    image_features = model.encode_images(pairs.images)
+    psl = load_loss_heads(model.spec, model.model, model.tokenizer).get("psl")
+    if psl is not None:
+        source = (
+            f"the trained PSL concept head of `{model.spec}` (its momentum head's probabilities over its "
+            f"{len(psl.vocabulary)}-word vocabulary: SIMLA's pseudo-labels)"
+        )
+        return psl.concept_probabilities(image_features).float().cpu(), psl.vocabulary, source
+    vocabulary = concept_vocabulary(caption_words, defaults)
+    try:
+        scores = zero_shot_concept_scores(image_features, model.encode_texts, vocabulary, template)
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    source = (
+        f"zero-shot: the cosine of each image with '{template.format('…')}' for each of {len(vocabulary)} "
+        "concepts (words a model never learned score unpredictably: the offline scenes model knows only the "
+        "words of its scenes, so choose the captions' words for it)"
+    )
+    return scores.cpu(), vocabulary, source
+
+
+def _displayed(image: Image.Image) -> Image.Image:
+    """Small images (scenes are 64 px) enlarged with crisp pixels for display."""
+    scale = DISPLAY_SIDE // max(image.size)
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) if scale > 1 else image
+
+
+def keywords(
+    pair: int | None,
+    template: str | None,
+    vocabulary_choice: str,
+    top_k: float,
+    content_words_only: bool,
+    pairs: PairSet | None,
+    model_spec: str | None,
+) -> tuple[Any, ...]:
+    """Keywords and concepts of every loaded pair (the `keywords` API); the view shows pair `pair` (1-based).
+
+    Returns the caption with its keywords marked, the image, its concepts marked in or missing, the
+    pair choices, a table of every pair, a notice and the data of every pair.
+    """
+    if pairs is None:
+        raise gr.Error("Analyze a set of pairs first: the Keywords tab reads their captions and images.")
+    index = 0 if pair is None else int(pair) - 1
+    if not 0 <= index < len(pairs):
+        raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
+    model, _ = model_for(model_spec)
+    try:
+        found = caption_keywords(model.model, model.tokenizer, pairs.captions, content_words_only=content_words_only)
+    except ValueError as error:
+        raise gr.Error(f"No keywords for `{model.spec}`: {error}") from error
+    words = found.layout.words
+    template = (template or "").strip() or DEFAULT_TEMPLATE
+    scores, vocabulary, source = concept_scores(model, pairs, template, VOCABULARIES[vocabulary_choice], words)
+    ranked = rank_concepts(scores, vocabulary, words, top_k=int(top_k))
+    per_pair = [
+        {
+            "pair": i + 1, "image": pairs.names[i], "caption": pairs.captions[i], "words": words[i],
+            "keywords": found.keywords[i],
+            "concepts": [{"word": c.word, "score": c.score, "in_caption": c.in_caption} for c in ranked[i]],
+        }
+        for i in range(len(pairs))
+    ]  # fmt: skip
+    kept = found.word_mask[index].tolist()
+    caption = [(word + " ", KEYWORD if kept[w] else None) for w, word in enumerate(words[index])]
+    concepts = [
+        segment
+        for c in ranked[index]
+        for segment in ((f"{c.word} {c.score:.3g}", IN_CAPTION if c.in_caption else MISSING), (" ", None))
+    ]
+    table = pd.DataFrame(
+        {
+            "#": range(1, len(pairs) + 1),
+            "image": pairs.names,
+            "keywords": [", ".join(entry["keywords"]) for entry in per_pair],
+            f"top concepts {IN_CAPTION}": [", ".join(c.word for c in row if c.in_caption) for row in ranked],
+            f"top concepts {MISSING}": [", ".join(c.word for c in row if not c.in_caption) for row in ranked],
+        }
+    )
+    choices = gr.Dropdown(choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1)
+    notice = f"**Concepts from** {source}."
+    data = {"model": model.spec, "pair": index + 1, "concepts_from": source, "template": template, "pairs": per_pair}
+    return caption, _displayed(pairs.images[index]), concepts, choices, table, notice, data
+
+
+def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
+    """Create the tab's components and wire them to `keywords`; it follows the pairs the Analyze button loads."""
+    gr.Markdown(
+        "SIMLA (Khan et al., ECCV 2022) picks a caption's **keywords** with the text encoder's last-layer "
+        "attention: each head's top 4 words vote and the 5 with the most votes are kept (here the attention "
+        "of the end-of-text token, where a CLIP text tower pools). **Concepts** are the words the model sees "
+        "in the image, marked in the caption or missing from it: SIMLA's pseudo-labels. They come from a "
+        "trained PSL concept head when the model has one (a Train-tab run with `psl`), else zero-shot prompts."
+    )
+    with gr.Row():
+        pair = gr.Dropdown(choices=[], label="Pair", scale=2, elem_id="keywords-pair")
+        template = gr.Textbox(
+            value=DEFAULT_TEMPLATE, label="Zero-shot prompt ({} is the concept)", scale=2, elem_id="keywords-template"
+        )
+        vocabulary = gr.Radio(
+            list(VOCABULARIES), value=next(iter(VOCABULARIES)), label="Concept vocabulary", scale=3,
+            elem_id="keywords-vocabulary",
+        )  # fmt: skip
+    with gr.Row():
+        top_k = gr.Slider(1, 30, value=10, step=1, label="Concepts shown", elem_id="keywords-top-k")
+        content_only = gr.Checkbox(value=False, label="Leave stop words out of the vote", elem_id="keywords-content")
+    with gr.Row():
+        image = gr.Image(type="pil", label="Image", interactive=False, height=260, scale=1, elem_id="keywords-image")
+        with gr.Column(scale=2):
+            caption = gr.HighlightedText(
+                label="Caption: the keywords", color_map={KEYWORD: "blue"}, show_legend=True,
+                show_inline_category=False, elem_id="keywords-caption",
+            )  # fmt: skip
+            concepts = gr.HighlightedText(
+                label="Concepts of the image (score)", color_map={IN_CAPTION: "green", MISSING: "orange"},
+                show_legend=True, show_inline_category=False, elem_id="keywords-concepts",
+            )  # fmt: skip
+            notice = gr.Markdown(elem_id="keywords-notice")
+    table = gr.Dataframe(label="Every pair", interactive=False, wrap=True, max_height=360, elem_id="keywords-table")
+    with gr.Accordion("Data (JSON): keywords and concepts of every pair", open=False):
+        data = gr.JSON(label="keywords output")
+    # The API takes the pair as a plain number: the dropdown only accepts the choices on screen.
+    with gr.Row(visible=False):
+        api_pair = gr.Number(precision=0)
+        api_run = gr.Button()
+
+    outputs = [caption, image, concepts, pair, table, notice, data]
+    shown = dict(outputs=outputs, show_progress="minimal")
+    settings = [template, vocabulary, top_k, content_only, pairs_state, model_spec]
+    api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
+    for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):
+        event(keywords, [pair, *settings], **shown, api_visibility="private")
+    pairs_state.change(keywords, [api_pair, *settings], **shown, api_visibility="private")
