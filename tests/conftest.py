@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import socket
@@ -68,6 +69,24 @@ def tiny_arch_name(tmp_path_factory: pytest.TempPathFactory) -> str:
     (folder / "vlviz-test-tiny.json").write_text(json.dumps(TINY_VIT_CFG))
     open_clip.add_model_config(folder)
     return "vlviz-test-tiny"
+
+
+SCENES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES_DIR / "captions.csv").open())}
+
+
+def analyzed_client(app_url: str, files: list[Path]):
+    """A gradio_client session that has analyzed these bundled scenes with their own captions."""
+    from gradio_client import Client, handle_file
+
+    from vlviz.models import OFFLINE_SPEC
+
+    client = Client(app_url, verbose=False)
+    captions = "\n".join(SCENE_CAPTIONS[f.name] for f in files)
+    client.predict(
+        [handle_file(str(f)) for f in files], captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze"
+    )
+    return client
 
 
 def free_port() -> int:

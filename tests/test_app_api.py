@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import zipfile
 from pathlib import Path
@@ -13,10 +12,10 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app as app_module
+from tests.conftest import SCENE_CAPTIONS
 from vlviz.models import OFFLINE_SPEC
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
-SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}
 
 
 @pytest.fixture(scope="module")

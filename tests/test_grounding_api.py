@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from tests.conftest import SCENE_CAPTIONS, analyzed_client
 from vlviz.models import OFFLINE_SPEC
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
-SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
 def client(app_url: str) -> Client:
     """A session that has analyzed four bundled scenes with their own captions."""
-    client = Client(app_url, verbose=False)
-    captions = "\n".join(SCENE_CAPTIONS[f.name] for f in FILES)
-    client.predict(
-        [handle_file(str(f)) for f in FILES], captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze"
-    )
-    return client
+    return analyzed_client(app_url, FILES)
 
 
 def _ground(client: Client, pair: int | None = 2, word: int | None = None, kind: str = "sparc", text: str = "",

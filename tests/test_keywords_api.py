@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from open_clip.model import CLIP
 
-from tests.conftest import TINY_VIT_CFG
+from tests.conftest import SCENE_CAPTIONS, TINY_VIT_CFG, analyzed_client
 from vlviz.data.sources import SceneSource
 from vlviz.models import OFFLINE_SPEC
 from vlviz.train import TrainConfig, build_losses, save_checkpoint, save_loss_heads, train
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
-SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
 ZERO_SHOT, CAPTIONS_ONLY = "the captions' words and the default concepts", "the captions' words only"
 VOCABULARY = ["red", "green", "blue", "yellow", "purple", "white", "circle", "square", "triangle", "cross"]
@@ -49,12 +47,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(app_url: str) -> Client:
     """A session that has analyzed four bundled scenes with their own captions."""
-    client = Client(app_url, verbose=False)
-    captions = "\n".join(SCENE_CAPTIONS[f.name] for f in FILES)
-    client.predict(
-        [handle_file(str(f)) for f in FILES], captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze"
-    )
-    return client
+    return analyzed_client(app_url, FILES)
 
 
 def _keywords(client: Client, pair: int | None = 1, template: str = "a photo of {}", vocabulary: str = ZERO_SHOT,
