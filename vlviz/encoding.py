@@ -80,9 +80,6 @@ class _LRU:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 class VLModel:
     """An open_clip model ready for analysis: preprocessing, tokenizer, device and caches."""
@@ -174,10 +171,6 @@ class VLModel:
             return []
         lengths = [len(ids) for ids in inner(list(captions))["input_ids"]]
         return [i for i, n in enumerate(lengths) if n > self.context_length]
-
-    def cache_sizes(self) -> tuple[int, int]:
-        """Number of cached images and captions."""
-        return len(self._image_cache), len(self._text_cache)
 
     # --- internals ----------------------------------------------------------------------------
     def _encode(
