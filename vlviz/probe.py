@@ -18,7 +18,7 @@ from vlviz.data.sources import HeldOut
 from vlviz.embedding_space import EmbeddingLayout, fit_layout
 from vlviz.figures import embedding_scatter, grounding_overlay, inconsistency_heatmap, short_labels
 from vlviz.sparc import alignment_weights, word_maps
-from vlviz.tokens import token_layout
+from vlviz.tokens import first_content_word, token_layout
 from vlviz.train import embed_held_out
 
 PROBE_PAIRS = 16
@@ -34,7 +34,7 @@ def input_image(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
 
 def content_word(words: list[str]) -> int:
     """The first word that is not an article, preposition or size: the one worth grounding."""
-    return next((i for i, w in enumerate(words) if w not in _SKIP_WORDS), 0)
+    return first_content_word(words, _SKIP_WORDS)
 
 
 @dataclass

@@ -8,7 +8,7 @@ positions are not words.
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,3 +94,8 @@ def token_layout(tokenizer: Callable[..., torch.Tensor], captions: Sequence[str]
         word_index[n] = remap[word_index[n]]  # -1 indexes the trailing -1
         words.append([caption_words[i] for i in keep])
     return TokenLayout(ids=ids, word_mask=word_mask, word_index=word_index, tokens=tokens, words=words)
+
+
+def first_content_word(words: Sequence[str], skip: Collection[str]) -> int:
+    """Index of the first word not in `skip` (compared in lower case): the word worth grounding first; 0 if none."""
+    return next((i for i, word in enumerate(words) if word.lower() not in skip), 0)

@@ -19,6 +19,7 @@ from vlviz.figures import grounding_grid, grounding_overlay, token_patch_matrix
 from vlviz.grounding import MIN_COVER, scene_grounding_score, select_scenes
 from vlviz.inputs import PairSet
 from vlviz.sparc import grounding_maps, word_maps
+from vlviz.tokens import first_content_word
 from vlviz.train import load_loss_heads
 from vlviz.ui.session import model_for
 from vlviz.xmm import masked_word_attention
@@ -58,10 +59,6 @@ def _model_view(image: Image.Image, side: int, resize_mode: str) -> np.ndarray:
     # Small images (scenes) are enlarged with crisp pixels; large ones are reduced smoothly.
     resample = Image.Resampling.NEAREST if side >= max(framed.size) else Image.Resampling.BICUBIC
     return np.asarray(framed.convert("RGB").resize((side, side), resample))
-
-
-def _default_word(words: list[str]) -> int:
-    return next((i for i, word in enumerate(words) if word.lower() not in _FUNCTION_WORDS), 0)
 
 
 def _score_markdown(scores: dict[str, dict[str, float]], kind: str, n_scenes: int) -> str:
@@ -154,7 +151,7 @@ def ground(
     words = encoding.tokens.words[0]
     if not words:
         raise gr.Error(f"{caption!r} has no words to ground: type a word or a phrase.")
-    chosen = word if word is not None and 0 <= int(word) < len(words) else _default_word(words)
+    chosen = word if word is not None and 0 <= int(word) < len(words) else first_content_word(words, _FUNCTION_WORDS)
 
     token_maps = grounding_maps(encoding.token_features.float(), encoding.patch_features.float(), kind).cpu()
     per_word = word_maps(token_maps, encoding.tokens.word_index)[0, : len(words)]  # (W, P)
