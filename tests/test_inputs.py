@@ -258,8 +258,8 @@ def test_headerless_csv_table(tmp_path: Path) -> None:
 
 
 def test_csv_table_errors_say_what_is_expected() -> None:
-    with pytest.raises(InputError, match=r"t\.csv has a header row \(file, description\) but lacks a caption column"):
-        load_caption_table(b"file,description\na.jpg,a cat\n", "t.csv")
+    with pytest.raises(InputError, match=r"t\.csv has a header row \(file, notes\) but lacks a caption column"):
+        load_caption_table(b"file,notes\na.jpg,a cat\n", "t.csv")
     with pytest.raises(InputError, match=r"row 2 has 3 columns instead of 2 .*Quote captions that contain commas"):
         load_caption_table(b"a.jpg,a cat\nb.jpg,a dog, running\n", "t.csv")
     with pytest.raises(InputError, match=r"gives a\.jpg two different captions"):
@@ -268,6 +268,37 @@ def test_csv_table_errors_say_what_is_expected() -> None:
         load_caption_table("a.jpg,caf\u00e9\n".encode("latin-1"), "t.csv")
     with pytest.raises(InputError, match=r"t\.csv \(row 1\) is 1001 characters long"):
         load_caption_table(b"a.jpg," + b"x" * 1001, "t.csv")
+
+
+@pytest.mark.parametrize(
+    ("header", "extension"),
+    [
+        ("Image Path,Alt-Text", ".csv"),
+        ("IMG,Prompt", ".csv"),
+        ("file_name,sentence", ".csv"),
+        ("image-file,Description", ".csv"),
+        ("url,captions", ".csv"),
+        ("FilePath,alt_text", ".csv"),
+        ("image_name,ALT", ".csv"),
+    ],
+)
+def test_csv_header_aliases_ignore_case_spaces_underscores_and_dashes(header: str, extension: str) -> None:
+    data = f"{header}\nphotos/a.jpg,a cat\nb.png,a dog\n".encode()
+    assert load_caption_table(data, "t" + extension) == {"a.jpg": "a cat", "b.png": "a dog"}
+
+
+def test_json_records_accept_the_same_aliases() -> None:
+    records = [{"Image_File": "a.jpg", "alt text": "a cat"}, {"image-path": "x/b.jpg", "Prompt": "a dog"}]
+    assert load_caption_table(json.dumps(records).encode(), "c.json") == {"a.jpg": "a cat", "b.jpg": "a dog"}
+
+
+def test_unrecognised_csv_header_names_the_columns_needed() -> None:
+    # Read as a data row before, it paired an image called "name" with the caption "label".
+    with pytest.raises(InputError, match=r"^t\.csv starts with a row \(name, label\) that is neither a header") as info:
+        load_caption_table(b"name,label\na.jpg,a cat\n", "t.csv")
+    assert "file column" in str(info.value) and "caption column" in str(info.value)
+    # Headerless rows still work when the first cell names an image.
+    assert load_caption_table(b"photos/A.JPEG,a cat\n", "t.csv") == {"A.JPEG": "a cat"}
 
 
 def test_json_table_both_shapes() -> None:
@@ -430,6 +461,70 @@ def test_zip_size_guard_refuses_before_reading(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(zipfile.ZipFile, "open", must_not_read)
     with pytest.raises(InputError, match=r"^bomb\.zip unpacks to more than 0 MB"):
         pairs_from_uploads([archive], "a\nb")
+
+
+@pytest.mark.parametrize(
+    "unsafe", ["../evil.png", "set/../../evil.png", "..\\evil.png", "/etc/x.png", "C:/x.png", "C:x.png", "\\x.png"]
+)
+def test_zip_with_unsafe_entry_names_is_refused(tmp_path: Path, unsafe: str) -> None:
+    # Dropped silently (or read as an ordinary image) before, which gave a misleading count message.
+    archive = make_zip(tmp_path / "sly.zip", {"a.png": png_bytes((0, 0, 0)), unsafe: png_bytes((1, 1, 1))})
+    with pytest.raises(InputError, match=r"^sly\.zip has entries with unsafe names") as info:
+        pairs_from_uploads([archive], "a\nb")
+    assert unsafe in str(info.value)
+    assert "outside" in str(info.value)  # says why
+
+
+def test_dot_slash_entries_are_images_not_dotfiles(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "dot.zip", {"./a.png": png_bytes((0, 0, 0)), "set/./b.png": png_bytes((1, 1, 1))})
+    assert pairs_from_uploads([archive], "a\nb").names == ["a.png", "b.png"]
+
+
+def test_unsafe_zip_names_are_listed_briefly(tmp_path: Path) -> None:
+    members: dict[str, bytes | str] = {f"../{i}.png": b"" for i in range(7)}
+    archive = make_zip(tmp_path / "sly.zip", {"ok.png": png_bytes((0, 0, 0)), **members})
+    with pytest.raises(InputError, match=r"\.\./0\.png, \.\./1\.png, .* and 2 more"):
+        pairs_from_uploads([archive], "a")
+
+
+def test_pixel_budget_is_checked_from_headers_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loose = solid(tmp_path / "big.png", size=(100, 100))
+    archive = make_zip(tmp_path / "set.zip", {"a.png": png_bytes((0, 0, 0), (100, 50))})
+
+    def must_not_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was decoded before the pixel budget was checked")
+
+    def must_not_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a zip member was read in full for its header")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inputs, "load_image", must_not_decode)
+        patch.setattr(zipfile.ZipFile, "read", must_not_read)
+        with pytest.raises(
+            InputError, match=r"^The 2 images uploaded hold 0\.015 megapixels .* 0\.0149 megapixels"
+        ) as info:
+            pairs_from_uploads([loose, archive], "a\nb", max_request_pixels=14_900)
+        assert "fewer" in str(info.value) and "resize" in str(info.value).lower()
+        patch.setattr(inputs, "MAX_REQUEST_PIXELS", 14_999)  # the module default applies without the keyword
+        with pytest.raises(InputError, match=r"0\.015 megapixels"):
+            pairs_from_uploads([loose, archive], "a\nb")
+    assert inputs.MAX_REQUEST_PIXELS == 2_000_000_000
+    pairs = pairs_from_uploads([loose, archive], "a\nb", max_request_pixels=15_000)  # the budget itself is allowed
+    assert [image.size for image in pairs.images] == [(100, 100), (100, 50)]
+
+
+def test_pixel_budget_reads_each_file_in_full_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = make_zip(tmp_path / "set.zip", {"a.png": png_bytes((0, 0, 0)), "b.png": png_bytes((1, 1, 1))})
+    reads: list[str] = []
+    original = zipfile.ZipFile.read
+
+    def counting_read(self: zipfile.ZipFile, name: str | zipfile.ZipInfo, pwd: bytes | None = None) -> bytes:
+        reads.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
+        return original(self, name, pwd)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", counting_read)
+    assert len(pairs_from_uploads([archive], "a\nb")) == 2
+    assert sorted(reads) == ["a.png", "b.png"]
 
 
 def test_zip_member_count_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,11 @@ import torch
 from open_clip.model import CLIP
 
 from tests.conftest import TINY_VIT_CFG
+from vlviz import keywords
 from vlviz.keywords import (
+    MAX_TEMPLATE_CHARS,
     caption_keywords,
+    check_concept_template,
     concept_vocabulary,
     default_concepts,
     keyword_candidates,
@@ -145,3 +148,42 @@ def test_zero_shot_scores_are_cosines_with_prompts() -> None:
     assert torch.allclose(scores, torch.tensor([[1.0, 0.6], [0.0, 0.8]]))
     with pytest.raises(ValueError, match="needs a \\{\\}"):
         zero_shot_concept_scores(images, encode, ["cat"], template="a photo")
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{0} {1}", "2 replacement fields"),  # IndexError before
+        ("{} of {x}", "2 replacement fields"),  # KeyError before
+        ("{} and {}", "2 replacement fields"),  # IndexError before
+        ("a photo of {{}}", r"needs a \{\}"),  # no field at all: every prompt was the same text
+        ("{x}", r"has \{x\}; write an empty \{\}"),
+        ("a photo of {0}", r"has \{0\}; write an empty \{\}"),
+        ("a photo of {!r}", r"has \{!r\}; write an empty \{\}"),
+        ("a photo of {:>20}", r"has \{:>20\}; write an empty \{\}"),
+        ("a photo of {.__class__}", r"has \{\.__class__\}; write an empty \{\}"),
+        ("a photo of {[0]}", r"has \{\[0\]\}; write an empty \{\}"),
+        ("a {} photo {", "unbalanced"),
+        ("a {} photo }", "unbalanced"),
+    ],
+)
+def test_concept_templates_need_exactly_one_empty_field(template: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason) as info:
+        check_concept_template(template)
+    message = str(info.value)
+    assert repr(template) in message and repr(keywords.DEFAULT_TEMPLATE) in message  # names it, gives an example
+    with pytest.raises(ValueError, match=reason):
+        zero_shot_concept_scores(torch.eye(2), lambda texts: torch.eye(2)[: len(texts)], ["cat"], template=template)
+
+
+def test_concept_template_length_is_bounded() -> None:
+    assert MAX_TEMPLATE_CHARS == 200
+    fits = "{}" + "x" * (MAX_TEMPLATE_CHARS - 2)
+    assert check_concept_template(fits) == fits
+    with pytest.raises(ValueError, match=rf"is {MAX_TEMPLATE_CHARS + 1} characters long.*at most {MAX_TEMPLATE_CHARS}"):
+        check_concept_template(fits + "x")
+
+
+def test_good_concept_templates_pass_unchanged() -> None:
+    for template in ("a photo of {}", "{}", "{{literal}} braces around a {}", "a {:} photo"):
+        assert check_concept_template(template) == template

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import zipfile
@@ -10,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import vlviz.report as report_module
+from vlviz import inputs
 from vlviz.__main__ import main
 from vlviz.affinity import affinity, retrieval_ranks
-from vlviz.inputs import InputError
+from vlviz.inputs import InputError, PairSet, load_pairs_folder
 from vlviz.report import chunked_ranks, load_report_pairs
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
@@ -58,6 +61,14 @@ def test_pairs_from_a_folder_a_zip_or_a_table(scene_folder: Path, tmp_path: Path
         load_report_pairs(tmp_path / "missing")
 
 
+def test_the_report_lifts_the_hosted_pixel_budget(scene_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "MAX_REQUEST_PIXELS", 1)  # the app would refuse these six images
+    with pytest.raises(InputError, match="megapixels"):
+        load_pairs_folder(scene_folder)
+    assert len(load_report_pairs(scene_folder)) == 6
+    assert len(load_report_pairs(scene_folder / "captions.csv")) == 6
+
+
 def test_report_command_writes_a_self_contained_page(
     scene_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -80,3 +91,16 @@ def test_report_command_writes_a_self_contained_page(
 def test_report_command_names_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", "--pairs", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_ranks_csv_neutralises_formula_captions(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    texts = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
+    captions = ["=1+2", "@cmd", "a cat"]
+    pairs = PairSet([Image.new("RGB", (4, 4))] * 3, captions, ["+a.png", "b.png", "c.png"])
+    report_module._affinity_section(images, texts, pairs, [0, 1, 2], tmp_path)
+    with (tmp_path / "ranks.csv").open(newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    assert [row[:2] for row in rows[1:]] == [["'+a.png", "'=1+2"], ["b.png", "'@cmd"], ["c.png", "a cat"]]
+    assert all(float(cell) >= 1 for row in rows[1:] for cell in row[2:4])  # ranks stay numbers

@@ -2,6 +2,7 @@
 
 Figures go to one offline HTML page per view (plotly.js inlined; PNG would need kaleido, which
 vlviz does not depend on); numbers to CSV and JSON; embeddings and matrices to .npz.
+Every CSV goes through `write_csv`, which keeps user text from running as a spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -29,6 +30,32 @@ from vlviz.views import (
     top_pairs_table,
 )
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""Text starting with one of these may run as a formula when a CSV is opened in a spreadsheet (CSV injection)."""
+
+
+def _neutralise(value: object) -> object:
+    """Prefix formula-like text with a quote (OWASP's advice); numbers and other values pass unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = True) -> None:
+    """`frame.to_csv(path, index=index)` with formula-like text in cells, index and column labels neutralised.
+
+    Captions and file names are user text, and exports are opened in spreadsheets. Only strings are
+    escaped, so -0.5 stays a number. The caller's frame is left unchanged. Lines end in CRLF (RFC 4180),
+    which also makes the csv writer quote a caption holding a lone carriage return.
+    """
+    safe = frame.copy(deep=False)
+    for position in range(frame.shape[1]):
+        column = frame.iloc[:, position]
+        if not pd.api.types.is_numeric_dtype(column.dtype):
+            safe.isetitem(position, column.map(_neutralise))
+    safe.columns = frame.columns.map(_neutralise).rename(_neutralise(frame.columns.name))
+    if index:
+        safe.index = frame.index.map(_neutralise).rename(_neutralise(frame.index.name))
+    safe.to_csv(path, index=index, lineterminator="\r\n")
+
 
 def write_affinity_files(
     folder: str | Path,
@@ -45,7 +72,7 @@ def write_affinity_files(
     paths[0].write_text(page_html("vlviz affinity", ["<h1>Affinity</h1>", *figures]), encoding="utf-8")
     paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
     labels = [f"{i + 1}. {name}" for i, name in enumerate(names)]
-    pd.DataFrame(report.image_text.numpy(), index=labels, columns=list(captions)).to_csv(paths[2])
+    write_csv(pd.DataFrame(report.image_text.numpy(), index=labels, columns=list(captions)), paths[2])
     ranks = pd.DataFrame(
         {
             "image": names,
@@ -54,7 +81,7 @@ def write_affinity_files(
             "text_to_image_rank": report.text_to_image_rank.numpy(),
         }
     )
-    ranks.to_csv(paths[3], index=False)
+    write_csv(ranks, paths[3], index=False)
     return paths
 
 
@@ -94,8 +121,8 @@ def write_consistency_files(
             "inconsistency": view.summary.sample_inconsistency.cpu().numpy(),
         }
     )
-    samples.to_csv(paths[2], index=False)
-    top_pairs_table(top, names, captions).to_csv(paths[3], index=False)
+    write_csv(samples, paths[2], index=False)
+    write_csv(top_pairs_table(top, names, captions), paths[3], index=False)
     if len(names) <= 4096:  # two float32 N x N matrices: 128 MB at 4096
         image_image, text_text = in_modal_affinities(image_features, text_features)
         paths.append(folder / "affinities.npz")
@@ -129,7 +156,7 @@ def write_embedding_files(
     paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
     n = len(names)
     coordinates = view.coordinates.numpy()
-    pd.DataFrame(
+    table = pd.DataFrame(
         {
             "kind": ["image"] * n + ["caption"] * n,
             "index": [*range(1, n + 1), *range(1, n + 1)],
@@ -138,7 +165,8 @@ def write_embedding_files(
             "x": coordinates[:, 0],
             "y": coordinates[:, 1],
         }
-    ).to_csv(paths[2], index=False)
+    )
+    write_csv(table, paths[2], index=False)
     np.savez_compressed(
         paths[3], image_features=image_features.float().cpu().numpy(), text_features=text_features.float().cpu().numpy(),
         coordinates=coordinates, names=np.array(names), captions=np.array(captions),

@@ -27,6 +27,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +46,8 @@ MAX_ZIP_BYTES = 512 * 1024 * 1024
 """Most uncompressed bytes we read out of all zips of one upload together (a zip-bomb guard)."""
 MAX_TABLE_BYTES = 16 * 1024 * 1024
 """Largest caption table we read (MAX_PAIRS captions of MAX_CAPTION_CHARS need well under 1 MB)."""
+MAX_REQUEST_PIXELS = 2_000_000_000
+"""Most pixels (summed over image headers) one upload may make us decode; bounds the decoding time per request."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp"}
@@ -52,10 +55,17 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 """Extensions treated as images inside zips and folders (loose uploads are tried whatever their name)."""
 TABLE_EXTENSIONS: frozenset[str] = frozenset({".csv", ".json"})
-FILE_COLUMNS: tuple[str, ...] = ("file", "filename", "image", "path")
-"""Accepted names (case-insensitive) of the file-name column or key in a caption table."""
-CAPTION_COLUMNS: tuple[str, ...] = ("caption", "text", "title")
-"""Accepted names (case-insensitive) of the caption column or key in a caption table."""
+FILE_COLUMNS: tuple[str, ...] = (
+    "file", "filename", "file_name", "image", "image_file", "image_name", "image_path", "img", "path", "filepath", "url",
+)  # fmt: skip
+"""Accepted names of the file-name column or key in a caption table, earlier ones first.
+
+Matched ignoring case, spaces, underscores and dashes, so "Image Path" and "image-path" count too.
+"""
+CAPTION_COLUMNS: tuple[str, ...] = (
+    "caption", "captions", "text", "title", "description", "alt", "alt_text", "sentence", "prompt",
+)  # fmt: skip
+"""Accepted names of the caption column or key in a caption table, matched like FILE_COLUMNS."""
 PREFERRED_TABLE_NAMES: tuple[str, ...] = ("captions.csv", "captions.json")
 
 # warnings.catch_warnings swaps the process-wide filter list and is not thread-safe; Gradio runs handlers
@@ -294,6 +304,26 @@ def _read_text(source: str | os.PathLike[str] | bytes, name: str) -> str:
         raise InputError(f"{name} is not UTF-8 text; save it as UTF-8 (CSV UTF-8 in Excel).") from exc
 
 
+def _column_key(label: str) -> str:
+    """A column name reduced to what identifies it: "Image Path", "image_path" and "image-path" are the same."""
+    return re.sub(r"[\s_-]+", "", label).lower()
+
+
+def _find_column(labels: list[str], accepted: tuple[str, ...]) -> int | None:
+    """Index of the first label that is an accepted name, trying the accepted names in order."""
+    keys = [_column_key(label) for label in labels]
+    return next((keys.index(k) for k in map(_column_key, accepted) if k in keys), None)
+
+
+def _clip(text: str, width: int = 40) -> str:
+    """`text` cut short for a message, so one huge cell or name never floods the UI."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _quote_row(row: list[str]) -> str:
+    return _list_names(_clip(cell) for cell in row)
+
+
 def _table_format_help(name: str) -> str:
     return (
         f"{name} should be a CSV file with a header row naming a file column ({'/'.join(FILE_COLUMNS)}) and "
@@ -322,15 +352,21 @@ def _parse_csv(text: str, name: str) -> dict[str, str]:
         raise InputError(f"{name} is not a valid CSV file ({exc}). {_table_format_help(name)}") from exc
     if not rows:
         raise InputError(f"{name} is empty. {_table_format_help(name)}")
-    header = [cell.strip().lower() for cell in rows[0]]
-    file_col = next((header.index(c) for c in FILE_COLUMNS if c in header), None)
-    caption_col = next((header.index(c) for c in CAPTION_COLUMNS if c in header), None)
+    file_col, caption_col = _find_column(rows[0], FILE_COLUMNS), _find_column(rows[0], CAPTION_COLUMNS)
+    # A headerless table starts with a data row, whose first cell names an image.
+    data_first = _extension(_base_name(rows[0][0])) in IMAGE_EXTENSIONS
     if file_col is not None and caption_col is not None:
         body, start = rows[1:], 2
-    elif file_col is not None or caption_col is not None:
+    elif not data_first and (file_col is not None or caption_col is not None):
         raise InputError(
-            f"{name} has a header row ({', '.join(rows[0])}) but lacks a "
+            f"{name} has a header row ({_quote_row(rows[0])}) but lacks a "
             f"{'caption' if caption_col is None else 'file'} column. {_table_format_help(name)}"
+        )
+    elif not data_first:
+        raise InputError(
+            f"{name} starts with a row ({_quote_row(rows[0])}) that is neither a header naming a file column "
+            "and a caption column nor a file,caption row (its first cell is not an image file name). "
+            f"Add a header row such as file,caption. {_table_format_help(name)}"
         )
     else:
         file_col, caption_col, body, start = 0, 1, rows, 1
@@ -361,9 +397,11 @@ def _parse_json(text: str, name: str) -> dict[str, str]:
         return table
     if isinstance(data, list):
         for number, item in enumerate(data, start=1):
-            keys = {str(k).lower(): v for k, v in item.items()} if isinstance(item, dict) else {}
-            file = next((keys[k] for k in FILE_COLUMNS if k in keys), None)
-            caption = next((keys[k] for k in CAPTION_COLUMNS if k in keys), None)
+            labels = [str(k) for k in item] if isinstance(item, dict) else []
+            values = list(item.values()) if isinstance(item, dict) else []
+            file_col, caption_col = _find_column(labels, FILE_COLUMNS), _find_column(labels, CAPTION_COLUMNS)
+            file = None if file_col is None else values[file_col]
+            caption = None if caption_col is None else values[caption_col]
             if not isinstance(file, str) or not isinstance(caption, str):
                 raise InputError(
                     f"{name}: item {number} is not an object with a file name and a caption. {_table_format_help(name)}"
@@ -428,9 +466,15 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
         raise InputError(f"{member.filename} in {_zip_label(archive)} could not be unpacked ({reason}).") from exc
 
 
+def _unsafe_zip_name(name: str) -> bool:
+    """Whether unpacking `name` could write outside the target folder (zip slip): a .. part, or a root or drive."""
+    parts = name.replace("\\", "/").split("/")
+    return ".." in parts or name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None
+
+
 def _zip_skippable(member: zipfile.ZipInfo) -> bool:
     """Folders, macOS resource forks (__MACOSX/) and dotfiles (.DS_Store) hold no images or captions."""
-    parts = [p for p in member.filename.replace("\\", "/").split("/") if p]
+    parts = [p for p in member.filename.replace("\\", "/").split("/") if p not in ("", ".")]  # ./a.png is a.png
     return member.is_dir() or not parts or "__MACOSX" in parts or any(p.startswith(".") for p in parts)
 
 
@@ -442,6 +486,14 @@ def _scan_zip(archive: zipfile.ZipFile, notices: list[str]) -> tuple[list[zipfil
         raise InputError(
             f"{zip_name} lists {len(members)} entries, more than the {MAX_ZIP_MEMBERS} allowed; "
             f"put at most {MAX_PAIRS} images in it."
+        )
+    # Checked before anything is skipped: a ../ entry must not vanish silently as if it were a dotfile.
+    unsafe = [_clip(m.filename, 80) for m in members if _unsafe_zip_name(m.filename)]
+    if unsafe:
+        raise InputError(
+            f"{zip_name} has entries with unsafe names ({_list_names(unsafe)}): a name with a .. part or one "
+            "that starts at the root or at a drive (/, \\, C:) points outside the folder the zip unpacks into. "
+            "Create the zip again from a folder of images."
         )
     kept = [m for m in members if not _zip_skippable(m)]
     images = sorted(
@@ -462,6 +514,43 @@ def _scan_zip(archive: zipfile.ZipFile, notices: list[str]) -> tuple[list[zipfil
     if not images:
         raise InputError(f"{zip_name} contains no images; put JPEG or PNG files in it.")
     return images, table
+
+
+def _megapixels(pixels: int) -> str:
+    """Megapixels for a message: whole numbers when large, three digits when small."""
+    value = pixels / 1e6
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
+
+
+def _header_pixels(item: _Item) -> int:
+    """Width x height from the image's header only (nothing is decoded); 0 when the header is unreadable.
+
+    An unreadable file is left for `load_image` to report with its usual message.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            if item.archive is not None and item.member is not None:
+                fp: str | IO[bytes] = stack.enter_context(item.archive.open(item.member))  # a stream: reads little
+            else:
+                fp = item.path or ""
+            # Pillow warns about (and past twice its limit, refuses) huge headers; load_image reports those.
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(fp) as im:
+                    width, height = im.size
+    except Exception:  # anything unreadable: the decode that follows names the problem
+        return 0
+    return width * height
+
+
+def _check_pixel_budget(items: list[_Item], budget: int) -> None:
+    total = sum(_header_pixels(item) for item in items)
+    if total > budget:
+        raise InputError(
+            f"The {_plural(len(items), 'image')} uploaded hold {_megapixels(total)} megapixels together, more "
+            f"than the {_megapixels(budget)} megapixels one upload may decode. Upload fewer images, or resize "
+            f"large photos first (to {MAX_SIDE} pixels on the longer side: they are downscaled to that anyway)."
+        )
 
 
 def _match_table(names: list[str], table: dict[str, str], table_label: str) -> list[str]:
@@ -516,6 +605,8 @@ def pairs_from_uploads(
     captions_text: str | None = None,
     caption_table_path: str | None = None,
     max_pairs: int | None = None,
+    *,
+    max_request_pixels: int | None = None,
 ) -> PairSet:
     """Build the image-caption pairs from what the user uploaded; the one entry point of the UI.
 
@@ -523,7 +614,8 @@ def pairs_from_uploads(
     `image_paths`, or a table inside an uploaded zip), matched to images by base file name; otherwise
     from `captions_text`, one per line, matched in upload order. Zips are read in memory, never
     extracted: their images (in name order, ignoring __MACOSX/ and dotfiles) take the zip's place in
-    the upload order. All checks that need no pixels run before any image is decoded.
+    the upload order. All checks that need no pixels run before any image is decoded, and the total
+    size, read from the image headers, is checked against a pixel budget before decoding too.
 
     Args:
         image_paths: Uploaded files: images, .zip archives of images, and optionally a caption table.
@@ -531,6 +623,8 @@ def pairs_from_uploads(
         captions_text: Captions, one per line (blank lines are ignored).
         caption_table_path: A CSV or JSON caption table (see `load_caption_table`).
         max_pairs: Most images accepted; None means MAX_PAIRS (the command line allows more).
+        max_request_pixels: Most pixels, summed over all images, decoded for this call; None means
+            MAX_REQUEST_PIXELS.
 
     Raises:
         InputError: Anything wrong with the uploads, with a message for the user.
@@ -598,15 +692,19 @@ def pairs_from_uploads(
         if empty:
             raise InputError(f"The caption for {_list_names(empty)} is empty {where}; write one.")
 
+        _check_pixel_budget(items, MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels)
         images = [load_image(item.read(), item.label, notices=notices) for item in items]
     return PairSet(images=images, captions=captions, names=names, notices=notices)
 
 
-def load_pairs_folder(path: str | os.PathLike[str], max_pairs: int | None = None) -> PairSet:
+def load_pairs_folder(
+    path: str | os.PathLike[str], max_pairs: int | None = None, *, max_request_pixels: int | None = None
+) -> PairSet:
     """Load a folder of images with a caption table (captions.csv or captions.json, or a single table).
 
     Used by the command line and for the bundled sample sets. Images are the folder's top-level image
-    files, in name order; dotfiles are ignored. At most `max_pairs` (None: MAX_PAIRS) are accepted.
+    files, in name order; dotfiles are ignored. At most `max_pairs` (None: MAX_PAIRS) are accepted, of
+    at most `max_request_pixels` (None: MAX_REQUEST_PIXELS) pixels in all.
 
     Raises:
         InputError: The folder is missing, holds no images, has no (or several) caption tables, or any
@@ -630,4 +728,6 @@ def load_pairs_folder(path: str | os.PathLike[str], max_pairs: int | None = None
             f"(found {_list_names(preferred or tables) if tables else 'none'})."
         )
     table = os.path.join(folder, (preferred or tables)[0])
-    return pairs_from_uploads(images, caption_table_path=table, max_pairs=max_pairs)
+    return pairs_from_uploads(
+        images, caption_table_path=table, max_pairs=max_pairs, max_request_pixels=max_request_pixels
+    )

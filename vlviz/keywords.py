@@ -16,6 +16,7 @@ Letters in shape comments: B captions, H heads, T tokens, W words, N images, V v
 from __future__ import annotations
 
 import functools
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ PER_HEAD = 4  # SIMLA: the top 4 positions of each head vote
 KEEP = 5  # SIMLA: the 5 positions with the most votes are the keywords
 CONCEPTS_PATH = Path(__file__).resolve().parents[1] / "assets" / "concepts.txt"
 DEFAULT_TEMPLATE = "a photo of {}"
+MAX_TEMPLATE_CHARS = 200  # a prompt is a short sentence; CLIP reads at most 77 tokens of it
 # Words that never make a concept: articles, prepositions, conjunctions, pronouns, auxiliaries.
 # fmt: off
 STOP_WORDS = frozenset({
@@ -230,6 +232,43 @@ def mention_matrix(caption_words: Sequence[Sequence[str]], vocabulary: Sequence[
     return mentioned
 
 
+def check_concept_template(template: str) -> str:
+    """Return `template` if it is a prompt with exactly one empty {} for the concept; else raise ValueError.
+
+    `str.format` would otherwise fail mid-run (IndexError, KeyError) or read attributes ({.x}, {[0]}).
+    Cheap: the UI calls it before any encoding.
+    """
+    shown = repr(template if len(template) <= 60 else template[:57] + "...")
+    example = f"e.g. {DEFAULT_TEMPLATE!r}"
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise ValueError(
+            f"The concept prompt {shown} is {len(template)} characters long; write at most {MAX_TEMPLATE_CHARS}, "
+            f"{example}."
+        )
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
+    except ValueError as exc:  # a lone { or }
+        raise ValueError(
+            f"The concept prompt {shown} has unbalanced braces ({exc}); write {{{{ or }}}} for a literal brace, "
+            f"{example}."
+        ) from None
+    fields = [field for field in fields if field[0] is not None]
+    if not fields:
+        raise ValueError(f"The concept prompt {shown} needs a {{}} where the concept goes, {example}.")
+    if len(fields) > 1:
+        raise ValueError(
+            f"The concept prompt {shown} has {len(fields)} replacement fields; it needs exactly one {{}} where the "
+            f"concept goes, {example}."
+        )
+    name, spec, conversion = fields[0]
+    if name or spec or conversion:
+        written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        raise ValueError(
+            f"The concept prompt {shown} has {written}; write an empty {{}} where the concept goes, {example}."
+        )
+    return template
+
+
 def zero_shot_concept_scores(
     image_features: torch.Tensor, encode_texts: Callable[[list[str]], torch.Tensor], vocabulary: Sequence[str],
     template: str = DEFAULT_TEMPLATE,
@@ -238,10 +277,7 @@ def zero_shot_concept_scores(
 
     `encode_texts` returns L2-normalised text embeddings (e.g. `VLModel.encode_texts`, which caches them).
     """
-    if "{}" not in template:
-        raise ValueError(
-            f"The concept prompt {template!r} needs a {{}} where the concept goes, e.g. {DEFAULT_TEMPLATE!r}."
-        )
+    check_concept_template(template)
     prompts = encode_texts([template.format(word) for word in vocabulary])  # (V, D)
     return image_features.float() @ prompts.float().to(image_features.device).T
 

@@ -24,9 +24,16 @@ from tqdm import tqdm
 from vlviz.affinity import affinity
 from vlviz.consistency import CHUNK_ELEMENTS, DEFAULT_TEMPERATURE
 from vlviz.embedding_space import close_modality_gap
-from vlviz.exports import write_consistency_files, write_embedding_files
+from vlviz.exports import write_consistency_files, write_csv, write_embedding_files
 from vlviz.figures import embedding_scatter, heatmap, short_labels
-from vlviz.inputs import InputError, PairSet, load_caption_table, load_pairs_folder, pairs_from_uploads
+from vlviz.inputs import (
+    MAX_IMAGE_PIXELS,
+    InputError,
+    PairSet,
+    load_caption_table,
+    load_pairs_folder,
+    pairs_from_uploads,
+)
 from vlviz.models import load_model
 from vlviz.views import (
     consistency_data,
@@ -45,18 +52,23 @@ ENCODE_BATCH = 256  # pairs encoded per progress step
 
 
 def load_report_pairs(path: str | Path, max_pairs: int = REPORT_MAX_PAIRS) -> PairSet:
-    """Pairs from a folder (images + captions.csv/json), a .zip of them, or a caption table beside its images."""
+    """Pairs from a folder (images + captions.csv/json), a .zip of them, or a caption table beside its images.
+
+    The report runs on the user's own machine, so the hosted app's per-request pixel budget is lifted:
+    only each image's own size limit applies.
+    """
     path = Path(path)
+    budget = max_pairs * MAX_IMAGE_PIXELS
     if path.is_dir():
-        return load_pairs_folder(path, max_pairs=max_pairs)
+        return load_pairs_folder(path, max_pairs=max_pairs, max_request_pixels=budget)
     if not path.is_file():
         raise InputError(f"{path} does not exist: give a folder, a .zip, or a caption table (.csv/.json).")
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        return pairs_from_uploads([str(path)], max_pairs=max_pairs)
+        return pairs_from_uploads([str(path)], max_pairs=max_pairs, max_request_pixels=budget)
     if suffix in (".csv", ".json"):
         images = [str(path.parent / name) for name in load_caption_table(str(path), path.name)]
-        return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=max_pairs)
+        return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=max_pairs, max_request_pixels=budget)
     raise InputError(f"{path.name}: give a folder, a .zip, or a caption table (.csv/.json) beside its images.")
 
 
@@ -199,6 +211,6 @@ def _affinity_section(
         {"image": pairs.names, "caption": pairs.captions, "image→text rank": image_to_text.cpu().numpy(),
          "text→image rank": text_to_image.cpu().numpy(), "cos(own pair)": np.round(matched.cpu().numpy(), 4)}
     )  # fmt: skip
-    ranks.to_csv(out / "ranks.csv", index=False)
+    write_csv(ranks, out / "ranks.csv", index=False)
     worst = ranks.sort_values("image→text rank", ascending=False).head(10)
     return [table.to_html(index=False), figure, "<h3>Worst-ranked pairs</h3>", worst.to_html(index=False)]
