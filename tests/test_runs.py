@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_train import NanFromStep
 from vlviz.__main__ import main
+from vlviz.losses import LOSSES
 from vlviz.models import load_model
 from vlviz.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
-from vlviz.train import TrainConfig, load_loss_heads
+from vlviz.train import NonFiniteLossError, TrainConfig, load_loss_heads
 
 
 def test_parse_loss_weights() -> None:
@@ -115,3 +117,25 @@ def test_a_resnet_start_model_can_train_on_scenes(tiny_resnet_dir: Path, tmp_pat
     )
     records = list(run.records())
     assert records[-1]["step"] == 1 and "pointing_game_colour" not in records[-1]  # no patch tokens to ground
+
+
+def test_a_diverged_run_raises_and_writes_no_checkpoint(
+    tiny_vit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN weights must never reach disk: no checkpoint, no loss heads; the error reaches the caller."""
+    monkeypatch.setitem(LOSSES, "nan", NanFromStep)  # CLIP's loss, then NaN from the third step on
+    config = TrainConfig(steps=6, batch_size=4, eval_every=2, losses={"clip": 1.0, "psl": 1.0, "nan": 1.0})
+    run = prepare_run(str(tiny_vit_dir), "scenes", config, tmp_path, device="cpu")
+    steps = []
+    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at step 3 \(nan/contrastive_loss\)"):
+        for record in run.records():
+            steps.append(record["step"])
+    assert steps == [0, 1, 2]
+    assert not (tmp_path / WEIGHTS_NAME).exists() and not list(tmp_path.glob("loss_heads*"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 2]
+
+
+def test_train_command_reports_bad_settings_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "--model", "fresh", "--steps", "2", "--lr", "1e6", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: lr must be") and not (tmp_path / WEIGHTS_NAME).exists()

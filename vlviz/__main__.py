@@ -41,6 +41,18 @@ def _eval_offline_model(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train; bad settings and a run whose loss turns non-finite end with their message, not a traceback."""
+    from vlviz.inputs import InputError
+    from vlviz.models import ModelUnavailableError
+
+    try:
+        return _train_run(args)
+    except (InputError, ValueError, ModelUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vlviz.distributed import init_distributed

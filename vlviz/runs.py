@@ -3,7 +3,7 @@
 `prepare_run` turns user choices (a model to start from, a data source, a config) into a ready
 `Run`; iterating `Run.records()` trains, evaluates (held-out figures plus retention on a probe set
 the run never trains on), appends every evaluation to ``metrics.jsonl`` and writes the checkpoint
-atomically at the end or when stopped.
+atomically at the end or when stopped (never for a run that diverged: see `NonFiniteLossError`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from vlviz.models import load_model, resolve_device
 from vlviz.probe import ProbeBatch
 from vlviz.train import (
     SCENES_MODEL_CFG,
+    NonFiniteLossError,
     Source,
     TrainConfig,
     build_losses,
@@ -88,7 +89,11 @@ class Run:
         return self.out_dir / WEIGHTS_NAME
 
     def records(self) -> Iterator[dict]:
-        """Train; yield each step's record; write metrics and the checkpoint (main process only)."""
+        """Train; yield each step's record; write metrics and the checkpoint (main process only).
+
+        A run whose loss turns NaN or infinite raises `NonFiniteLossError` out of this iterator and
+        writes no checkpoint and no loss heads: its weights may already be spoilt.
+        """
         main = self.context.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ class Run:
         metrics = self.out_dir / "metrics.jsonl"
         # Step 0 is the start model: every curve starts from where the run began.
         initial = {"step": 0, **evaluate(self.model, self.tokenizer, self.source.held_out)}
-        trained = False
+        trained = diverged = False
         try:
             for record in chain(
                 [initial],
@@ -110,8 +115,11 @@ class Run:
                             handle.write(json.dumps(record) + "\n")
                 trained = record["step"] > 0
                 yield record
+        except NonFiniteLossError:
+            diverged = True  # the weights may already be NaN: no checkpoint, and the error goes to the caller
+            raise
         finally:
-            if main and trained:
+            if main and trained and not diverged:
                 save_checkpoint(self.model, self.model_cfg, self.out_dir, weights_name=WEIGHTS_NAME)
                 if self.losses:
                     save_loss_heads(self.losses, self.out_dir)

@@ -9,12 +9,17 @@ token embeddings and the mask of real caption tokens (what SPARC needs), and one
 (SIMLA's heads re-encode masked inputs). Loss modules may hold trainable heads, which the optimiser
 trains with the model, and an ``after_step()`` method, called after every optimiser step (an EMA
 update); `save_loss_heads` writes their state beside a checkpoint.
+
+A step whose loss is NaN or infinite stops the run before its backward pass with a
+`NonFiniteLossError` (a ValueError that says what to change), and neither `save_checkpoint` nor
+`save_loss_heads` writes non-finite weights.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 import threading
@@ -47,6 +52,11 @@ SCENES_MODEL_CFG: dict = {
 TRAINABLE = ("all", "last_blocks", "projections")
 BATCH_FEATURES = ("image_features", "text_features")  # gathered over ranks for batch-level losses
 LOSS_HEADS = "loss_heads"  # loss_heads.safetensors + loss_heads.json: trained loss heads beside a checkpoint
+# Bounds of a run a hosted app accepts: beyond them a run only ties up the machine or runs out of memory.
+MAX_STEPS = 100_000
+MAX_BATCH_SIZE = 4096
+MAX_LR = 1.0  # AdamW at a peak rate above 1 only diverges
+MAX_SEED = 2**32 - 1  # the data streams' generators take seeds in [0, 2**32)
 
 
 @dataclass
@@ -67,23 +77,65 @@ class TrainConfig:
     amp: bool = True  # autocast to bf16 (else fp16) on CUDA; the CPU always trains in fp32
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.batch_size < 2:
-            raise ValueError(
-                f"batch_size must be at least 2 (contrastive losses need negatives), got {self.batch_size}"
-            )
-        if not self.losses:
+        """Refuse settings that cannot train (or would only diverge) before any model is built."""
+        _check_whole("steps", self.steps, 1, MAX_STEPS)
+        _check_whole("batch_size", self.batch_size, 2, MAX_BATCH_SIZE, " (contrastive losses need negatives)")
+        _check_real("lr", self.lr, positive=True, at_most=MAX_LR)
+        _check_real("weight_decay", self.weight_decay)
+        _check_whole("warmup_steps", self.warmup_steps, 0)
+        _check_real("grad_clip", self.grad_clip, positive=True)
+        _check_whole("eval_every", self.eval_every, 1)
+        _check_whole("seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.losses, dict) or not self.losses:
             raise ValueError("Give at least one loss, e.g. {'clip': 1.0}.")
         unknown = [name for name in self.losses if name not in LOSSES]
         if unknown:
             raise ValueError(f"Unknown loss {unknown[0]!r}; known losses: {', '.join(LOSSES)}.")
+        for name, weight in self.losses.items():
+            _check_real(f"losses[{name!r}]", weight)
+        if not any(weight > 0 for weight in self.losses.values()):
+            raise ValueError(f"losses needs at least one weight above 0, got {self.losses}")
+        if not isinstance(self.loss_options, dict) or not all(isinstance(v, dict) for v in self.loss_options.values()):
+            raise ValueError(
+                f"loss_options must map loss names to keyword arguments (dicts), got {self.loss_options!r}"
+            )
         if self.trainable not in TRAINABLE:
             raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
-        if self.head_lr_scale <= 0:
-            raise ValueError(f"head_lr_scale must be positive, got {self.head_lr_scale}")
+        _check_whole("last_blocks", self.last_blocks, 1)
+        _check_real("head_lr_scale", self.head_lr_scale, positive=True)
+
+
+def _check_whole(name: str, value: object, low: int, high: int | None = None, why: str = "") -> None:
+    """A whole-number setting in [low, high]: a ValueError that names it, its value and the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f" and at most {high}" if high is not None else ""
+        raise ValueError(f"{name} must be at least {low}{why}{limit}, got {value!r}")
+
+
+def _check_real(name: str, value: object, positive: bool = False, at_most: float | None = None) -> None:
+    """A finite number, above 0 (`positive`) or at least 0, at most `at_most`; NaN fails every comparison, so
+    finiteness is checked explicitly."""
+    rules = ["positive" if positive else "", "finite", "" if positive else "at least 0"]
+    rules.append(f"at most {at_most:g}" if at_most is not None else "")
+    *first, last = filter(None, rules)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0) or (at_most is not None and value > at_most):
+        raise ValueError(f"{name} must be {', '.join(first)} and {last}, got {value!r}")
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite: training stopped before that step could spoil the weights.
+
+    A ValueError, so that callers that already show bad settings as messages show this one too.
+    `step` is the 1-based step whose loss diverged (its record is never yielded), `terms` the loss
+    terms that were non-finite there.
+    """
+
+    def __init__(self, message: str, step: int, terms: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.step, self.terms = step, terms
 
 
 # How the shipped offline model was trained (`python -m vlviz build-offline-model`).
@@ -311,6 +363,11 @@ def train(
                 for key, value in loss(**(out | gathered | extra)).items():
                     terms[f"{name}/{key}"] = value * weight if key.endswith("_loss") else value
             total = sum(value for key, value in terms.items() if key.endswith("_loss"))
+        # The step's one device sync, before the backward pass: the record's figures and the divergence check.
+        record = {"step": step + 1, "lr": lr_at(step), "total_loss": _total_on_every_rank(total.detach(), context)}
+        record.update({key: float(value.detach()) for key, value in terms.items()})
+        if not math.isfinite(record["total_loss"]):
+            raise _diverged(record, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
@@ -322,11 +379,45 @@ def train(
                 loss.after_step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        record = {"step": step + 1, "lr": lr_at(step), "total_loss": float(total.detach())}
-        record.update({key: float(value.detach()) for key, value in terms.items()})
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             record.update(evaluate(model, tokenizer, source.held_out))
         yield record
+
+
+def _total_on_every_rank(total: torch.Tensor, context: DistributedContext) -> float:
+    """This rank's total loss, made non-finite on every rank when it is on any, so that all ranks stop at once.
+
+    A rank that stopped alone would leave the others waiting for it in the backward's collectives.
+    """
+    if context.world_size == 1:
+        return float(total)
+    flag = (~torch.isfinite(total)).float()
+    torch.distributed.all_reduce(flag)
+    return float(total) if float(flag) == 0 else math.nan
+
+
+def _diverged(record: dict[str, float], config: TrainConfig) -> NonFiniteLossError:
+    """The error that stops a diverged run: where the loss went, which terms, and what to change."""
+    step = int(record["step"])
+    terms = tuple(k for k, v in record.items() if k.endswith("_loss") and k != "total_loss" and not math.isfinite(v))
+    where = ", ".join(terms) or "on another process"
+    if step == 1:
+        advice = "before any update: the start model, the data or a loss gives it; check them and train again"
+    else:
+        advice = f"lower the learning rate (now {config.lr:g}) and train again"
+    message = f"the loss became {record['total_loss']} at step {step} ({where}); {advice}"
+    return NonFiniteLossError(message, step, terms)
+
+
+def _check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to write NaN or infinite weights: a checkpoint that loads but only computes NaN."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        which = f"{bad[0]} and {len(bad) - 1} more hold" if len(bad) > 1 else f"{bad[0]} holds"
+        raise ValueError(
+            f"Not saving {what}: {which} NaN or infinite values (the run diverged); "
+            "lower the learning rate and train again."
+        )
 
 
 def save_checkpoint(
@@ -338,15 +429,17 @@ def save_checkpoint(
 ) -> Path:
     """Write `model` in open_clip's local-dir format (config JSON + safetensors), atomically.
 
-    Each file is written to a temporary name and renamed, so a crash never leaves a half file.
+    Each file is written to a temporary name and renamed, so a crash never leaves a half file. Weights
+    with any NaN or infinite value are refused (ValueError): they would load and compute only NaN.
     `vlviz.load_model(out_dir)` and `open_clip.create_model("local-dir:" + out_dir)` load it.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
+    _check_finite(state, "the checkpoint")  # after the cast: fp16 overflows to inf
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     mean, std = preprocess_stats(model)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
     _write_atomically(
@@ -382,13 +475,14 @@ def save_loss_heads(losses: dict[str, torch.nn.Module], out_dir: str | Path) -> 
     stateful = {name: loss for name, loss in losses.items() if loss.state_dict()}
     if not stateful:
         return None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {
         f"{name}.{key}": value.detach().cpu().contiguous()
         for name, loss in stateful.items()
         for key, value in loss.state_dict().items()
     }
+    _check_finite(state, "the loss heads")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     options = {name: getattr(loss, "options", {}) for name, loss in stateful.items()}
     _write_atomically(
         out,
