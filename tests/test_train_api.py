@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
+from tests.browser import SCENES
 from vlviz.losses import LOSSES
-from vlviz.models import load_model
 
 
 def _settings(steps: int, batch_size: int = 8, data: str = "scenes", **weights: float) -> list:
@@ -42,8 +42,13 @@ def test_train_streams_updates_and_ends_with_a_checkpoint(app_url: str) -> None:
         records[-1]
     )
     assert "visual.proj" in load_file(checkpoint)  # the downloadable weights
-    folder = status.rsplit("`", 2)[1].rsplit("/", 1)[0]  # the run's folder on the server, as the status names it
-    assert load_model(folder, device="cpu").model_cfg["embed_dim"] == 128
+    assert "`session run 1`" in status and "/" not in status  # named for this session, no server path
+    # The same session loads its checkpoint by that name; the status shows the name, not the folder.
+    files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(2)]
+    result = client.predict(
+        files, "a red circle\na blue square", "session run 1", "cosine similarity", api_name="/analyze"
+    )
+    assert result[5]["model"] == "session run 1" and "`session run 1`" in result[6]
 
 
 def test_bad_settings_get_clear_errors(app_url: str) -> None:
@@ -71,10 +76,6 @@ def test_stop_without_a_run_says_so(app_url: str) -> None:
 
 
 def test_compare_start_and_trained_models_side_by_side(app_url: str) -> None:
-    from gradio_client import handle_file
-
-    from tests.browser import SCENES
-
     client = Client(app_url, verbose=False)
     with pytest.raises(AppError, match="No finished run to compare"):
         client.predict([], [], "", api_name="/compare_models")

@@ -92,8 +92,10 @@ class VLModel:
         tokenizer: Callable[..., torch.Tensor],
         device: torch.device,
         model_cfg: dict | None = None,
+        name: str | None = None,
     ) -> None:
         self.spec = spec
+        self.name = name or spec  # what views and messages call it (a session's run name, not its folder)
         self.model_cfg = model_cfg  # the open_clip architecture config, saved with trained checkpoints
         self.model = model
         self.preprocess = preprocess

@@ -1,17 +1,28 @@
-"""The Gradio app: shared inputs on the left, one tab per view. The only UI code besides app.py."""
+"""The Gradio app: shared inputs on the left, one tab per view. The only UI code besides app.py.
+
+Hosting: each browser session gets a `SessionSpace` (a server-made token naming its folder) in a
+`gr.State`; its files go when the tab closes (`demo.unload`), when Gradio drops the state, or in an
+age sweep; Gradio's copies of returned files are swept after `SESSION_TTL_S` (`delete_cache`).
+"""
 
 from __future__ import annotations
+
+import os
 
 import gradio as gr
 
 from vlviz.models import OFFLINE_NOTICE
+from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
 from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import build_embedding_tab
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import build_keywords_tab
-from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, sample_files
-from vlviz.ui.train_tab import RUNS_DIR, build_train_tab
+from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, SESSION_TTL_S, SESSIONS, sample_files
+from vlviz.ui.train_tab import build_train_tab
+
+QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
+DEFAULT_CONCURRENCY = 4  # small private events (sample choice, picker, comparisons)
 
 INTRO = """# vlviz
 See how a CLIP-style model aligns images with text: upload image-caption pairs (or pick a sample
@@ -19,12 +30,16 @@ set), choose a model, and press **Analyze**; then look at its consistency, embed
 word grounding, or train it live in the **Train** tab."""
 
 
-def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Blocks:
-    """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load."""
+def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: ModelPolicy | None = None) -> gr.Blocks:
+    """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
+    `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
+    policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
-    with gr.Blocks(title="vlviz") as demo:
+    sweep = int(min(SESSION_TTL_S, 3600))
+    with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
         pairs_state = gr.State(None)
+        space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(
@@ -58,24 +73,30 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes") -> gr.Bloc
             with gr.Column(scale=3), gr.Tabs():
                 with gr.Tab("Affinity", id="affinity"):
                     analyze_inputs, analyze_outputs = build_affinity_tab(
-                        files, captions, model, analyze_button, status, pairs_state
+                        files, captions, model, analyze_button, status, pairs_state, space
                     )
                 with gr.Tab("Consistency", id="consistency"):
-                    build_consistency_tab(files, captions, model)
+                    build_consistency_tab(files, captions, model, space)
                 with gr.Tab("Embedding space", id="embedding"):
-                    build_embedding_tab(files, captions, model)
+                    build_embedding_tab(files, captions, model, space)
                 with gr.Tab("Grounding", id="grounding"):
-                    build_grounding_tab(model, pairs_state)
+                    build_grounding_tab(model, pairs_state, space)
                 with gr.Tab("Keywords", id="keywords"):
-                    build_keywords_tab(model, pairs_state)
+                    build_keywords_tab(model, pairs_state, space)
                 with gr.Tab("Train", id="train"):
-                    build_train_tab(model, files, captions)
+                    build_train_tab(model, files, captions, space)
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         if initial_sample is not None:
             demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")
+        demo.unload(SESSIONS.end)
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 
 
 def launch_kwargs() -> dict:
-    """Settings `launch()` needs: the sample assets must be servable."""
-    return {"allowed_paths": [str(ASSETS_DIR), str(RUNS_DIR)]}
+    """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files.
+
+    Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.policy` reads to
+    tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
+    """
+    return {"allowed_paths": [str(ASSETS_DIR)]}

@@ -10,8 +10,8 @@ import pandas as pd
 from vlviz.affinity import affinity_report, rank_images_by_text
 from vlviz.exports import write_affinity_files
 from vlviz.figures import heatmap, short_labels
-from vlviz.inputs import InputError, PairSet
-from vlviz.ui.session import export_folder, model_for, model_status, read_pairs
+from vlviz.inputs import MAX_CAPTION_CHARS, InputError, PairSet
+from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, model_for, model_status, read_pairs
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 
@@ -21,17 +21,19 @@ def analyze(
     captions_text: str | None,
     model_spec: str | None,
     value_kind: str = VALUE_KINDS[0],
+    space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
     """Read the pairs, encode them, and draw the Affinity view (the `analyze` API)."""
     progress(0.05, desc="Reading images and captions")
+    SESSIONS.bind(space, request)
     try:
         pairs = read_pairs(files, captions_text)
     except InputError as error:
         raise gr.Error(str(error)) from error
     progress(0.25, desc="Loading the model")
-    model, notice = model_for(model_spec)
+    model, notice = model_for(model_spec, space)
     progress(0.5, desc="Encoding images and captions")
     encoding = model.encode_pairs(pairs.images, pairs.captions)
     report = affinity_report(encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias)
@@ -77,24 +79,26 @@ def analyze(
         }
     )
     gallery = [(image, f"{i + 1}. {caption}") for i, (image, caption) in enumerate(zip(pairs.images, pairs.captions))]
-    data = {"model": model.spec, "names": pairs.names, "captions": pairs.captions, "notices": notices}
+    data = {"model": model.name, "names": pairs.names, "captions": pairs.captions, "notices": notices}
     data |= report.to_dict() | {"logit_scale": encoding.logit_scale, "logit_bias": encoding.logit_bias}
     status = model_status(model, notice)
     message = "\n".join(f"- {n}" for n in notices)
     figures = [image_text, image_image, text_text]
     downloads = [str(path) for path in write_affinity_files(
-        export_folder(request, "affinity"), report, figures, data, pairs.names, pairs.captions
+        space.export_folder("affinity"), report, figures, data, pairs.names, pairs.captions
     )]  # fmt: skip
     return image_text, image_image, text_text, ranks, gallery, data, status, message, downloads, pairs
 
 
-def query(text: str, pairs: PairSet | None, model_spec: str | None) -> list[tuple[Any, str]]:
+def query(text: str, pairs: PairSet | None, model_spec: str | None, space: SessionSpace) -> list[tuple[Any, str]]:
     """Rank the loaded images against any text (the `query` API)."""
     if pairs is None:
         raise gr.Error("Analyze a set of pairs first: the query ranks their images.")
     if not text or not text.strip():
         raise gr.Error("Type a query, e.g. 'a red circle'.")
-    model, _ = model_for(model_spec)
+    if len(text) > MAX_CAPTION_CHARS:
+        raise gr.Error(f"The query is {len(text)} characters long; queries have at most {MAX_CAPTION_CHARS}.")
+    model, _ = model_for(model_spec, space)
     image_features = model.encode_images(pairs.images)
     order, scores = rank_images_by_text(model.encode_texts([text.strip()])[0], image_features)
     return [
@@ -105,7 +109,7 @@ def query(text: str, pairs: PairSet | None, model_spec: str | None) -> list[tupl
 
 def build_affinity_tab(
     files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown, analyze_button: gr.Button,
-    status: gr.Markdown, pairs_state: gr.State,
+    status: gr.Markdown, pairs_state: gr.State, space: gr.State,
 ) -> tuple[list[gr.components.Component], list[gr.components.Component]]:  # fmt: skip
     """Create the tab's components and wire them to `analyze` and `query`; return analyze's inputs and outputs."""
     value_kind = gr.Radio(VALUE_KINDS, value=VALUE_KINDS[0], label="Image-text cells show", elem_id="value-kind")
@@ -130,11 +134,13 @@ def build_affinity_tab(
     )
 
     outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, pairs_state]
-    inputs = [files, captions, model_spec, value_kind]
+    inputs = [files, captions, model_spec, value_kind, space]
     # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
-    analyze_button.click(analyze, inputs, outputs, api_name="analyze", show_progress="minimal")
-    value_kind.change(analyze, inputs, outputs, api_visibility="private", show_progress="minimal")
-    query_event = dict(fn=query, inputs=[query_text, pairs_state, model_spec], outputs=query_gallery)
+    # One queue for the views that encode whole pair sets: a large set takes one slot, small ones the others.
+    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
+    analyze_button.click(analyze, inputs, outputs, api_name="analyze", **heavy)
+    value_kind.change(analyze, inputs, outputs, api_visibility="private", **heavy)
+    query_event = dict(fn=query, inputs=[query_text, pairs_state, model_spec, space], outputs=query_gallery)
     query_button.click(**query_event, api_name="query")
     query_text.submit(**query_event, api_visibility="private")
     return inputs, outputs

@@ -8,7 +8,7 @@ import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.exports import write_consistency_files
-from vlviz.ui.session import encoded_pairs, export_folder
+from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, encoded_pairs
 from vlviz.views import consistency_data, consistency_table, consistency_view, top_pairs_html
 
 ORDERINGS = ["clustered", "input order"]
@@ -27,12 +27,14 @@ def consistency(
     view_kind: str = VIEWS[0],
     top_k: float = 8,
     temperature: float = DEFAULT_TEMPERATURE,
+    space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
     """Read and encode the pairs, then draw the Consistency view (the `consistency` API)."""
     progress(0.1, desc="Reading and encoding images and captions")
-    encoded = encoded_pairs(files, captions_text, model_spec)
+    SESSIONS.bind(space, request)
+    encoded = encoded_pairs(files, captions_text, model_spec, space)
     pairs = encoded.pairs
     if len(pairs) < 2:
         raise gr.Error("Consistency compares samples with each other: give at least 2 image-caption pairs.")
@@ -49,10 +51,10 @@ def consistency(
         clustered=ordering == ORDERINGS[0],
         signed=view_kind == VIEWS[1],
     )
-    data = {"model": encoded.model.spec, **consistency_data(view, pairs.names, pairs.captions)}
+    data = {"model": encoded.model.name, **consistency_data(view, pairs.names, pairs.captions)}
     progress(0.9, desc="Writing downloads")
     paths = write_consistency_files(
-        export_folder(request, "consistency"), view, data, encoded.image_features, encoded.text_features,
+        space.export_folder("consistency"), view, data, encoded.image_features, encoded.text_features,
         pairs.images, pairs.names, pairs.captions,
     )  # fmt: skip
     top = top_pairs_html(view.summary.top_pairs, pairs.images, pairs.names, pairs.captions)
@@ -63,7 +65,7 @@ def consistency(
     )  # fmt: skip
 
 
-def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown) -> None:
+def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown, space: gr.State) -> None:
     """Create the tab's components and wire them to `consistency`, reading the shared inputs."""
     gr.Markdown(ABOUT)
     with gr.Row():
@@ -87,8 +89,9 @@ def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.D
     with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
         data = gr.JSON(label="consistency output")
 
-    inputs = [files, captions, model_spec, ordering, view_kind, top_k, temperature]
+    inputs = [files, captions, model_spec, ordering, view_kind, top_k, temperature, space]
     outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices]
-    run.click(consistency, inputs, outputs, api_name="consistency", show_progress="minimal")
+    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
+    run.click(consistency, inputs, outputs, api_name="consistency", **heavy)
     for control in (ordering, view_kind):
-        control.change(consistency, inputs, outputs, api_visibility="private", show_progress="minimal")
+        control.change(consistency, inputs, outputs, api_visibility="private", **heavy)

@@ -19,7 +19,7 @@ from vlviz.embedding_space import UMAP_METRICS, EmbeddingLayout
 from vlviz.exports import write_embedding_files
 from vlviz.figures import embedding_scatter
 from vlviz.inputs import PairSet
-from vlviz.ui.session import encoded_pairs, export_folder
+from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, encoded_pairs
 from vlviz.views import embedding_data, embedding_view, gap_table
 
 METHODS = ["umap", "pca"]
@@ -81,12 +81,14 @@ def embedding_space(
     close_gap: bool = False,
     keep_layout: bool = False,
     kept: EmbeddingLayout | None = None,
+    space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
     """Read and encode the pairs, lay them out and draw the Embedding-space view (the `embedding_space` API)."""
     progress(0.1, desc="Reading and encoding images and captions")
-    encoded = encoded_pairs(files, captions_text, model_spec)
+    SESSIONS.bind(space, request)
+    encoded = encoded_pairs(files, captions_text, model_spec, space)
     pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
     notes = list(encoded.notices)
     layout = kept if keep_layout else None
@@ -105,9 +107,9 @@ def embedding_space(
         raise gr.Error(str(error)) from error
     if view.layout.note:
         notes.append(view.layout.note)
-    data = {"model": encoded.model.spec, "gap_closed": close_gap, **embedding_data(view, pairs.names, pairs.captions)}
+    data = {"model": encoded.model.name, "gap_closed": close_gap, **embedding_data(view, pairs.names, pairs.captions)}
     paths = write_embedding_files(
-        export_folder(request, "embedding"), view, data, images, texts, pairs.names, pairs.captions
+        space.export_folder("embedding"), view, data, images, texts, pairs.names, pairs.captions
     )
     drawn = Drawn(
         pairs, view.coordinates, view.layout.axis_titles, view.title, (images * texts).sum(dim=1).cpu().tolist()
@@ -135,15 +137,21 @@ def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple
 
 def select_from_plot(selected: str | None, drawn: Drawn | None) -> tuple[Any, Any, list[tuple[Any, str]]]:
     """Points selected with the lasso or box (pair numbers, as JSON) become the picker's value."""
-    if drawn is None or not selected:
+    if drawn is None or not selected or len(selected) > 16 * len(drawn.pairs) + 2:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        indices = json.loads(selected)
+    except json.JSONDecodeError:
         return gr.skip(), gr.skip(), gr.skip()
     labels = sample_labels(drawn.pairs)
-    chosen = [labels[i] for i in json.loads(selected) if 0 <= i < len(labels)]
+    chosen = (
+        [labels[i] for i in indices if isinstance(i, int) and 0 <= i < len(labels)] if isinstance(indices, list) else []
+    )
     figure, listed = pick(chosen, drawn)
     return gr.update(value=chosen), figure, listed
 
 
-def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown) -> None:
+def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown, space: gr.State) -> None:
     """Create the tab's components and wire them to `embedding_space` and `pick`."""
     gr.Markdown(ABOUT)
     with gr.Row():
@@ -175,10 +183,11 @@ def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dro
     kept_layout = gr.State(None)
     drawn = gr.State(None)
 
-    inputs = [files, captions, model_spec, method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout]  # fmt: skip
+    inputs = [files, captions, model_spec, method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout, space]  # fmt: skip
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
-    run.click(embedding_space, inputs, outputs, api_name="embedding_space", show_progress="minimal")
-    close_gap.change(embedding_space, inputs, outputs, api_visibility="private", show_progress="minimal")
+    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
+    run.click(embedding_space, inputs, outputs, api_name="embedding_space", **heavy)
+    close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **heavy)
     picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
     lasso.change(
         select_from_plot, [lasso, drawn], [picker, plot, picked], api_visibility="private", show_progress="hidden"

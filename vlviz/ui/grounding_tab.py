@@ -17,11 +17,11 @@ from vlviz.data.scenes import SceneBatch, generate_scenes
 from vlviz.encoding import VLModel, content_key
 from vlviz.figures import grounding_grid, grounding_overlay, token_patch_matrix
 from vlviz.grounding import MIN_COVER, scene_grounding_score, select_scenes
-from vlviz.inputs import PairSet
+from vlviz.inputs import MAX_CAPTION_CHARS, PairSet
 from vlviz.sparc import grounding_maps, word_maps
 from vlviz.tokens import first_content_word
 from vlviz.train import load_loss_heads
-from vlviz.ui.session import model_for
+from vlviz.ui.session import VIEW_CONCURRENCY, SessionSpace, model_for
 from vlviz.xmm import masked_word_attention
 
 KIND_LABELS = {
@@ -93,7 +93,7 @@ def _xmm_view(
     xmm = load_loss_heads(model.spec, model.model, model.tokenizer).get("xmm")
     if xmm is None:
         reason = (
-            f"No XMM map: `{model.spec}` has no trained XMM head. Train with `xmm` (weight above 0) in the "
+            f"No XMM map: `{model.name}` has no trained XMM head. Train with `xmm` (weight above 0) in the "
             "Train tab and use that run's checkpoint as the model to see one here."
         )
         return gr.Plot(value=None, visible=False), reason, {"available": False, "reason": reason}
@@ -123,6 +123,7 @@ def ground(
     text: str | None,
     pairs: PairSet | None,
     model_spec: str | None,
+    space: SessionSpace,
 ) -> tuple[Any, ...]:
     """Ground every word of a pair's caption (or of `text`) in its image (the `grounding` API).
 
@@ -136,15 +137,17 @@ def ground(
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
         raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
-    model, _ = model_for(model_spec)
+    if text and len(text) > MAX_CAPTION_CHARS:
+        raise gr.Error(f"The text is {len(text)} characters long; texts have at most {MAX_CAPTION_CHARS}.")
+    model, _ = model_for(model_spec, space)
     caption = text.strip() if text and text.strip() else pairs.captions[index]
     encoding = model.encode_pairs([pairs.images[index]], [caption])
     pair_choices = gr.Dropdown(
         choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1
     )
-    data: dict[str, Any] = {"model": model.spec, "pair": index + 1, "image": pairs.names[index], "text": caption}
+    data: dict[str, Any] = {"model": model.name, "pair": index + 1, "image": pairs.names[index], "text": caption}
     if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
-        reason = f"No grounding maps for `{model.spec}`: {encoding.patches_unavailable}."
+        reason = f"No grounding maps for `{model.name}`: {encoding.patches_unavailable}."
         no_words = gr.Radio(choices=[], value=None)
         no_xmm = gr.Plot(value=None, visible=False)
         return None, None, None, pair_choices, no_words, reason, no_xmm, "", "", data | {"unavailable": reason}
@@ -187,20 +190,26 @@ def ground(
 
 
 def _ground_first_word(
-    pair: int | None, kind: str, opacity: float, text: str | None, pairs: PairSet | None, model_spec: str | None
+    pair: int | None,
+    kind: str,
+    opacity: float,
+    text: str | None,
+    pairs: PairSet | None,
+    model_spec: str | None,
+    space: SessionSpace,
 ) -> tuple[Any, ...]:
     """`ground` for a new pair or text: its words change, so the choice goes back to the first content word."""
-    return ground(pair, None, kind, opacity, text, pairs, model_spec)
+    return ground(pair, None, kind, opacity, text, pairs, model_spec, space)
 
 
 def _ground_new_pairs(
-    kind: str, opacity: float, text: str | None, pairs: PairSet | None, model_spec: str | None
+    kind: str, opacity: float, text: str | None, pairs: PairSet | None, model_spec: str | None, space: SessionSpace
 ) -> tuple[Any, ...]:
     """`ground` the first pair of a newly analyzed set."""
-    return ground(None, None, kind, opacity, text, pairs, model_spec)
+    return ground(None, None, kind, opacity, text, pairs, model_spec, space)
 
 
-def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
+def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr.State) -> None:
     """Create the tab's components and wire them to `ground`; it follows the pairs the Analyze button loads."""
     gr.Markdown(
         "Where does each word land? SPARC (Bica et al., ICML 2024) weighs every image patch for every "
@@ -246,8 +255,8 @@ def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
         api_run = gr.Button()
 
     outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, data]
-    shown = dict(outputs=outputs, show_progress="minimal")
-    common = [kind, opacity, text, pairs_state, model_spec]
+    shown = dict(outputs=outputs, show_progress="minimal", concurrency_id="views", concurrency_limit=VIEW_CONCURRENCY)
+    common = [kind, opacity, text, pairs_state, model_spec, space]
     api_run.click(ground, [api_pair, api_word, *common], **shown, api_name="grounding")
     for event in (words.input, kind.input, opacity.release):
         event(ground, [pair, words, *common], **shown, api_visibility="private")

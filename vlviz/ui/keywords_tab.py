@@ -14,12 +14,13 @@ from vlviz.inputs import PairSet
 from vlviz.keywords import (
     DEFAULT_TEMPLATE,
     caption_keywords,
+    check_concept_template,
     concept_vocabulary,
     rank_concepts,
     zero_shot_concept_scores,
 )
 from vlviz.train import load_loss_heads
-from vlviz.ui.session import model_for
+from vlviz.ui.session import VIEW_CONCURRENCY, SessionSpace, model_for
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
@@ -38,7 +39,7 @@ def concept_scores(
     psl = load_loss_heads(model.spec, model.model, model.tokenizer).get("psl")
     if psl is not None:
         source = (
-            f"the trained PSL concept head of `{model.spec}` (its momentum head's probabilities over its "
+            f"the trained PSL concept head of `{model.name}` (its momentum head's probabilities over its "
             f"{len(psl.vocabulary)}-word vocabulary: SIMLA's pseudo-labels)"
         )
         return psl.concept_probabilities(image_features).float().cpu(), psl.vocabulary, source
@@ -69,6 +70,7 @@ def keywords(
     content_words_only: bool,
     pairs: PairSet | None,
     model_spec: str | None,
+    space: SessionSpace,
 ) -> tuple[Any, ...]:
     """Keywords and concepts of every loaded pair (the `keywords` API); the view shows pair `pair` (1-based).
 
@@ -80,13 +82,17 @@ def keywords(
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
         raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
-    model, _ = model_for(model_spec)
+    template = (template or "").strip() or DEFAULT_TEMPLATE
+    try:
+        check_concept_template(template)
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    model, _ = model_for(model_spec, space)
     try:
         found = caption_keywords(model.model, model.tokenizer, pairs.captions, content_words_only=content_words_only)
     except ValueError as error:
-        raise gr.Error(f"No keywords for `{model.spec}`: {error}") from error
+        raise gr.Error(f"No keywords for `{model.name}`: {error}") from error
     words = found.layout.words
-    template = (template or "").strip() or DEFAULT_TEMPLATE
     scores, vocabulary, source = concept_scores(model, pairs, template, VOCABULARIES[vocabulary_choice], words)
     ranked = rank_concepts(scores, vocabulary, words, top_k=int(top_k))
     per_pair = [
@@ -115,11 +121,11 @@ def keywords(
     )
     choices = gr.Dropdown(choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1)
     notice = f"**Concepts from** {source}."
-    data = {"model": model.spec, "pair": index + 1, "concepts_from": source, "template": template, "pairs": per_pair}
+    data = {"model": model.name, "pair": index + 1, "concepts_from": source, "template": template, "pairs": per_pair}
     return caption, _displayed(pairs.images[index]), concepts, choices, table, notice, data
 
 
-def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
+def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr.State) -> None:
     """Create the tab's components and wire them to `keywords`; it follows the pairs the Analyze button loads."""
     gr.Markdown(
         "SIMLA (Khan et al., ECCV 2022) picks a caption's **keywords** with the text encoder's last-layer "
@@ -161,8 +167,8 @@ def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State) -> None:
         api_run = gr.Button()
 
     outputs = [caption, image, concepts, pair, table, notice, data]
-    shown = dict(outputs=outputs, show_progress="minimal")
-    settings = [template, vocabulary, top_k, content_only, pairs_state, model_spec]
+    shown = dict(outputs=outputs, show_progress="minimal", concurrency_id="views", concurrency_limit=VIEW_CONCURRENCY)
+    settings = [template, vocabulary, top_k, content_only, pairs_state, model_spec, space]
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
     for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):
         event(keywords, [pair, *settings], **shown, api_visibility="private")

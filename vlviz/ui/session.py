@@ -8,9 +8,12 @@ already on screen.
 from __future__ import annotations
 
 import csv
-import hashlib
+import os
+import secrets
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +22,30 @@ import torch
 
 from vlviz.encoding import VLModel
 from vlviz.inputs import InputError, PairSet, pairs_from_uploads
-from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model_or_offline
+from vlviz.models import (
+    DEFAULT_ONLINE_SPEC,
+    MAX_SPEC_CHARS,
+    OFFLINE_SPEC,
+    ModelUnavailableError,
+    load_model,
+    load_model_or_offline,
+)
+from vlviz.policy import ModelPolicy
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 SAMPLES = {"scenes": ASSETS_DIR / "samples" / "scenes", "photos": ASSETS_DIR / "samples" / "photos"}
 MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
 TABLE_SUFFIXES = (".csv", ".json")
+DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
+"""Where sessions keep their files: DATA_DIR/sessions/TOKEN/{exports,runs}. Never served as such: Gradio
+serves only the copies of the files a callback returns."""
+SESSION_TTL_S = float(os.environ.get("VLVIZ_SESSION_TTL_S", 4 * 3600))
+"""A session's files (and Gradio's copies of the files it was sent) go this long after its last use."""
+SWEEP_EVERY_S = 60.0
+ANALYSIS_CONCURRENCY = int(os.environ.get("VLVIZ_ANALYSIS_CONCURRENCY", 3))
+"""Analyze, Consistency and Embedding space calls that run at once (one queue): a large set holds one slot."""
+VIEW_CONCURRENCY = 4  # Grounding, Keywords and queries: light calls on already-encoded pairs
+CHECKPOINT_PREFIX = "session run "  # the model spec of a checkpoint this session trained: "session run 2"
 
 
 def sample_files(name: str) -> tuple[list[str], str]:
@@ -47,17 +68,123 @@ def read_pairs(files: list[str] | None, captions_text: str | None) -> PairSet:
     return pairs_from_uploads(images, captions_text, tables[0] if tables else None)
 
 
-def model_for(spec: str | None) -> tuple[VLModel, str | None]:
-    """The model named by `spec` (cached per process), or the offline model with a notice why."""
+class SessionSpace:
+    """One browser session's server-side identity: a random token, made here, names its folder.
+
+    Kept in a `gr.State`, so nothing the client sends (its session hash included) ever names a
+    path; it also holds the session's trained checkpoints (the only paths it may load in public
+    mode) and the stop flags of its running trainings.
+    """
+
+    def __init__(self, policy: ModelPolicy) -> None:
+        self.token = secrets.token_hex(16)
+        self.folder = DATA_DIR / "sessions" / self.token
+        self.policy = policy
+        self.checkpoints: dict[str, Path] = {}  # "session run N" -> checkpoint folder
+        self.stop_flags: dict[str, threading.Event] = {}  # run name -> its stop event, while it trains
+        self.last_used = time.monotonic()
+        self.closed = False
+
+    def __deepcopy__(self, memo: dict) -> SessionSpace:
+        return self  # gr.State deep-copies values; a session is one object, shared by its events
+
+    def export_folder(self, view: str) -> Path:
+        """An empty folder for one view's downloads; the previous ones are removed (one set per view)."""
+        folder = self.folder / "exports" / view
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.last_used = time.monotonic()
+        return folder
+
+    def run_folder(self, number: int) -> Path:
+        self.last_used = time.monotonic()
+        return self.folder / "runs" / f"run-{number}"
+
+    def checkpoint(self, spec: str) -> Path | None:
+        """The folder of this session's checkpoint named `spec`, or None when `spec` names none."""
+        folder = self.checkpoints.get(spec)
+        if folder is not None and not folder.is_dir():
+            raise ValueError(f"{spec} is no longer stored: sessions' files are removed after some hours unused.")
+        return folder
+
+    def close(self) -> None:
+        """Stop this session's trainings and delete its files."""
+        self.closed = True
+        for flag in list(self.stop_flags.values()):
+            flag.set()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SessionRegistry:
+    """Live sessions, so that `demo.unload` and an age sweep can remove their files.
+
+    Unload tells only the client's session hash, so each session is also listed under the hash of
+    the requests it served; the hash never names anything on disk.
+    """
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, SessionSpace] = {}
+        self._lock = threading.Lock()
+        self._last_sweep = 0.0
+
+    def new(self, policy: ModelPolicy) -> SessionSpace:
+        self.sweep()
+        return SessionSpace(policy)
+
+    def bind(self, space: SessionSpace, request: gr.Request | None) -> None:
+        """Note that `space` served this request (for unload), and that it is in use (for the sweep)."""
+        space.last_used = time.monotonic()
+        if request is not None and request.session_hash:
+            with self._lock:
+                self._by_hash[request.session_hash] = space
+
+    def end(self, request: gr.Request) -> None:
+        """The browser tab closed: delete that session's files now."""
+        with self._lock:
+            space = self._by_hash.pop(request.session_hash or "", None)
+        if space is not None:
+            space.close()
+
+    def sweep(self, max_age_s: float = SESSION_TTL_S, force: bool = False) -> None:
+        """Close sessions unused for `max_age_s` and delete session folders that no live session owns."""
+        now = time.monotonic()
+        if not force and now - self._last_sweep < SWEEP_EVERY_S:
+            return
+        self._last_sweep = now
+        with self._lock:
+            idle = [h for h, s in self._by_hash.items() if now - s.last_used > max_age_s and not s.stop_flags]
+            spaces = [self._by_hash.pop(h) for h in idle]
+            live = {s.token for s in self._by_hash.values()}
+        for space in spaces:
+            space.close()
+        root = DATA_DIR / "sessions"
+        for folder in root.iterdir() if root.is_dir() else []:
+            if folder.name not in live and time.time() - folder.stat().st_mtime > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+SESSIONS = SessionRegistry()
+
+
+def model_for(spec: str | None, space: SessionSpace) -> tuple[VLModel, str | None]:
+    """The model named by `spec` if this server's policy allows it (cached per process), or the offline
+    model with a notice why `spec` could not be loaded. The session's own checkpoints are always allowed."""
+    spec = (spec or OFFLINE_SPEC).strip()
     try:
-        return load_model_or_offline((spec or OFFLINE_SPEC).strip())
+        if len(spec) > MAX_SPEC_CHARS:
+            raise ValueError(f"That model spec is {len(spec)} characters long; specs have at most {MAX_SPEC_CHARS}.")
+        folder = space.checkpoint(spec)
+        if folder is not None:
+            return load_model(str(folder), name=spec), None
+        space.policy.check(spec)
+        return load_model_or_offline(spec)
     except (ValueError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
 
 
 def model_status(model: VLModel, notice: str | None) -> str:
     """One line saying which model runs where, plus any notice."""
-    line = f"**Model:** `{model.spec}` on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
+    line = f"**Model:** `{model.name}` on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
     return line + (f"\n\n> {notice}" if notice else "")
 
 
@@ -72,29 +199,18 @@ class EncodedPairs:
     notices: list[str]
 
 
-def encoded_pairs(files: list[str] | None, captions_text: str | None, model_spec: str | None) -> EncodedPairs:
+def encoded_pairs(
+    files: list[str] | None, captions_text: str | None, model_spec: str | None, space: SessionSpace
+) -> EncodedPairs:
     """Read the pairs and encode them; the model caches embeddings by content, so tabs re-read cheaply."""
     try:
         pairs = read_pairs(files, captions_text)
     except InputError as error:
         raise gr.Error(str(error)) from error
-    model, notice = model_for(model_spec)
+    model, notice = model_for(model_spec, space)
     notices = [*pairs.notices, *([notice] if notice else [])]
     notices += [
         f"Caption {i + 1} ({pairs.names[i]}) is longer than the model's {model.context_length} tokens and was truncated."
         for i in model.truncated_captions(pairs.captions)
     ]
     return EncodedPairs(pairs, model.encode_images(pairs.images), model.encode_texts(pairs.captions), model, notices)
-
-
-def export_folder(request: gr.Request | None, view: str) -> Path:
-    """An empty folder for one view's downloads in this browser session; the previous files are removed.
-
-    Gradio copies returned files into its own cache, so only the latest set needs to stay here. The
-    session id comes from the client, so it is hashed before it names a folder.
-    """
-    session = (request.session_hash if request is not None else None) or "no-session"
-    folder = Path(tempfile.gettempdir()) / "vlviz-exports" / hashlib.sha256(session.encode()).hexdigest()[:16] / view
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder

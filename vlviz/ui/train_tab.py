@@ -1,15 +1,15 @@
 """The Train tab: continual pre-training with any mix of losses, streamed live; stop, compare, reuse.
 
 The callback drives `vlviz.runs.Run.records()` as a generator and turns records into figures
-every few steps. Each browser session has its own runs (in `gr.State`) and its own stop flag
-(keyed by the session), so two people training at once never see each other's runs.
+every few steps. Each browser session has its own runs (in `gr.State`), writes them under its own
+server-made folder and keeps their stop flags in its `SessionSpace`, so two people training at once
+never see, stop or overwrite each other's runs. At most `MAX_TRAININGS` train at once; the others
+wait in Gradio's queue, which shows their position.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ from vlviz.inputs import InputError
 from vlviz.losses import LOSSES
 from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.runs import FRESH, prepare_run
-from vlviz.train import TRAINABLE, TrainConfig
-from vlviz.ui.session import read_pairs
+from vlviz.train import TRAINABLE, NonFiniteLossError, TrainConfig
+from vlviz.ui.session import CHECKPOINT_PREFIX, SESSIONS, SessionSpace, read_pairs
 
-RUNS_DIR = Path(os.environ.get("VLVIZ_RUNS_DIR", Path(tempfile.gettempdir()) / "vlviz-runs"))
+MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings running at once, all sessions together
 STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
 DATA = ["scenes", "photos", "uploaded pairs"]
 RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
@@ -34,33 +34,6 @@ COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SIMLA_KEYS]
 DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
 PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # figures of vlviz.probe, refreshed at each evaluation
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
-
-
-class StopFlags:
-    """The stop event of each session's running job (the one shared registry, keyed by session)."""
-
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str, flag: threading.Event) -> None:
-        with self._lock:
-            self._flags[session] = flag
-
-    def stop(self, session: str) -> bool:
-        with self._lock:
-            flag = self._flags.get(session)
-        if flag is None:
-            return False
-        flag.set()
-        return True
-
-    def finish(self, session: str) -> None:
-        with self._lock:
-            self._flags.pop(session, None)
-
-
-STOP_FLAGS = StopFlags()
 
 
 def _loss_keys(records: list[dict]) -> list[str]:
@@ -88,28 +61,34 @@ def _view(
 def run_training(
     start: str, data: str, trainable: str, steps: float, batch_size: float, lr: float, eval_every: float,
     seed: float, saco_distance: str, model_spec: str | None, files: list[str] | None, captions: str | None,
-    runs: list[dict] | None, request: gr.Request, *weights: float,
+    runs: list[dict] | None, space: SessionSpace, request: gr.Request, *weights: float,
 ):  # fmt: skip
     """Stream a training run (the `train` API): figures and records every few steps, the checkpoint at the end."""
     runs = list(runs or [])
     losses = {name: float(w) for name, w in zip(LOSSES, weights, strict=True) if w and w > 0}
-    session = request.session_hash or "api"
+    SESSIONS.bind(space, request)
     try:
         options = {"saco": {"distance": saco_distance}} if "saco" in losses else {}
         config = TrainConfig(
             steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
             seed=int(seed), losses=losses, loss_options=options, trainable=trainable,
         )  # fmt: skip
-        start_spec = STARTS[start] or (model_spec or OFFLINE_SPEC)
+        start_spec = STARTS[start] or (model_spec or OFFLINE_SPEC).strip()
+        start_path = space.checkpoint(start_spec)  # a checkpoint of this session, else a spec the policy allows
+        if start_path is None and start_spec != FRESH:
+            space.policy.check(start_spec)
         source = read_pairs(files, captions) if data == "uploaded pairs" else data
-        name = f"run {len(runs) + 1}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
-        out_dir = RUNS_DIR / session / f"run-{len(runs) + 1}"
-        run = prepare_run(start_spec, source, config, out_dir)
+        number = len(runs) + 1
+        name = f"run {number}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
+        run = prepare_run(str(start_path or start_spec), source, config, space.run_folder(number))
     except (ValueError, InputError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
-    entry = {"name": name, "records": [], "checkpoint": None, "start": start_spec, "data": run.data}
+    entry = {
+        "name": name, "records": [], "checkpoint": None, "data": run.data,
+        "start": str(start_path or start_spec), "start_name": start_spec,  # what loads, what it is called
+    }  # fmt: skip
     runs.append(entry)
-    STOP_FLAGS.start(session, run.stop)
+    space.stop_flags[name] = run.stop
     yield _view([], runs, f"**{name}**: preparing on `{run.context.device}`…")
     try:
         for record in run.records():
@@ -120,30 +99,42 @@ def run_training(
                 status = f"**{name}**: step {record['step']} / {config.steps}{loss}"
                 probe = run.probe_views(record["step"]) if evaluated else None
                 yield _view(entry["records"], runs, status, probe=probe)
+    except NonFiniteLossError as error:
+        gr.Warning(str(error))
+        yield _view(entry["records"], runs, f"**{name}** stopped: {error} No checkpoint was saved.")
+        return
+    except ValueError as error:  # e.g. weights that turned non-finite are never saved
+        raise gr.Error(str(error)) from error
     finally:
-        STOP_FLAGS.finish(session)
+        space.stop_flags.pop(name, None)
+        if space.closed:  # the tab closed while this run trained: its files go too
+            space.close()
+    if space.closed:
+        return
     entry["checkpoint"] = str(run.checkpoint)
+    entry["spec"] = f"{CHECKPOINT_PREFIX}{number}"
+    space.checkpoints[entry["spec"]] = run.checkpoint.parent
     done = entry["records"][-1]["step"]
     verb = "stopped" if run.stop.is_set() else "finished"
-    status = f"**{name}** {verb} after {done} steps. Checkpoint: `{run.checkpoint}`"
+    status = f"**{name}** {verb} after {done} steps. Download the checkpoint below, or load it as `{entry['spec']}`."
     yield _view(entry["records"], runs, status, str(run.checkpoint))
 
 
-def stop_training(request: gr.Request) -> str:
-    """Ask this session's run to stop after its current step; it keeps its curves and checkpoint."""
-    if STOP_FLAGS.stop(request.session_hash or "api"):
-        return "Stopping after the current step…"
-    return "No run is training in this session."
+def stop_training(space: SessionSpace) -> str:
+    """Ask this session's runs (and no one else's) to stop after their current step; they keep curves and checkpoint."""
+    flags = list(space.stop_flags.values())
+    for flag in flags:
+        flag.set()
+    return "Stopping after the current step…" if flags else "No run is training in this session."
 
 
 def use_checkpoint(runs: list[dict] | None) -> Any:
-    """Make the last finished run's checkpoint folder the model of the other tabs."""
+    """Make the last finished run's checkpoint the model of the other tabs (by its session name, not its path)."""
     done = [run for run in runs or [] if run["checkpoint"]]
     if not done:
         raise gr.Error("No checkpoint yet: train (or stop) a run first.")
-    folder = str(Path(done[-1]["checkpoint"]).parent)
-    gr.Info(f"The other tabs now use {done[-1]['name']} ({folder}).")
-    return gr.update(value=folder)
+    gr.Info(f"The other tabs now use {done[-1]['name']} (`{done[-1]['spec']}`).")
+    return gr.update(value=done[-1]["spec"])
 
 
 def compare_models(runs: list[dict] | None, chosen: list[str], files: list[str] | None, captions: str | None) -> list:
@@ -156,8 +147,8 @@ def compare_models(runs: list[dict] | None, chosen: list[str], files: list[str] 
         raise gr.Error(f"{run['name']} started from random weights: there is no start model to show.")
     try:
         pairs = read_pairs(files, captions)
-        start = load_model(run["start"])
-        trained = load_model(str(Path(run["checkpoint"]).parent))
+        start = load_model(run["start"], name=run["start_name"])
+        trained = load_model(str(Path(run["checkpoint"]).parent), name=run["spec"])
     except (ValueError, InputError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
     views = side_by_side(start, trained, pairs)
@@ -169,7 +160,7 @@ def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
     return compare_runs(chosen_runs, key)
 
 
-def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbox) -> None:
+def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbox, space: gr.State) -> None:
     """Create the tab: settings on the left, live curves on the right, compare below."""
     runs = gr.State([])
     with gr.Row():
@@ -236,6 +227,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         files,
         captions,
         runs,
+        space,
     ]
     probe_plots = [probe_grounding, probe_inconsistency, probe_embedding]
     outputs = [
@@ -251,9 +243,10 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         chosen,
     ]
     train_button.click(
-        run_training, [*settings, *weights], outputs, api_name="train", concurrency_limit=None, show_progress="minimal"
-    )
-    stop_button.click(stop_training, None, status, api_name="stop_training", concurrency_limit=None)
+        run_training, [*settings, *weights], outputs, api_name="train", concurrency_id="train",
+        concurrency_limit=MAX_TRAININGS, show_progress="minimal",
+    )  # fmt: skip
+    stop_button.click(stop_training, space, status, api_name="stop_training", concurrency_limit=None)
     use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
     compare_button.click(compare_models, [runs, chosen, files, captions], side_plots, api_name="compare_models")
     for trigger in (chosen.change, compare_key.change):
