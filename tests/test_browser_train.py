@@ -37,7 +37,8 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     retrieval = lines(page, "metric-plot")
     assert retrieval["image_to_text_r1"] == 3  # steps 0 (the start model), 3 and 6
     assert lines(page, "alignment-plot")["mean_abs_inconsistency"] == 3
-    expect(page.get_by_text("checkpoint.safetensors").first).to_be_visible()
+    expect(page.locator('#train-checkpoint [aria-label="checkpoint.safetensors"]')).to_be_visible()  # a download
+    expect(page.locator("#train-status")).to_contain_text("load it as session run 1")  # a name, not a server path
     for probe in ("probe-grounding-plot", "probe-inconsistency-plot", "probe-embedding-plot"):
         assert lines(page, probe), f"{probe} drew nothing"
     assert "images" in lines(page, "probe-embedding-plot")

@@ -125,6 +125,7 @@ def test_the_age_sweep_removes_idle_sessions_and_orphaned_folders(
         ({"GRADIO_SERVER_NAME": "0.0.0.0"}, None, True),
         ({"VLVIZ_PUBLIC": "1"}, None, True),
         ({"SPACE_ID": "someone/vlviz"}, None, True),
+        ({"VLVIZ_PUBLIC": "0", "GRADIO_SERVER_NAME": "0.0.0.0"}, None, False),  # the owner's explicit choice
     ],
 )
 def test_public_mode(env: dict, server_name: str | None, public: bool) -> None:
@@ -287,3 +288,12 @@ def test_a_slow_load_blocks_only_callers_of_that_model() -> None:
     for thread in waiters:
         thread.join(10)
     assert len(loads) == 2 and loads[0] is loads[1]  # loaded once for both callers
+
+
+def test_the_data_dir_is_never_one_gradio_serves_whole(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    session.check_data_dir(tmp_path / "vlviz")
+    with pytest.raises(ValueError, match="must not contain or lie inside GRADIO_TEMP_DIR"):
+        session.check_data_dir(tmp_path / "gradio" / "vlviz")
+    with pytest.raises(ValueError, match="must lie inside"):
+        session.check_data_dir(Path("/var/vlviz-data"))

@@ -229,7 +229,7 @@ def _redact_paths(text: str) -> str:
 
 def _failure(spec: str, error: BaseException) -> str:
     """One line saying why `spec` failed to load, without internal paths or a traceback."""
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    detail = _first_line(error)
     cause = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
     return f"Cannot load {spec}: {_redact_paths(cause)[:300]}"
 
@@ -241,9 +241,10 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
     frames reference the half-built model) outlives this call.
     """
     failure = None
+    model_name = fetch_hub_model(source.model_name)  # hf-hub: files downloaded and verified (ModelUnavailableError)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            source.model_name, pretrained=source.pretrained, device=target, precision=default_precision(target)
+            model_name, pretrained=source.pretrained, device=target, precision=default_precision(target)
         )
         tokenizer = open_clip.get_tokenizer(source.model_name)
         model_cfg = model_config(source)
@@ -331,7 +332,9 @@ def probe_hub_file(repo_id: str, filename: str = HUB_CONFIG_FILE, timeout: float
             with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
                 answered.set()
                 if response.status_code >= 400:
-                    outcome.append(_hub_status_problem(response, endpoint, repo_id, filename))
+                    status, code = response.status_code, response.headers.get("X-Error-Code")
+                    answer = f"HTTP {status} {response.reason_phrase}".strip()
+                    outcome.append(_hub_status_problem(status, code, answer, endpoint, repo_id, filename))
                     return
                 response.read()
             outcome.append(None)
@@ -354,11 +357,8 @@ def probe_hub_file(repo_id: str, filename: str = HUB_CONFIG_FILE, timeout: float
     return f"the Hugging Face hub at {endpoint} did not answer within {timeout:g} s"
 
 
-def _hub_status_problem(response: object, endpoint: str, repo_id: str, filename: str) -> str:
-    """The reason an HTTP error answer from the hub gives, in the user's terms (see the hub's X-Error-Code)."""
-    status = response.status_code  # type: ignore[attr-defined]
-    code = response.headers.get("X-Error-Code")  # type: ignore[attr-defined]
-    answer = f"HTTP {status} {response.reason_phrase}".strip()  # type: ignore[attr-defined]
+def _hub_status_problem(status: int, code: str | None, answer: str, endpoint: str, repo_id: str, filename: str) -> str:
+    """The reason an HTTP error answer from the hub gives, in the user's terms (`code`: the hub's X-Error-Code)."""
     if code == "GatedRepo" or status == 403:
         return f"{repo_id} is gated on the Hugging Face hub ({answer}): accept its terms on the hub, then log in"
     if code == "RepoNotFound" or status == 401:

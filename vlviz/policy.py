@@ -5,7 +5,8 @@ public one (`VLVIZ_PUBLIC=1`, a Hugging Face Space (`SPACE_ID`), or bound to any
 loads only the specs on its allow-list (`VLVIZ_ALLOWED_MODELS`, comma-separated; by default the
 app's model choices) and the checkpoints a session trained itself. Anything else, an existing
 path on the server or not, gets one and the same message, so the model box cannot probe the
-server's files.
+server's files. `VLVIZ_PUBLIC=0` is the owner's explicit opt-out (a container on a laptop binds
+0.0.0.0 to be reachable from the host).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 PUBLIC_ENV = "VLVIZ_PUBLIC"
 ALLOWED_ENV = "VLVIZ_ALLOWED_MODELS"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 class ModelNotAllowedError(ValueError):
@@ -37,12 +39,16 @@ def is_loopback(server_name: str) -> bool:
 
 
 def is_public(server_name: str | None = None, env: Mapping[str, str] | None = None) -> bool:
-    """Public mode: `VLVIZ_PUBLIC` is true, `SPACE_ID` is set, or the bind address is not loopback.
+    """Public mode: `VLVIZ_PUBLIC` is true, `SPACE_ID` is set, or the bind address is not loopback;
+    `VLVIZ_PUBLIC=0` turns it off whatever the rest says.
 
     `server_name` defaults to `GRADIO_SERVER_NAME`, else Gradio's default, 127.0.0.1.
     """
     env = os.environ if env is None else env
-    if env.get(PUBLIC_ENV, "").strip().lower() in _TRUE or env.get("SPACE_ID"):
+    choice = env.get(PUBLIC_ENV, "").strip().lower()
+    if choice in _FALSE:
+        return False
+    if choice in _TRUE or env.get("SPACE_ID"):
         return True
     return not is_loopback(server_name or env.get("GRADIO_SERVER_NAME") or "127.0.0.1")
 

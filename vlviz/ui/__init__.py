@@ -18,7 +18,15 @@ from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import build_embedding_tab
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import build_keywords_tab
-from vlviz.ui.session import ASSETS_DIR, MODEL_CHOICES, SAMPLES, SESSION_TTL_S, SESSIONS, sample_files
+from vlviz.ui.session import (
+    ASSETS_DIR,
+    MODEL_CHOICES,
+    SAMPLES,
+    SESSION_TTL_S,
+    SESSIONS,
+    check_data_dir,
+    sample_files,
+)
 from vlviz.ui.train_tab import build_train_tab
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
@@ -33,6 +41,7 @@ word grounding, or train it live in the **Train** tab."""
 def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: ModelPolicy | None = None) -> gr.Blocks:
     """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
     `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
+    check_data_dir()
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
     sweep = int(min(SESSION_TTL_S, 3600))

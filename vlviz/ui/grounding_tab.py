@@ -189,24 +189,17 @@ def ground(
     return overlay, grid, matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice, score_text, data
 
 
-def _ground_first_word(
-    pair: int | None,
-    kind: str,
-    opacity: float,
-    text: str | None,
-    pairs: PairSet | None,
-    model_spec: str | None,
-    space: SessionSpace,
-) -> tuple[Any, ...]:
-    """`ground` for a new pair or text: its words change, so the choice goes back to the first content word."""
-    return ground(pair, None, kind, opacity, text, pairs, model_spec, space)
+def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
+    """`ground` for a new pair or text: its words change, so the choice goes back to the first content word.
+
+    `settings` are `ground`'s arguments after `word`: kind, opacity, text, pairs, model spec, session.
+    """
+    return ground(pair, None, *settings)
 
 
-def _ground_new_pairs(
-    kind: str, opacity: float, text: str | None, pairs: PairSet | None, model_spec: str | None, space: SessionSpace
-) -> tuple[Any, ...]:
-    """`ground` the first pair of a newly analyzed set."""
-    return ground(None, None, kind, opacity, text, pairs, model_spec, space)
+def _ground_new_pairs(*settings: Any) -> tuple[Any, ...]:
+    """`ground` the first pair of a newly analyzed set (`settings` as in `_ground_first_word`)."""
+    return ground(None, None, *settings)
 
 
 def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr.State) -> None:

@@ -38,7 +38,9 @@ MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16
 TABLE_SUFFIXES = (".csv", ".json")
 DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
 """Where sessions keep their files: DATA_DIR/sessions/TOKEN/{exports,runs}. Never served as such: Gradio
-serves only the copies of the files a callback returns."""
+serves only the copies of the files a callback returns. It must lie outside Gradio's own folder
+(`GRADIO_TEMP_DIR`), whose every file Gradio serves, and inside the system's temp folder or the working
+directory, the only places Gradio copies returned files from without an `allowed_paths` entry."""
 SESSION_TTL_S = float(os.environ.get("VLVIZ_SESSION_TTL_S", 4 * 3600))
 """A session's files (and Gradio's copies of the files it was sent) go this long after its last use."""
 SWEEP_EVERY_S = 60.0
@@ -66,6 +68,17 @@ def read_pairs(files: list[str] | None, captions_text: str | None) -> PairSet:
     if not images:
         raise InputError("No images yet: upload images (or a zip of them), or pick a sample set.")
     return pairs_from_uploads(images, captions_text, tables[0] if tables else None)
+
+
+def check_data_dir(data_dir: Path = DATA_DIR) -> None:
+    """Refuse a `VLVIZ_DATA_DIR` that Gradio would serve whole, or one it cannot return files from."""
+    folder = data_dir.resolve()
+    gradio_dir = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    if folder == gradio_dir or gradio_dir in folder.parents or folder in gradio_dir.parents:
+        raise ValueError(f"VLVIZ_DATA_DIR ({folder}) must not contain or lie inside GRADIO_TEMP_DIR ({gradio_dir}).")
+    roots = [Path(tempfile.gettempdir()).resolve(), Path.cwd().resolve()]
+    if not any(root == folder or root in folder.parents for root in roots):
+        raise ValueError(f"VLVIZ_DATA_DIR ({folder}) must lie inside {roots[0]} or the working directory.")
 
 
 class SessionSpace:

@@ -25,6 +25,7 @@ from vlviz.train import TRAINABLE, NonFiniteLossError, TrainConfig
 from vlviz.ui.session import CHECKPOINT_PREFIX, SESSIONS, SessionSpace, read_pairs
 
 MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings running at once, all sessions together
+MAX_STEPS, MAX_BATCH_SIZE = 2000, 256  # the sliders' ends; the API is held to them too (the library allows more)
 STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
 DATA = ["scenes", "photos", "uploaded pairs"]
 RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
@@ -68,6 +69,8 @@ def run_training(
     losses = {name: float(w) for name, w in zip(LOSSES, weights, strict=True) if w and w > 0}
     SESSIONS.bind(space, request)
     try:
+        if not (0 < steps <= MAX_STEPS and 0 < batch_size <= MAX_BATCH_SIZE):
+            raise ValueError(f"The app trains at most {MAX_STEPS} steps with batches of at most {MAX_BATCH_SIZE}.")
         options = {"saco": {"distance": saco_distance}} if "saco" in losses else {}
         config = TrainConfig(
             steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
@@ -176,8 +179,8 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
             ]
             saco_distance = gr.Dropdown(["l1", "l2", "kl"], value="l1", label="SaCo distance", visible="saco" in LOSSES)
             trainable = gr.Radio(list(TRAINABLE), value="all", label="What trains")
-            steps = gr.Slider(1, 2000, value=120, step=1, label="Steps", elem_id="train-steps")
-            batch_size = gr.Slider(2, 256, value=64, step=1, label="Batch size")
+            steps = gr.Slider(1, MAX_STEPS, value=120, step=1, label="Steps", elem_id="train-steps")
+            batch_size = gr.Slider(2, MAX_BATCH_SIZE, value=64, step=1, label="Batch size")
             lr = gr.Number(value=1e-4, label="Peak learning rate")
             eval_every = gr.Slider(1, 200, value=10, step=1, label="Evaluate every (steps)", elem_id="train-eval-every")
             seed = gr.Number(value=0, precision=0, label="Seed")
@@ -196,7 +199,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
                 probe_inconsistency = gr.Plot(label="Inconsistency", elem_id="probe-inconsistency-plot")
             probe_embedding = gr.Plot(label="Embedding space", elem_id="probe-embedding-plot")
             with gr.Row():
-                checkpoint = gr.File(label="Checkpoint", interactive=False)
+                checkpoint = gr.File(label="Checkpoint", interactive=False, elem_id="train-checkpoint")
                 use_button = gr.Button("Use this model in the other tabs")
             with gr.Accordion("Compare runs of this session", open=False):
                 with gr.Row():
