@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import open_clip
 import pytest
 import torch
@@ -94,6 +96,24 @@ def test_pooled_attention_reads_the_end_of_text_row_of_the_last_block(tiny: tupl
     y = block.ln_1(x)
     _, weights = block.attn(y, y, y, attn_mask=model.attn_mask, need_weights=True, average_attn_weights=False)
     assert torch.allclose(attention, weights[torch.arange(2), :, end], atol=1e-6)
+
+
+def test_pooled_attention_ignores_other_threads_passes(tiny: tuple[CLIP, object], monkeypatch) -> None:
+    """The model is shared by every session: another request's pass while the hook is on must not be caught."""
+    model, tokenizer = tiny
+    ids = tokenizer(["a red circle", "a small blue square at the top left"])
+    alone = pooled_attention(model, ids)
+    encode_text = model.encode_text
+
+    def with_another_session(text: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = encode_text(text, *args, **kwargs)
+        other = threading.Thread(target=encode_text, args=(tokenizer(["another session's caption"]),))
+        other.start()
+        other.join()
+        return out
+
+    monkeypatch.setattr(model, "encode_text", with_another_session)
+    assert torch.equal(pooled_attention(model, ids), alone)
 
 
 def test_caption_keywords_are_words_of_the_caption(tiny: tuple[CLIP, object]) -> None:

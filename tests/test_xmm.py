@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 
 import open_clip
@@ -87,6 +88,19 @@ def test_substitution_replaces_outputs_only_inside_the_block() -> None:
         inside = embedding(ids)
     assert inside[0, 1].tolist() == [7.0] * 3 and torch.equal(inside[0, [0, 2]], embedding(ids)[0, [0, 2]])
     assert not embedding._forward_hooks
+
+
+def test_substitution_leaves_other_threads_passes_alone() -> None:
+    """Models are shared by sessions: a pass another request makes meanwhile sees the real outputs."""
+    embedding = torch.nn.Embedding(10, 3)
+    ids = torch.tensor([[1, 2, 3]])
+    where = torch.tensor([[False, True, False]])[..., None]
+    seen = []
+    with substituted(embedding, where, torch.full((3,), 7.0)):
+        other = threading.Thread(target=lambda: seen.append(embedding(ids)))
+        other.start()
+        other.join()
+    assert torch.equal(seen[0], embedding(ids))
 
 
 # ------------------------------------------------------------------------------------------- module

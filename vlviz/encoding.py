@@ -25,6 +25,21 @@ CACHE_ENTRIES = 4096
 ENCODE_BATCH = 64
 
 
+def this_thread_only(hook: Callable[..., object]) -> Callable[..., object]:
+    """A module hook that acts only on passes made by the thread that created it.
+
+    Models are cached and shared by every session, and each request runs in its own thread; a hook
+    left on a model for the length of one pass would otherwise see (or change) the passes other
+    sessions make at the same time. Elsewhere it returns None: inputs and outputs stay as they are.
+    """
+    owner = threading.get_ident()
+
+    def guarded(*args: object, **kwargs: object) -> object:
+        return hook(*args, **kwargs) if threading.get_ident() == owner else None
+
+    return guarded
+
+
 @dataclass(frozen=True)
 class PairEncoding:
     """Everything vlviz's views need about N image-caption pairs, in the model's joint space.

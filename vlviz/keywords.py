@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from open_clip.transformer import ResidualAttentionBlock, TextTransformer, Transformer
 
+from vlviz.encoding import this_thread_only
 from vlviz.tokens import TokenLayout, token_layout
 
 PER_HEAD = 4  # SIMLA: the top 4 positions of each head vote
@@ -132,7 +133,7 @@ def pooled_attention(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         caught["x"] = args[0]  # grad checkpointing passes (x, None, None, attn_mask) positionally
         caught["mask"] = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
 
-    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
+    handle = block.register_forward_pre_hook(this_thread_only(catch), with_kwargs=True)
     try:
         model.encode_text(ids)
     finally:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from vlviz.encoding import image_embeddings, text_embeddings
+from vlviz.encoding import image_embeddings, text_embeddings, this_thread_only
 from vlviz.psl import joint_dim
 from vlviz.tokens import TokenLayout, real_token_mask, token_layout
 
@@ -132,12 +132,13 @@ def block_mask(
 
 @contextmanager
 def substituted(module: nn.Module, where: torch.Tensor, value: torch.Tensor) -> Iterator[None]:
-    """Within the block, `module`'s output is `value` wherever `where` is True (both broadcast to the output)."""
+    """Within the block, `module`'s output is `value` wherever `where` is True (both broadcast to the output);
+    only this thread's passes are changed (the model may be shared with other sessions)."""
 
     def hook(_: nn.Module, __: tuple, output: torch.Tensor) -> torch.Tensor:
         return torch.where(where, value.to(output.dtype), output)
 
-    handle = module.register_forward_hook(hook)
+    handle = module.register_forward_hook(this_thread_only(hook))
     try:
         yield
     finally:
