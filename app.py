@@ -2,13 +2,32 @@
 
 The model is `VLVIZ_MODEL` if set, else a pretrained ViT-B-32 when the Hugging Face hub is
 reachable, else the built-in offline model. Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
-choose the address (127.0.0.1:7860 by default).
+choose the address (127.0.0.1:7860 by default); a non-loopback address makes the app public
+(README, "Hosting").
 """
 
+import contextlib
+import ctypes
 import os
+import sys
 
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, hub_reachable
 from vlviz.ui import build_app, launch_kwargs
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def cap_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most `arenas` heaps (unless MALLOC_ARENA_MAX says otherwise).
+
+    glibc gives each thread that allocates under contention a heap of its own (up to 8 per core) and
+    seldom returns their memory; a server whose worker threads take turns on large tensors then grows
+    by hundreds of MB that stay after every session has ended (bench/load.py measured it).
+    """
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, ...): nothing to cap
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
 def initial_model_spec() -> str:
@@ -18,6 +37,7 @@ def initial_model_spec() -> str:
     return DEFAULT_ONLINE_SPEC if hub_reachable() else OFFLINE_SPEC
 
 
+cap_malloc_arenas()
 demo = build_app(initial_model_spec())
 
 if __name__ == "__main__":
