@@ -109,6 +109,8 @@ def test_the_age_sweep_removes_idle_sessions_and_orphaned_folders(
     registry.sweep(max_age_s=-1, force=True)
     assert not idle.folder.exists() and idle.closed
     assert busy.folder.exists() and not orphan.exists()
+    registry.bind(idle, SimpleNamespace(session_hash="hash-0"))  # it came back (a dropped connection)
+    assert not idle.closed and idle.export_folder("affinity").is_dir()
 
 
 # ------------------------------------------------------------------------------------------ policy

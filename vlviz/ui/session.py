@@ -145,8 +145,11 @@ class SessionRegistry:
         return SessionSpace(policy)
 
     def bind(self, space: SessionSpace, request: gr.Request | None) -> None:
-        """Note that `space` served this request (for unload), and that it is in use (for the sweep)."""
-        space.last_used = time.monotonic()
+        """Note that `space` served this request (for unload), and that it is in use (for the sweep).
+
+        A session that reconnects after its tab seemed closed (a dropped connection) is open again.
+        """
+        space.last_used, space.closed = time.monotonic(), False
         if request is not None and request.session_hash:
             with self._lock:
                 self._by_hash[request.session_hash] = space
