@@ -139,16 +139,13 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
-def model_config(source: ModelSource) -> dict:
-    """The open_clip architecture config of a source, saved beside any checkpoint trained from it."""
-    schema, _, identifier = source.model_name.partition(":")
+def model_config(model_name: str) -> dict:
+    """The open_clip architecture config of a built-in name or a ``local-dir:`` folder (hub models are
+    fetched into one first), saved beside any checkpoint trained from it."""
+    schema, _, identifier = model_name.partition(":")
     if schema == "local-dir":
         return json.loads((Path(identifier) / "open_clip_config.json").read_text())["model_cfg"]
-    if schema == "hf-hub":
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(identifier, "open_clip_config.json")).read_text())["model_cfg"]
-    return open_clip.get_model_config(source.model_name)
+    return open_clip.get_model_config(model_name)
 
 
 MAX_SPEC_CHARS = 500
@@ -247,7 +244,7 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
             model_name, pretrained=source.pretrained, device=target, precision=default_precision(target)
         )
         tokenizer = open_clip.get_tokenizer(source.model_name)
-        model_cfg = model_config(source)
+        model_cfg = model_config(model_name)  # for hf-hub: the fetched snapshot, no second request
     except Exception as error:  # open_clip, torch, safetensors and the hub client raise many types
         failure = _failure(spec, error)
     if failure is not None:
@@ -418,7 +415,7 @@ def fetch_hub_model(model_name: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> st
     from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     repo_id = model_name.removeprefix("hf-hub:")
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    offline = constants.HF_HUB_OFFLINE or _hub_offline()
     if not offline and (problem := probe_hub_file(repo_id, HUB_CONFIG_FILE, timeout)) is not None:
         raise ModelUnavailableError(f"Cannot load {model_name}: {problem}.")
     missing = LocalEntryNotFoundError if offline else RemoteEntryNotFoundError
