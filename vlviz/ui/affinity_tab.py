@@ -11,7 +11,7 @@ from vlviz.affinity import affinity_report, rank_images_by_text
 from vlviz.exports import write_affinity_files
 from vlviz.figures import heatmap, short_labels
 from vlviz.inputs import MAX_CAPTION_CHARS, InputError, PairSet
-from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, model_for, model_status, read_pairs
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, model_for, model_status, read_pairs
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 
@@ -136,10 +136,8 @@ def build_affinity_tab(
     outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, pairs_state]
     inputs = [files, captions, model_spec, value_kind, space]
     # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
-    # One queue for the views that encode whole pair sets: a large set takes one slot, small ones the others.
-    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
-    analyze_button.click(analyze, inputs, outputs, api_name="analyze", **heavy)
-    value_kind.change(analyze, inputs, outputs, api_visibility="private", **heavy)
+    analyze_button.click(analyze, inputs, outputs, api_name="analyze", **ANALYSIS_EVENT)
+    value_kind.change(analyze, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
     query_event = dict(fn=query, inputs=[query_text, pairs_state, model_spec, space], outputs=query_gallery)
     query_button.click(**query_event, api_name="query")
     query_text.submit(**query_event, api_visibility="private")

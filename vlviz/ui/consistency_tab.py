@@ -8,7 +8,7 @@ import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.exports import write_consistency_files
-from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, encoded_pairs
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, encoded_pairs
 from vlviz.views import consistency_data, consistency_table, consistency_view, top_pairs_html
 
 ORDERINGS = ["clustered", "input order"]
@@ -91,7 +91,6 @@ def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.D
 
     inputs = [files, captions, model_spec, ordering, view_kind, top_k, temperature, space]
     outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices]
-    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
-    run.click(consistency, inputs, outputs, api_name="consistency", **heavy)
+    run.click(consistency, inputs, outputs, api_name="consistency", **ANALYSIS_EVENT)
     for control in (ordering, view_kind):
-        control.change(consistency, inputs, outputs, api_visibility="private", **heavy)
+        control.change(consistency, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)

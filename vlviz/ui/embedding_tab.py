@@ -19,7 +19,7 @@ from vlviz.embedding_space import UMAP_METRICS, EmbeddingLayout
 from vlviz.exports import write_embedding_files
 from vlviz.figures import embedding_scatter
 from vlviz.inputs import PairSet
-from vlviz.ui.session import ANALYSIS_CONCURRENCY, SESSIONS, SessionSpace, encoded_pairs
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, encoded_pairs
 from vlviz.views import embedding_data, embedding_view, gap_table
 
 METHODS = ["umap", "pca"]
@@ -185,9 +185,8 @@ def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dro
 
     inputs = [files, captions, model_spec, method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout, space]  # fmt: skip
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
-    heavy = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
-    run.click(embedding_space, inputs, outputs, api_name="embedding_space", **heavy)
-    close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **heavy)
+    run.click(embedding_space, inputs, outputs, api_name="embedding_space", **ANALYSIS_EVENT)
+    close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
     picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
     lasso.change(
         select_from_plot, [lasso, drawn], [picker, plot, picked], api_visibility="private", show_progress="hidden"

@@ -21,7 +21,7 @@ from vlviz.inputs import MAX_CAPTION_CHARS, PairSet
 from vlviz.sparc import grounding_maps, word_maps
 from vlviz.tokens import first_content_word
 from vlviz.train import load_loss_heads
-from vlviz.ui.session import VIEW_CONCURRENCY, SessionSpace, model_for
+from vlviz.ui.session import VIEW_EVENT, SessionSpace, model_for
 from vlviz.xmm import masked_word_attention
 
 KIND_LABELS = {
@@ -248,7 +248,7 @@ def build_grounding_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: g
         api_run = gr.Button()
 
     outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, data]
-    shown = dict(outputs=outputs, show_progress="minimal", concurrency_id="views", concurrency_limit=VIEW_CONCURRENCY)
+    shown = dict(outputs=outputs, **VIEW_EVENT)
     common = [kind, opacity, text, pairs_state, model_spec, space]
     api_run.click(ground, [api_pair, api_word, *common], **shown, api_name="grounding")
     for event in (words.input, kind.input, opacity.release):

@@ -20,7 +20,7 @@ from vlviz.keywords import (
     zero_shot_concept_scores,
 )
 from vlviz.train import load_loss_heads
-from vlviz.ui.session import VIEW_CONCURRENCY, SessionSpace, model_for
+from vlviz.ui.session import VIEW_EVENT, SessionSpace, model_for
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
@@ -167,7 +167,7 @@ def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr
         api_run = gr.Button()
 
     outputs = [caption, image, concepts, pair, table, notice, data]
-    shown = dict(outputs=outputs, show_progress="minimal", concurrency_id="views", concurrency_limit=VIEW_CONCURRENCY)
+    shown = dict(outputs=outputs, **VIEW_EVENT)
     settings = [template, vocabulary, top_k, content_only, pairs_state, model_spec, space]
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
     for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):

@@ -24,7 +24,6 @@ from vlviz.encoding import VLModel
 from vlviz.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.models import (
     DEFAULT_ONLINE_SPEC,
-    MAX_SPEC_CHARS,
     OFFLINE_SPEC,
     ModelUnavailableError,
     load_model,
@@ -46,7 +45,10 @@ SESSION_TTL_S = float(os.environ.get("VLVIZ_SESSION_TTL_S", 4 * 3600))
 SWEEP_EVERY_S = 60.0
 ANALYSIS_CONCURRENCY = int(os.environ.get("VLVIZ_ANALYSIS_CONCURRENCY", 3))
 """Analyze, Consistency and Embedding space calls that run at once (one queue): a large set holds one slot."""
-VIEW_CONCURRENCY = 4  # Grounding, Keywords and queries: light calls on already-encoded pairs
+VIEW_CONCURRENCY = 4  # Grounding and Keywords: light calls on already-encoded pairs
+ANALYSIS_EVENT = {"show_progress": "minimal", "concurrency_id": "analysis", "concurrency_limit": ANALYSIS_CONCURRENCY}
+"""Event settings of the views that encode whole pair sets: one queue, a large set holds one slot."""
+VIEW_EVENT = {"show_progress": "minimal", "concurrency_id": "views", "concurrency_limit": VIEW_CONCURRENCY}
 CHECKPOINT_PREFIX = "session run "  # the model spec of a checkpoint this session trained: "session run 2"
 
 
@@ -187,8 +189,6 @@ def model_for(spec: str | None, space: SessionSpace) -> tuple[VLModel, str | Non
     model with a notice why `spec` could not be loaded. The session's own checkpoints are always allowed."""
     spec = (spec or OFFLINE_SPEC).strip()
     try:
-        if len(spec) > MAX_SPEC_CHARS:
-            raise ValueError(f"That model spec is {len(spec)} characters long; specs have at most {MAX_SPEC_CHARS}.")
         folder = space.checkpoint(spec)
         if folder is not None:
             return load_model(str(folder), name=spec), None
