@@ -18,8 +18,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from vlviz.runs import prepare_run
-from vlviz.train import TrainConfig
+from vlviz.training.config import TrainConfig
+from vlviz.training.runs import prepare_run
 
 SETTINGS = {
     "(a) CLIP": {"clip": 1.0},

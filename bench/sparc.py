@@ -24,7 +24,9 @@ import torch
 from open_clip.model import CLIP
 
 from vlviz.data.sources import HeldOut, SceneSource
-from vlviz.train import SCENES_MODEL_CFG, TrainConfig, scenes_tokenizer, train
+from vlviz.training.config import TrainConfig
+from vlviz.training.loop import train
+from vlviz.training.offline_model import SCENES_MODEL_CFG, scenes_tokenizer
 
 WARMUP_STEPS = 2
 

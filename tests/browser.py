@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Page
 
-from vlviz.ui.session import SAMPLES, sample_files
+from vlviz.data.samples import SAMPLE_SETS, sample_files
 
 TIMEOUT_MS = 60_000  # generous: the CPU is shared with other work and the model runs on it
 CHROMIUM_ARGS = [
@@ -20,7 +20,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-SCENES = SAMPLES["scenes"]
+SCENES = SAMPLE_SETS["scenes"]
 N_SAMPLE_PAIRS = len(sample_files("scenes")[0])
 
 # The first trace of the plotly figure inside a gr.Plot, or null while none is drawn.

@@ -14,7 +14,7 @@ import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
-from vlviz.train import save_checkpoint
+from vlviz.checkpoints import save_checkpoint
 
 # A ViT and a ResNet small enough to build in milliseconds; weights do not matter for these tests.
 TINY_VIT_CFG = {

@@ -13,6 +13,7 @@ from vlviz.affinity import (
     affinity_report,
     caption_recall_at_1,
     match_probabilities,
+    partner_ranks,
     rank_images_by_text,
     recall_at_k,
     retrieval_ranks,
@@ -52,7 +53,7 @@ def test_clip_probabilities_are_softmaxes_and_siglip_sigmoids() -> None:
 
 def test_ranks_count_ties_against_the_true_partner() -> None:
     similarity = torch.tensor([[0.9, 0.1, 0.3], [0.5, 0.5, 0.2], [0.8, 0.0, 0.1]])
-    i2t, t2i = retrieval_ranks(similarity)
+    i2t, t2i = retrieval_ranks(similarity, torch.eye(similarity.shape[0]))  # images @ I^T = the similarity
     assert i2t.tolist() == [1, 2, 2]  # row 1 ties 0.5 with 0.5: the tie counts against it
     assert t2i.tolist() == [1, 1, 3]
     assert recall_at_k(i2t, 1) == pytest.approx(1 / 3)
@@ -71,3 +72,11 @@ def test_query_ranking_and_report() -> None:
     assert report.head == "softmax" and report.image_to_text_rank.tolist() == [1, 2]
     data = report.to_dict()
     assert data["image_text"][1] == pytest.approx([R, R]) and data["text_to_image_rank"] == [1, 1]
+
+
+def test_blockwise_ranks_equal_one_block() -> None:
+    generator = torch.Generator().manual_seed(0)
+    images = F.normalize(torch.randn(30, 8, generator=generator), dim=-1)
+    texts = F.normalize(images + torch.randn(30, 8, generator=generator), dim=-1)
+    for queries, keys in ((images, texts), (texts, images)):
+        assert torch.equal(partner_ranks(queries, keys, block_elements=30 * 7), partner_ranks(queries, keys))  # 7 rows

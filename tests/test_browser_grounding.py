@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser import TIMEOUT_MS
-from vlviz.ui.session import sample_files
+from vlviz.data.samples import sample_files
 
 pytestmark = pytest.mark.browser
 

@@ -8,8 +8,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.test_keywords_api import simla_checkpoint
+from vlviz.data.samples import sample_files
 from vlviz.keywords import concept_vocabulary
-from vlviz.ui.session import sample_files
 
 pytestmark = pytest.mark.browser
 

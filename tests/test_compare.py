@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlviz.compare import VIEWS, model_views, side_by_side
-from vlviz.inputs import PairSet
+from vlviz.data.inputs import PairSet
+from vlviz.encoding import VLModel, encode_pair_set, input_image
 from vlviz.models import load_model
-from vlviz.probe import content_word, input_image
+from vlviz.tokens import first_content_word
+from vlviz.viz.compare import VIEWS, encoding_views, side_by_side
 
 
 def _pairs() -> PairSet:
@@ -19,9 +20,15 @@ def _pairs() -> PairSet:
     return PairSet(images, ["a red circle", "the blue square", "a white cross"], ["a.png", "b.png", "c.png"])
 
 
+def _views(model: VLModel, pairs: PairSet) -> tuple:
+    return encode_pair_set(model, pairs).encoding, model.input_image(pairs.images[0])
+
+
 def test_views_of_both_models(tiny_vit_dir: Path, tiny_arch_name: str) -> None:
     start, trained = load_model(str(tiny_vit_dir), device="cpu"), load_model(f"{tiny_arch_name}:random", device="cpu")
-    views = side_by_side(start, trained, _pairs())
+    pairs = _pairs()
+    (before_encoding, before_image), (after_encoding, after_image) = _views(start, pairs), _views(trained, pairs)
+    views = side_by_side(before_encoding, after_encoding, pairs, (before_image, after_image))
     assert set(views) == set(VIEWS)
     before, after = views["affinity"]
     assert before.layout.title.text.startswith("start") and after.layout.title.text.startswith("trained")
@@ -31,7 +38,13 @@ def test_views_of_both_models(tiny_vit_dir: Path, tiny_arch_name: str) -> None:
 
 
 def test_no_grounding_for_a_resnet(tiny_resnet_dir: Path) -> None:
-    assert model_views(load_model(str(tiny_resnet_dir), device="cpu"), _pairs(), "start")["grounding"] is None
+    pairs = _pairs()
+    assert (
+        encoding_views(*_views(load_model(str(tiny_resnet_dir), device="cpu"), pairs)[:1], pairs, None, "start")[
+            "grounding"
+        ]
+        is None
+    )
 
 
 def test_input_image_undoes_the_normalisation(tiny_vit_dir: Path) -> None:
@@ -41,4 +54,5 @@ def test_input_image_undoes_the_normalisation(tiny_vit_dir: Path) -> None:
         model.preprocess(image), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     )
     assert restored.shape == (32, 32, 3) and np.abs(restored.astype(int) - (200, 30, 90)).max() <= 1
-    assert content_word(["a", "small", "red", "circle"]) == 2
+    assert np.array_equal(model.input_image(image), restored)  # the model's view of a PIL image is the same
+    assert first_content_word(["a", "small", "red", "circle"]) == 2

@@ -24,7 +24,8 @@ from vlviz.consistency import (
     sample_pairs,
     spearman_correlation,
 )
-from vlviz.losses import LOSSES, SACO_DISTANCES, SacoLoss, create_loss, saco_loss
+from vlviz.losses import LOSSES, create_loss
+from vlviz.losses.saco import SACO_DISTANCES, SacoLoss, saco_loss
 
 E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
 # Images 0 and 1 are alike, image 2 differs; captions 1 and 2 are alike, caption 0 differs:

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.conftest import free_port
-from vlviz.distributed import DistributedContext, gather_features, init_distributed
-from vlviz.losses import clip_contrastive_loss
+from vlviz.losses.clip import clip_contrastive_loss
+from vlviz.training.distributed import DistributedContext, gather_features, init_distributed
 
 N, D = 8, 6
 
@@ -66,7 +66,8 @@ def _train_worker(rank: int, port: int, out_dir: str) -> None:
 
     from tests.conftest import TINY_VIT_CFG
     from vlviz.data.sources import SceneSource
-    from vlviz.train import TrainConfig, train
+    from vlviz.training.config import TrainConfig
+    from vlviz.training.loop import train
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -97,8 +98,8 @@ def test_ddp_training_keeps_ranks_in_step(tmp_path: Path) -> None:
 
     from tests.conftest import TINY_VIT_CFG
     from vlviz.data.sources import SceneSource
-    from vlviz.losses import saco_loss
-    from vlviz.train import forward_features
+    from vlviz.losses.saco import saco_loss
+    from vlviz.training.loop import forward_features
 
     torch.manual_seed(0)
     model = CLIP(**TINY_VIT_CFG, output_dict=True)

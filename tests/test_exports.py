@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlviz.affinity import affinity_report
-from vlviz.exports import write_affinity_files, write_consistency_files, write_csv, write_embedding_files
-from vlviz.views import consistency_data, consistency_view, embedding_data, embedding_view
+from vlviz.viz.exports import write_affinity_files, write_consistency_files, write_csv, write_embedding_files
+from vlviz.viz.views import consistency_view, embedding_view
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CAPTIONS = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3+cmd|' /C calc'!A0", "@SUM(A1)", "\tx", "\rx", "plain"]
@@ -79,11 +79,11 @@ def test_every_exported_csv_is_neutralised(tmp_path: Path) -> None:
 
     view = consistency_view(images, texts, NAMES, CAPTIONS, k=3)
     pictures = [Image.new("RGB", (8, 8)) for _ in range(N)]
-    data = consistency_data(view, NAMES, CAPTIONS)
+    data = view.to_dict(NAMES, CAPTIONS)
     written += write_consistency_files(tmp_path / "c", view, data, images, texts, pictures, NAMES, CAPTIONS)
 
     layout = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
-    data = embedding_data(layout, NAMES, CAPTIONS)
+    data = layout.to_dict(NAMES, CAPTIONS)
     written += write_embedding_files(tmp_path / "e", layout, data, images, texts, NAMES, CAPTIONS)
 
     tables = [path for path in written if path.suffix == ".csv"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from vlviz.figures import (
+from vlviz.viz.figures import (
     WEBGL_POINTS,
     affinity_scatter,
     consistency_heatmaps,

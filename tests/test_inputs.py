@@ -1,4 +1,4 @@
-"""Tests for vlviz.inputs: every user upload turns into pairs, or into an InputError a user can act on."""
+"""Tests for vlviz.data.inputs: every user upload turns into pairs, or into an InputError a user can act on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from vlviz import inputs
-from vlviz.inputs import (
+from vlviz.data import inputs
+from vlviz.data.inputs import (
     InputError,
     PairSet,
     load_caption_table,

@@ -12,9 +12,11 @@ from gradio_client.exceptions import AppError
 from open_clip.model import CLIP
 
 from tests.conftest import SCENE_CAPTIONS, TINY_VIT_CFG, analyzed_client
+from vlviz.checkpoints import save_checkpoint, save_loss_heads
 from vlviz.data.sources import SceneSource
 from vlviz.models import OFFLINE_SPEC
-from vlviz.train import TrainConfig, build_losses, save_checkpoint, save_loss_heads, train
+from vlviz.training.config import TrainConfig
+from vlviz.training.loop import build_losses, train
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]

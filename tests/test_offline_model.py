@@ -3,9 +3,10 @@
 import open_clip
 
 from vlviz.__main__ import main
-from vlviz.data.sources import SceneSource, preprocess_stats
+from vlviz.data.sources import SceneSource
 from vlviz.models import OFFLINE_MODEL_DIR, load_model
-from vlviz.train import evaluate
+from vlviz.towers import preprocess_stats
+from vlviz.training.evaluation import evaluate
 
 
 def test_offline_model_retrieves_held_out_scenes() -> None:

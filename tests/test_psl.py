@@ -11,7 +11,7 @@ from torch import nn
 from tests.conftest import TINY_VIT_CFG
 from vlviz.keywords import caption_keywords
 from vlviz.losses import LOSSES, create_loss
-from vlviz.psl import PslLoss, ema_update
+from vlviz.losses.psl import PslLoss, ema_update
 
 VOCABULARY = ["red", "blue", "circle", "square", "small", "large", "top", "left"]
 
@@ -37,7 +37,7 @@ def test_ema_update_is_exact() -> None:
 def test_after_step_moves_the_momentum_head_by_0_005(tiny: tuple[CLIP, object]) -> None:
     model, tokenizer = tiny
     loss = PslLoss(model, tokenizer, vocabulary=VOCABULARY)
-    assert loss.momentum == 0.995 and loss.alpha == 0.4
+    assert loss.config.momentum == 0.995 and loss.config.alpha == 0.4
     assert all(torch.equal(e, o) for e, o in zip(loss.ema_head.parameters(), loss.head.parameters()))  # a copy
     with torch.no_grad():
         loss.head.weight.fill_(1.0)

@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vlviz.report as report_module
-from vlviz import inputs
 from vlviz.__main__ import main
-from vlviz.affinity import affinity, retrieval_ranks
-from vlviz.inputs import InputError, PairSet, load_pairs_folder
-from vlviz.report import chunked_ranks, load_report_pairs
+from vlviz.data import inputs
+from vlviz.data.inputs import InputError, PairSet, load_pairs_folder
+from vlviz.report import load_report_pairs
 
 SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
 
@@ -33,16 +32,6 @@ def scene_folder(tmp_path: Path) -> Path:
     for row in rows[1:7]:
         shutil.copy(SCENES / row.split(",")[0], folder)
     return folder
-
-
-def test_chunked_ranks_equal_the_dense_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    generator = torch.Generator().manual_seed(0)
-    images = F.normalize(torch.randn(30, 8, generator=generator), dim=-1)
-    texts = F.normalize(images + torch.randn(30, 8, generator=generator), dim=-1)
-    monkeypatch.setattr(report_module, "CHUNK_ELEMENTS", 30 * 7)  # blocks of 7 rows
-    image_to_text, text_to_image = retrieval_ranks(affinity(images, texts))
-    assert torch.equal(chunked_ranks(images, texts), image_to_text)
-    assert torch.equal(chunked_ranks(texts, images), text_to_image)
 
 
 def test_pairs_from_a_folder_a_zip_or_a_table(scene_folder: Path, tmp_path: Path) -> None:

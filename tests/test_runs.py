@@ -10,10 +10,11 @@ import torch
 
 from tests.test_train import NanFromStep
 from vlviz.__main__ import main
+from vlviz.checkpoints import load_loss_heads
 from vlviz.losses import LOSSES
 from vlviz.models import load_model
-from vlviz.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
-from vlviz.train import NonFiniteLossError, TrainConfig, load_loss_heads
+from vlviz.training.config import NonFiniteLossError, TrainConfig
+from vlviz.training.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
 
 
 def test_parse_loss_weights() -> None:

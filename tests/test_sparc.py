@@ -12,14 +12,9 @@ from open_clip.model import CLIP
 
 from tests.conftest import TINY_VIT_CFG
 from vlviz.data.sources import SceneSource
-from vlviz.losses import (
-    LOSSES,
-    SparcLoss,
-    clip_contrastive_loss,
-    create_loss,
-    sparc_fine_grained_loss,
-    sparc_loss,
-)
+from vlviz.losses import LOSSES, create_loss
+from vlviz.losses.clip import clip_contrastive_loss
+from vlviz.losses.sparc import SparcLoss, sparc_fine_grained_loss, sparc_loss
 from vlviz.sparc import (
     GROUNDING_MAPS,
     alignment_weights,
@@ -29,7 +24,8 @@ from vlviz.sparc import (
     word_maps,
 )
 from vlviz.tokens import real_token_mask
-from vlviz.train import TrainConfig, forward_features, train
+from vlviz.training.config import TrainConfig
+from vlviz.training.loop import forward_features, train
 
 # Three tokens and four patches in 2-d. Raw similarities t . v, by hand:
 #   t0 = (1, 0):    [1, 0, 1, -1]      -> min-max [1, .5, 1, 0]  -> / 2.5 -> [.4, .2, .4, 0]

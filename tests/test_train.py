@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -13,19 +14,13 @@ import torch
 from open_clip.model import CLIP
 
 from tests.conftest import TINY_VIT_CFG
+from vlviz.checkpoints import save_checkpoint, save_loss_heads
 from vlviz.data.sources import SceneSource
-from vlviz.losses import LOSSES, clip_contrastive_loss, create_loss
+from vlviz.losses import LOSSES, Loss, create_loss
+from vlviz.losses.clip import clip_contrastive_loss
 from vlviz.models import load_model
-from vlviz.train import (
-    MAX_BATCH_SIZE,
-    MAX_STEPS,
-    NonFiniteLossError,
-    TrainConfig,
-    save_checkpoint,
-    save_loss_heads,
-    set_trainable,
-    train,
-)
+from vlviz.training.config import MAX_BATCH_SIZE, MAX_STEPS, NonFiniteLossError, TrainConfig
+from vlviz.training.loop import set_trainable, train
 
 SCENES_TINY_CFG = {**TINY_VIT_CFG, "vision_cfg": {**TINY_VIT_CFG["vision_cfg"], "image_size": 32}}
 
@@ -40,12 +35,20 @@ def _scenes(held_out: int = 64) -> SceneSource:
     return SceneSource(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, held_out=held_out)
 
 
-class NanFromStep(torch.nn.Module):
+@dataclass(frozen=True)
+class NanConfig:
+    nan_from: int = 3
+
+
+class NanFromStep(Loss):
     """CLIP's loss until step `nan_from`, NaN from then on: a run that diverges deterministically, at once."""
 
-    def __init__(self, nan_from: int = 3) -> None:
-        super().__init__()
-        self.nan_from, self.calls = nan_from, 0
+    Config = NanConfig
+    terms = ("contrastive_loss",)
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.nan_from, self.calls = self.config.nan_from, 0
 
     def forward(
         self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, **_: object
@@ -176,9 +179,14 @@ def test_a_nan_loss_stops_the_run_before_it_touches_the_weights(nan_loss: str) -
 
 
 def test_a_loss_that_is_nan_from_the_start_says_so(nan_loss: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(LOSSES, nan_loss, lambda: NanFromStep(nan_from=1))
     model, tokenizer = _tiny()
-    config = TrainConfig(steps=3, batch_size=4, eval_every=100, losses={"clip": 1.0, nan_loss: 0.5})
+    config = TrainConfig(
+        steps=3,
+        batch_size=4,
+        eval_every=100,
+        losses={"clip": 1.0, nan_loss: 0.5},
+        loss_options={nan_loss: {"nan_from": 1}},
+    )
     with pytest.raises(NonFiniteLossError, match=r"became nan at step 1 \(nan/contrastive_loss\); before any update"):
         list(train(model, tokenizer, _scenes(8), config))
 
@@ -222,7 +230,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
     def crash(*_: object, **__: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("vlviz.train.save_file", crash)
+    monkeypatch.setattr("vlviz.checkpoints.save_file", crash)
     with torch.no_grad():
         model.visual.proj.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

@@ -13,16 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlviz.consistency import consistency_figures, in_modal_affinities
-from vlviz.exports import write_consistency_files, write_embedding_files
-from vlviz.views import (
-    consistency_data,
-    consistency_table,
-    consistency_view,
-    embedding_data,
-    embedding_view,
-    page_html,
-    top_pairs_html,
-)
+from vlviz.viz.exports import write_consistency_files, write_embedding_files
+from vlviz.viz.html import page_html, top_pairs_html
+from vlviz.viz.tables import consistency_table
+from vlviz.viz.views import consistency_view, embedding_view
 
 N = 7
 NAMES = [f"img_{i}.png" for i in range(N)]
@@ -47,7 +41,7 @@ def test_consistency_view_covers_all_pairs_and_subsets_only_the_heatmaps() -> No
     # The scatter draws every pair once: the 3 ringed top pairs first, then the other 18.
     points, ringed = view.scatter.data[1], view.scatter.data[2]
     assert len(points.x) == N * (N - 1) // 2 and len(ringed.x) == 3
-    data = consistency_data(view, NAMES, CAPTIONS)
+    data = view.to_dict(NAMES, CAPTIONS)
     assert json.loads(json.dumps(data)) == data and len(data["top_pairs"]) == 3
 
 
@@ -79,7 +73,7 @@ def test_page_html_inlines_plotly_once_and_loads_nothing() -> None:
 def test_exported_files_hold_the_numbers(tmp_path: Path) -> None:
     images, texts = _features()
     view = consistency_view(images, texts, NAMES, CAPTIONS, k=2)
-    data = consistency_data(view, NAMES, CAPTIONS)
+    data = view.to_dict(NAMES, CAPTIONS)
     paths = write_consistency_files(tmp_path, view, data, images, texts, IMAGES, NAMES, CAPTIONS)
     assert [p.name for p in paths][-1] == "affinities.npz"
     matrices = np.load(tmp_path / "affinities.npz")
@@ -90,7 +84,7 @@ def test_exported_files_hold_the_numbers(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "consistency.json").read_text()) == data
 
     layout_view = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
-    write_embedding_files(tmp_path, layout_view, embedding_data(layout_view, NAMES, CAPTIONS), images, texts, NAMES, CAPTIONS)  # fmt: skip
+    write_embedding_files(tmp_path, layout_view, layout_view.to_dict(NAMES, CAPTIONS), images, texts, NAMES, CAPTIONS)  # fmt: skip
     saved = np.load(tmp_path / "embeddings.npz")
     assert np.allclose(saved["image_features"], images.numpy()) and saved["coordinates"].shape == (2 * N, 2)
     coordinates = pd.read_csv(tmp_path / "embedding.csv")

@@ -13,13 +13,16 @@ from open_clip.model import CLIP
 
 from tests.conftest import TINY_RESNET_CFG, TINY_VIT_CFG
 from vlviz.__main__ import main
-from vlviz.data.sources import SceneSource, preprocess_stats
-from vlviz.distributed import DistributedContext
+from vlviz.checkpoints import load_loss_heads, save_loss_heads
+from vlviz.data.sources import SceneSource
 from vlviz.losses import LOSSES, create_loss
+from vlviz.losses.xmm import XmmLoss, block_mask, mask_tokens, masked_word_attention, substituted
 from vlviz.models import load_model
 from vlviz.tokens import real_token_mask
-from vlviz.train import TrainConfig, build_losses, forward_features, load_loss_heads, save_loss_heads, train
-from vlviz.xmm import XmmLoss, block_mask, mask_tokens, masked_word_attention, substituted
+from vlviz.towers import preprocess_stats
+from vlviz.training.config import TrainConfig
+from vlviz.training.distributed import DistributedContext
+from vlviz.training.loop import build_losses, forward_features, train
 
 CAPTIONS = ["a small red circle at the top left", "a large blue square on the right and a green cross"]
 

@@ -15,23 +15,25 @@ LOSS_OPTIONS_EXAMPLE = '{"psl": {"alpha": 0.2}, "xmm": {"layers": 1}}'
 def _build_offline_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vlviz.train import OFFLINE_MODEL_TRAIN_CONFIG, build_offline_model
+    from vlviz.training.evaluation import is_evaluation
+    from vlviz.training.offline_model import OFFLINE_MODEL_TRAIN_CONFIG, build_offline_model
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     config = replace(
         OFFLINE_MODEL_TRAIN_CONFIG, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
     for record in build_offline_model(args.out, config):
-        if "image_to_text_r1" in record or record["step"] % args.log_every == 0:
+        if is_evaluation(record) or record["step"] % args.log_every == 0:
             print(json.dumps(record), flush=True)
     print(f"saved to {args.out}", file=sys.stderr)
     return 0
 
 
 def _eval_offline_model(args: argparse.Namespace) -> int:
-    from vlviz.data.sources import SceneSource, input_side, preprocess_stats
+    from vlviz.data.sources import SceneSource
     from vlviz.models import load_model
-    from vlviz.train import evaluate
+    from vlviz.towers import input_side, preprocess_stats
+    from vlviz.training.evaluation import evaluate
 
     model = load_model(args.model)
     source = SceneSource(input_side(model.model), *preprocess_stats(model.model), held_out=args.n)
@@ -42,7 +44,7 @@ def _eval_offline_model(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train; bad settings and a run whose loss turns non-finite end with their message, not a traceback."""
-    from vlviz.inputs import InputError
+    from vlviz.data.inputs import InputError
     from vlviz.models import ModelUnavailableError
 
     try:
@@ -55,10 +57,11 @@ def _train(args: argparse.Namespace) -> int:
 def _train_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vlviz.distributed import init_distributed
     from vlviz.models import resolve_device
-    from vlviz.runs import parse_loss_weights, prepare_run
-    from vlviz.train import TrainConfig
+    from vlviz.training.config import TrainConfig
+    from vlviz.training.distributed import init_distributed
+    from vlviz.training.evaluation import is_evaluation
+    from vlviz.training.runs import parse_loss_weights, prepare_run
 
     try:
         options = json.loads(args.loss_options)
@@ -80,7 +83,7 @@ def _train_run(args: argparse.Namespace) -> int:
         if record["step"] > 0:  # step 0 is the start model's evaluation
             bar.update(1)
             bar.set_postfix(loss=f"{record['total_loss']:.3f}")
-        if "image_to_text_r1" in record and context.is_main:
+        if is_evaluation(record) and context.is_main:
             tqdm.write(json.dumps({k: round(v, 4) for k, v in record.items()}))
     bar.close()
     if context.is_main:
@@ -90,9 +93,10 @@ def _train_run(args: argparse.Namespace) -> int:
 
 def _eval_grounding(args: argparse.Namespace) -> int:
     from vlviz.data.scenes import generate_scenes
-    from vlviz.data.sources import HELD_OUT_SEED, input_side
+    from vlviz.data.sources import HELD_OUT_SEED
     from vlviz.grounding import MIN_COVER, score_scenes
     from vlviz.models import load_model
+    from vlviz.towers import input_side
 
     model = load_model(args.model)
     if model.patches_unavailable:
@@ -106,7 +110,7 @@ def _eval_grounding(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from vlviz.inputs import InputError
+    from vlviz.data.inputs import InputError
     from vlviz.models import ModelUnavailableError
     from vlviz.report import write_report
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+RANK_BLOCK_ELEMENTS = 2**23  # scores held at once while ranking: 32 MB in float32
+
 
 def affinity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine affinity A[i, j] = a_i . b_j of L2-normalised rows: (N, D), (M, D) -> (N, M)."""
@@ -46,17 +48,30 @@ def match_probabilities(
     return logits.softmax(dim=1), logits.softmax(dim=0)
 
 
-def retrieval_ranks(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank (1 = best) of each true partner, for paired rows and columns of a square similarity.
+def partner_ranks(queries: torch.Tensor, keys: torch.Tensor, block_elements: int = RANK_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Rank (1 = best) of each query's partner (query i's is key i) among all keys by cosine, (N,) long.
 
-    Returns (image -> text ranks over row i, text -> image ranks over column j), each (N,) long.
-    Ties count against the true partner (rank = number of entries scoring at least as high, itself
+    Ties count against the partner (rank = number of keys scoring at least as high, itself
     included), so a collapsed model that scores everything alike does not get a perfect R@1.
+    One block of rows at a time: memory O(block_elements), never (N, N) for large N.
     """
-    true = similarity.diagonal()
-    image_to_text = (similarity >= true[:, None]).sum(dim=1)
-    text_to_image = (similarity >= true[None, :]).sum(dim=0)
-    return image_to_text, text_to_image
+    n = queries.shape[0]
+    rows_per_block = max(1, block_elements // max(1, keys.shape[0]))
+    ranks = []
+    for start in range(0, n, rows_per_block):
+        scores = affinity(queries[start : start + rows_per_block], keys)  # (C, N)
+        own = scores.diagonal(offset=start)  # (C,): query start + r against key start + r
+        ranks.append((scores >= own[:, None]).sum(dim=1))
+    return torch.cat(ranks)
+
+
+def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of the true partners of N pairs both ways: (image -> text, text -> image), each (N,) long.
+
+    The one rank rule of vlviz (`partner_ranks`): the Affinity view, the report, the embedding
+    figures and the trainer's evaluation all rank with it.
+    """
+    return partner_ranks(image_features, text_features), partner_ranks(text_features, image_features)
 
 
 def recall_at_k(ranks: torch.Tensor, k: int = 1) -> float:
@@ -110,7 +125,7 @@ def affinity_report(
     """Compute every figure of the Affinity view, on the features' device, then move it to the CPU."""
     matrices = affinity_matrices(image_features, text_features)
     image_to_text, text_to_image = match_probabilities(image_features, text_features, logit_scale, logit_bias)
-    rank_i2t, rank_t2i = retrieval_ranks(matrices["image_text"])
+    rank_i2t, rank_t2i = retrieval_ranks(image_features, text_features)
     return AffinityReport(
         image_text=matrices["image_text"].cpu(),
         image_image=matrices["image_image"].cpu(),

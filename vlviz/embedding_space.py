@@ -60,7 +60,7 @@ def alignment_figures(image_features: torch.Tensor, text_features: torch.Tensor)
     n = similarity.shape[0]
     matched = similarity.diagonal()
     unmatched = (similarity.sum() - matched.sum()) / (n * (n - 1)) if n > 1 else torch.tensor(math.nan)
-    image_to_text, text_to_image = retrieval_ranks(similarity)
+    image_to_text, text_to_image = retrieval_ranks(images, texts)
     return AlignmentFigures(
         gap=float(modality_gap(image_features, text_features).norm()),
         matched_cosine=float(matched.mean()),

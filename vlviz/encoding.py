@@ -13,13 +13,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import VisionTransformer
 from PIL import Image
 
+from vlviz.data.inputs import PairSet
 from vlviz.tokens import TokenLayout, token_layout
+from vlviz.towers import grid_size, image_projection, patches_unavailable, preprocess_stats, text_projection
 
 CACHE_ENTRIES = 4096
 ENCODE_BATCH = 64
@@ -108,6 +110,7 @@ class VLModel:
         device: torch.device,
         model_cfg: dict | None = None,
         name: str | None = None,
+        loss_heads: dict[str, torch.nn.Module] | None = None,
     ) -> None:
         self.spec = spec
         self.name = name or spec  # what views and messages call it (a session's run name, not its folder)
@@ -116,6 +119,8 @@ class VLModel:
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
+        # Trained loss heads saved beside a checkpoint (`vlviz.checkpoints`), e.g. "psl", "xmm"; loaded once.
+        self.loss_heads = loss_heads or {}
         self.dtype = next(model.parameters()).dtype
         self._image_cache = _LRU(CACHE_ENTRIES)
         self._text_cache = _LRU(CACHE_ENTRIES)
@@ -136,16 +141,15 @@ class VLModel:
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
-        if _image_projection(self.model) is None:
-            return None
-        return tuple(self.model.visual.grid_size)  # type: ignore[return-value]
+        return grid_size(self.model)
 
     @property
     def patches_unavailable(self) -> str | None:
-        if _image_projection(self.model) is None:
-            kind = type(self.model.visual).__name__
-            return f"the image tower ({kind}) has no projectable patch tokens; only ViT towers have them"
-        return None
+        return patches_unavailable(self.model)
+
+    def input_image(self, image: Image.Image) -> np.ndarray:
+        """The image as the model sees it (its preprocessing's resize and crop), (H, W, 3) uint8 at the input size."""
+        return input_image(self.preprocess(image), *preprocess_stats(self.model))
 
     # --- public encoding ----------------------------------------------------------------------
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -224,13 +228,41 @@ class VLModel:
         return text_embeddings(self.model, self.tokenizer(texts).to(self.device))
 
 
+@dataclass(frozen=True)
+class EncodedPairs:
+    """A pair set and its encoding by one model: what Analyze keeps in the session and every view reads."""
+
+    pairs: PairSet
+    encoding: PairEncoding
+    model_name: str  # what views call the model (`VLModel.name`)
+    notices: list[str]  # the pairs' notices, and each caption cut at the model's context length
+
+    @property
+    def image_features(self) -> torch.Tensor:
+        return self.encoding.image_features
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        return self.encoding.text_features
+
+
+def encode_pair_set(model: VLModel, pairs: PairSet) -> EncodedPairs:
+    """Encode every pair once (global, patch and token embeddings), with the notices worth showing."""
+    encoding = model.encode_pairs(pairs.images, pairs.captions)
+    truncated = [
+        f"Caption {i + 1} ({pairs.names[i]}) is longer than the model's {model.context_length} tokens and was truncated."
+        for i in encoding.truncated
+    ]
+    return EncodedPairs(pairs, encoding, model.name, [*pairs.notices, *truncated])
+
+
 def image_embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised global image embeddings (B, D) and projected patch embeddings (B, P, D) or None.
 
     One tower pass: the final-norm patch tokens (what open_clip's `output_tokens` returns) times
     `visual.proj`. Differentiable, so the trainer's token-level losses use it too.
     """
-    projection = _image_projection(model)
+    projection = image_projection(model)
     if projection is None:
         return F.normalize(model.encode_image(pixels), dim=-1), None
     out = model.visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True, output_fmt="NLC")
@@ -240,7 +272,7 @@ def image_embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torc
 
 def text_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised global text embeddings (B, D) and projected token embeddings (B, T, D) or None."""
-    projection = _text_projection(model)
+    projection = text_projection(model)
     if projection is None:
         return F.normalize(model.encode_text(ids), dim=-1), None
     out = model.forward_intermediates(text=ids, text_indices=1, normalize_intermediates=True)
@@ -249,19 +281,8 @@ def text_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Te
     return out["text_features"], tokens  # forward_intermediates already L2-normalised text_features
 
 
-def _image_projection(model: torch.nn.Module) -> torch.Tensor | None:
-    """`visual.proj` of a ViT tower: maps final-norm patch tokens into the joint space."""
-    visual = getattr(model, "visual", None)
-    if isinstance(visual, VisionTransformer) and visual.proj is not None and visual.attn_pool is None:
-        return visual.proj
-    return None
-
-
-def _text_projection(model: torch.nn.Module) -> torch.Tensor | torch.nn.Module | None:
-    """The text projection of a CLIP text transformer (built into CLIP or in CustomTextCLIP.text)."""
-    if hasattr(model, "text_projection") and getattr(model, "token_embedding", None) is not None:
-        return model.text_projection
-    text = getattr(model, "text", None)
-    if text is not None and hasattr(text, "text_projection") and getattr(text, "cls_emb", None) is None:
-        return text.text_projection
-    return None
+def input_image(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The (H, W, 3) uint8 image a model sees, from its normalised (3, H, W) input: undoes Normalize."""
+    mean_t, std_t = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    image = (pixels.float().cpu() * std_t + mean_t).clamp(0, 1)
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -16,20 +16,64 @@ may cover no patch that much, still have a target.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from vlviz.data.inputs import PairSet
+from vlviz.data.samples import bundled_scenes
 from vlviz.data.scenes import POSITIONS, SceneBatch
-from vlviz.encoding import PairEncoding, VLModel
+from vlviz.encoding import PairEncoding, VLModel, content_key
+from vlviz.losses.xmm import WordAttention, masked_word_attention
 from vlviz.sparc import GROUNDING_MAPS, grounding_maps, word_maps
+from vlviz.tokens import first_content_word
 
 MIN_COVER = 0.25
 # Words of an object's phrase "a {size} {colour} {shape} {position}" before its position words.
 _COLOUR_OFFSET, _SHAPE_OFFSET, _PHRASE_HEAD = 2, 3, 4
 _POSITION_WORDS = np.array([len(phrase.split()) for phrase in POSITIONS])
+
+
+@dataclass(frozen=True)
+class CaptionMaps:
+    """Where each word and each token of one caption lands on its image: maps on the patch grid, on the CPU."""
+
+    kind: str  # which of GROUNDING_MAPS
+    grid_size: tuple[int, int]
+    words: list[str]
+    word_maps: torch.Tensor  # (W, rows, cols): a word's map is the mean of its BPE pieces' maps
+    tokens: list[str]  # the caption's real tokens (no start, end or padding), as read
+    token_maps: torch.Tensor  # (T_real, P)
+    first_word: int  # the word worth showing first: neither a stop word nor a size (`first_content_word`)
+
+
+def caption_maps(encoding: PairEncoding, row: int = 0, kind: str = "sparc") -> CaptionMaps:
+    """The grounding maps of pair `row`'s caption in its image: SPARC's weights (Eqs. 2-4) or an alternative.
+
+    The one place the app's Grounding view, the trainer's probe and the model comparison get word
+    maps from. Raises ValueError for towers without patch tokens.
+    """
+    if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
+        raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
+    layout = encoding.tokens
+    tokens = encoding.token_features[row : row + 1].float()  # (1, T, D)
+    patches = encoding.patch_features[row : row + 1].float()  # (1, P, D)
+    token_maps = grounding_maps(tokens, patches, kind)  # (1, T, P)
+    words = layout.words[row]
+    per_word = word_maps(token_maps, layout.word_index[row : row + 1].to(token_maps.device))[0, : len(words)]
+    real = layout.word_mask[row]
+    return CaptionMaps(
+        kind=kind,
+        grid_size=encoding.grid_size,
+        words=words,
+        word_maps=per_word.cpu().reshape(len(words), *encoding.grid_size),
+        tokens=[piece for piece, keep in zip(layout.tokens[row], real.tolist()) if keep],
+        token_maps=token_maps[0, real.to(token_maps.device)].cpu(),
+        first_word=first_content_word(words),
+    )
 
 
 def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatch:
@@ -131,3 +175,32 @@ def score_scenes(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Encode `scenes` with `model` and score its grounding maps (see `scene_grounding_score`)."""
     return scene_grounding_score(model.encode_pairs(scenes.pil_images(), scenes.captions), scenes, kinds, min_cover)
+
+
+def bundled_scene_score(
+    model: VLModel, pairs: PairSet, kind: str = "sparc"
+) -> tuple[dict[str, dict[str, float]] | None, int]:
+    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption).
+
+    Returns the scores per word class (None when no pair is a bundled scene) and how many pairs were scored.
+    """
+    scenes, keys = bundled_scenes()
+    found = [(i, keys.get(content_key(image))) for i, image in enumerate(pairs.images)]
+    matched = [(i, j) for i, j in found if j is not None and pairs.captions[i] == scenes.captions[j]]
+    if not matched:
+        return None, 0
+    rows, truth = zip(*matched)
+    encoding = model.encode_pairs([pairs.images[i] for i in rows], [pairs.captions[i] for i in rows])
+    return scene_grounding_score(encoding, select_scenes(scenes, list(truth)), kinds=[kind])[kind], len(rows)
+
+
+def xmm_word_attention(model: VLModel, image: Image.Image, caption: str) -> WordAttention | None:
+    """Where the model's trained XMM fusion head looks for each word of `caption` when it is masked.
+
+    None when the model has no trained XMM head (`VLModel.loss_heads`, saved beside a checkpoint).
+    """
+    xmm = model.loss_heads.get("xmm")
+    if xmm is None:
+        return None
+    pixels = model.preprocess(image)[None].to(model.device, model.dtype)
+    return masked_word_attention(xmm, model.model, model.tokenizer, pixels, caption)

@@ -19,28 +19,21 @@ import functools
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from open_clip.transformer import ResidualAttentionBlock, TextTransformer, Transformer
+from open_clip.transformer import ResidualAttentionBlock
+from PIL import Image
 
-from vlviz.encoding import this_thread_only
-from vlviz.tokens import TokenLayout, token_layout
+from vlviz.data.samples import ASSETS_DIR
+from vlviz.encoding import VLModel, this_thread_only
+from vlviz.tokens import STOP_WORDS, TokenLayout, token_layout
+from vlviz.towers import text_tower
 
 PER_HEAD = 4  # SIMLA: the top 4 positions of each head vote
 KEEP = 5  # SIMLA: the 5 positions with the most votes are the keywords
-CONCEPTS_PATH = Path(__file__).resolve().parents[1] / "assets" / "concepts.txt"
+CONCEPTS_PATH = ASSETS_DIR / "concepts.txt"
 DEFAULT_TEMPLATE = "a photo of {}"
 MAX_TEMPLATE_CHARS = 200  # a prompt is a short sentence; CLIP reads at most 77 tokens of it
-# Words that never make a concept: articles, prepositions, conjunctions, pronouns, auxiliaries.
-# fmt: off
-STOP_WORDS = frozenset({
-    "a", "an", "the", "at", "on", "in", "of", "and", "or", "with", "to", "is", "are", "was", "were", "be",
-    "been", "its", "it", "this", "that", "these", "those", "his", "her", "their", "there", "here", "by",
-    "for", "from", "as", "into", "onto", "over", "under", "near", "next", "up", "down", "out", "off",
-    "some", "many", "two", "three", "one", "has", "have", "had", "very",
-})
-# fmt: on
 
 
 # --- keyword selection ---------------------------------------------------------------------------
@@ -84,23 +77,9 @@ def keyword_word_mask(kept: torch.Tensor, word_index: torch.Tensor) -> torch.Ten
     return merged[:, 1:] > 0
 
 
-def _text_tower(model: torch.nn.Module) -> tuple[Transformer, str, int | None, bool]:
-    """The text transformer of an open_clip model, its pool type, end-of-text id and whether a [CLS] is appended."""
-    if getattr(model, "token_embedding", None) is not None and isinstance(
-        getattr(model, "transformer", None), Transformer
-    ):
-        return model.transformer, model.text_pool_type, getattr(model, "text_eos_id", None), False
-    text = getattr(model, "text", None)
-    if isinstance(text, TextTransformer):
-        return text.transformer, text.pool_type, text.eos_id, text.cls_emb is not None
-    raise ValueError(
-        f"Keyword selection needs an open_clip text transformer; this model's text tower is {type(text).__name__}."
-    )
-
-
 def pooled_positions(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """(B,) the position whose output becomes the global text embedding: end-of-text for CLIP's argmax pooling."""
-    _, pool_type, eos_id, has_cls = _text_tower(model)
+    _, pool_type, eos_id, has_cls = text_tower(model)
     length = ids.shape[1]
     if has_cls:  # CoCa-style towers append a [CLS] token after the caption
         return torch.full((ids.shape[0],), length, dtype=torch.long, device=ids.device)
@@ -123,7 +102,7 @@ def pooled_attention(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     re-run with `need_weights=True, average_attn_weights=False` (open_clip runs it without weights)
     under the same mask (causal for CLIP), and the pooled token's row is read.
     """
-    transformer, _, _, has_cls = _text_tower(model)
+    transformer, _, _, has_cls = text_tower(model)
     block = transformer.resblocks[-1]
     if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, torch.nn.MultiheadAttention):
         raise ValueError(f"Keyword selection needs torch attention in the last text block, not {type(block).__name__}.")
@@ -281,6 +260,34 @@ def zero_shot_concept_scores(
     check_concept_template(template)
     prompts = encode_texts([template.format(word) for word in vocabulary])  # (V, D)
     return image_features.float() @ prompts.float().to(image_features.device).T
+
+
+@dataclass(frozen=True)
+class ConceptScores:
+    """How strongly each image shows each concept word, and where the scores come from."""
+
+    scores: torch.Tensor  # (N, V) on the CPU
+    vocabulary: list[str]
+    trained_head: bool  # True: the model's trained PSL head (probabilities); False: zero-shot prompts (cosines)
+
+
+def image_concepts(
+    model: VLModel,
+    images: Sequence[Image.Image],
+    caption_words: Sequence[Sequence[str]],
+    template: str = DEFAULT_TEMPLATE,
+    defaults: Sequence[str] | None = None,
+) -> ConceptScores:
+    """The concepts of each image: the trained PSL head's momentum probabilities over its vocabulary when the
+    model has one (SIMLA's pseudo-labels, `VLModel.loss_heads`), else zero-shot prompt cosines over
+    `concept_vocabulary(caption_words, defaults)`."""
+    image_features = model.encode_images(images)
+    psl = model.loss_heads.get("psl")
+    if psl is not None:
+        return ConceptScores(psl.concept_probabilities(image_features).float().cpu(), list(psl.vocabulary), True)
+    vocabulary = concept_vocabulary(caption_words, defaults)
+    scores = zero_shot_concept_scores(image_features, model.encode_texts, vocabulary, template)
+    return ConceptScores(scores.cpu(), vocabulary, False)
 
 
 @dataclass(frozen=True)

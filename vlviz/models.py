@@ -30,11 +30,14 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from vlviz.checkpoints import load_loss_heads
+from vlviz.data.samples import ASSETS_DIR
 from vlviz.encoding import VLModel
+from vlviz.towers import half_dtype
 
 OFFLINE_SPEC = "vlviz-scenes"
 DEFAULT_ONLINE_SPEC = "ViT-B-32:laion2b_s34b_b79k"
-OFFLINE_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "models" / OFFLINE_SPEC
+OFFLINE_MODEL_DIR = ASSETS_DIR / "models" / OFFLINE_SPEC
 OFFLINE_NOTICE = (
     "The built-in offline model `vlviz-scenes` knows coloured shapes on a dark background "
     "(circles, squares, triangles, crosses), not photographs: use the bundled scenes to see it work."
@@ -107,12 +110,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def default_precision(device: torch.device) -> str:
-    """Half precision on accelerators (bf16 where supported), full precision on the CPU."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "fp32"
+    """open_clip's name of the precision to load in: `half_dtype`'s half precision on accelerators, else fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(half_dtype(device), "fp32")
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -245,6 +244,8 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
         )
         tokenizer = open_clip.get_tokenizer(source.model_name)
         model_cfg = model_config(model_name)  # for hf-hub: the fetched snapshot, no second request
+        folder = model_name.removeprefix("local-dir:") if model_name.startswith("local-dir:") else None
+        loss_heads = load_loss_heads(folder, model, tokenizer) if folder else {}  # trained PSL / XMM heads
     except Exception as error:  # open_clip, torch, safetensors and the hub client raise many types
         failure = _failure(spec, error)
     if failure is not None:
@@ -252,7 +253,7 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
     model.eval()
     return VLModel(
         spec=spec, model=model, preprocess=preprocess, tokenizer=tokenizer, device=target, model_cfg=model_cfg,
-        name=name,
+        name=name, loss_heads=loss_heads,
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ with a caption table, a zip of them, or a caption table beside its images; encod
 batches; and writes DIR/report.html (plotly.js inlined once: it opens offline) with the numbers
 beside it as CSV, JSON and .npz. Global figures cover every pair through the chunked paths, so
 the report scales to thousands of pairs; heatmaps show a random subset (said on the page).
-All images are decoded into memory first (at most 1024 px a side each, see `vlviz.inputs`).
+All images are decoded into memory first (at most 1024 px a side each, see `vlviz.data.inputs`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ import plotly.graph_objects as go
 import torch
 from tqdm import tqdm
 
-from vlviz.affinity import affinity
-from vlviz.consistency import CHUNK_ELEMENTS, DEFAULT_TEMPERATURE
-from vlviz.embedding_space import close_modality_gap
-from vlviz.exports import write_consistency_files, write_csv, write_embedding_files
-from vlviz.figures import embedding_scatter, heatmap, short_labels
-from vlviz.inputs import (
+from vlviz.affinity import affinity_report, retrieval_ranks
+from vlviz.consistency import DEFAULT_TEMPERATURE
+from vlviz.data.inputs import (
     MAX_IMAGE_PIXELS,
     InputError,
     PairSet,
@@ -34,17 +31,13 @@ from vlviz.inputs import (
     load_pairs_folder,
     pairs_from_uploads,
 )
+from vlviz.embedding_space import close_modality_gap
 from vlviz.models import load_model
-from vlviz.views import (
-    consistency_data,
-    consistency_table,
-    consistency_view,
-    embedding_data,
-    embedding_view,
-    gap_table,
-    page_html,
-    top_pairs_html,
-)
+from vlviz.viz.exports import write_consistency_files, write_csv, write_embedding_files
+from vlviz.viz.figures import embedding_scatter
+from vlviz.viz.html import page_html, top_pairs_html
+from vlviz.viz.tables import consistency_table, gap_table, retrieval_table
+from vlviz.viz.views import affinity_view, consistency_view, embedding_view
 
 REPORT_MAX_PAIRS = 20_000
 HEATMAP_SAMPLES = 150  # samples shown in each heatmap of the report
@@ -70,23 +63,6 @@ def load_report_pairs(path: str | Path, max_pairs: int = REPORT_MAX_PAIRS) -> Pa
         images = [str(path.parent / name) for name in load_caption_table(str(path), path.name)]
         return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=max_pairs, max_request_pixels=budget)
     raise InputError(f"{path.name}: give a folder, a .zip, or a caption table (.csv/.json) beside its images.")
-
-
-def chunked_ranks(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Rank (1 = best) of each query's own key (query i's partner is key i) among all keys, (N,).
-
-    Same rule as `vlviz.affinity.retrieval_ranks` (ties count against the partner), one block of
-    rows at a time: memory O(chunk * N).
-    """
-    n = queries.shape[0]
-    chunk = max(1, CHUNK_ELEMENTS // n)
-    ranks = []
-    for start in range(0, n, chunk):
-        scores = affinity(queries[start : start + chunk], keys)  # (C, N)
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        own = scores[rows, rows + start]  # (C,)
-        ranks.append((scores >= own[:, None]).sum(dim=1))
-    return torch.cat(ranks)
 
 
 def write_report(
@@ -139,8 +115,8 @@ def write_report(
         bar.update()
 
         bar.set_description("writing")
-        consistency_json = {"model": model.spec, **consistency_data(consistency, pairs.names, pairs.captions)}
-        embedding_json = {"model": model.spec, **embedding_data(embedding, pairs.names, pairs.captions)}
+        consistency_json = {"model": model.spec, **consistency.to_dict(pairs.names, pairs.captions)}
+        embedding_json = {"model": model.spec, **embedding.to_dict(pairs.names, pairs.captions)}
         files = write_consistency_files(
             out, consistency, consistency_json, images, texts, pairs.images, pairs.names, pairs.captions
         )
@@ -187,30 +163,17 @@ def _affinity_section(
 ) -> list[go.Figure | str]:
     """Retrieval figures over all pairs (ranks.csv holds every rank), and the image-text heatmap of the samples
     the other heatmaps show."""
-    image_to_text, text_to_image = chunked_ranks(images, texts), chunked_ranks(texts, images)
+    image_to_text, text_to_image = retrieval_ranks(images, texts)
     matched = (images.float() * texts.float()).sum(dim=1)
-    table = pd.DataFrame(
-        [
-            ("image → caption R@1", f"{float((image_to_text == 1).float().mean()):.4f}"),
-            ("caption → image R@1", f"{float((text_to_image == 1).float().mean()):.4f}"),
-            ("median rank of the own caption", f"{float(image_to_text.float().median()):.0f}"),
-            ("mean cos(image i, caption i)", f"{float(matched.mean()):.4f}"),
-        ],
-        columns=["figure", "value"],
-    )
-    similarity = affinity(images[shown], texts[shown]).cpu().numpy()
-    labels = short_labels(pairs.captions)
-    caption_labels = [labels[i] for i in shown]
-    image_labels = [f"{i + 1}. {pairs.names[i]}" for i in shown]
-    figure = heatmap(
-        similarity, caption_labels, image_labels, [f"caption {i + 1}: {pairs.captions[i]}" for i in shown],
-        [f"image {i + 1} ({pairs.names[i]})" for i in shown], "Image-text cosine similarity", "cosine",
-        annotate=len(shown) <= 12,
-    )  # fmt: skip
+    subset = affinity_report(images[shown], texts[shown], logit_scale=1.0)  # cosines only: no probabilities drawn
+    figure = affinity_view(
+        subset, [pairs.names[i] for i in shown], [pairs.captions[i] for i in shown], numbers=shown
+    ).image_text
     ranks = pd.DataFrame(
         {"image": pairs.names, "caption": pairs.captions, "image→text rank": image_to_text.cpu().numpy(),
          "text→image rank": text_to_image.cpu().numpy(), "cos(own pair)": np.round(matched.cpu().numpy(), 4)}
     )  # fmt: skip
     write_csv(ranks, out / "ranks.csv", index=False)
     worst = ranks.sort_values("image→text rank", ascending=False).head(10)
+    table = retrieval_table(image_to_text, text_to_image, matched)
     return [table.to_html(index=False), figure, "<h3>Worst-ranked pairs</h3>", worst.to_html(index=False)]

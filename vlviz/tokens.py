@@ -15,6 +15,17 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 _PUNCTUATION = set(string.punctuation)
+# Words that never make a concept or a keyword worth showing: articles, prepositions, conjunctions,
+# pronouns, auxiliaries. The one stop-word list of vlviz.
+# fmt: off
+STOP_WORDS = frozenset({
+    "a", "an", "the", "at", "on", "in", "of", "and", "or", "with", "to", "is", "are", "was", "were", "be",
+    "been", "its", "it", "this", "that", "these", "those", "his", "her", "their", "there", "here", "by",
+    "for", "from", "as", "into", "onto", "over", "under", "near", "next", "up", "down", "out", "off",
+    "some", "many", "two", "three", "one", "has", "have", "had", "very",
+})
+# fmt: on
+SIZE_WORDS = frozenset({"small", "large", "big", "tiny", "little"})  # they name no place of their own in an image
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ def token_layout(tokenizer: Callable[..., torch.Tensor], captions: Sequence[str]
     return TokenLayout(ids=ids, word_mask=word_mask, word_index=word_index, tokens=tokens, words=words)
 
 
-def first_content_word(words: Sequence[str], skip: Collection[str]) -> int:
-    """Index of the first word not in `skip` (compared in lower case): the word worth grounding first; 0 if none."""
+def first_content_word(words: Sequence[str], skip: Collection[str] = STOP_WORDS | SIZE_WORDS) -> int:
+    """Index of the first word not in `skip` (compared in lower case): the word worth grounding first; 0 if none.
+
+    By default neither a stop word nor a size: in "a small red circle" it is "red".
+    """
     return next((i for i, word in enumerate(words) if word.lower() not in skip), 0)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
@@ -25,18 +24,6 @@ def normalise_uint8(images: torch.Tensor, mean: tuple[float, ...], std: tuple[fl
     mean_t = torch.tensor(mean, device=images.device)[:, None, None]
     std_t = torch.tensor(std, device=images.device)[:, None, None]
     return (pixels - mean_t) / std_t
-
-
-def input_side(model: torch.nn.Module) -> int:
-    """The side in pixels of a model's square input (ViT towers store a pair, ResNet towers an int)."""
-    size = model.visual.image_size
-    return int(size if isinstance(size, int) else size[0])
-
-
-def preprocess_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation a model was trained with (open_clip records it on the visual tower)."""
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    return tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 
 import gradio as gr
 
+from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
 from vlviz.models import OFFLINE_NOTICE
 from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
@@ -18,15 +19,7 @@ from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import build_embedding_tab
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import build_keywords_tab
-from vlviz.ui.session import (
-    ASSETS_DIR,
-    MODEL_CHOICES,
-    SAMPLES,
-    SESSION_TTL_S,
-    SESSIONS,
-    check_data_dir,
-    sample_files,
-)
+from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir
 from vlviz.ui.train_tab import build_train_tab
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
@@ -47,7 +40,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     sweep = int(min(SESSION_TTL_S, 3600))
     with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
-        pairs_state = gr.State(None)
+        analysis = gr.State(None)  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
         space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -61,7 +54,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                 )
                 status = gr.Markdown(f"> {OFFLINE_NOTICE}", elem_id="model-status")
                 with gr.Row():
-                    sample = gr.Radio(list(SAMPLES), value=initial_sample, label="Sample set", scale=2)
+                    sample = gr.Radio(list(SAMPLE_SETS), value=initial_sample, label="Sample set", scale=2)
                     use_sample = gr.Button("Use sample", scale=1)
                 files = gr.File(
                     file_count="multiple",
@@ -82,18 +75,18 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
             with gr.Column(scale=3), gr.Tabs():
                 with gr.Tab("Affinity", id="affinity"):
                     analyze_inputs, analyze_outputs = build_affinity_tab(
-                        files, captions, model, analyze_button, status, pairs_state, space
+                        files, captions, model, analyze_button, status, analysis, space
                     )
                 with gr.Tab("Consistency", id="consistency"):
-                    build_consistency_tab(files, captions, model, space)
+                    build_consistency_tab(analysis, space)
                 with gr.Tab("Embedding space", id="embedding"):
-                    build_embedding_tab(files, captions, model, space)
+                    build_embedding_tab(analysis, space)
                 with gr.Tab("Grounding", id="grounding"):
-                    build_grounding_tab(model, pairs_state, space)
+                    build_grounding_tab(model, analysis, space)
                 with gr.Tab("Keywords", id="keywords"):
-                    build_keywords_tab(model, pairs_state, space)
+                    build_keywords_tab(model, analysis, space)
                 with gr.Tab("Train", id="train"):
-                    build_train_tab(model, files, captions, space)
+                    build_train_tab(model, analysis, space)
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         if initial_sample is not None:
             demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")

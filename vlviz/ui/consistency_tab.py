@@ -7,9 +7,12 @@ from typing import Any
 import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
-from vlviz.exports import write_consistency_files
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, encoded_pairs
-from vlviz.views import consistency_data, consistency_table, consistency_view, top_pairs_html
+from vlviz.encoding import EncodedPairs
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed
+from vlviz.viz.exports import write_consistency_files
+from vlviz.viz.html import top_pairs_html
+from vlviz.viz.tables import consistency_table
+from vlviz.viz.views import consistency_view
 
 ORDERINGS = ["clustered", "input order"]
 VIEWS = ["absolute |A_I − A_T|", "signed A_I − A_T"]
@@ -20,21 +23,18 @@ vlviz shows the mean absolute difference, correlations and a symmetric KL of row
 
 
 def consistency(
-    files: list[str] | None,
-    captions_text: str | None,
-    model_spec: str | None,
     ordering: str = ORDERINGS[0],
     view_kind: str = VIEWS[0],
     top_k: float = 8,
     temperature: float = DEFAULT_TEMPERATURE,
+    analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
     space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
-    """Read and encode the pairs, then draw the Consistency view (the `consistency` API)."""
-    progress(0.1, desc="Reading and encoding images and captions")
+    """Draw the Consistency view of the analysed pairs (the `consistency` API)."""
     SESSIONS.bind(space, request)
-    encoded = encoded_pairs(files, captions_text, model_spec, space)
+    encoded = analyzed(analysis, "the Consistency tab compares the pairs last analyzed.")
     pairs = encoded.pairs
     if len(pairs) < 2:
         raise gr.Error("Consistency compares samples with each other: give at least 2 image-caption pairs.")
@@ -51,7 +51,7 @@ def consistency(
         clustered=ordering == ORDERINGS[0],
         signed=view_kind == VIEWS[1],
     )
-    data = {"model": encoded.model.name, **consistency_data(view, pairs.names, pairs.captions)}
+    data = {"model": encoded.model_name, **view.to_dict(pairs.names, pairs.captions)}
     progress(0.9, desc="Writing downloads")
     paths = write_consistency_files(
         space.export_folder("consistency"), view, data, encoded.image_features, encoded.text_features,
@@ -65,8 +65,8 @@ def consistency(
     )  # fmt: skip
 
 
-def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown, space: gr.State) -> None:
-    """Create the tab's components and wire them to `consistency`, reading the shared inputs."""
+def build_consistency_tab(analysis: gr.State, space: gr.State) -> None:
+    """Create the tab's components and wire them to `consistency`, reading the analysed pairs."""
     gr.Markdown(ABOUT)
     with gr.Row():
         ordering = gr.Radio(ORDERINGS, value=ORDERINGS[0], label="Heatmap order", elem_id="consistency-order")
@@ -89,7 +89,7 @@ def build_consistency_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.D
     with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
         data = gr.JSON(label="consistency output")
 
-    inputs = [files, captions, model_spec, ordering, view_kind, top_k, temperature, space]
+    inputs = [ordering, view_kind, top_k, temperature, analysis, space]
     outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices]
     run.click(consistency, inputs, outputs, api_name="consistency", **ANALYSIS_EVENT)
     for control in (ordering, view_kind):

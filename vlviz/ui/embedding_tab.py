@@ -15,12 +15,14 @@ from typing import Any
 import gradio as gr
 import torch
 
+from vlviz.data.inputs import PairSet
 from vlviz.embedding_space import UMAP_METRICS, EmbeddingLayout
-from vlviz.exports import write_embedding_files
-from vlviz.figures import embedding_scatter
-from vlviz.inputs import PairSet
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, encoded_pairs
-from vlviz.views import embedding_data, embedding_view, gap_table
+from vlviz.encoding import EncodedPairs
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed
+from vlviz.viz.exports import write_embedding_files
+from vlviz.viz.figures import embedding_scatter
+from vlviz.viz.tables import gap_table
+from vlviz.viz.views import embedding_view
 
 METHODS = ["umap", "pca"]
 ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
@@ -70,9 +72,6 @@ def sample_labels(pairs: PairSet) -> list[str]:
 
 
 def embedding_space(
-    files: list[str] | None,
-    captions_text: str | None,
-    model_spec: str | None,
     method: str = "umap",
     n_neighbors: float = 15,
     min_dist: float = 0.1,
@@ -81,14 +80,14 @@ def embedding_space(
     close_gap: bool = False,
     keep_layout: bool = False,
     kept: EmbeddingLayout | None = None,
+    analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
     space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
-    """Read and encode the pairs, lay them out and draw the Embedding-space view (the `embedding_space` API)."""
-    progress(0.1, desc="Reading and encoding images and captions")
+    """Lay the analysed pairs out and draw the Embedding-space view (the `embedding_space` API)."""
     SESSIONS.bind(space, request)
-    encoded = encoded_pairs(files, captions_text, model_spec, space)
+    encoded = analyzed(analysis, "the Embedding-space tab lays out the pairs last analyzed.")
     pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
     notes = list(encoded.notices)
     layout = kept if keep_layout else None
@@ -107,7 +106,7 @@ def embedding_space(
         raise gr.Error(str(error)) from error
     if view.layout.note:
         notes.append(view.layout.note)
-    data = {"model": encoded.model.name, "gap_closed": close_gap, **embedding_data(view, pairs.names, pairs.captions)}
+    data = {"model": encoded.model_name, "gap_closed": close_gap, **view.to_dict(pairs.names, pairs.captions)}
     paths = write_embedding_files(
         space.export_folder("embedding"), view, data, images, texts, pairs.names, pairs.captions
     )
@@ -151,7 +150,7 @@ def select_from_plot(selected: str | None, drawn: Drawn | None) -> tuple[Any, An
     return gr.update(value=chosen), figure, listed
 
 
-def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dropdown, space: gr.State) -> None:
+def build_embedding_tab(analysis: gr.State, space: gr.State) -> None:
     """Create the tab's components and wire them to `embedding_space` and `pick`."""
     gr.Markdown(ABOUT)
     with gr.Row():
@@ -183,7 +182,7 @@ def build_embedding_tab(files: gr.File, captions: gr.Textbox, model_spec: gr.Dro
     kept_layout = gr.State(None)
     drawn = gr.State(None)
 
-    inputs = [files, captions, model_spec, method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout, space]  # fmt: skip
+    inputs = [method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout, analysis, space]
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
     run.click(embedding_space, inputs, outputs, api_name="embedding_space", **ANALYSIS_EVENT)
     close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)

@@ -6,21 +6,18 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-import torch
 from PIL import Image
 
-from vlviz.encoding import VLModel
-from vlviz.inputs import PairSet
+from vlviz.encoding import EncodedPairs, VLModel
 from vlviz.keywords import (
     DEFAULT_TEMPLATE,
+    ConceptScores,
     caption_keywords,
     check_concept_template,
-    concept_vocabulary,
+    image_concepts,
     rank_concepts,
-    zero_shot_concept_scores,
 )
-from vlviz.train import load_loss_heads
-from vlviz.ui.session import VIEW_EVENT, SessionSpace, model_for
+from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, model_for
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
@@ -31,29 +28,18 @@ KEYWORD = "keyword"
 DISPLAY_SIDE = 256  # pixels: smaller images are enlarged by a whole factor to reach about this
 
 
-def concept_scores(
-    model: VLModel, pairs: PairSet, template: str, defaults: tuple[str, ...] | None, caption_words: list[list[str]]
-) -> tuple[torch.Tensor, list[str], str]:
-    """(N, V) concept scores, their vocabulary and where they come from: the trained PSL head, else zero-shot prompts."""
-    image_features = model.encode_images(pairs.images)
-    psl = load_loss_heads(model.spec, model.model, model.tokenizer).get("psl")
-    if psl is not None:
-        source = (
+def concepts_source(concepts: ConceptScores, model: VLModel, template: str) -> str:
+    """Where the concept scores come from, for the notice."""
+    if concepts.trained_head:
+        return (
             f"the trained PSL concept head of `{model.name}` (its momentum head's probabilities over its "
-            f"{len(psl.vocabulary)}-word vocabulary: SIMLA's pseudo-labels)"
+            f"{len(concepts.vocabulary)}-word vocabulary: SIMLA's pseudo-labels)"
         )
-        return psl.concept_probabilities(image_features).float().cpu(), psl.vocabulary, source
-    vocabulary = concept_vocabulary(caption_words, defaults)
-    try:
-        scores = zero_shot_concept_scores(image_features, model.encode_texts, vocabulary, template)
-    except ValueError as error:
-        raise gr.Error(str(error)) from error
-    source = (
-        f"zero-shot: the cosine of each image with '{template.format('…')}' for each of {len(vocabulary)} "
+    return (
+        f"zero-shot: the cosine of each image with '{template.format('…')}' for each of {len(concepts.vocabulary)} "
         "concepts (words a model never learned score unpredictably: the offline scenes model knows only the "
         "words of its scenes, so choose the captions' words for it)"
     )
-    return scores.cpu(), vocabulary, source
 
 
 def _displayed(image: Image.Image) -> Image.Image:
@@ -68,7 +54,7 @@ def keywords(
     vocabulary_choice: str,
     top_k: float,
     content_words_only: bool,
-    pairs: PairSet | None,
+    analysis: EncodedPairs | None,
     model_spec: str | None,
     space: SessionSpace,
 ) -> tuple[Any, ...]:
@@ -77,8 +63,7 @@ def keywords(
     Returns the caption with its keywords marked, the image, its concepts marked in or missing, the
     pair choices, a table of every pair, a notice and the data of every pair.
     """
-    if pairs is None:
-        raise gr.Error("Analyze a set of pairs first: the Keywords tab reads their captions and images.")
+    pairs = analyzed(analysis, "the Keywords tab reads their captions and images.").pairs
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
         raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
@@ -93,8 +78,12 @@ def keywords(
     except ValueError as error:
         raise gr.Error(f"No keywords for `{model.name}`: {error}") from error
     words = found.layout.words
-    scores, vocabulary, source = concept_scores(model, pairs, template, VOCABULARIES[vocabulary_choice], words)
-    ranked = rank_concepts(scores, vocabulary, words, top_k=int(top_k))
+    try:
+        concepts = image_concepts(model, pairs.images, words, template, VOCABULARIES[vocabulary_choice])
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    source = concepts_source(concepts, model, template)
+    ranked = rank_concepts(concepts.scores, concepts.vocabulary, words, top_k=int(top_k))
     per_pair = [
         {
             "pair": i + 1, "image": pairs.names[i], "caption": pairs.captions[i], "words": words[i],
@@ -125,7 +114,7 @@ def keywords(
     return caption, _displayed(pairs.images[index]), concepts, choices, table, notice, data
 
 
-def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr.State) -> None:
+def build_keywords_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State) -> None:
     """Create the tab's components and wire them to `keywords`; it follows the pairs the Analyze button loads."""
     gr.Markdown(
         "SIMLA (Khan et al., ECCV 2022) picks a caption's **keywords** with the text encoder's last-layer "
@@ -168,8 +157,8 @@ def build_keywords_tab(model_spec: gr.Dropdown, pairs_state: gr.State, space: gr
 
     outputs = [caption, image, concepts, pair, table, notice, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
-    settings = [template, vocabulary, top_k, content_only, pairs_state, model_spec, space]
+    settings = [template, vocabulary, top_k, content_only, analysis, model_spec, space]
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
     for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):
         event(keywords, [pair, *settings], **shown, api_visibility="private")
-    pairs_state.change(keywords, [api_pair, *settings], **shown, api_visibility="private")
+    analysis.change(keywords, [api_pair, *settings], **shown, api_visibility="private")

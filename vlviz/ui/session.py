@@ -1,4 +1,4 @@
-"""What every tab shares: the sample sets, reading the user's pairs, and loading the chosen model.
+"""What every tab shares: the session's server-side space, its analysed pairs, and loading the chosen model.
 
 Callbacks here are thin adapters: they call the library and turn its `ValueError`s into
 `gr.Error`s, which Gradio shows as a message (and returns to API clients) without touching what is
@@ -7,34 +7,22 @@ already on screen.
 
 from __future__ import annotations
 
-import csv
 import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import torch
 
-from vlviz.encoding import VLModel
-from vlviz.inputs import InputError, PairSet, pairs_from_uploads
-from vlviz.models import (
-    DEFAULT_ONLINE_SPEC,
-    OFFLINE_SPEC,
-    ModelUnavailableError,
-    load_model,
-    load_model_or_offline,
-)
+from vlviz.data.inputs import InputError, pairs_from_uploads
+from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
+from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
 from vlviz.policy import ModelPolicy
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
-SAMPLES = {"scenes": ASSETS_DIR / "samples" / "scenes", "photos": ASSETS_DIR / "samples" / "photos"}
 MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
-TABLE_SUFFIXES = (".csv", ".json")
 DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
 """Where sessions keep their files: DATA_DIR/sessions/TOKEN/{exports,runs}. Never served as such: Gradio
 serves only the copies of the files a callback returns. It must lie outside Gradio's own folder
@@ -50,26 +38,6 @@ ANALYSIS_EVENT = {"show_progress": "minimal", "concurrency_id": "analysis", "con
 """Event settings of the views that encode whole pair sets: one queue, a large set holds one slot."""
 VIEW_EVENT = {"show_progress": "minimal", "concurrency_id": "views", "concurrency_limit": VIEW_CONCURRENCY}
 CHECKPOINT_PREFIX = "session run "  # the model spec of a checkpoint this session trained: "session run 2"
-
-
-def sample_files(name: str) -> tuple[list[str], str]:
-    """A bundled sample set as upload values: its image paths and its captions, one per line."""
-    folder = SAMPLES[name]
-    with (folder / "captions.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [str(folder / row["file"]) for row in rows], "\n".join(row["caption"] for row in rows)
-
-
-def read_pairs(files: list[str] | None, captions_text: str | None) -> PairSet:
-    """The user's pairs from uploaded files (images, zips, a caption table) and caption lines."""
-    paths = [str(f) for f in files or []]
-    tables = [p for p in paths if p.lower().endswith(TABLE_SUFFIXES)]
-    images = [p for p in paths if not p.lower().endswith(TABLE_SUFFIXES)]
-    if len(tables) > 1:
-        raise InputError(f"{len(tables)} caption tables uploaded: give at most one CSV or JSON file.")
-    if not images:
-        raise InputError("No images yet: upload images (or a zip of them), or pick a sample set.")
-    return pairs_from_uploads(images, captions_text, tables[0] if tables else None)
 
 
 def check_data_dir(data_dir: Path = DATA_DIR) -> None:
@@ -204,29 +172,20 @@ def model_status(model: VLModel, notice: str | None) -> str:
     return line + (f"\n\n> {notice}" if notice else "")
 
 
-@dataclass(frozen=True)
-class EncodedPairs:
-    """The user's pairs with their global embeddings and the notices worth showing."""
-
-    pairs: PairSet
-    image_features: torch.Tensor  # (N, D), L2-normalised
-    text_features: torch.Tensor  # (N, D), L2-normalised
-    model: VLModel
-    notices: list[str]
-
-
-def encoded_pairs(
+def analyze_uploads(
     files: list[str] | None, captions_text: str | None, model_spec: str | None, space: SessionSpace
-) -> EncodedPairs:
-    """Read the pairs and encode them; the model caches embeddings by content, so tabs re-read cheaply."""
+) -> tuple[EncodedPairs, VLModel, str | None]:
+    """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice."""
     try:
-        pairs = read_pairs(files, captions_text)
+        pairs = pairs_from_uploads([str(f) for f in files or []], captions_text)
     except InputError as error:
         raise gr.Error(str(error)) from error
     model, notice = model_for(model_spec, space)
-    notices = [*pairs.notices, *([notice] if notice else [])]
-    notices += [
-        f"Caption {i + 1} ({pairs.names[i]}) is longer than the model's {model.context_length} tokens and was truncated."
-        for i in model.truncated_captions(pairs.captions)
-    ]
-    return EncodedPairs(pairs, model.encode_images(pairs.images), model.encode_texts(pairs.captions), model, notices)
+    return encode_pair_set(model, pairs), model, notice
+
+
+def analyzed(analysis: EncodedPairs | None, why: str) -> EncodedPairs:
+    """The pairs Analyze encoded in this session; when there are none yet, a message ending in `why`."""
+    if analysis is None:
+        raise gr.Error(f"Analyze a set of pairs first: {why}")
+    return analysis

@@ -1,6 +1,6 @@
 """The Train tab: continual pre-training with any mix of losses, streamed live; stop, compare, reuse.
 
-The callback drives `vlviz.runs.Run.records()` as a generator and turns records into figures
+The callback drives `vlviz.training.runs.Run.records()` as a generator and turns records into figures
 every few steps. Each browser session has its own runs (in `gr.State`), writes them under its own
 server-made folder and keeps their stop flags in its `SessionSpace`, so two people training at once
 never see, stop or overwrite each other's runs. At most `MAX_TRAININGS` train at once; the others
@@ -15,14 +15,18 @@ from typing import Any
 
 import gradio as gr
 
-from vlviz.compare import VIEWS, side_by_side
-from vlviz.figures import compare_runs, training_curves
-from vlviz.inputs import InputError
-from vlviz.losses import LOSSES
+from vlviz.data.inputs import InputError
+from vlviz.encoding import EncodedPairs, encode_pair_set
+from vlviz.losses import LOSSES, loss_keys
+from vlviz.losses.saco import SACO_DISTANCES
 from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
-from vlviz.runs import FRESH, prepare_run
-from vlviz.train import TRAINABLE, NonFiniteLossError, TrainConfig
-from vlviz.ui.session import CHECKPOINT_PREFIX, SESSIONS, SessionSpace, read_pairs
+from vlviz.training.config import TRAINABLE, NonFiniteLossError, TrainConfig
+from vlviz.training.evaluation import is_evaluation
+from vlviz.training.runs import FRESH, prepare_run
+from vlviz.ui.session import CHECKPOINT_PREFIX, SESSIONS, SessionSpace, analyzed
+from vlviz.viz.compare import VIEWS, side_by_side
+from vlviz.viz.figures import compare_runs, training_curves
+from vlviz.viz.views import probe_figures
 
 MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings running at once, all sessions together
 MAX_STEPS, MAX_BATCH_SIZE = 2000, 256  # the sliders' ends; the API is held to them too (the library allows more)
@@ -30,10 +34,10 @@ STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, 
 DATA = ["scenes", "photos", "uploaded pairs"]
 RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
 ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
-SIMLA_KEYS = ["xmm/mlm_accuracy", "xmm/mlm_accuracy_noise", "xmm/cross_modal_gain", "psl/precision_at_3"]
-COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SIMLA_KEYS]
+SHARE_KEYS = loss_keys("shares")  # the losses' accuracies (SIMLA's XMM and PSL), plotted on one axis
+COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SHARE_KEYS]
 DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
-PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # figures of vlviz.probe, refreshed at each evaluation
+PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # the probe's figures, refreshed at each evaluation
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 
 
@@ -48,7 +52,7 @@ def _view(
     retrieval = training_curves(records, RETRIEVAL_KEYS, "R@1: held-out split and probe set (retention)")
     alignment = training_curves(records, ALIGNMENT_KEYS, "SaCo inconsistency and SPARC pointing game (held-out)")
     simla = training_curves(
-        records, SIMLA_KEYS, "SIMLA: masked-token accuracy (image vs noise) and concept precision@3 (training batch)"
+        records, SHARE_KEYS, "SIMLA: masked-token accuracy (image vs noise) and concept precision@3 (training batch)"
     )
     names = [run["name"] for run in runs]
     probe = probe or {}
@@ -61,8 +65,8 @@ def _view(
 
 def run_training(
     start: str, data: str, trainable: str, steps: float, batch_size: float, lr: float, eval_every: float,
-    seed: float, saco_distance: str, model_spec: str | None, files: list[str] | None, captions: str | None,
-    runs: list[dict] | None, space: SessionSpace, request: gr.Request, *weights: float,
+    seed: float, saco_distance: str, model_spec: str | None, runs: list[dict] | None, analysis: EncodedPairs | None,
+    space: SessionSpace, request: gr.Request, *weights: float,
 ):  # fmt: skip
     """Stream a training run (the `train` API): figures and records every few steps, the checkpoint at the end."""
     runs = list(runs or [])
@@ -80,7 +84,7 @@ def run_training(
         start_path = space.checkpoint(start_spec)  # a checkpoint of this session, else a spec the policy allows
         if start_path is None and start_spec != FRESH:
             space.policy.check(start_spec)
-        source = read_pairs(files, captions) if data == "uploaded pairs" else data
+        source = analyzed(analysis, "the run trains on the pairs last analyzed.").pairs if data == DATA[2] else data
         number = len(runs) + 1
         name = f"run {number}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
         run = prepare_run(str(start_path or start_spec), source, config, space.run_folder(number))
@@ -96,11 +100,11 @@ def run_training(
     try:
         for record in run.records():
             entry["records"].append(record)
-            evaluated = "image_to_text_r1" in record
+            evaluated = is_evaluation(record)
             if record["step"] % STREAM_EVERY == 0 or evaluated:
                 loss = f", loss {record['total_loss']:.3f}" if "total_loss" in record else ""
                 status = f"**{name}**: step {record['step']} / {config.steps}{loss}"
-                probe = run.probe_views(record["step"]) if evaluated else None
+                probe = probe_figures(**vars(run.probe_measurement(record["step"]))) if evaluated else None
                 yield _view(entry["records"], runs, status, probe=probe)
     except NonFiniteLossError as error:
         gr.Warning(str(error))
@@ -140,21 +144,23 @@ def use_checkpoint(runs: list[dict] | None) -> Any:
     return gr.update(value=done[-1]["spec"])
 
 
-def compare_models(runs: list[dict] | None, chosen: list[str], files: list[str] | None, captions: str | None) -> list:
-    """The Affinity, Consistency and Grounding views of a run's start model and its checkpoint, on the current pairs."""
+def compare_models(runs: list[dict] | None, chosen: list[str], analysis: EncodedPairs | None) -> list:
+    """The Affinity, Consistency and Grounding views of a run's start model and its checkpoint, on the analysed pairs."""
     done = [run for run in runs or [] if run["checkpoint"] and (not chosen or run["name"] in chosen)]
     if not done:
         raise gr.Error("No finished run to compare: train (or stop) a run first.")
     run = done[-1]
     if run["start"] == FRESH:
         raise gr.Error(f"{run['name']} started from random weights: there is no start model to show.")
+    pairs = analyzed(analysis, "the comparison shows both models on the pairs last analyzed.").pairs
     try:
-        pairs = read_pairs(files, captions)
         start = load_model(run["start"], name=run["start_name"])
         trained = load_model(str(Path(run["checkpoint"]).parent), name=run["spec"])
-    except (ValueError, InputError, ModelUnavailableError) as error:
+    except (ValueError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
-    views = side_by_side(start, trained, pairs)
+    encodings = [encode_pair_set(model, pairs).encoding for model in (start, trained)]
+    images = tuple(model.input_image(pairs.images[0]) for model in (start, trained))
+    views = side_by_side(*encodings, pairs, images)
     return [figure for view in VIEWS for figure in views[view]]
 
 
@@ -163,7 +169,7 @@ def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
     return compare_runs(chosen_runs, key)
 
 
-def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbox, space: gr.State) -> None:
+def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State) -> None:
     """Create the tab: settings on the left, live curves on the right, compare below."""
     runs = gr.State([])
     with gr.Row():
@@ -177,7 +183,7 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
                 gr.Slider(0, 2, value=DEFAULT_WEIGHTS.get(name, 0.0), step=0.05, label=name, elem_id=f"weight-{name}")
                 for name in LOSSES
             ]
-            saco_distance = gr.Dropdown(["l1", "l2", "kl"], value="l1", label="SaCo distance", visible="saco" in LOSSES)
+            saco_distance = gr.Dropdown(list(SACO_DISTANCES), value=SACO_DISTANCES[0], label="SaCo distance")
             trainable = gr.Radio(list(TRAINABLE), value="all", label="What trains")
             steps = gr.Slider(1, MAX_STEPS, value=120, step=1, label="Steps", elem_id="train-steps")
             batch_size = gr.Slider(2, MAX_BATCH_SIZE, value=64, step=1, label="Batch size")
@@ -227,9 +233,8 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
         seed,
         saco_distance,
         model_spec,
-        files,
-        captions,
         runs,
+        analysis,
         space,
     ]
     probe_plots = [probe_grounding, probe_inconsistency, probe_embedding]
@@ -251,6 +256,6 @@ def build_train_tab(model_spec: gr.Dropdown, files: gr.File, captions: gr.Textbo
     )  # fmt: skip
     stop_button.click(stop_training, space, status, api_name="stop_training", concurrency_limit=None)
     use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
-    compare_button.click(compare_models, [runs, chosen, files, captions], side_plots, api_name="compare_models")
+    compare_button.click(compare_models, [runs, chosen, analysis], side_plots, api_name="compare_models")
     for trigger in (chosen.change, compare_key.change):
         trigger(compare, [runs, chosen, compare_key], compare_plot, api_visibility="private")

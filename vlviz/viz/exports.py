@@ -20,15 +20,9 @@ from PIL import Image
 
 from vlviz.affinity import AffinityReport
 from vlviz.consistency import in_modal_affinities
-from vlviz.views import (
-    ConsistencyView,
-    EmbeddingView,
-    consistency_table,
-    gap_table,
-    page_html,
-    top_pairs_html,
-    top_pairs_table,
-)
+from vlviz.viz.html import page_html, top_pairs_html
+from vlviz.viz.tables import consistency_table, gap_table, top_pairs_table
+from vlviz.viz.views import ConsistencyView, EmbeddingView
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """Text starting with one of these may run as a formula when a CSV is opened in a spreadsheet (CSV injection)."""

@@ -32,15 +32,16 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from vlviz.encoding import image_embeddings, text_embeddings, this_thread_only
-from vlviz.psl import joint_dim
+from vlviz.losses.base import Loss
 from vlviz.tokens import TokenLayout, real_token_mask, token_layout
+from vlviz.towers import grid_size, image_projection, joint_dim, token_embedding
 
 MASK_PROBABILITY = 0.15  # SIMLA / BERT
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the other 10% stay as they are
@@ -206,17 +207,30 @@ def image_token_sequence(image_features: torch.Tensor, patch_features: torch.Ten
     return torch.cat([image_features[:, None], patch_features], 1)
 
 
-def token_embedding(model: nn.Module) -> nn.Embedding:
-    """The token embedding of an open_clip text transformer (CLIP's own, or CustomTextCLIP's `text`)."""
-    embedding = getattr(model, "token_embedding", None) or getattr(
-        getattr(model, "text", None), "token_embedding", None
-    )
-    if not isinstance(embedding, nn.Embedding):
-        raise ValueError("XMM needs an open_clip text transformer with a token embedding (not a Hugging Face tower).")
-    return embedding
+@dataclass(frozen=True)
+class XmmConfig:
+    """XMM's options; SIMLA's values where it gives them, vlviz's otherwise (said)."""
+
+    layers: int = 2  # of each fusion stack (vlviz's choice: a small head for live runs)
+    heads: int = 4
+    mask_probability: float = MASK_PROBABILITY  # BERT's 15%
+    mask_share: float = MASK_SHARE  # ... and 80/10/10
+    random_share: float = RANDOM_SHARE
+    vocabulary_size: int = 4096  # output slots for the distinct tokens seen in training (vlviz's choice)
+    image_mask_ratio: float = IMAGE_MASK_RATIO  # share of patches masked (SIMLA: 75/256)
+    min_block: float = MIN_BLOCK  # smallest block as a share of the patch grid (SIMLA: 16/256)
+    centred_targets: bool = True  # regress each masked patch minus its image's mean patch (else the raw patch)
+    text_weight: float = 1.0  # of the two terms (SIMLA: 1 each); a side weighted 0 is skipped
+    image_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mask_share + self.random_share > 1:
+            raise ValueError(
+                f"mask_share + random_share must be at most 1, got {self.mask_share} + {self.random_share}"
+            )
 
 
-class XmmLoss(nn.Module):
+class XmmLoss(Loss):
     """XMM as a loss term: `text_loss` (masked tokens) and `image_loss` (masked patches), with metrics.
 
     Metrics: `mlm_accuracy` (masked tokens predicted right, attending to the true image),
@@ -226,58 +240,29 @@ class XmmLoss(nn.Module):
 
     `needs_tokens` and `needs_inputs`: called with the projected patch and token embeddings of the
     unmasked pair, the mask of real caption tokens, and `pixels`, `ids` and the `model`, which it
-    re-runs on the masked inputs (with gradients: XMM trains the towers too).
-
-    Args:
-        model: the open_clip model being trained (a ViT image tower and a text transformer; only sizes are read).
-        tokenizer: its tokenizer (which ids are start, end and padding).
-        layers, heads: of each fusion stack (2 layers, 4 heads).
-        mask_probability, mask_share, random_share: BERT's 15% and 80/10/10.
-        vocabulary_size: output slots for the distinct tokens seen in training (4096).
-        image_mask_ratio: share of patches masked (SIMLA: 75/256).
-        min_block: smallest block as a share of the patch grid (SIMLA: 16/256).
-        centred_targets: regress each masked patch minus its image's mean patch (else the raw patch).
-        text_weight, image_weight: of the two terms (SIMLA: 1 each); a side weighted 0 is skipped.
+    re-runs on the masked inputs (with gradients: XMM trains the towers too). Built for a model with
+    a ViT image tower and a text transformer (only their sizes are read) and its tokenizer (which
+    ids are start, end and padding). Options: `XmmConfig`.
     """
 
+    Config = XmmConfig
     needs_tokens = True
     needs_inputs = True
+    terms = ("text_loss", "image_loss")
+    diagnostics = ("mlm_accuracy", "mlm_accuracy_noise", "cross_modal_gain", "patch_cosine")
+    shares = ("mlm_accuracy", "mlm_accuracy_noise", "cross_modal_gain")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Callable[..., torch.Tensor],
-        layers: int = 2,
-        heads: int = 4,
-        mask_probability: float = MASK_PROBABILITY,
-        mask_share: float = MASK_SHARE,
-        random_share: float = RANDOM_SHARE,
-        vocabulary_size: int = 4096,
-        image_mask_ratio: float = IMAGE_MASK_RATIO,
-        min_block: float = MIN_BLOCK,
-        centred_targets: bool = True,
-        text_weight: float = 1.0,
-        image_weight: float = 1.0,
-    ) -> None:
-        super().__init__()
-        visual = model.visual
-        if not isinstance(visual, VisionTransformer) or visual.proj is None or visual.attn_pool is not None:
-            raise ValueError(f"XMM masks image patches: it needs a ViT image tower, not {type(visual).__name__}.")
-        if mask_share + random_share > 1:
-            raise ValueError(f"mask_share + random_share must be at most 1, got {mask_share} + {random_share}")
+    def __init__(self, model: nn.Module, tokenizer: Callable[..., torch.Tensor], **options: Any) -> None:
+        super().__init__(**options)
+        if image_projection(model) is None:
+            raise ValueError(f"XMM masks image patches: it needs a ViT image tower, not {type(model.visual).__name__}.")
+        config = self.config
         embedding = token_embedding(model)
         width = joint_dim(model)
-        if width % heads:
-            raise ValueError(f"The joint dimension {width} is not divisible by {heads} heads.")
-        self.options = {
-            "layers": layers, "heads": heads, "mask_probability": mask_probability, "mask_share": mask_share,
-            "random_share": random_share, "vocabulary_size": vocabulary_size, "image_mask_ratio": image_mask_ratio,
-            "min_block": min_block, "centred_targets": centred_targets, "text_weight": text_weight,
-            "image_weight": image_weight,
-        }  # fmt: skip
-        self.mask_probability, self.mask_share, self.random_share = mask_probability, mask_share, random_share
-        self.image_mask_ratio, self.min_block, self.centred_targets = image_mask_ratio, min_block, centred_targets
-        self.text_weight, self.image_weight = text_weight, image_weight
+        if width % config.heads:
+            raise ValueError(f"The joint dimension {width} is not divisible by {config.heads} heads.")
+        layers, heads, vocabulary_size = config.layers, config.heads, config.vocabulary_size
+        visual = model.visual
         self.text_mask_embedding = nn.Parameter(torch.randn(embedding.embedding_dim) * 0.02)  # [MASK]
         self.image_mask_embedding = nn.Parameter(torch.randn(visual.conv1.out_channels) * 0.02)
         self.text_fusion = Fusion(width, heads, layers)  # caption tokens attend to image patches
@@ -308,7 +293,7 @@ class XmmLoss(nn.Module):
 
     def encode_masked_image(self, model: nn.Module, pixels: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Projected patch embeddings (B, P, D) of images whose `masked` patches (B, P) are the mask embedding."""
-        rows, cols = model.visual.grid_size
+        rows, cols = grid_size(model)
         where = masked.view(-1, 1, rows, cols)  # conv1's output is (B, width, rows, cols)
         with substituted(model.visual.conv1, where, self.image_mask_embedding[None, :, None, None]):
             _, patches = image_embeddings(model, pixels)
@@ -329,8 +314,9 @@ class XmmLoss(nn.Module):
         if self.training:
             self.add_tokens(ids[token_mask])
         maskable = token_mask & (self.slot_of[ids] >= 0)  # a token without a slot is never chosen
+        config = self.config
         new_ids, chosen, masked = mask_tokens(
-            ids, maskable, self.replacements, self.mask_probability, self.mask_share, self.random_share
+            ids, maskable, self.replacements, config.mask_probability, config.mask_share, config.random_share
         )
         padding = ~token_mask  # start, end and padding are not attended to
         tokens = self.encode_masked_text(model, new_ids, masked)  # (B, T, D)
@@ -356,12 +342,14 @@ class XmmLoss(nn.Module):
 
         `text_tokens` (B, 1 + T, D): the global text embedding, then the tokens; `text_padding` marks those not attended to.
         """
-        grid = tuple(model.visual.grid_size)
-        hidden = block_mask(len(pixels), grid, self.image_mask_ratio, self.min_block).to(pixels.device)  # (B, P)
+        config = self.config
+        hidden = block_mask(len(pixels), grid_size(model), config.image_mask_ratio, config.min_block).to(
+            pixels.device
+        )  # (B, P)
         fused, _ = self.image_fusion(self.encode_masked_image(model, pixels, hidden), text_tokens, None, text_padding)
         predicted = self.patch_predictor(fused[hidden])  # (B * masked, D)
         targets = patch_features.detach()  # stop-gradient: the targets are the unmasked image's own patches
-        if self.centred_targets:  # what sets a patch apart from its image: a tower that collapses gains nothing
+        if config.centred_targets:  # what sets a patch apart from its image: a tower that collapses gains nothing
             targets = targets - targets.mean(1, keepdim=True)
         cosine = F.cosine_similarity(predicted.float(), targets[hidden].float(), dim=-1)
         return {"image_loss": (1 - cosine).mean(), "patch_cosine": cosine.detach().mean()}
@@ -380,15 +368,16 @@ class XmmLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         token_mask = token_mask.bool()
         out: dict[str, torch.Tensor] = {}
-        if self.text_weight:  # a side weighted 0 is not computed at all
+        text_weight, image_weight = self.config.text_weight, self.config.image_weight
+        if text_weight:  # a side weighted 0 is not computed at all
             image_tokens = image_token_sequence(image_features, patch_features)  # (B, 1 + P, D)
             out |= self.text_side(image_tokens, token_mask, pixels, ids, model)
-            out["text_loss"] = self.text_weight * out["text_loss"]
-        if self.image_weight:
+            out["text_loss"] = text_weight * out["text_loss"]
+        if image_weight:
             text_tokens = torch.cat([text_features[:, None], token_features], 1)  # (B, 1 + T, D)
             text_padding = F.pad(~token_mask, (1, 0), value=False)  # the global embedding is always attended to
             out |= self.image_side(patch_features, text_tokens, text_padding, pixels, model)
-            out["image_loss"] = self.image_weight * out["image_loss"]
+            out["image_loss"] = image_weight * out["image_loss"]
         return out
 
 

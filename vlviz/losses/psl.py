@@ -18,27 +18,21 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlviz.keywords import KEEP, PER_HEAD, default_concepts, keywords_from_attention, mention_matrix, pooled_attention
+from vlviz.losses.base import Loss
 from vlviz.tokens import token_layout
+from vlviz.towers import joint_dim
 
 MOMENTUM = 0.995  # SIMLA
 ALPHA = 0.4  # SIMLA's distillation weight
 ALPHA_RAMP_STEPS = 100  # SIMLA ramps alpha up over its first epoch; an endless scene stream has no epochs
-
-
-def joint_dim(model: nn.Module) -> int:
-    """The dimension of an open_clip model's joint embedding space."""
-    output_dim = getattr(model.visual, "output_dim", None)
-    if output_dim is None:
-        raise ValueError(
-            f"Cannot tell the embedding size of {type(model).__name__}: its image tower has no output_dim."
-        )
-    return int(output_dim)
 
 
 @torch.no_grad()
@@ -48,67 +42,59 @@ def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
         target.lerp_(source.detach(), 1.0 - momentum)
 
 
-class PslLoss(nn.Module):
+@dataclass(frozen=True)
+class PslConfig:
+    """PSL's options; SIMLA's values where it gives them."""
+
+    vocabulary: tuple[str, ...] | None = None  # the words the head predicts (None: `assets/concepts.txt`)
+    momentum: float = MOMENTUM  # of the EMA head (SIMLA: 0.995)
+    alpha: float = ALPHA  # weight of the EMA head's soft targets (SIMLA: 0.4)
+    alpha_ramp_steps: int = ALPHA_RAMP_STEPS  # alpha rises linearly from 0 over this many steps (0: no ramp)
+    per_head: int = PER_HEAD  # SIMLA's keyword vote: top 4 per head ...
+    keep: int = KEEP  # ... keep 5
+    content_words_only: bool = False  # leave stop words out of the keyword candidates
+    precision_k: int = 3  # k of the logged precision@k: the share of the top-k predicted words the caption contains
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.vocabulary is not None:  # JSON gives a list; single lowercase words, each once
+            words = tuple(dict.fromkeys(w.strip().lower() for w in self.vocabulary if w.strip()))
+            if not words:
+                raise ValueError("The PSL vocabulary is empty: give at least one word.")
+            object.__setattr__(self, "vocabulary", words)
+
+
+class PslLoss(Loss):
     """PSL as a loss term: `psl_loss` (BCE), with `precision_at_k`, `targets_per_caption` and `alpha` to plot.
 
     `needs_inputs`: built for the model and tokenizer (the head is sized to the joint space) and
     called with the batch's `ids` and `captions` and the `model`, whose text tower's attention
-    selects the keywords (no gradient flows through the selection).
-
-    Args:
-        model: the open_clip model being trained (only its sizes are read here).
-        tokenizer: the tokenizer of its captions (to merge BPE pieces into words).
-        vocabulary: the words the head predicts (default: `assets/concepts.txt`); single lowercase words.
-        momentum: of the EMA head (SIMLA: 0.995).
-        alpha: weight of the EMA head's soft targets (SIMLA: 0.4).
-        alpha_ramp_steps: alpha rises linearly from 0 over this many steps (0: no ramp).
-        per_head, keep: SIMLA's keyword vote (top 4 per head, keep 5).
-        content_words_only: leave stop words out of the keyword candidates.
-        precision_k: k of the logged precision@k, the share of the top-k predicted words that the caption contains.
+    selects the keywords (no gradient flows through the selection). Options: `PslConfig`; the
+    config kept (and saved with the head) names the vocabulary's words.
     """
 
+    Config = PslConfig
     needs_inputs = True
+    terms = ("psl_loss",)
+    diagnostics = ("precision_at_3", "targets_per_caption", "alpha")
+    shares = ("precision_at_3",)
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Callable[..., torch.Tensor],
-        vocabulary: Sequence[str] | None = None,
-        momentum: float = MOMENTUM,
-        alpha: float = ALPHA,
-        alpha_ramp_steps: int = ALPHA_RAMP_STEPS,
-        per_head: int = PER_HEAD,
-        keep: int = KEEP,
-        content_words_only: bool = False,
-        precision_k: int = 3,
-    ) -> None:
-        super().__init__()
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        words = list(
-            dict.fromkeys(
-                w.strip().lower() for w in (default_concepts() if vocabulary is None else vocabulary) if w.strip()
-            )
-        )
-        if not words:
-            raise ValueError("The PSL vocabulary is empty: give at least one word.")
-        self.vocabulary = words
+    def __init__(self, model: nn.Module, tokenizer: Callable[..., torch.Tensor], **options: Any) -> None:
+        super().__init__(**options)
+        if self.config.vocabulary is None:
+            self.config = replace(self.config, vocabulary=default_concepts())
+        config = self.config
+        self.vocabulary = list(config.vocabulary)
         self.tokenizer = tokenizer
-        self.momentum, self.alpha, self.alpha_ramp_steps = momentum, alpha, alpha_ramp_steps
-        self.per_head, self.keep, self.content_words_only = per_head, keep, content_words_only
-        self.precision_k = min(precision_k, len(words))
-        # Everything needed to rebuild this module around its saved state (vlviz.train.save_loss_heads).
-        self.options = {
-            "vocabulary": words, "momentum": momentum, "alpha": alpha, "alpha_ramp_steps": alpha_ramp_steps,
-            "per_head": per_head, "keep": keep, "content_words_only": content_words_only, "precision_k": precision_k,
-        }  # fmt: skip
-        self.head = nn.Linear(joint_dim(model), len(words))
+        self.precision_k = min(config.precision_k, len(self.vocabulary))
+        self.head = nn.Linear(joint_dim(model), len(self.vocabulary))
         # Start every word at the share of the vocabulary a caption's keywords fill (RetinaNet's prior
         # initialisation), with zero weights: the momentum head then averages only what was learned,
         # not its random start, and its first soft targets are small rather than 0.5 for every word.
-        prior = min(keep / len(words), 0.5)
+        prior = min(config.keep / len(self.vocabulary), 0.5)
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, math.log(prior / (1 - prior)))
         self.ema_head = copy.deepcopy(self.head).requires_grad_(False)
@@ -116,9 +102,8 @@ class PslLoss(nn.Module):
 
     def current_alpha(self) -> float:
         """alpha, ramped linearly over the first `alpha_ramp_steps` optimiser steps."""
-        if self.alpha_ramp_steps <= 0:
-            return self.alpha
-        return self.alpha * min(1.0, int(self.steps) / self.alpha_ramp_steps)
+        alpha, ramp = self.config.alpha, self.config.alpha_ramp_steps
+        return alpha if ramp <= 0 else alpha * min(1.0, int(self.steps) / ramp)
 
     def targets(
         self, ids: torch.Tensor, captions: Sequence[str], model: nn.Module
@@ -126,7 +111,7 @@ class PslLoss(nn.Module):
         """(B, V) hard targets (the caption's keywords in the vocabulary) and (B, V) words the caption contains."""
         layout = token_layout(self.tokenizer, list(captions))
         found = keywords_from_attention(
-            pooled_attention(model, ids), layout, self.per_head, self.keep, self.content_words_only
+            pooled_attention(model, ids), layout, self.config.per_head, self.config.keep, self.config.content_words_only
         )
         keywords = mention_matrix(found.keywords, self.vocabulary).to(ids.device)
         return keywords.float(), mention_matrix(layout.words, self.vocabulary).to(ids.device)
@@ -153,7 +138,7 @@ class PslLoss(nn.Module):
 
     def after_step(self) -> None:
         """Move the momentum head towards the trained head; count the step (for the alpha ramp)."""
-        ema_update(self.ema_head, self.head, self.momentum)
+        ema_update(self.ema_head, self.head, self.config.momentum)
         self.steps += 1
 
     @torch.no_grad()

@@ -14,10 +14,10 @@ from plotly.subplots import make_subplots
 LABEL_CHARS = 28
 
 
-def short_labels(captions: Sequence[str], width: int = LABEL_CHARS) -> list[str]:
-    """Unique axis labels: the item number and the caption cut to `width` characters."""
+def short_labels(captions: Sequence[str], width: int = LABEL_CHARS, numbers: Sequence[int] | None = None) -> list[str]:
+    """Unique axis labels: the item number (1-based; `numbers` are 0-based positions) and the caption cut to `width`."""
     out = []
-    for i, caption in enumerate(captions):
+    for i, caption in zip(range(len(captions)) if numbers is None else numbers, captions):
         text = caption if len(caption) <= width else caption[: width - 1].rstrip() + "…"
         out.append(f"{i + 1}. {text}")
     return out
@@ -311,6 +311,15 @@ OVERLAY_COLORSCALE = [
     [0.7, "rgba(249, 142, 9, 0.9)"],
     [1.0, "rgba(252, 255, 164, 1)"],
 ]
+
+
+def display_image(image: np.ndarray, side: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image resized to `side` pixels a side for display: enlarged with crisp pixels (scenes
+    are 64 px), reduced smoothly."""
+    if image.shape[0] == image.shape[1] == side:
+        return image
+    resample = Image.Resampling.NEAREST if side >= max(image.shape[:2]) else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize((side, side), resample))
 
 
 def _png_data_uri(image: np.ndarray) -> str:

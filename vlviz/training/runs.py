@@ -20,27 +20,21 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-from vlviz.data.sources import HeldOut, PairSource, SceneSource, input_side, preprocess_stats
-from vlviz.distributed import DistributedContext
+from vlviz.checkpoints import save_checkpoint, save_loss_heads
+from vlviz.data.inputs import PairSet, load_pairs_folder
+from vlviz.data.samples import SAMPLES_DIR
+from vlviz.data.sources import HeldOut, PairSource, SceneSource
 from vlviz.encoding import VLModel
-from vlviz.inputs import PairSet, load_pairs_folder
 from vlviz.models import load_model, resolve_device
-from vlviz.probe import ProbeBatch
-from vlviz.train import (
-    SCENES_MODEL_CFG,
-    NonFiniteLossError,
-    Source,
-    TrainConfig,
-    build_losses,
-    evaluate,
-    save_checkpoint,
-    save_loss_heads,
-    scenes_tokenizer,
-    train,
-)
+from vlviz.towers import input_side, preprocess_stats
+from vlviz.training.config import NonFiniteLossError, TrainConfig
+from vlviz.training.distributed import DistributedContext
+from vlviz.training.evaluation import evaluate, is_evaluation
+from vlviz.training.loop import Source, build_losses, train
+from vlviz.training.offline_model import SCENES_MODEL_CFG, scenes_tokenizer
+from vlviz.training.probe import ProbeBatch, ProbeMeasurement
 
 FRESH = "fresh"  # start from a randomly initialised model of the offline architecture
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 WEIGHTS_NAME = "checkpoint.safetensors"
 HELD_OUT_SCENES = 256
 
@@ -78,11 +72,11 @@ class Run:
     losses: dict[str, torch.nn.Module] | None = None
     _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
 
-    def probe_views(self, step: int) -> dict:
-        """Figures of a fixed held-out probe batch for the model as it is now (see `vlviz.probe`)."""
+    def probe_measurement(self, step: int) -> ProbeMeasurement:
+        """A fixed held-out probe batch under the model as it is now (see `vlviz.training.probe`)."""
         if self._probe_batch is None:
             self._probe_batch = ProbeBatch(self.source.held_out, *preprocess_stats(self.model))
-        return self._probe_batch.views(self.model, self.tokenizer, step)
+        return self._probe_batch.measure(self.model, self.tokenizer, step)
 
     @property
     def checkpoint(self) -> Path:
@@ -108,7 +102,7 @@ class Run:
                 [initial],
                 train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context, self.losses),
             ):
-                if "image_to_text_r1" in record:
+                if is_evaluation(record):
                     record |= self._probe()
                     if main:
                         with metrics.open("a") as handle:

@@ -1,0 +1,114 @@
+"""SPARC's objective (Bica et al., ICML 2024): CLIP's global loss plus a fine-grained, within-sample one.
+
+The alignment weights and grouped embeddings are `vlviz.sparc`'s (Eqs. 2-5); this module contrasts
+each token's language-grouped vision embedding with the sample's tokens (the paper's Appendix C).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlviz.losses.base import Loss
+from vlviz.losses.clip import clip_contrastive_loss
+from vlviz.sparc import alignment_weights, grouped_embeddings
+
+# --- SPARC: sparse fine-grained contrastive alignment (vlviz.sparc) -----------------------------
+# A column the softmax must ignore: exp(MIN - max) == 0 exactly, and the value stays finite, so a
+# padding row (whose own target column is masked) gives a finite loss that the mask then zeroes.
+_MASKED_LOGIT = torch.finfo(torch.float32).min
+
+
+def sparc_fine_grained_loss(
+    token_emb: torch.Tensor,
+    patch_emb: torch.Tensor,
+    token_mask: torch.Tensor,
+    inverse_temperature: torch.Tensor | float,
+) -> torch.Tensor:
+    """SPARC's fine-grained loss (Bica et al. 2024), as in the paper's Appendix C pseudo-code.
+
+    Within each sample, the language-grouped vision embeddings c_l (Eq. 5 with the weights of
+    Eqs. 2-4) and the tokens t_l are L2-normalised; logits[b, l, k] = inverse_temperature * c_l . t_k.
+    Both directions are cross-entropies over the sample's own tokens with target l: rows c_l
+    against columns t_k (vision to language) and rows t_l against columns c_k (language to vision).
+    Padding columns are masked out of the softmax and padding rows out of the average, which is
+    sum(loss * mask) / sum(mask) over the valid tokens of the whole batch. Returns the mean of the
+    two directions (the paper's 1/2, as in the global loss). No stop-gradients.
+
+    Args:
+        token_emb: (B, T, D) projected token embeddings, not normalised.
+        patch_emb: (B, P, D) projected patch embeddings, not normalised.
+        token_mask: (B, T), 1 (True) at real tokens, 0 at padding.
+        inverse_temperature: 1 / tau, e.g. open_clip's `logit_scale` (already exponentiated).
+    """
+    grouped = grouped_embeddings(alignment_weights(token_emb, patch_emb), patch_emb)  # (B, T, D)
+    grouped, tokens = F.normalize(grouped, dim=-1), F.normalize(token_emb, dim=-1)
+    mask = token_mask.bool()
+    logits = torch.einsum("bld,bkd->blk", grouped, tokens).float() * inverse_temperature  # (B, T, T): c_l . t_k
+    batch, length = mask.shape
+    labels = torch.arange(length, device=logits.device).repeat(batch)  # target l for row l of every sample
+    weight = mask.reshape(-1).to(logits.dtype)
+    directional = []
+    for rows_by_columns in (logits, logits.transpose(1, 2)):  # vision -> language, language -> vision
+        masked = rows_by_columns.masked_fill(~mask[:, None, :], _MASKED_LOGIT)  # padding columns
+        loss = F.cross_entropy(masked.reshape(batch * length, length), labels, reduction="none")  # (B * T,)
+        directional.append((loss * weight).sum() / weight.sum().clamp_min(1))
+    return (directional[0] + directional[1]) / 2
+
+
+def sparc_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    token_emb: torch.Tensor,
+    patch_emb: torch.Tensor,
+    token_mask: torch.Tensor,
+    inverse_temperature: torch.Tensor | float,
+    global_weight: float = 0.5,
+    fine_weight: float = 1.0,
+) -> torch.Tensor:
+    """SPARC's objective: lambda_g * global InfoNCE + lambda_f * fine-grained loss, one temperature for both.
+
+    The global term is CLIP's symmetric InfoNCE on the model's own L2-normalised global features;
+    lambda_g = 0.5 as in the paper, lambda_f = 1 (the paper sweeps it over {0.5, 1, 5, 10}).
+    """
+    global_term = clip_contrastive_loss(image_features, text_features, inverse_temperature)
+    fine_term = sparc_fine_grained_loss(token_emb, patch_emb, token_mask, inverse_temperature)
+    return global_weight * global_term + fine_weight * fine_term
+
+
+@dataclass(frozen=True)
+class SparcConfig:
+    global_weight: float = 0.5  # lambda_g, the paper's value
+    fine_weight: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10} and does not name one (vlviz's default)
+
+
+class SparcLoss(Loss):
+    """SPARC's two weighted terms, `global_loss` and `fine_loss` (their sum is `sparc_loss`).
+
+    `needs_tokens`: the trainer adds `patch_features`, `token_features` and `token_mask` to the
+    model's output. The global term is CLIP's InfoNCE: train with {"sparc": 1} alone for the
+    paper's objective.
+    """
+
+    Config = SparcConfig
+    needs_tokens = True
+    terms = ("global_loss", "fine_loss")
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        patch_features: torch.Tensor,
+        token_features: torch.Tensor,
+        token_mask: torch.Tensor,
+        **_: object,
+    ) -> dict[str, torch.Tensor]:
+        global_term = clip_contrastive_loss(image_features, text_features, logit_scale)
+        fine_term = sparc_fine_grained_loss(token_features, patch_features, token_mask, logit_scale)
+        return {
+            "global_loss": self.config.global_weight * global_term,
+            "fine_loss": self.config.fine_weight * fine_term,
+        }

@@ -1,0 +1,81 @@
+"""A fixed probe batch watched while a model trains: its grounding maps, inconsistency and embedding layout.
+
+Drawn from the held-out split at the start of a run, the probe never changes, and its embedding
+layout is fitted once (on the start model) and reused through `EmbeddingLayout.transform`, so
+every change is the model's doing. It returns numbers (`ProbeMeasurement`); `vlviz.viz.views`
+draws them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vlviz.consistency import inconsistency_matrix
+from vlviz.data.sources import HeldOut
+from vlviz.embedding_space import EmbeddingLayout, fit_layout
+from vlviz.encoding import PairEncoding, input_image
+from vlviz.grounding import CaptionMaps, caption_maps
+from vlviz.tokens import token_layout
+from vlviz.towers import grid_size
+from vlviz.training.evaluation import embed_held_out
+
+PROBE_PAIRS = 16
+
+
+@dataclass(frozen=True)
+class ProbeMeasurement:
+    """The probe batch under the model as it was at `step`."""
+
+    step: int
+    captions: list[str]
+    inconsistency: np.ndarray  # (N, N) |A_I - A_T|
+    coordinates: np.ndarray  # (2N, 2) on the step-0 layout: images, then captions
+    axis_titles: tuple[str, str]
+    image: np.ndarray  # (H, W, 3) uint8: the first probe image as the model sees it
+    grounding: CaptionMaps | None  # SPARC weights of the first caption's words; None without patch tokens
+
+
+@dataclass
+class ProbeBatch:
+    """The first `size` held-out pairs, with their pixels turned back into images for overlays."""
+
+    held_out: HeldOut
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: int = PROBE_PAIRS
+    layout: EmbeddingLayout | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        n = min(self.size, len(self.held_out.captions))
+        self.batch = HeldOut(self.held_out.pixels[:n], self.held_out.captions[:n])
+        self.first_image = input_image(self.batch.pixels[0], self.mean, self.std)
+
+    def measure(self, model: torch.nn.Module, tokenizer, step: int) -> ProbeMeasurement:
+        """The probe's numbers for the model as it is now (evaluation mode, no gradients)."""
+        was_training = model.training
+        model.eval()
+        image, text, patches, tokens = (
+            None if t is None else t.cpu() for t in embed_held_out(model, tokenizer, self.batch, with_tokens=True)
+        )
+        model.train(was_training)
+        if self.layout is None:
+            self.layout = fit_layout(image, text, method="pca")
+        grounding = None
+        if patches is not None and tokens is not None:
+            first = PairEncoding(
+                image[:1], text[:1], patches[:1], grid_size(model), tokens[:1],
+                token_layout(tokenizer, self.batch.captions[:1]), logit_scale=0.0, logit_bias=None,
+            )  # fmt: skip
+            grounding = caption_maps(first)
+        return ProbeMeasurement(
+            step=step,
+            captions=list(self.batch.captions),
+            inconsistency=inconsistency_matrix(image, text).numpy(),
+            coordinates=self.layout.transform(image, text).numpy(),
+            axis_titles=self.layout.axis_titles,
+            image=self.first_image,
+            grounding=grounding,
+        )
