@@ -351,7 +351,7 @@ def train_settings(steps: int, batch_size: int = 8, lr: float = 1e-4) -> list:
     weights = [1.0 if name == "clip" else 0.0 for name in LOSS_NAMES]
     eval_every = min(steps, 200)  # the slider's maximum
     settings = ["offline scenes model", "scenes", "all", steps, batch_size, lr, eval_every, 0, "l1", OFFLINE_SPEC]
-    return [*settings, [], "", *weights]
+    return [*settings, *weights]
 
 
 class Session:
@@ -433,16 +433,18 @@ class Session:
 
     # -- the good requests
 
-    def analyze(self) -> None:
+    def analyze(self, files: Sequence[Path] | None = None, captions: list[str] | None = None) -> None:
+        """Analyze this session's pairs (or `files` with `captions`): what every other view then reads."""
+        files, captions = files or self.files, captions or self.captions
+
         def check(result: Any) -> list[str]:
             data = result[5]
-            if data["captions"] != self.captions:
+            if data["captions"] != captions:
                 return foreign_items(data["captions"], data["names"], self.tag) or ["captions differ from those sent"]
             return foreign_items(data["captions"], data["names"], self.tag)
 
         kind = self.rng.choice(["cosine similarity", "match probability"])
-        captions = "\n".join(self.captions)
-        self.request("analyze", check, self.uploads(self.files), captions, OFFLINE_SPEC, kind)
+        self.request("analyze", check, self.uploads(files), "\n".join(captions), OFFLINE_SPEC, kind)
 
     def consistency(self) -> None:
         def check(result: Any) -> list[str]:
@@ -451,10 +453,9 @@ class Session:
             names = [n for row in data["top_pairs"] for n in (row["image i"], row["image j"])]
             return foreign_items(data["captions"] + top, data["names"] + names, self.tag)
 
-        self.request(
-            "consistency", check, self.uploads(self.files), "\n".join(self.captions), OFFLINE_SPEC,
-            self.rng.choice(["clustered", "input order"]), "absolute |A_I − A_T|", 4, 0.1,
-        )  # fmt: skip
+        self.analyze()
+        order = self.rng.choice(["clustered", "input order"])
+        self.request("consistency", check, order, "absolute |A_I − A_T|", 4, 0.1)
 
     def embedding(self, method: str = "pca", files: Sequence[Path] | None = None, captions: list[str] | None = None,
                   key: str | None = None, timeout: float | None = None) -> None:  # fmt: skip
@@ -462,9 +463,10 @@ class Session:
             data = result[6]
             return foreign_items(data["captions"], data["names"], self.tag)
 
+        self.analyze(files, captions)
         self.request(
-            "embedding_space", check, self.uploads(files or self.files), "\n".join(captions or self.captions),
-            OFFLINE_SPEC, method, 5, 0.1, "cosine", 0, self.rng.random() < 0.5, False, key=key, timeout=timeout,
+            "embedding_space", check, method, 5, 0.1, "cosine", 0, self.rng.random() < 0.5, False, key=key,
+            timeout=timeout,
         )  # fmt: skip
 
     def grounding(self) -> None:

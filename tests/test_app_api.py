@@ -60,13 +60,28 @@ def test_the_offline_model_matches_the_sample_scenes(client: Client) -> None:
     [
         ([SCENES / "scene_00.png"], "one\ntwo", "1 image but 2 captions"),
         ([SCENES / "scene_00.png", SCENES / "scene_01.png"], "only one", "2 images but 1 caption"),
-        ([], "a caption", "No images yet"),
-        ([SCENES / "captions.csv"], "", "No images yet"),
+        ([], "a caption", "No images were uploaded"),
+        ([SCENES / "captions.csv"], "", "No images were uploaded"),
     ],
 )
 def test_bad_input_gets_a_clear_message(client: Client, files: list[Path], captions: str, message: str) -> None:
     with pytest.raises(AppError, match=message):
         _analyze(client, files, captions)
+
+
+def test_two_caption_tables_are_read_as_the_library_reads_them(client: Client, tmp_path: Path) -> None:
+    """The app hands every upload to `pairs_from_uploads`: tables that agree merge, tables that disagree are named."""
+    images = [SCENES / "scene_00.png", SCENES / "scene_01.png"]
+    first, second = tmp_path / "first.csv", tmp_path / "second.json"
+    first.write_text("file,caption\nscene_00.png,a red circle\n")
+    second.write_text('[{"file": "scene_01.png", "caption": "a blue square"}]')
+    data = _analyze(client, [*images, first, second], "")[5]
+    assert data["captions"] == ["a red circle", "a blue square"]
+    second.write_text(
+        '[{"file": "scene_00.png", "caption": "a blue square"}, {"file": "scene_01.png", "caption": "x"}]'
+    )
+    with pytest.raises(AppError, match="different captions"):
+        _analyze(client, [*images, first, second], "")
 
 
 def test_corrupt_and_wrong_files_are_named(client: Client, tmp_path: Path) -> None:

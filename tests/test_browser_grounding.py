@@ -50,9 +50,9 @@ def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:
     chips = page.locator("#grounding-words label")
     expect(chips).to_have_count(len(FIRST_CAPTION_WORDS))
     assert chips.all_inner_texts() == FIRST_CAPTION_WORDS
-    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}'")  # the first content word
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}'")  # the first content word (not a size)
 
-    word = FIRST_CAPTION_WORDS[2]
+    word = FIRST_CAPTION_WORDS[3]
     page.locator("#grounding-words").get_by_label(word, exact=True).check()
     wait_for_title(page, "grounding-overlay", f"'{word}': SPARC weights")
     overlay = figure(page, "grounding-overlay")
@@ -66,7 +66,7 @@ def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:
 
 
 def test_the_switch_redraws_the_dense_cosine_map(page: Page) -> None:
-    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}'")
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}'")
     page.locator("#grounding-kind").get_by_label("dense cosine map").check()
-    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[1]}': dense cosine map")
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': dense cosine map")
     wait_for_title(page, "grounding-matrix", "Token x patch: dense cosine map")

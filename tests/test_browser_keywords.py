@@ -82,5 +82,5 @@ def test_a_trained_xmm_head_draws_its_map_beside_sparcs(page: Page, checkpoint: 
     expect(page.locator("#grounding-xmm-notice")).to_contain_text("when it is masked")
     expect(page.locator("#grounding-xmm .js-plotly-plot")).to_be_visible()
     title = page.evaluate("() => document.querySelector('#grounding-xmm .js-plotly-plot').layout.title.text")
-    assert title == f"'{words(CAPTIONS[0])[1]}' masked: XMM cross-attention"  # the first content word
+    assert title == f"'{words(CAPTIONS[0])[2]}' masked: XMM cross-attention"  # the first content word (not a size)
     expect(page.locator("#grounding-overlay .js-plotly-plot")).to_be_visible()  # SPARC's weights beside it

@@ -26,19 +26,27 @@ def _uploads(files: list[Path]) -> list:
     return [handle_file(str(f)) for f in files]
 
 
+def _analyze(client: Client, files: list[Path], captions: str) -> None:
+    """Both views read the pairs the session analysed last."""
+    client.predict(_uploads(files), captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze")
+
+
 def _consistency(client: Client, files: list[Path], captions: str, top_k: int = 4, temperature: float = 0.1):
-    return client.predict(
-        _uploads(files), captions, OFFLINE_SPEC, "clustered", "absolute |A_I − A_T|", top_k, temperature,
-        api_name="/consistency",
-    )  # fmt: skip
+    _analyze(client, files, captions)
+    return client.predict("clustered", "absolute |A_I − A_T|", top_k, temperature, api_name="/consistency")
 
 
 def _embedding(client: Client, method: str = "pca", close_gap: bool = False, files: list[Path] = FILES):
-    captions = "\n".join(SCENE_CAPTIONS[f.name] for f in files)
-    return client.predict(
-        _uploads(files), captions, OFFLINE_SPEC, method, 15, 0.1, "cosine", 0, close_gap, False,
-        api_name="/embedding_space",
-    )  # fmt: skip
+    _analyze(client, files, "\n".join(SCENE_CAPTIONS[f.name] for f in files))
+    return client.predict(method, 15, 0.1, "cosine", 0, close_gap, False, api_name="/embedding_space")
+
+
+def test_views_need_an_analysis_first(app_url: str) -> None:
+    fresh = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match="Analyze a set of pairs first"):
+        fresh.predict("clustered", "absolute |A_I − A_T|", 4, 0.1, api_name="/consistency")
+    with pytest.raises(AppError, match="Analyze a set of pairs first"):
+        fresh.predict("pca", 15, 0.1, "cosine", 0, False, False, api_name="/embedding_space")
 
 
 def test_api_lists_consistency_and_embedding_space(client: Client) -> None:

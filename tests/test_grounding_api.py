@@ -37,8 +37,9 @@ def test_grounding_returns_the_words_and_their_weights(client: Client) -> None:
 
 
 def test_the_default_word_is_the_first_content_word(client: Client) -> None:
+    """Neither a stop word nor a size: the same word the trainer's probe and the model comparison show first."""
     data = _ground(client, pair=1)
-    assert data["words"][:2] == ["a", "small"] and data["word"] == 1
+    assert data["words"][:2] == ["a", "small"] and data["word"] == 2
 
 
 def test_bundled_scenes_get_a_grounding_score(client: Client) -> None:

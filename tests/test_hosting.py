@@ -32,7 +32,7 @@ TOKEN_FOLDER = re.compile(r"[0-9a-f]{32}")
 
 def _train_settings(steps: int, lr: float = 1e-4) -> list:
     weights = [1.0 if name == "clip" else 0.0 for name in LOSSES]
-    return ["offline scenes model", "scenes", "all", steps, 8, lr, steps, 0, "l1", OFFLINE_SPEC, [], "", *weights]
+    return ["offline scenes model", "scenes", "all", steps, 8, lr, steps, 0, "l1", OFFLINE_SPEC, *weights]
 
 
 def _analyze(client: Client, spec: str = OFFLINE_SPEC, n: int = 2) -> tuple:

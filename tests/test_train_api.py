@@ -24,8 +24,6 @@ def _settings(steps: int, batch_size: int = 8, data: str = "scenes", **weights: 
         0,
         "l1",
         "vlviz-scenes",
-        [],
-        "",
         *loss_weights,
     ]
 
@@ -78,8 +76,13 @@ def test_stop_without_a_run_says_so(app_url: str) -> None:
 def test_compare_start_and_trained_models_side_by_side(app_url: str) -> None:
     client = Client(app_url, verbose=False)
     with pytest.raises(AppError, match="No finished run to compare"):
-        client.predict([], [], "", api_name="/compare_models")
+        client.predict([], api_name="/compare_models")
     client.predict(*_settings(steps=2, clip=1.0), api_name="/train")
+    with pytest.raises(AppError, match="Analyze a set of pairs first"):
+        client.predict([], api_name="/compare_models")
     files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(3)]
-    figures = client.predict([], files, "a red circle\na blue square\na white cross", api_name="/compare_models")
+    client.predict(
+        files, "a red circle\na blue square\na white cross", "vlviz-scenes", "cosine similarity", api_name="/analyze"
+    )
+    figures = client.predict([], api_name="/compare_models")
     assert len(figures) == 6 and all(figure is not None for figure in figures)

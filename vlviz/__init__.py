@@ -1,7 +1,8 @@
 """vlviz: see and train how vision-language models align images with text.
 
-The library is pure tensors and never imports gradio; the app in `app.py` / `vlviz.ui` wires it
-to a browser.
+Layers, imported one way (README, Architecture): the core library here (`vlviz.*`, `vlviz.losses`,
+`vlviz.data`: tensors in, dataclasses out) <- the training harness (`vlviz.training`) and the views
+(`vlviz.viz`) <- the commands (`vlviz.report`, `python -m vlviz`) <- the Gradio app (`vlviz.ui`).
 """
 
 from vlviz.encoding import PairEncoding, VLModel

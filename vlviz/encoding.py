@@ -228,9 +228,13 @@ class VLModel:
         return text_embeddings(self.model, self.tokenizer(texts).to(self.device))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncodedPairs:
-    """A pair set and its encoding by one model: what Analyze keeps in the session and every view reads."""
+    """A pair set and its encoding by one model: what Analyze keeps in the session and every view reads.
+
+    Compared and hashed by identity (`eq=False`): Gradio hashes session state to see that a new analysis
+    arrived, and the pairs' images and tensors have no hash of their own.
+    """
 
     pairs: PairSet
     encoding: PairEncoding

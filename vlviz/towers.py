@@ -41,6 +41,13 @@ def patches_unavailable(model: nn.Module) -> str | None:
     return None
 
 
+def patch_embedding(model: nn.Module) -> nn.Conv2d:
+    """The convolution that cuts a ViT's image into patch embeddings (`visual.conv1`), where XMM masks patches."""
+    if image_projection(model) is None:
+        raise ValueError(f"Masking image patches needs a ViT image tower, not {type(model.visual).__name__}.")
+    return model.visual.conv1
+
+
 def grid_size(model: nn.Module) -> tuple[int, int] | None:
     """(rows, columns) of a ViT tower's patch grid; None for towers without projectable patches."""
     if image_projection(model) is None:

@@ -32,7 +32,8 @@ class Loss(nn.Module):
         (`cls(model, tokenizer, **options)`, which sizes its heads) and is also passed the batch's
         `pixels`, `ids`, `captions` and the `model`, which it may re-run;
       - `terms`: the ``*_loss`` keys it returns; `diagnostics`: the other keys (with the default config);
-      - `shares`: the diagnostics that are shares in [0, 1] (accuracies), plotted on one axis.
+      - `shares`: the diagnostics that are shares in [0, 1] (accuracies), plotted on one axis;
+      - `towers`: the towers its gradients reach ("image", "text").
     A built loss holds its options in `config`; `after_step()` runs after every optimiser step.
     """
 
@@ -42,6 +43,7 @@ class Loss(nn.Module):
     terms: ClassVar[tuple[str, ...]] = ()
     diagnostics: ClassVar[tuple[str, ...]] = ()
     shares: ClassVar[tuple[str, ...]] = ()
+    towers: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, **options: Any) -> None:
         super().__init__()

@@ -81,6 +81,7 @@ class PslLoss(Loss):
     terms = ("psl_loss",)
     diagnostics = ("precision_at_3", "targets_per_caption", "alpha")
     shares = ("precision_at_3",)
+    towers = ("image",)  # the keywords are read from the text tower without gradients
 
     def __init__(self, model: nn.Module, tokenizer: Callable[..., torch.Tensor], **options: Any) -> None:
         super().__init__(**options)

@@ -41,7 +41,7 @@ from torch import nn
 from vlviz.encoding import image_embeddings, text_embeddings, this_thread_only
 from vlviz.losses.base import Loss
 from vlviz.tokens import TokenLayout, real_token_mask, token_layout
-from vlviz.towers import grid_size, image_projection, joint_dim, token_embedding
+from vlviz.towers import grid_size, image_projection, joint_dim, patch_embedding, token_embedding
 
 MASK_PROBABILITY = 0.15  # SIMLA / BERT
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the other 10% stay as they are
@@ -262,9 +262,8 @@ class XmmLoss(Loss):
         if width % config.heads:
             raise ValueError(f"The joint dimension {width} is not divisible by {config.heads} heads.")
         layers, heads, vocabulary_size = config.layers, config.heads, config.vocabulary_size
-        visual = model.visual
         self.text_mask_embedding = nn.Parameter(torch.randn(embedding.embedding_dim) * 0.02)  # [MASK]
-        self.image_mask_embedding = nn.Parameter(torch.randn(visual.conv1.out_channels) * 0.02)
+        self.image_mask_embedding = nn.Parameter(torch.randn(patch_embedding(model).out_channels) * 0.02)
         self.text_fusion = Fusion(width, heads, layers)  # caption tokens attend to image patches
         self.image_fusion = Fusion(width, heads, layers)  # image patches attend to caption tokens
         # BERT's MLM head layout (transform, norm, output layer), over the slots of the tokens seen.
@@ -295,7 +294,7 @@ class XmmLoss(Loss):
         """Projected patch embeddings (B, P, D) of images whose `masked` patches (B, P) are the mask embedding."""
         rows, cols = grid_size(model)
         where = masked.view(-1, 1, rows, cols)  # conv1's output is (B, width, rows, cols)
-        with substituted(model.visual.conv1, where, self.image_mask_embedding[None, :, None, None]):
+        with substituted(patch_embedding(model), where, self.image_mask_embedding[None, :, None, None]):
             _, patches = image_embeddings(model, pixels)
         return patches
 

@@ -133,7 +133,7 @@ def start_model(start: str, device: torch.device, seed: int = 0) -> tuple[torch.
     if start == FRESH:
         torch.manual_seed(seed)
         model = CLIP(**SCENES_MODEL_CFG, output_dict=True).to(device)
-        preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+        preprocess = open_clip.image_transform(input_side(model), is_train=False)
         return model, scenes_tokenizer(), preprocess, SCENES_MODEL_CFG
     loaded: VLModel = load_model(start, device)
     if loaded.model_cfg is None:

@@ -252,28 +252,21 @@ def embedding_scatter(
             name="image ↔ caption", hoverinfo="skip",
         )
     )  # fmt: skip
-    fig.add_trace(
-        scatter(
-            x=images[:, 0],
-            y=images[:, 1],
-            mode="markers",
-            name="images",
-            marker={"color": "#1f77b4", "size": 8, "symbol": "circle"},
-            text=[f"<b>image {i + 1}: {name}</b><br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
-            hovertemplate="%{text}<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        scatter(
-            x=texts[:, 0],
-            y=texts[:, 1],
-            mode="markers",
-            name="captions",
-            marker={"color": "#ff7f0e", "size": 8, "symbol": "diamond"},
-            text=[f"<b>caption {i + 1}</b> ({name})<br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
-            hovertemplate="%{text}<extra></extra>",
-        )
-    )
+    hovers = {
+        "images": [f"<b>image {i + 1}: {name}</b><br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
+        "captions": [f"<b>caption {i + 1}</b> ({name})<br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
+    }
+    for trace, points, colour, symbol in (
+        ("images", images, "#1f77b4", "circle"),
+        ("captions", texts, "#ff7f0e", "diamond"),
+    ):
+        fig.add_trace(
+            scatter(
+                x=points[:, 0], y=points[:, 1], mode="markers", name=trace,
+                marker={"color": colour, "size": 8, "symbol": symbol},
+                text=hovers[trace], hovertemplate="%{text}<extra></extra>",
+            )
+        )  # fmt: skip
     if len(highlight):
         picked = np.asarray(highlight)
         both = np.concatenate([images[picked], texts[picked]])
