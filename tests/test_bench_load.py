@@ -59,3 +59,11 @@ IndexError: index 1 is out of bounds
     assert [line for line, _ in found] == ["gradio.exceptions.Error: 'bad'", "IndexError: index 1 is out of bounds"]
     assert found[1][1] == ['File "c.py", line 3, in h']
     assert is_refusal(found[0][0]) and not is_refusal(found[1][0])
+
+
+def test_the_load_test_sends_loss_weights_in_the_registry_order() -> None:
+    """bench.load spells the registry's names out (it imports no torch): they must be the `/train` API's order."""
+    from bench.load import LOSS_NAMES
+    from vlviz.losses import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES

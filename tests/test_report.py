@@ -17,9 +17,10 @@ import vlviz.report as report_module
 from vlviz.__main__ import main
 from vlviz.data import inputs
 from vlviz.data.inputs import InputError, PairSet, load_pairs_folder
+from vlviz.data.samples import SAMPLE_SETS
 from vlviz.report import load_report_pairs
 
-SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENES = SAMPLE_SETS["scenes"]
 
 
 @pytest.fixture

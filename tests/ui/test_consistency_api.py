@@ -9,9 +9,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from vlviz.data.samples import SAMPLE_SETS
 from vlviz.models import OFFLINE_SPEC
 
-SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENES = SAMPLE_SETS["scenes"]
 SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(6)]
 CAPTIONS = "\n".join(SCENE_CAPTIONS[f.name] for f in FILES)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.test_keywords_api import simla_checkpoint
+from tests.ui.test_keywords_api import simla_checkpoint
 from vlviz.data.samples import sample_files
 from vlviz.keywords import concept_vocabulary
 

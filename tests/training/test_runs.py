@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train import NanFromStep
+from tests.training.test_train import NanFromStep
 from vlviz.__main__ import main
 from vlviz.checkpoints import load_loss_heads
 from vlviz.losses import LOSSES

@@ -23,8 +23,9 @@ from vlviz.data.inputs import (
     pairs_from_uploads,
     parse_caption_lines,
 )
+from vlviz.data.samples import SAMPLES_DIR
 
-SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
+SAMPLES = SAMPLES_DIR
 
 
 def save(image: Image.Image, path: Path, **params: object) -> str:

@@ -9,9 +9,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from tests.conftest import SCENE_CAPTIONS, analyzed_client
+from vlviz.data.samples import SAMPLE_SETS
 from vlviz.models import OFFLINE_SPEC
 
-SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENES = SAMPLE_SETS["scenes"]
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
 
 

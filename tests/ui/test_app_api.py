@@ -13,9 +13,10 @@ from PIL import Image
 
 import app as app_module
 from tests.conftest import SCENE_CAPTIONS
+from vlviz.data.samples import SAMPLE_SETS
 from vlviz.models import OFFLINE_SPEC
 
-SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENES = SAMPLE_SETS["scenes"]
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from open_clip.model import CLIP
 
 from tests.conftest import SCENE_CAPTIONS, TINY_VIT_CFG, analyzed_client
 from vlviz.checkpoints import save_checkpoint, save_loss_heads
+from vlviz.data.samples import SAMPLE_SETS
 from vlviz.data.sources import SceneSource
 from vlviz.models import OFFLINE_SPEC
 from vlviz.training.config import TrainConfig
 from vlviz.training.loop import build_losses, train
 
-SCENES = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scenes"
+SCENES = SAMPLE_SETS["scenes"]
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
 ZERO_SHOT, CAPTIONS_ONLY = "the captions' words and the default concepts", "the captions' words only"
 VOCABULARY = ["red", "green", "blue", "yellow", "purple", "white", "circle", "square", "triangle", "cross"]

@@ -1,0 +1,1 @@
+"""Tests of the core library (vlviz/, vlviz/losses/, vlviz/data/)."""

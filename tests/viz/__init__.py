@@ -1,0 +1,1 @@
+"""Tests of the views (vlviz/viz/): data in, figures, tables and files out."""
