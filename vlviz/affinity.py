@@ -98,21 +98,31 @@ def rank_images_by_text(query_features: torch.Tensor, image_features: torch.Tens
 
 @dataclass(frozen=True)
 class AffinityReport:
-    """The Affinity view's numbers for N pairs: the three matrices, match probabilities, ranks."""
+    """The Affinity view's numbers: per-pair figures over all N pairs, matrices over the S pairs `shown`.
 
-    image_text: torch.Tensor  # (N, N) cosine, rows images, columns captions
-    image_image: torch.Tensor  # (N, N) A_I
-    text_text: torch.Tensor  # (N, N) A_T
-    image_to_text_probability: torch.Tensor  # (N, N)
-    text_to_image_probability: torch.Tensor  # (N, N)
+    With S = N (the default) the matrices are the whole (N, N) view; for large N a page of S pairs
+    keeps memory and figures at O(S^2) while the ranks and own-pair figures still cover every pair.
+    """
+
+    shown: torch.Tensor  # (S,) long: the pairs whose matrices are held, in order
+    image_text: torch.Tensor  # (S, S) cosine, rows images, columns captions
+    image_image: torch.Tensor  # (S, S) A_I
+    text_text: torch.Tensor  # (S, S) A_T
+    image_to_text_probability: torch.Tensor  # (S, S) P(caption | image), normalised over all N captions
+    text_to_image_probability: torch.Tensor  # (S, S) P(image | caption), normalised over all N images
+    own_cosine: torch.Tensor  # (N,) cos(image i, caption i)
+    own_probability: torch.Tensor  # (N,) P(caption i | image i)
     image_to_text_rank: torch.Tensor  # (N,) rank of each image's own caption among all captions
     text_to_image_rank: torch.Tensor  # (N,) rank of each caption's own image among all images
     head: str  # "softmax" (CLIP) or "sigmoid" (SigLIP)
 
-    def to_dict(self) -> dict[str, object]:
-        """Plain lists for JSON (the `analyze` API)."""
+    def to_dict(self, decimals: int = 4) -> dict[str, object]:
+        """Plain lists for JSON (the `analyze` API), values rounded to `decimals`."""
         return {
-            name: value.tolist() if isinstance(value, torch.Tensor) else value for name, value in self.__dict__.items()
+            name: (value.double().round(decimals=decimals) if value.is_floating_point() else value).tolist()
+            if isinstance(value, torch.Tensor)
+            else value
+            for name, value in self.__dict__.items()
         }
 
 
@@ -121,18 +131,58 @@ def affinity_report(
     text_features: torch.Tensor,
     logit_scale: float,
     logit_bias: float | None = None,
+    shown: Sequence[int] | None = None,
 ) -> AffinityReport:
-    """Compute every figure of the Affinity view, on the features' device, then move it to the CPU."""
-    matrices = affinity_matrices(image_features, text_features)
-    image_to_text, text_to_image = match_probabilities(image_features, text_features, logit_scale, logit_bias)
+    """Every figure of the Affinity view, computed on the features' device and moved to the CPU.
+
+    Matrices cover the pairs `shown` (None: all N); probabilities are normalised over all N as the
+    model's softmax is (CLIP), or are independent sigmoids (SigLIP). Memory O(N * S + S^2), and the
+    ranks go block by block (`partner_ranks`).
+    """
+    n = image_features.shape[0]
+    rows = torch.arange(n) if shown is None else torch.as_tensor(list(shown), dtype=torch.long)
+    index = rows.to(image_features.device)
+    images, texts = image_features[index], text_features[index]
+    image_rows = logit_scale * affinity(images, text_features)  # (S, N): each shown image against every caption
+    text_columns = logit_scale * affinity(image_features, texts)  # (N, S): every image against each shown caption
+    if logit_bias is None:
+        image_to_text = image_rows.softmax(dim=1)[:, index]
+        text_to_image = text_columns.softmax(dim=0)[index]
+    else:
+        image_to_text = text_to_image = torch.sigmoid(image_rows[:, index] + logit_bias)
+    own = (image_features.float() * text_features.float()).sum(dim=1)  # (N,)
+    own_probability = _own_probability(image_features, text_features, own, logit_scale, logit_bias)
     rank_i2t, rank_t2i = retrieval_ranks(image_features, text_features)
     return AffinityReport(
-        image_text=matrices["image_text"].cpu(),
-        image_image=matrices["image_image"].cpu(),
-        text_text=matrices["text_text"].cpu(),
+        shown=rows,
+        image_text=affinity(images, texts).cpu(),
+        image_image=affinity(images, images).cpu(),
+        text_text=affinity(texts, texts).cpu(),
         image_to_text_probability=image_to_text.cpu(),
         text_to_image_probability=text_to_image.cpu(),
+        own_cosine=own.cpu(),
+        own_probability=own_probability.cpu(),
         image_to_text_rank=rank_i2t.cpu(),
         text_to_image_rank=rank_t2i.cpu(),
         head="softmax" if logit_bias is None else "sigmoid",
     )
+
+
+def _own_probability(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    own: torch.Tensor,
+    logit_scale: float,
+    logit_bias: float | None,
+    block_elements: int = RANK_BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """P(caption i | image i) of every pair, (N,): a softmax over all captions (block by block), or a sigmoid."""
+    if logit_bias is not None:
+        return torch.sigmoid(logit_scale * own + logit_bias)
+    n = image_features.shape[0]
+    rows_per_block = max(1, block_elements // max(1, n))
+    normalisers = [
+        torch.logsumexp(logit_scale * affinity(image_features[start : start + rows_per_block], text_features), dim=1)
+        for start in range(0, n, rows_per_block)
+    ]
+    return torch.exp(logit_scale * own - torch.cat(normalisers))

@@ -14,6 +14,7 @@ during training move only because the model moved. They run on the CPU (UMAP is 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from vlviz.affinity import affinity, recall_at_k, retrieval_ranks
 METHODS = ("umap", "pca")
 UMAP_METRICS = ("cosine", "euclidean", "correlation")
 MIN_UMAP_POINTS = 10  # fewer points than this (5 pairs) are shown with PCA
+UMAP_READY = threading.Event()  # set once umap-learn's numba code is compiled in this process (any UMAP fit)
 
 
 def modality_gap(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -152,6 +154,7 @@ def fit_layout(
         n_jobs=1,
     )
     coordinates = torch.from_numpy(reducer.fit_transform(points.float().numpy())).float()
+    UMAP_READY.set()
     return EmbeddingLayout("umap", coordinates, ("UMAP 1", "UMAP 2"), note, dimension, reducer)
 
 
@@ -178,3 +181,15 @@ def _principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     top = eigenvalues[-2:].flip(0).clamp_min(0)
     explained = (float(top[0]) / total, float(top[1]) / total) if total > 0 else (0.0, 0.0)
     return mean, components, explained
+
+
+def warm_up_umap(seed: int = 0) -> None:
+    """Fit a UMAP on a few random points, so that umap-learn's numba code is compiled before a user waits for it.
+
+    umap-learn compiles on the first fit of each process (18 s on a quiet 2-core machine, 90 s on a busy one);
+    later fits of a few hundred points take a fraction of a second. The app runs this in a background thread
+    at start-up.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    points = F.normalize(torch.randn(2 * MIN_UMAP_POINTS, 8, generator=generator), dim=-1)
+    fit_layout(points[:MIN_UMAP_POINTS], points[MIN_UMAP_POINTS:], method="umap", n_neighbors=5, seed=seed)

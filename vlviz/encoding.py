@@ -8,6 +8,7 @@ pixels or of the text), so switching views never re-runs the model on inputs it 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -240,6 +241,7 @@ class EncodedPairs:
     encoding: PairEncoding
     model_name: str  # what views call the model (`VLModel.name`)
     notices: list[str]  # the pairs' notices, and each caption cut at the model's context length
+    serial: int = field(default_factory=itertools.count(1).__next__)  # which analysis of this process it is
 
     @property
     def image_features(self) -> torch.Tensor:

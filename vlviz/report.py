@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 from tqdm import tqdm
 
-from vlviz.affinity import affinity_report, retrieval_ranks
+from vlviz.affinity import affinity_report
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.data.inputs import (
     MAX_IMAGE_PIXELS,
@@ -163,17 +163,13 @@ def _affinity_section(
 ) -> list[go.Figure | str]:
     """Retrieval figures over all pairs (ranks.csv holds every rank), and the image-text heatmap of the samples
     the other heatmaps show."""
-    image_to_text, text_to_image = retrieval_ranks(images, texts)
-    matched = (images.float() * texts.float()).sum(dim=1)
-    subset = affinity_report(images[shown], texts[shown], logit_scale=1.0)  # cosines only: no probabilities drawn
-    figure = affinity_view(
-        subset, [pairs.names[i] for i in shown], [pairs.captions[i] for i in shown], numbers=shown
-    ).image_text
+    report = affinity_report(images, texts, logit_scale=1.0, shown=shown)  # cosines and ranks: no probabilities drawn
+    figure = affinity_view(report, pairs.names, pairs.captions).image_text
     ranks = pd.DataFrame(
-        {"image": pairs.names, "caption": pairs.captions, "image→text rank": image_to_text.cpu().numpy(),
-         "text→image rank": text_to_image.cpu().numpy(), "cos(own pair)": np.round(matched.cpu().numpy(), 4)}
+        {"image": pairs.names, "caption": pairs.captions, "image→text rank": report.image_to_text_rank.numpy(),
+         "text→image rank": report.text_to_image_rank.numpy(), "cos(own pair)": np.round(report.own_cosine.numpy(), 4)}
     )  # fmt: skip
     write_csv(ranks, out / "ranks.csv", index=False)
     worst = ranks.sort_values("image→text rank", ascending=False).head(10)
-    table = retrieval_table(image_to_text, text_to_image, matched)
+    table = retrieval_table(report.image_to_text_rank, report.text_to_image_rank, report.own_cosine)
     return [table.to_html(index=False), figure, "<h3>Worst-ranked pairs</h3>", worst.to_html(index=False)]

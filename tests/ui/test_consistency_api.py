@@ -48,6 +48,8 @@ def test_views_need_an_analysis_first(app_url: str) -> None:
         fresh.predict("clustered", "absolute |A_I − A_T|", 4, 0.1, api_name="/consistency")
     with pytest.raises(AppError, match="Analyze a set of pairs first"):
         fresh.predict("pca", 15, 0.1, "cosine", 0, False, False, api_name="/embedding_space")
+    with pytest.raises(AppError, match="Draw the Consistency view first"):
+        fresh.predict(api_name="/consistency_downloads")
 
 
 def test_api_lists_consistency_and_embedding_space(client: Client) -> None:
@@ -70,7 +72,8 @@ def test_consistency_returns_figures_top_pairs_and_downloads(client: Client) -> 
     assert all(abs(abs(row["A_I"] - row["A_T"]) - row["|A_I − A_T|"]) < 1e-3 for row in top)
     assert top[0]["image i"] in top_html and top[0]["caption i"] in top_html and "data:image/jpeg" in top_html
     assert [row[0] for row in table["data"]][:2] == ["pairs N", "mean |A_I − A_T|"]
-    names = sorted(Path(path).name for path in downloads)
+    assert downloads is None  # files are written on request, from the view on screen
+    names = sorted(Path(path).name for path in client.predict(api_name="/consistency_downloads"))
     assert names == ["affinities.npz", "consistency.html", "consistency.json", "samples.csv", "top_pairs.csv"]
 
 
@@ -96,7 +99,8 @@ def test_embedding_space_returns_coordinates_and_the_gap(client: Client) -> None
     assert data["gap"]["before"]["gap"] > 0 and abs(data["gap"]["after"]["gap"]) < 1e-5
     assert gap_table["data"][0][0] == "modality gap ‖Δ‖"
     assert len(picker["choices"]) == 6
-    names = sorted(Path(path).name for path in downloads)
+    assert downloads is None
+    names = sorted(Path(path).name for path in client.predict(api_name="/embedding_downloads"))
     assert names == ["embedding.csv", "embedding.html", "embedding.json", "embeddings.npz"]
 
 

@@ -16,7 +16,7 @@ from vlviz.consistency import consistency_figures, in_modal_affinities
 from vlviz.viz.exports import write_consistency_files, write_embedding_files
 from vlviz.viz.html import page_html, top_pairs_html
 from vlviz.viz.tables import consistency_table
-from vlviz.viz.views import consistency_view, embedding_view
+from vlviz.viz.views import consistency_view, embedding_view, heatmap_page
 
 N = 7
 NAMES = [f"img_{i}.png" for i in range(N)]
@@ -97,3 +97,11 @@ def test_kept_layout_transforms_instead_of_refitting() -> None:
     closed = embedding_view(images, texts, NAMES, CAPTIONS, close_gap=True, layout=first.layout)
     assert closed.layout is first.layout and "(kept layout)" in closed.title
     assert not torch.allclose(closed.coordinates, first.coordinates)
+
+
+def test_heatmap_pages_cover_every_pair_once() -> None:
+    assert heatmap_page(10, 1) == (list(range(10)), None)
+    pages = [heatmap_page(701, page, size=300)[0] for page in (1, 2, 3)]
+    assert [p[0] for p in pages] == [0, 300, 600] and sum(len(p) for p in pages) == 701
+    shown, note = heatmap_page(701, 9, size=300)  # past the end: the last page
+    assert shown == list(range(600, 701)) and "pairs 601–701 of 701 (page 3 of 3" in note

@@ -38,8 +38,8 @@ MAX_SIDE = 1024
 """Images whose longer side exceeds this are downscaled to it, keeping the aspect ratio."""
 MAX_CAPTION_CHARS = 1000
 """Longest accepted caption; CLIP tokenizers truncate far earlier, so longer text is almost surely a mistake."""
-MAX_PAIRS = 512
-"""Most image-caption pairs in one set, to keep memory and embedding time bounded."""
+MAX_PAIRS = 10_000
+"""Most image-caption pairs in one set: the pixel budget bounds memory; views page or sample beyond a few hundred."""
 MAX_ZIP_MEMBERS = 10_000
 """Most entries (of any kind) a zip may list before we refuse to look inside it."""
 MAX_ZIP_BYTES = 512 * 1024 * 1024

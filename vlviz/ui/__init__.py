@@ -8,18 +8,22 @@ age sweep; Gradio's copies of returned files are swept after `SESSION_TTL_S` (`d
 from __future__ import annotations
 
 import os
+import threading
 
 import gradio as gr
 
 from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
+from vlviz.embedding_space import warm_up_umap
 from vlviz.models import OFFLINE_NOTICE
 from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
+from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
+from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
 from vlviz.ui.embedding_tab import build_embedding_tab
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import build_keywords_tab
-from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir
+from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
 from vlviz.ui.train_tab import build_train_tab
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
@@ -35,12 +39,15 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
     `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
     check_data_dir()
+    # The first UMAP of a process compiles numba code for many seconds: do it now, not when someone waits for it.
+    threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True).start()
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
     sweep = int(min(SESSION_TTL_S, 3600))
     with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
         analysis = gr.State(None)  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
+        shown_tab = gr.State("Affinity")  # the label of the tab in view
         space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -72,21 +79,22 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     elem_id="captions",
                 )
                 analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
-            with gr.Column(scale=3), gr.Tabs():
+            with gr.Column(scale=3), gr.Tabs() as tabs:
                 with gr.Tab("Affinity", id="affinity"):
                     analyze_inputs, analyze_outputs = build_affinity_tab(
                         files, captions, model, analyze_button, status, analysis, space
                     )
-                with gr.Tab("Consistency", id="consistency"):
-                    build_consistency_tab(analysis, space)
-                with gr.Tab("Embedding space", id="embedding"):
-                    build_embedding_tab(analysis, space)
+                with gr.Tab(CONSISTENCY_TAB, id="consistency") as consistency_tab:
+                    build_consistency_tab(analysis, space, consistency_tab, shown_tab)
+                with gr.Tab(EMBEDDING_TAB, id="embedding") as embedding_tab:
+                    build_embedding_tab(analysis, space, embedding_tab, shown_tab)
                 with gr.Tab("Grounding", id="grounding"):
                     build_grounding_tab(model, analysis, space)
                 with gr.Tab("Keywords", id="keywords"):
                     build_keywords_tab(model, analysis, space)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, analysis, space)
+        tabs.select(current_tab, None, shown_tab, api_visibility="private", show_progress="hidden")
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         if initial_sample is not None:
             demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")

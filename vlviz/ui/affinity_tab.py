@@ -6,14 +6,32 @@ from typing import Any
 
 import gradio as gr
 
-from vlviz.affinity import affinity_report, rank_images_by_text
+from vlviz.affinity import AffinityReport, affinity_report, rank_images_by_text
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs
 from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyze_uploads, analyzed, model_for, model_status
 from vlviz.viz.exports import write_affinity_files
-from vlviz.viz.views import affinity_view
+from vlviz.viz.views import HEATMAP_PAGE, AffinityView, affinity_view, heatmap_page
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
+GALLERY_PAIRS = 48  # pairs shown in the gallery: the first of the heatmap page
+
+
+def _affinity(analysis: EncodedPairs, value_kind: str, page: float) -> tuple[AffinityReport, AffinityView, str | None]:
+    """The report and view of one heatmap page of the analysed pairs."""
+    encoding, pairs = analysis.encoding, analysis.pairs
+    shown, note = heatmap_page(len(pairs), int(page or 1))
+    report = affinity_report(
+        encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias, shown=shown
+    )
+    view = affinity_view(report, pairs.names, pairs.captions, probabilities=value_kind == VALUE_KINDS[1])
+    return report, view, note
+
+
+def _data(analysis: EncodedPairs, report: AffinityReport, model_name: str) -> dict[str, Any]:
+    pairs, encoding = analysis.pairs, analysis.encoding
+    data = {"model": model_name, "names": pairs.names, "captions": pairs.captions, "notices": analysis.notices}
+    return data | report.to_dict() | {"logit_scale": encoding.logit_scale, "logit_bias": encoding.logit_bias}
 
 
 def analyze(
@@ -25,33 +43,44 @@ def analyze(
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
-    """Read the pairs, encode them once for every tab, and draw the Affinity view (the `analyze` API)."""
+    """Read the pairs, encode them once for every tab, and draw the Affinity view (the `analyze` API).
+
+    Heatmaps show a page of `HEATMAP_PAGE` pairs (the first); the data holds that page's matrices and
+    every pair's ranks. Files are written on request (`affinity_downloads`).
+    """
     progress(0.05, desc="Reading and encoding images and captions")
     SESSIONS.bind(space, request)
     analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space)
-    pairs, encoding = analysis.pairs, analysis.encoding
-    report = affinity_report(encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias)
     progress(0.85, desc="Drawing")
-    view = affinity_view(report, pairs.names, pairs.captions, probabilities=value_kind == VALUE_KINDS[1])
-    gallery = [(image, f"{i + 1}. {caption}") for i, (image, caption) in enumerate(zip(pairs.images, pairs.captions))]
-    data = {"model": model.name, "names": pairs.names, "captions": pairs.captions, "notices": analysis.notices}
-    data |= report.to_dict() | {"logit_scale": encoding.logit_scale, "logit_bias": encoding.logit_bias}
-    message = "\n".join(f"- {n}" for n in analysis.notices)
-    figures = [view.image_text, view.image_image, view.text_text]
-    downloads = [str(path) for path in write_affinity_files(
-        space.export_folder("affinity"), report, figures, data, pairs.names, pairs.captions
-    )]  # fmt: skip
+    report, view, note = _affinity(analysis, value_kind, 1)
+    pairs = analysis.pairs
+    gallery = [(pairs.images[i], f"{i + 1}. {pairs.captions[i]}") for i in range(min(len(pairs), GALLERY_PAIRS))]
+    message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
+    pages = -(-len(pairs) // HEATMAP_PAGE)
+    page = gr.update(maximum=max(pages, 2), value=1, visible=pages > 1)  # a slider needs a range, even when hidden
+    figures = (view.image_text, view.image_image, view.text_text)
     status = model_status(model, notice)
-    return (*figures, view.ranks, gallery, data, status, message, downloads, analysis)
+    return (*figures, view.ranks, gallery, _data(analysis, report, model.name), status, message, None, analysis, page)
 
 
-def redraw(value_kind: str, analysis: EncodedPairs | None) -> Any:
-    """The image-text heatmap in the other value kind, from the analysed encoding (no re-encoding, no exports)."""
+def redraw(value_kind: str, page: float, analysis: EncodedPairs | None) -> tuple[Any, ...]:
+    """The heatmaps of another page or value kind, from the analysed encoding (no re-encoding, no files)."""
     if analysis is None:
-        return gr.skip()
-    encoding, pairs = analysis.encoding, analysis.pairs
-    report = affinity_report(encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias)
-    return affinity_view(report, pairs.names, pairs.captions, probabilities=value_kind == VALUE_KINDS[1]).image_text
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    _, view, note = _affinity(analysis, value_kind, page)
+    message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
+    return view.image_text, view.image_image, view.text_text, message
+
+
+def affinity_downloads(value_kind: str, page: float, analysis: EncodedPairs | None, space: SessionSpace) -> list[str]:
+    """Write the Affinity view's files (the `affinity_downloads` API): HTML of the shown page, JSON, CSV, .npz."""
+    analysis = analyzed(analysis, "the downloads hold the Affinity view of the pairs last analyzed.")
+    report, view, _ = _affinity(analysis, value_kind, page)
+    pairs = analysis.pairs
+    figures = [view.image_text, view.image_image, view.text_text]
+    data = _data(analysis, report, analysis.model_name)
+    paths = write_affinity_files(space.export_folder("affinity"), report, figures, data, pairs.names, pairs.captions)
+    return [str(path) for path in paths]
 
 
 def query(
@@ -83,6 +112,7 @@ def build_affinity_tab(
     with gr.Row():
         image_image = gr.Plot(label="Image-image", elem_id="image-image-plot")
         text_text = gr.Plot(label="Text-text", elem_id="text-text-plot")
+    page = gr.Slider(1, 2, value=1, step=1, label="Heatmap page", visible=False, elem_id="affinity-page")
     ranks = gr.Dataframe(
         label="Retrieval rank of each true pair (1 = best)", interactive=False, wrap=True, max_height=360
     )
@@ -94,15 +124,24 @@ def build_affinity_tab(
         query_gallery = gr.Gallery(label="Images, best match first", columns=8, height="auto", object_fit="contain")
     with gr.Accordion("Data (JSON): every matrix, probability and rank", open=False):
         data = gr.JSON(label="analyze output")
-    downloads = gr.File(
-        label="Downloads: figures (HTML), numbers (JSON, CSV)", file_count="multiple", interactive=False
-    )
+    with gr.Row():
+        prepare = gr.Button("Prepare downloads", scale=1, elem_id="affinity-downloads-button")
+        downloads = gr.File(
+            label="Downloads: figures (HTML), numbers (JSON, CSV, .npz)", file_count="multiple", interactive=False,
+            scale=4, elem_id="affinity-downloads",
+        )  # fmt: skip
 
-    outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis]
+    outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis, page]
     inputs = [files, captions, model_spec, value_kind, space]
     # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
     analyze_button.click(analyze, inputs, outputs, api_name="analyze", **ANALYSIS_EVENT)
-    value_kind.change(redraw, [value_kind, analysis], image_text, api_visibility="private", **ANALYSIS_EVENT)
+    drawn = [image_text, image_image, text_text, notices]
+    value_kind.change(redraw, [value_kind, page, analysis], drawn, api_visibility="private", **ANALYSIS_EVENT)
+    page.release(redraw, [value_kind, page, analysis], drawn, api_visibility="private", **ANALYSIS_EVENT)
+    prepare.click(
+        affinity_downloads, [value_kind, page, analysis, space], downloads, api_name="affinity_downloads",
+        **ANALYSIS_EVENT,
+    )  # fmt: skip
     query_event = dict(fn=query, inputs=[query_text, analysis, model_spec, space], outputs=query_gallery)
     query_button.click(**query_event, api_name="query")
     query_text.submit(**query_event, api_visibility="private")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.encoding import EncodedPairs
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed, first_view
 from vlviz.viz.exports import write_consistency_files
 from vlviz.viz.html import top_pairs_html
 from vlviz.viz.tables import consistency_table
-from vlviz.viz.views import consistency_view
+from vlviz.viz.views import HEATMAP_PAGE, ConsistencyView, consistency_view
 
+TAB = "Consistency"
 ORDERINGS = ["clustered", "input order"]
 VIEWS = ["absolute |A_I − A_T|", "signed A_I − A_T"]
 ABOUT = """Two images that look alike should be as similar as the captions that describe them (SaCo,
@@ -50,23 +52,53 @@ def consistency(
         temperature=float(temperature),
         clustered=ordering == ORDERINGS[0],
         signed=view_kind == VIEWS[1],
+        max_heatmap=HEATMAP_PAGE,
     )
     data = {"model": encoded.model_name, **view.to_dict(pairs.names, pairs.captions)}
-    progress(0.9, desc="Writing downloads")
-    paths = write_consistency_files(
-        space.export_folder("consistency"), view, data, encoded.image_features, encoded.text_features,
-        pairs.images, pairs.names, pairs.captions,
-    )  # fmt: skip
     top = top_pairs_html(view.summary.top_pairs, pairs.images, pairs.names, pairs.captions)
     message = "\n".join(f"- {note}" for note in [*encoded.notices, *view.notes])
     return (
         view.image_heatmap, view.text_heatmap, view.inconsistency_heatmap, view.scatter,
-        consistency_table(view.summary.figures), top, [str(p) for p in paths], data, message,
+        consistency_table(view.summary.figures), top, None, data, message, Shown(view, data, encoded),
     )  # fmt: skip
 
 
-def build_consistency_tab(analysis: gr.State, space: gr.State) -> None:
-    """Create the tab's components and wire them to `consistency`, reading the analysed pairs."""
+@dataclass(frozen=True, eq=False)
+class Shown:
+    """The view on screen, kept so that its files are written from exactly what was drawn."""
+
+    view: ConsistencyView
+    data: dict[str, Any]
+    encoded: EncodedPairs
+
+
+def consistency_downloads(shown: Shown | None, space: SessionSpace) -> list[str]:
+    """Write the Consistency view on screen as files (the `consistency_downloads` API): HTML, JSON, CSV, .npz."""
+    if shown is None:
+        raise gr.Error("Draw the Consistency view first: the downloads hold what it shows.")
+    encoded, pairs = shown.encoded, shown.encoded.pairs
+    paths = write_consistency_files(
+        space.export_folder("consistency"), shown.view, shown.data, encoded.image_features, encoded.text_features,
+        pairs.images, pairs.names, pairs.captions,
+    )  # fmt: skip
+    return [str(path) for path in paths]
+
+
+def _when_in_view(
+    ordering: str, view_kind: str, top_k: float, temperature: float, analysis: EncodedPairs | None,
+    space: SessionSpace, shown: Shown | None, tab: str, request: gr.Request,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Draw the view once per analysis, when the tab is in view (selected now, or open when Analyze finishes)."""
+    if not first_view(analysis, shown.encoded.serial if shown else None, tab == TAB):
+        return (gr.skip(),) * 10
+    return consistency(ordering, view_kind, top_k, temperature, analysis, space, request)
+
+
+def build_consistency_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State) -> None:
+    """Create the tab's components and wire them to `consistency`, reading the analysed pairs.
+
+    The view draws itself the first time the tab shows a new analysis; its controls redraw it.
+    """
     gr.Markdown(ABOUT)
     with gr.Row():
         ordering = gr.Radio(ORDERINGS, value=ORDERINGS[0], label="Heatmap order", elem_id="consistency-order")
@@ -83,14 +115,22 @@ def build_consistency_tab(analysis: gr.State, space: gr.State) -> None:
     scatter_plot = gr.Plot(label="A_T against A_I", elem_id="affinity-scatter-plot")
     gr.Markdown("### Most inconsistent pairs")
     top = gr.HTML(elem_id="inconsistent-pairs", js_on_load=None)
-    downloads = gr.File(
-        label="Downloads: HTML figures, CSV/JSON numbers, .npz matrices", file_count="multiple", interactive=False
-    )
+    with gr.Row():
+        prepare = gr.Button("Prepare downloads", scale=1, elem_id="consistency-downloads-button")
+        downloads = gr.File(
+            label="Downloads: HTML figures, CSV/JSON numbers, .npz matrices", file_count="multiple",
+            interactive=False, scale=4, elem_id="consistency-downloads",
+        )  # fmt: skip
     with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
         data = gr.JSON(label="consistency output")
 
+    shown = gr.State(None)
     inputs = [ordering, view_kind, top_k, temperature, analysis, space]
-    outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices]
+    outputs = [image_plot, text_plot, inconsistency_plot, scatter_plot, table, top, downloads, data, notices, shown]
     run.click(consistency, inputs, outputs, api_name="consistency", **ANALYSIS_EVENT)
     for control in (ordering, view_kind):
         control.change(consistency, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
+    this_tab = gr.State(TAB)
+    tab.select(_when_in_view, [*inputs, shown, this_tab], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    analysis.change(_when_in_view, [*inputs, shown, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    prepare.click(consistency_downloads, [shown, space], downloads, api_name="consistency_downloads", **ANALYSIS_EVENT)

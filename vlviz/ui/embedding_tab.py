@@ -9,21 +9,22 @@ the samples in the plot and lists them below it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import torch
 
 from vlviz.data.inputs import PairSet
-from vlviz.embedding_space import UMAP_METRICS, EmbeddingLayout
+from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, UMAP_READY, EmbeddingLayout
 from vlviz.encoding import EncodedPairs
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed, first_view
 from vlviz.viz.exports import write_embedding_files
 from vlviz.viz.figures import embedding_scatter
 from vlviz.viz.tables import gap_table
-from vlviz.viz.views import embedding_view
+from vlviz.viz.views import EmbeddingView, embedding_view
 
+TAB = "Embedding space"
 METHODS = ["umap", "pca"]
 ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
 to its caption. The **modality gap** (Liang et al., NeurIPS 2022) is the distance between the two
@@ -55,15 +56,18 @@ listen();
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Drawn:
-    """What the picker needs to redraw and list samples without recomputing."""
+    """The view on screen: what the picker needs to redraw and list samples, and the downloads to write."""
 
-    pairs: PairSet
-    coordinates: torch.Tensor  # (2N, 2)
-    axis_titles: tuple[str, str]
-    title: str
+    encoded: EncodedPairs
+    view: EmbeddingView
+    data: dict[str, Any]
     matched_cosine: list[float]  # cos(image i, caption i)
+
+    @property
+    def pairs(self) -> PairSet:
+        return self.encoded.pairs
 
 
 def sample_labels(pairs: PairSet) -> list[str]:
@@ -84,8 +88,11 @@ def embedding_space(
     space: SessionSpace | None = None,  # this session (gr.State)
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
-) -> tuple[Any, ...]:
-    """Lay the analysed pairs out and draw the Embedding-space view (the `embedding_space` API)."""
+) -> Iterator[tuple[Any, ...]]:
+    """Lay the analysed pairs out and draw the Embedding-space view (the `embedding_space` API).
+
+    While the process's first UMAP still compiles, a PCA map comes first and the UMAP follows.
+    """
     SESSIONS.bind(space, request)
     encoded = analyzed(analysis, "the Embedding-space tab lays out the pairs last analyzed.")
     pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
@@ -94,28 +101,59 @@ def embedding_space(
     if layout is not None and layout.dimension != images.shape[1]:
         notes.append(f"The kept layout was fitted on {layout.dimension}-d embeddings; this model gives {images.shape[1]}-d, so it was refitted.")  # fmt: skip
         layout = None
-    progress(
-        0.4, desc="Fitting the layout" + (" (the first UMAP compiles numba code: ~30 s)" if method == "umap" else "")
-    )
+    settings = dict(
+        n_neighbors=int(n_neighbors), min_dist=float(min_dist), metric=metric, seed=int(seed), close_gap=close_gap,
+        layout=layout,
+    )  # fmt: skip
     try:
-        view = embedding_view(
-            images, texts, pairs.names, pairs.captions, method=method, n_neighbors=int(n_neighbors),
-            min_dist=float(min_dist), metric=metric, seed=int(seed), close_gap=close_gap, layout=layout,
-        )  # fmt: skip
+        if method == "umap" and layout is None and 2 * len(pairs) >= MIN_UMAP_POINTS and not UMAP_READY.is_set():
+            # The first UMAP of the process still compiles: show PCA at once, then UMAP when it is ready.
+            first = embedding_view(images, texts, pairs.names, pairs.captions, method="pca", **settings)
+            waiting = "UMAP is compiling its code (the first map since the app started): PCA shown until it is ready."
+            yield _outputs(encoded, first, close_gap, [*notes, waiting])
+            progress(0.4, desc="Fitting the UMAP layout (the first one compiles numba code)")
+        view = embedding_view(images, texts, pairs.names, pairs.captions, method=method, **settings)
     except ValueError as error:
         raise gr.Error(str(error)) from error
-    if view.layout.note:
-        notes.append(view.layout.note)
+    yield _outputs(encoded, view, close_gap, notes)
+
+
+def _outputs(encoded: EncodedPairs, view: EmbeddingView, close_gap: bool, notes: list[str]) -> tuple[Any, ...]:
+    """The tab's outputs for a drawn view: figure, gap table, notices, picker, picked, downloads, data, states."""
+    pairs = encoded.pairs
+    notes = [*notes, *([view.layout.note] if view.layout.note else [])]
     data = {"model": encoded.model_name, "gap_closed": close_gap, **view.to_dict(pairs.names, pairs.captions)}
-    paths = write_embedding_files(
-        space.export_folder("embedding"), view, data, images, texts, pairs.names, pairs.captions
-    )
-    drawn = Drawn(
-        pairs, view.coordinates, view.layout.axis_titles, view.title, (images * texts).sum(dim=1).cpu().tolist()
-    )
+    matched = (encoded.image_features * encoded.text_features).sum(dim=1).cpu().tolist()
     picker = gr.update(choices=sample_labels(pairs), value=[])
     message = "\n".join(f"- {note}" for note in notes)
-    return view.figure, gap_table(view.gap), message, picker, [], [str(p) for p in paths], data, view.layout, drawn
+    drawn = Drawn(encoded, view, data, matched)
+    return view.figure, gap_table(view.gap), message, picker, [], None, data, view.layout, drawn
+
+
+def embedding_downloads(drawn: Drawn | None, space: SessionSpace) -> list[str]:
+    """Write the embedding map on screen as files (the `embedding_downloads` API): HTML, JSON, CSV, .npz."""
+    if drawn is None:
+        raise gr.Error("Draw the embedding space first: the downloads hold what it shows.")
+    encoded, pairs = drawn.encoded, drawn.pairs
+    paths = write_embedding_files(
+        space.export_folder("embedding"), drawn.view, drawn.data, encoded.image_features, encoded.text_features,
+        pairs.names, pairs.captions,
+    )  # fmt: skip
+    return [str(path) for path in paths]
+
+
+def _when_in_view(
+    method: str, n_neighbors: float, min_dist: float, metric: str, seed: float, close_gap: bool, keep_layout: bool,
+    kept: EmbeddingLayout | None, analysis: EncodedPairs | None, space: SessionSpace, drawn: Drawn | None, tab: str,
+    request: gr.Request,
+) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+    """Draw the map once per analysis, when the tab is in view (selected now, or open when Analyze finishes)."""
+    if not first_view(analysis, drawn.encoded.serial if drawn else None, tab == TAB):
+        yield (gr.skip(),) * 9
+        return
+    yield from embedding_space(
+        method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept, analysis, space, request
+    )
 
 
 def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple[Any, str]]]:
@@ -124,8 +162,9 @@ def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple
         raise gr.Error("Draw the embedding space first.")
     indices = [int(label.split(".", 1)[0]) - 1 for label in picked or []]
     pairs = drawn.pairs
+    view = drawn.view
     figure = embedding_scatter(
-        drawn.coordinates.numpy(), pairs.names, pairs.captions, drawn.axis_titles, drawn.title, highlight=indices
+        view.coordinates.numpy(), pairs.names, pairs.captions, view.layout.axis_titles, view.title, highlight=indices
     )
     listed = [
         (pairs.images[i], f"{i + 1}. {pairs.names[i]}: {pairs.captions[i]} · cos(image, caption) {drawn.matched_cosine[i]:.3f}")
@@ -150,7 +189,7 @@ def select_from_plot(selected: str | None, drawn: Drawn | None) -> tuple[Any, An
     return gr.update(value=chosen), figure, listed
 
 
-def build_embedding_tab(analysis: gr.State, space: gr.State) -> None:
+def build_embedding_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State) -> None:
     """Create the tab's components and wire them to `embedding_space` and `pick`."""
     gr.Markdown(ABOUT)
     with gr.Row():
@@ -174,9 +213,12 @@ def build_embedding_tab(analysis: gr.State, space: gr.State) -> None:
     picked = gr.Gallery(
         label="Picked samples", columns=6, height="auto", object_fit="contain", elem_id="picked-samples"
     )
-    downloads = gr.File(
-        label="Downloads: HTML figure, CSV/JSON numbers, .npz embeddings", file_count="multiple", interactive=False
-    )
+    with gr.Row():
+        prepare = gr.Button("Prepare downloads", scale=1, elem_id="embedding-downloads-button")
+        downloads = gr.File(
+            label="Downloads: HTML figure, CSV/JSON numbers, .npz embeddings", file_count="multiple",
+            interactive=False, scale=4, elem_id="embedding-downloads",
+        )  # fmt: skip
     with gr.Accordion("Data (JSON): 2-D coordinates and the gap figures", open=False):
         data = gr.JSON(label="embedding_space output")
     kept_layout = gr.State(None)
@@ -186,6 +228,10 @@ def build_embedding_tab(analysis: gr.State, space: gr.State) -> None:
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
     run.click(embedding_space, inputs, outputs, api_name="embedding_space", **ANALYSIS_EVENT)
     close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
+    this_tab = gr.State(TAB)
+    tab.select(_when_in_view, [*inputs, drawn, this_tab], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    analysis.change(_when_in_view, [*inputs, drawn, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    prepare.click(embedding_downloads, [drawn, space], downloads, api_name="embedding_downloads", **ANALYSIS_EVENT)
     picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
     lasso.change(
         select_from_plot, [lasso, drawn], [picker, plot, picked], api_visibility="private", show_progress="hidden"

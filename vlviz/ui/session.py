@@ -189,3 +189,13 @@ def analyzed(analysis: EncodedPairs | None, why: str) -> EncodedPairs:
     if analysis is None:
         raise gr.Error(f"Analyze a set of pairs first: {why}")
     return analysis
+
+
+def first_view(analysis: EncodedPairs | None, drawn: int | None, visible: bool) -> bool:
+    """Whether a tab should draw now: it is in view and has not drawn the pairs last analyzed yet."""
+    return visible and analysis is not None and drawn != analysis.serial
+
+
+def current_tab(event: gr.SelectData) -> str:
+    """The label of the tab just selected (kept in a gr.State, so views can tell whether they are in view)."""
+    return str(event.value)

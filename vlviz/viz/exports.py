@@ -59,14 +59,20 @@ def write_affinity_files(
     names: Sequence[str],
     captions: Sequence[str],
 ) -> list[Path]:
-    """affinity.html (the heatmaps), affinity.json (every number), image_text.csv and ranks.csv."""
+    """affinity.html (the heatmaps), affinity.json (`data`), image_text.csv, ranks.csv and affinity.npz.
+
+    The matrices (CSV and .npz) cover the pairs the report holds (`report.shown`); the ranks cover all.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "affinity.html", folder / "affinity.json", folder / "image_text.csv", folder / "ranks.csv"]
+    paths = [
+        folder / name for name in ("affinity.html", "affinity.json", "image_text.csv", "ranks.csv", "affinity.npz")
+    ]
     paths[0].write_text(page_html("vlviz affinity", ["<h1>Affinity</h1>", *figures]), encoding="utf-8")
     paths[1].write_text(json.dumps(data, indent=1), encoding="utf-8")
-    labels = [f"{i + 1}. {name}" for i, name in enumerate(names)]
-    write_csv(pd.DataFrame(report.image_text.numpy(), index=labels, columns=list(captions)), paths[2])
+    shown = report.shown.tolist()
+    labels = [f"{i + 1}. {names[i]}" for i in shown]
+    write_csv(pd.DataFrame(report.image_text.numpy(), index=labels, columns=[captions[i] for i in shown]), paths[2])
     ranks = pd.DataFrame(
         {
             "image": names,
@@ -76,6 +82,8 @@ def write_affinity_files(
         }
     )
     write_csv(ranks, paths[3], index=False)
+    arrays = {k: v.numpy() for k, v in report.__dict__.items() if isinstance(v, torch.Tensor)}
+    np.savez_compressed(paths[4], **arrays, names=np.array(names), captions=np.array(captions))
     return paths
 
 

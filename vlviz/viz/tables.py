@@ -79,8 +79,8 @@ def ranks_table(report: AffinityReport, names: Sequence[str], captions: Sequence
             "#": range(1, len(names) + 1),
             "image": list(names),
             "caption": list(captions),
-            "cos(own pair)": report.image_text.diagonal().numpy().round(3),
-            "P(own caption | image)": report.image_to_text_probability.diagonal().numpy().round(3),
+            "cos(own pair)": report.own_cosine.numpy().round(3),
+            "P(own caption | image)": report.own_probability.numpy().round(3),
             "image→text rank": report.image_to_text_rank.numpy(),
             "text→image rank": report.text_to_image_rank.numpy(),
         }

@@ -6,6 +6,7 @@ thing. No gradio and no model calls: embeddings, maps, names and captions in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from vlviz.viz.figures import (
 from vlviz.viz.tables import ranks_table, top_pairs_table
 
 SCATTER_PAIRS = 10_000  # pairs drawn in the A_T-vs-A_I scatter; more are sampled (seeded)
+HEATMAP_PAGE = 300  # pairs per Affinity heatmap page: 3 heatmaps of 300 x 300 ship in about 2 MB
 MAP_LABELS = {
     "sparc": "SPARC weights",
     "no-sparsity": "min-max weights without sparsity",
@@ -78,20 +80,19 @@ def affinity_view(
     captions: Sequence[str],
     probabilities: bool = False,
     title_prefix: str = "",
-    numbers: Sequence[int] | None = None,
     fixed_range: bool = False,
 ) -> AffinityView:
-    """Draw an `AffinityReport` of N pairs: rows are images, columns captions.
+    """Draw an `AffinityReport` of N pairs: heatmaps of the pairs it holds (`report.shown`), ranks of all.
 
-    `probabilities` shows P(caption | image) in the image-text heatmap instead of the cosine;
-    `numbers` are the pairs' 1-based positions when the N are a subset (0-based indices);
-    `fixed_range` puts cosines on [-1, 1] (to compare two models on one scale).
+    Rows are images, columns captions, each named by its 1-based pair number. `probabilities` shows
+    P(caption | image) in the image-text heatmap instead of the cosine; `fixed_range` puts cosines
+    on [-1, 1] (to compare two models on one scale).
     """
-    numbers = list(range(len(names))) if numbers is None else list(numbers)
-    caption_labels = short_labels(captions, numbers=numbers)
-    image_labels = item_labels(names, numbers)
-    image_hover = [f"image {i + 1} ({name})" for i, name in zip(numbers, names)]
-    caption_hover = [f"caption {i + 1}: {caption}" for i, caption in zip(numbers, captions)]
+    numbers = report.shown.tolist()
+    caption_labels = short_labels([captions[i] for i in numbers], numbers=numbers)
+    image_labels = item_labels([names[i] for i in numbers], numbers)
+    image_hover = [f"image {i + 1} ({names[i]})" for i in numbers]
+    caption_hover = [f"caption {i + 1}: {captions[i]}" for i in numbers]
     cosine_range = (-1.0, 1.0) if fixed_range else None
     if probabilities:
         head = "sigmoid(s·cos + b)" if report.head == "sigmoid" else "softmax over captions"
@@ -113,6 +114,20 @@ def affinity_view(
         f"{title_prefix}Text-text similarity (A_T)", "cosine", zrange=cosine_range,
     )  # fmt: skip
     return AffinityView(image_text, image_image, text_text, ranks_table(report, names, captions))
+
+
+def heatmap_page(n: int, page: int, size: int = HEATMAP_PAGE) -> tuple[list[int], str | None]:
+    """The pairs on 1-based `page` of `size` (clamped to the pages there are), and a note when not all N are shown."""
+    pages = max(1, math.ceil(n / size))
+    page = min(max(1, int(page)), pages)
+    shown = list(range((page - 1) * size, min(n, page * size)))
+    if pages == 1:
+        return shown, None
+    note = (
+        f"The heatmaps show pairs {shown[0] + 1}–{shown[-1] + 1} of {n} (page {page} of {pages}: choose another "
+        "page below them); the ranks cover all pairs, and every matrix is in the downloads."
+    )
+    return shown, note
 
 
 # ---------------------------------------------------------------------------------- consistency

@@ -1,0 +1,178 @@
+"""Analyze at real sizes, end to end, against the bare read + encode of the same pairs in this process.
+
+`python -m bench.app [--sizes 24,300,1000] [--no-browser]` generates scene pairs, starts the app in a
+fresh process, and measures:
+
+- `first_embedding_map_s`: from the moment the app answers to the first embedding map of 24 analysed
+  pairs (UMAP asked for: PCA comes first while UMAP's numba code still compiles);
+- per size N: `/analyze` through gradio_client (upload, read, encode, draw, ship; the client also
+  downloads the gallery's images), the response size, and in Chromium the time from choosing the
+  files to every Affinity heatmap drawn;
+- the baseline: reading the same image files and encoding them with the same open_clip model in
+  plain batches, in this process; the ratios divide the app's times by it.
+
+Prints one JSON object. Targets (issue 11): analyze <= 5x the baseline at 1,000 pairs, response
+<= 10 MB, first embedding map <= 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from tests.browser import CHROMIUM_ARGS
+from tests.conftest import free_port
+from vlviz.data.scenes import generate_scenes
+from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.viz.views import HEATMAP_PAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 256
+
+
+def write_pairs(folder: Path, n: int, seed: int = 7) -> tuple[list[Path], list[str]]:
+    """N fresh scenes as PNG files named bench_NNNNN.png, with their captions."""
+    scenes = generate_scenes(n, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, image in enumerate(scenes.pil_images()):
+        files.append(folder / f"bench_{i:05d}.png")
+        image.save(files[-1])
+    with (folder / "captions.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("file", "caption"), *((f.name, c) for f, c in zip(files, scenes.captions))])
+    return files, list(scenes.captions)
+
+
+@torch.inference_mode()
+def bare_read_and_encode(files: list[Path], captions: list[str]) -> float:
+    """Seconds to decode the files and encode images and captions with the plain open_clip model, in batches."""
+    model = load_model(OFFLINE_SPEC, "cpu")
+    start = time.perf_counter()
+    images = [Image.open(path).convert("RGB") for path in files]
+    for i in range(0, len(images), BATCH):
+        pixels = torch.stack([model.preprocess(image) for image in images[i : i + BATCH]])
+        model.model.encode_image(pixels.to(model.dtype), normalize=True)
+        model.model.encode_text(model.tokenizer(captions[i : i + BATCH]), normalize=True)
+    return time.perf_counter() - start
+
+
+def start_app(port: int, data_dir: Path) -> tuple[subprocess.Popen, float]:
+    """Launch app.py in a fresh process; return it and the monotonic time at which it first answered."""
+    env = os.environ | {"GRADIO_SERVER_PORT": str(port), "VLVIZ_DATA_DIR": str(data_dir), "VLVIZ_PUBLIC": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                return process, time.monotonic()
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the app did not answer within 300 s")
+
+
+def first_embedding_map(url: str, files: list[Path], captions: list[str], ready: float) -> float:
+    """Seconds from the app's first answer to the first embedding map of 24 analysed pairs."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    client.predict([handle_file(str(f)) for f in files], "\n".join(captions), OFFLINE_SPEC, "cosine similarity",
+                   api_name="/analyze")  # fmt: skip
+    job = client.submit("umap", 15, 0.1, "cosine", 0, False, False, api_name="/embedding_space")
+    while not job.outputs() and not job.done():
+        time.sleep(0.05)
+    return time.monotonic() - ready
+
+
+def analyze_api(url: str, files: list[Path], captions: list[str]) -> tuple[float, float]:
+    """Seconds for `/analyze` through gradio_client, and the response's size in MB (as JSON)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    start = time.perf_counter()
+    result = client.predict([handle_file(str(f)) for f in files], "\n".join(captions), OFFLINE_SPEC,
+                            "cosine similarity", api_name="/analyze")  # fmt: skip
+    seconds = time.perf_counter() - start
+    return seconds, len(json.dumps(result, default=str).encode()) / 1e6
+
+
+def analyze_browser(url: str, files: list[Path], captions: list[str]) -> float:
+    """Seconds in Chromium from choosing the files to all three Affinity heatmaps drawn with the new pairs."""
+    from playwright.sync_api import sync_playwright
+
+    rows = min(len(files), HEATMAP_PAGE)
+    drawn = """([ids, rows]) => ids.every((id) => {
+        const el = document.querySelector(`#${id} .js-plotly-plot`);
+        const trace = el && el._fullData && el._fullData[0];
+        return !!trace && trace.z.length === rows && String(trace.y[0]).includes("bench_");
+    })"""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(600_000)
+        page.goto(url)
+        page.wait_for_selector("#image-text-plot .js-plotly-plot")  # the sample scenes analysed on load
+        start = time.perf_counter()
+        page.locator("#uploads input[type=file]").set_input_files([str(f) for f in files])
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#uploads .file-preview tr, #uploads li').length >= {min(len(files), 1)}"
+        )
+        page.locator("#captions textarea").fill("\n".join(captions))
+        page.locator("#analyze").click()
+        page.wait_for_function(drawn, arg=[["image-text-plot", "image-image-plot", "text-text-plot"], rows])
+        seconds = time.perf_counter() - start
+        browser.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="24,300,1000")
+    parser.add_argument("--no-browser", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="vlviz-bench-app-"))
+    try:
+        files, captions = write_pairs(work / "pairs", max(sizes))
+        port = free_port()
+        process, ready = start_app(port, work / "data")
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            result: dict[str, object] = {
+                "first_embedding_map_s": round(first_embedding_map(url, files[:24], captions[:24], ready), 2),
+                "sizes": [],
+            }
+            for n in sizes:
+                baseline = bare_read_and_encode(files[:n], captions[:n])
+                api_s, megabytes = analyze_api(url, files[:n], captions[:n])
+                row = {"pairs": n, "baseline_read_encode_s": round(baseline, 3), "analyze_api_s": round(api_s, 2),
+                       "api_ratio": round(api_s / baseline, 2), "response_mb": round(megabytes, 2)}  # fmt: skip
+                if not args.no_browser:
+                    browser_s = analyze_browser(url, files[:n], captions[:n])
+                    row |= {"analyze_browser_s": round(browser_s, 2), "browser_ratio": round(browser_s / baseline, 2)}
+                result["sizes"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        print(json.dumps(result, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
