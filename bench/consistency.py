@@ -8,10 +8,11 @@ run only up to --dense-max. Each measurement runs in a fresh subprocess, so that
 memory (the growth of the process's maximum resident set, or CUDA's peak allocation) belongs to
 it alone; the time is one run after a small warm-up. Prints one JSON object.
 
-The workers pin glibc's mmap threshold at 1 MB (MALLOC_MMAP_THRESHOLD_): by default glibc raises
-it after the first large free, then serves every later 32 MB tile from its heap, which fragments,
-so the resident set grows with the number of tiles (about 12 MB per tile) although the live
-memory stays one tile's worth. Pinned, the peak measures the algorithm, not the allocator.
+The workers run with the default allocator: `consistency_summary` reuses five preallocated tiles, so
+its loop allocates nothing tile-sized and glibc's heap cannot fragment (before, with a fresh 32 MB
+temporary per step, the resident set grew by about 12 MB per tile: 14 GB at N = 100k). `peak_rss_mb`
+is the worker's whole resident set at its peak (embeddings, torch and all); `peak_mb` its growth
+during the pass.
 
     python -m bench.consistency                          # N = 1k, 10k, 100k
     python -m bench.consistency --sizes 1000 10000       # a busy machine
@@ -86,12 +87,14 @@ def _worker(mode: str, n: int, k: int, device: torch.device) -> dict[str, object
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     out["top_values"] = [round(float(v), 6) for v in out["top_values"]]
-    return {"seconds": round(seconds, 3), "peak_mb": round((_peak_bytes(device) - before) / 2**20, 1), **out}
+    peak = _peak_bytes(device)
+    return {"seconds": round(seconds, 3), "peak_mb": round((peak - before) / 2**20, 1),
+            "peak_rss_mb": round(peak / 2**20, 1), **out}  # fmt: skip
 
 
 def _measure(mode: str, n: int, k: int, device: str) -> dict[str, object]:
     command = [sys.executable, "-m", "bench.consistency", "--worker", mode, "--sizes", str(n), "--k", str(k)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # the default allocator
     done = subprocess.run([*command, "--device", device], capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout)
 
@@ -111,7 +114,7 @@ def main() -> None:
     results = []
     for n in args.sizes:
         chunked = _measure("chunked", n, args.k, args.device)
-        row = {"n": n, "chunked": {key: chunked[key] for key in ("seconds", "peak_mb", "figures")}}
+        row = {"n": n, "chunked": {key: chunked[key] for key in ("seconds", "peak_mb", "peak_rss_mb", "figures")}}
         if n <= args.dense_max:
             dense = _measure("dense", n, args.k, args.device)
             row["dense"] = {key: dense[key] for key in ("seconds", "peak_mb", "figures")}

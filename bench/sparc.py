@@ -48,13 +48,15 @@ class FixedBatch:
         return self.pixels, self.captions
 
 
-def lockstep_step_times(settings: dict[str, dict[str, float]], batch: int, steps: int) -> dict[str, list[float]]:
+def lockstep_step_times(
+    settings: dict[str, dict[str, float]], batch: int, steps: int, device: torch.device
+) -> dict[str, list[float]]:
     """Seconds per training step of each setting's fresh model, the trainers advancing in lockstep."""
     source = FixedBatch(batch)
     runs = {}
     for name, losses in settings.items():
         torch.manual_seed(0)
-        model = CLIP(**SCENES_MODEL_CFG, output_dict=True)
+        model = CLIP(**SCENES_MODEL_CFG, output_dict=True).to(device)
         config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=1, eval_every=steps, losses=losses)
         runs[name] = train(model, scenes_tokenizer(), source, config)
     times: dict[str, list[float]] = {name: [] for name in settings}
@@ -70,17 +72,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="steps per setting, warm-up and the last one included")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.steps < WARMUP_STEPS + 2:
         parser.error(f"--steps must be at least {WARMUP_STEPS + 2} (warm-up and the evaluating step are not timed)")
 
     times = lockstep_step_times(
-        {"clip": {"clip": 1.0}, "clip+sparc": {"clip": 1.0, "sparc": 1.0}}, args.batch, args.steps
+        {"clip": {"clip": 1.0}, "clip+sparc": {"clip": 1.0, "sparc": 1.0}}, args.batch, args.steps, device
     )
     ratio = statistics.median(s / c for c, s in zip(times["clip"], times["clip+sparc"], strict=True))
     print(json.dumps({
         "model": "SCENES_MODEL_CFG (the offline model's architecture)",
-        "device": "cpu",
+        "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "batch": args.batch,
         "timed_steps_per_setting": len(times["clip"]),

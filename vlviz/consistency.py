@@ -207,15 +207,20 @@ class _Moments:
         self.count = 0
         self.mean_x = self.mean_y = self.m2_x = self.m2_y = self.c_xy = 0.0
 
-    def merge(self, x: torch.Tensor, y: torch.Tensor, upper: bool) -> None:
-        """Add a (R, S) tile of values; `upper`: only its strict upper triangle (a diagonal tile)."""
+    def merge(
+        self, x: torch.Tensor, y: torch.Tensor, upper: bool, scratch_x: torch.Tensor, scratch_y: torch.Tensor
+    ) -> None:
+        """Add a (R, S) tile of values; `upper`: only its strict upper triangle (a diagonal tile).
+
+        The centred values are written into `scratch_x` and `scratch_y`, (R, S) buffers the caller reuses.
+        """
         rows, columns = x.shape
         count = rows * (rows - 1) // 2 if upper else rows * columns
         if count == 0:
             return
         tile_x, tile_y = (x.triu(1), y.triu(1)) if upper else (x, y)  # zeros below count for nothing
         mean_x, mean_y = float(tile_x.sum()) / count, float(tile_y.sum()) / count
-        centred_x, centred_y = x - mean_x, y - mean_y
+        centred_x, centred_y = torch.sub(x, mean_x, out=scratch_x), torch.sub(y, mean_y, out=scratch_y)
         if upper:
             centred_x, centred_y = centred_x.triu_(1), centred_y.triu_(1)
         m2_x = float(_row_dot(centred_x, centred_x).double().sum())
@@ -251,18 +256,34 @@ class _SoftmaxMeans:
         self.normaliser = torch.zeros(n, device=device)
         self.weighted = torch.zeros(n, device=device)
 
-    def merge(self, rows: slice, logits: torch.Tensor, values: torch.Tensor) -> None:
-        """Add columns for `rows`: logits z and values d, each (R, S)."""
+    def merge(self, rows: slice, logits: torch.Tensor, values: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Add columns for `rows`: logits z and values d, each (R, S); `scratch` is an (R, S) buffer to reuse."""
         lowest = torch.finfo(logits.dtype).min  # a finite floor, so an all -inf row gives exp(-inf) = 0
         maximum = torch.maximum(self.maximum[rows], logits.amax(dim=1)).clamp_min(lowest)  # (R,)
-        weights = torch.exp(logits - maximum[:, None])  # (R, S)
+        weights = torch.sub(logits, maximum[:, None], out=scratch).exp_()  # (R, S)
         rescale = torch.exp(self.maximum[rows] - maximum)  # (R,)
         self.normaliser[rows] = self.normaliser[rows] * rescale + weights.sum(dim=1)
-        self.weighted[rows] = self.weighted[rows] * rescale + (weights * values).sum(dim=1)
+        self.weighted[rows] = self.weighted[rows] * rescale + weights.mul_(values).sum(dim=1)
         self.maximum[rows] = maximum
 
     def means(self) -> torch.Tensor:
         return self.weighted / self.normaliser
+
+
+class _Tiles:
+    """Tile-sized buffers allocated once per pass and reused for every tile.
+
+    A pass over 100k samples visits about 600 tiles of 32 MB; allocating each tile's temporaries anew
+    lets glibc's heap fragment until the resident set reaches many GB, while the live memory is a few
+    tiles. With every (R, S) value written into these buffers, the loop allocates nothing tile-sized.
+    """
+
+    def __init__(self, count: int, side: int, device: torch.device) -> None:
+        self.flat = torch.empty(count, side * side, device=device)
+
+    def __call__(self, index: int, rows: int, columns: int) -> torch.Tensor:
+        """Buffer `index` as a contiguous (rows, columns) tile."""
+        return self.flat[index, : rows * columns].view(rows, columns)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -339,25 +360,27 @@ def consistency_summary(
     image_means, text_means = _SoftmaxMeans(n, device), _SoftmaxMeans(n, device)
     top_values = torch.empty(0, device=device)
     top_index = torch.empty(0, dtype=torch.long, device=device)  # flat, i * N + j
+    tiles = _Tiles(5, size, device)  # A_I, A_T, their difference, two scratch tiles
     for row0 in range(0, n, size):
         rows = slice(row0, min(n, row0 + size))
         low, high = torch.searchsorted(ranked[0], torch.tensor([rows.start, rows.stop], device=device)).tolist()
         for col0 in range(row0, n, size):
             columns = slice(col0, min(n, col0 + size))
             diagonal = col0 == row0  # the tile holds (i, j) and (j, i): count it by rows only
-            image_image = images[rows] @ images[columns].T  # (R, S)
-            text_text = texts[rows] @ texts[columns].T  # (R, S)
+            r, c = rows.stop - rows.start, columns.stop - columns.start
+            image_image = torch.matmul(images[rows], images[columns].T, out=tiles(0, r, c))  # (R, S)
+            text_text = torch.matmul(texts[rows], texts[columns].T, out=tiles(1, r, c))  # (R, S)
 
             first, second = ranked[0, low:high], ranked[1, low:high]
             inside = (second >= columns.start) & (second < columns.stop)
             ranked_x.append(image_image[first[inside] - row0, second[inside] - col0])
             ranked_y.append(text_text[first[inside] - row0, second[inside] - col0])
-            moments.merge(image_image, text_text, upper=diagonal)
+            moments.merge(image_image, text_text, diagonal, tiles(3, r, c), tiles(4, r, c))
 
-            difference = image_image - text_text  # (R, S)
+            difference = torch.sub(image_image, text_text, out=tiles(2, r, c))  # (R, S)
             if diagonal:
                 difference.fill_diagonal_(0)
-            absolute = difference.abs()
+            absolute = torch.abs(difference, out=tiles(3, r, c))
             absolute_sums[rows] += absolute.sum(dim=1)
             if not diagonal:
                 absolute_sums[columns] += absolute.sum(dim=0)
@@ -372,11 +395,11 @@ def consistency_summary(
             if diagonal:
                 image_image.fill_diagonal_(-math.inf)
                 text_text.fill_diagonal_(-math.inf)
-            image_means.merge(rows, image_image, difference)
-            text_means.merge(rows, text_text, difference)
+            image_means.merge(rows, image_image, difference, tiles(3, r, c))
+            text_means.merge(rows, text_text, difference, tiles(3, r, c))
             if not diagonal:
-                image_means.merge(columns, image_image.T, difference.T)
-                text_means.merge(columns, text_text.T, difference.T)
+                image_means.merge(columns, image_image.T, difference.T, tiles(3, c, r))
+                text_means.merge(columns, text_text.T, difference.T, tiles(3, c, r))
 
     first, second = top_index // n, top_index % n
     kl_rows = (image_means.means() - text_means.means()) / temperature  # J_i, (N,)

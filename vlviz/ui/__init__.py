@@ -14,7 +14,7 @@ import gradio as gr
 
 from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
 from vlviz.embedding_space import warm_up_umap
-from vlviz.models import OFFLINE_NOTICE
+from vlviz.models import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
 from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
@@ -39,8 +39,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
     `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
     check_data_dir()
-    # The first UMAP of a process compiles numba code for many seconds: do it now, not when someone waits for it.
-    threading.Thread(target=warm_up_umap, name="umap-warm-up", daemon=True).start()
+    threading.Thread(target=_warm_up, args=(model_spec,), name="vlviz-warm-up", daemon=True).start()
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
     sweep = int(min(SESSION_TTL_S, 3600))
@@ -101,6 +100,20 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
         demo.unload(SESSIONS.end)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
+
+
+def _warm_up(model_spec: str) -> None:
+    """Before anyone waits: load the start model when it needs no network, and compile UMAP's numba code.
+
+    The first UMAP of a process compiles for many seconds; a model loads once per process. A model that
+    fails to load here says so when a visitor asks for it.
+    """
+    try:
+        if not parse_spec(model_spec).needs_hub:
+            load_model(model_spec)
+    except (ValueError, ModelUnavailableError):
+        pass
+    warm_up_umap()
 
 
 def launch_kwargs() -> dict:
