@@ -83,6 +83,7 @@ def test_stop_stops_only_the_sessions_own_runs(app_url: str) -> None:
 def test_unload_removes_the_sessions_files(app_url: str) -> None:
     client = Client(app_url, verbose=False)
     _analyze(client)
+    client.predict("cosine similarity", 1, api_name="/affinity_downloads")  # files are written on request
     folder = session.SESSIONS._by_hash[client.session_hash].folder
     assert (folder / "exports" / "affinity" / "affinity.json").is_file()
     # A browser keeps this stream open; closing it is how Gradio learns the tab closed (and runs unload).
