@@ -53,3 +53,18 @@ def wait_for_heatmap(page: Page, elem_id: str, rows: int, title_starts: str = ""
         arg=[elem_id, rows, title_starts],
         timeout=TIMEOUT_MS,
     )
+
+
+_TITLE_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    return el && el._fullData ? (el.layout.title && el.layout.title.text) || "" : null;
+}"""
+
+
+def wait_for_title(page: Page, elem_id: str, title_starts: str) -> None:
+    """Wait until the plot `#elem_id` is drawn with a title starting so (a redraw, not the figure before it)."""
+    page.wait_for_function(
+        f"([id, title]) => {{ const t = ({_TITLE_JS})(id); return t !== null && t.startsWith(title); }}",
+        arg=[elem_id, title_starts],
+        timeout=TIMEOUT_MS,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap, wait_for_title
 
 pytestmark = pytest.mark.browser
 
@@ -31,13 +31,13 @@ def wait_for_trace(page: Page, elem_id: str, name: str) -> None:
     )
 
 
-def wait_for_title(page: Page, elem_id: str, title: str) -> None:
-    """Wait until the plot `#elem_id` has a title starting with `title` (a redraw, not the figure before it)."""
-    page.wait_for_function(
-        f"([id, title]) => {{ const t = ({_TRACES_JS})(id); return !!t && t.title.startsWith(title); }}",
-        arg=[elem_id, title],
-        timeout=TIMEOUT_MS,
-    )
+def show_then_redraw_with_pca(page: Page) -> None:
+    """Open the tab (it draws the default UMAP on first view), then redraw it with PCA."""
+    page.get_by_role("tab", name="Embedding space").click()
+    wait_for_title(page, "embedding-plot", f"UMAP of {N_SAMPLE_PAIRS} images")
+    page.locator("#embedding-method").get_by_label("pca").check()
+    page.locator("#embedding-button").click()
+    wait_for_title(page, "embedding-plot", f"PCA of {N_SAMPLE_PAIRS} images")
 
 
 def test_consistency_tab_draws_heatmaps_scatter_and_the_most_inconsistent_pairs(page: Page) -> None:
@@ -55,11 +55,7 @@ def test_consistency_tab_draws_heatmaps_scatter_and_the_most_inconsistent_pairs(
 
 
 def test_embedding_tab_draws_both_modalities_and_rings_a_picked_sample(page: Page) -> None:
-    page.get_by_role("tab", name="Embedding space").click()  # drawn on first view with the default UMAP
-    wait_for_title(page, "embedding-plot", f"UMAP of {N_SAMPLE_PAIRS} images")
-    page.locator("#embedding-method").get_by_label("pca").check()
-    page.locator("#embedding-button").click()
-    wait_for_title(page, "embedding-plot", f"PCA of {N_SAMPLE_PAIRS} images")
+    show_then_redraw_with_pca(page)
     drawn = traces(page, "embedding-plot")
     assert drawn["names"] == ["image ↔ caption", "images", "captions"], drawn
     assert drawn["title"].startswith(f"PCA of {N_SAMPLE_PAIRS} images")
@@ -71,11 +67,7 @@ def test_embedding_tab_draws_both_modalities_and_rings_a_picked_sample(page: Pag
 
 
 def test_a_lasso_around_the_plot_lists_every_sample(page: Page) -> None:
-    page.get_by_role("tab", name="Embedding space").click()  # drawn on first view with the default UMAP
-    wait_for_title(page, "embedding-plot", f"UMAP of {N_SAMPLE_PAIRS} images")
-    page.locator("#embedding-method").get_by_label("pca").check()
-    page.locator("#embedding-button").click()
-    wait_for_title(page, "embedding-plot", f"PCA of {N_SAMPLE_PAIRS} images")
+    show_then_redraw_with_pca(page)
     area = page.locator("#embedding-plot .nsewdrag").first.bounding_box()
     left, top = area["x"] + 2, area["y"] + 2
     right, bottom = area["x"] + area["width"] - 2, area["y"] + area["height"] - 2

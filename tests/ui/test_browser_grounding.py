@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import TIMEOUT_MS
+from tests.browser import wait_for_title
 from vlviz.data.samples import sample_files
 
 pytestmark = pytest.mark.browser
@@ -29,14 +29,6 @@ _FIGURE_JS = """(id) => {
 
 def figure(page: Page, elem_id: str) -> dict | None:
     return page.evaluate(_FIGURE_JS, elem_id)
-
-
-def wait_for_title(page: Page, elem_id: str, title_starts: str) -> None:
-    page.wait_for_function(
-        f"([id, title]) => {{ const f = ({_FIGURE_JS})(id); return !!f && f.title.startsWith(title); }}",
-        arg=[elem_id, title_starts],
-        timeout=TIMEOUT_MS,
-    )
 
 
 @pytest.fixture

@@ -9,12 +9,21 @@ import gradio as gr
 from vlviz.affinity import AffinityReport, affinity_report, rank_images_by_text
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyze_uploads, analyzed, model_for, model_status
+from vlviz.ui.session import (
+    ANALYSIS_EVENT,
+    SESSIONS,
+    SessionSpace,
+    analyze_uploads,
+    analyzed,
+    downloads_row,
+    model_for,
+    model_status,
+)
 from vlviz.viz.exports import write_affinity_files
 from vlviz.viz.views import HEATMAP_PAGE, AffinityView, affinity_view, heatmap_page
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
-GALLERY_PAIRS = 48  # pairs shown in the gallery: the first of the heatmap page
+GALLERY_PAIRS = 48  # pairs shown in the gallery (the first ones); the ranks table lists every pair
 
 
 def _affinity(analysis: EncodedPairs, value_kind: str, page: float) -> tuple[AffinityReport, AffinityView, str | None]:
@@ -29,6 +38,7 @@ def _affinity(analysis: EncodedPairs, value_kind: str, page: float) -> tuple[Aff
 
 
 def _data(analysis: EncodedPairs, report: AffinityReport, model_name: str) -> dict[str, Any]:
+    """The view's numbers for JSON: names, captions, notices, the report and the model's logit scale and bias."""
     pairs, encoding = analysis.pairs, analysis.encoding
     data = {"model": model_name, "names": pairs.names, "captions": pairs.captions, "notices": analysis.notices}
     return data | report.to_dict() | {"logit_scale": encoding.logit_scale, "logit_bias": encoding.logit_bias}
@@ -124,12 +134,7 @@ def build_affinity_tab(
         query_gallery = gr.Gallery(label="Images, best match first", columns=8, height="auto", object_fit="contain")
     with gr.Accordion("Data (JSON): every matrix, probability and rank", open=False):
         data = gr.JSON(label="analyze output")
-    with gr.Row():
-        prepare = gr.Button("Prepare downloads", scale=1, elem_id="affinity-downloads-button")
-        downloads = gr.File(
-            label="Downloads: figures (HTML), numbers (JSON, CSV, .npz)", file_count="multiple", interactive=False,
-            scale=4, elem_id="affinity-downloads",
-        )  # fmt: skip
+    prepare, downloads = downloads_row("affinity", "figures (HTML), numbers (JSON, CSV, .npz)")
 
     outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis, page]
     inputs = [files, captions, model_spec, value_kind, space]

@@ -9,7 +9,15 @@ import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.encoding import EncodedPairs
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed, first_view
+from vlviz.ui.session import (
+    ANALYSIS_EVENT,
+    SESSIONS,
+    SessionSpace,
+    analyzed,
+    downloads_row,
+    draw_on_first_view,
+    first_view,
+)
 from vlviz.viz.exports import write_consistency_files
 from vlviz.viz.html import top_pairs_html
 from vlviz.viz.tables import consistency_table
@@ -115,12 +123,7 @@ def build_consistency_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curr
     scatter_plot = gr.Plot(label="A_T against A_I", elem_id="affinity-scatter-plot")
     gr.Markdown("### Most inconsistent pairs")
     top = gr.HTML(elem_id="inconsistent-pairs", js_on_load=None)
-    with gr.Row():
-        prepare = gr.Button("Prepare downloads", scale=1, elem_id="consistency-downloads-button")
-        downloads = gr.File(
-            label="Downloads: HTML figures, CSV/JSON numbers, .npz matrices", file_count="multiple",
-            interactive=False, scale=4, elem_id="consistency-downloads",
-        )  # fmt: skip
+    prepare, downloads = downloads_row("consistency", "HTML figures, CSV/JSON numbers, .npz matrices")
     with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
         data = gr.JSON(label="consistency output")
 
@@ -130,7 +133,5 @@ def build_consistency_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curr
     run.click(consistency, inputs, outputs, api_name="consistency", **ANALYSIS_EVENT)
     for control in (ordering, view_kind):
         control.change(consistency, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
-    this_tab = gr.State(TAB)
-    tab.select(_when_in_view, [*inputs, shown, this_tab], outputs, api_visibility="private", **ANALYSIS_EVENT)
-    analysis.change(_when_in_view, [*inputs, shown, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*inputs, shown], outputs)
     prepare.click(consistency_downloads, [shown, space], downloads, api_name="consistency_downloads", **ANALYSIS_EVENT)

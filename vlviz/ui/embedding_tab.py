@@ -18,7 +18,15 @@ import gradio as gr
 from vlviz.data.inputs import PairSet
 from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, UMAP_READY, EmbeddingLayout
 from vlviz.encoding import EncodedPairs
-from vlviz.ui.session import ANALYSIS_EVENT, SESSIONS, SessionSpace, analyzed, first_view
+from vlviz.ui.session import (
+    ANALYSIS_EVENT,
+    SESSIONS,
+    SessionSpace,
+    analyzed,
+    downloads_row,
+    draw_on_first_view,
+    first_view,
+)
 from vlviz.viz.exports import write_embedding_files
 from vlviz.viz.figures import embedding_scatter
 from vlviz.viz.tables import gap_table
@@ -213,12 +221,7 @@ def build_embedding_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curren
     picked = gr.Gallery(
         label="Picked samples", columns=6, height="auto", object_fit="contain", elem_id="picked-samples"
     )
-    with gr.Row():
-        prepare = gr.Button("Prepare downloads", scale=1, elem_id="embedding-downloads-button")
-        downloads = gr.File(
-            label="Downloads: HTML figure, CSV/JSON numbers, .npz embeddings", file_count="multiple",
-            interactive=False, scale=4, elem_id="embedding-downloads",
-        )  # fmt: skip
+    prepare, downloads = downloads_row("embedding", "HTML figure, CSV/JSON numbers, .npz embeddings")
     with gr.Accordion("Data (JSON): 2-D coordinates and the gap figures", open=False):
         data = gr.JSON(label="embedding_space output")
     kept_layout = gr.State(None)
@@ -228,9 +231,7 @@ def build_embedding_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curren
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]
     run.click(embedding_space, inputs, outputs, api_name="embedding_space", **ANALYSIS_EVENT)
     close_gap.change(embedding_space, inputs, outputs, api_visibility="private", **ANALYSIS_EVENT)
-    this_tab = gr.State(TAB)
-    tab.select(_when_in_view, [*inputs, drawn, this_tab], outputs, api_visibility="private", **ANALYSIS_EVENT)
-    analysis.change(_when_in_view, [*inputs, drawn, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*inputs, drawn], outputs)
     prepare.click(embedding_downloads, [drawn, space], downloads, api_name="embedding_downloads", **ANALYSIS_EVENT)
     picker.input(pick, [picker, drawn], [plot, picked], api_visibility="private", show_progress="hidden")
     lasso.change(

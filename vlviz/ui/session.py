@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -199,3 +200,24 @@ def first_view(analysis: EncodedPairs | None, drawn: int | None, visible: bool) 
 def current_tab(event: gr.SelectData) -> str:
     """The label of the tab just selected (kept in a gr.State, so views can tell whether they are in view)."""
     return str(event.value)
+
+
+def downloads_row(view: str, contents: str) -> tuple[gr.Button, gr.File]:
+    """A view's "Prepare downloads" button beside the files it writes (elem ids `VIEW-downloads[-button]`)."""
+    with gr.Row():
+        prepare = gr.Button("Prepare downloads", scale=1, elem_id=f"{view}-downloads-button")
+        files = gr.File(
+            label=f"Downloads: {contents}", file_count="multiple", interactive=False, scale=4,
+            elem_id=f"{view}-downloads",
+        )  # fmt: skip
+    return prepare, files
+
+
+def draw_on_first_view(
+    draw: Callable[..., object], tab: gr.Tab, label: str, analysis: gr.State, current: gr.State,
+    inputs: list[gr.components.Component], outputs: list[gr.components.Component],
+) -> None:  # fmt: skip
+    """Wire `draw` (its last input: the tab in view) to run when its tab is selected, and when an Analyze
+    finishes while the tab is in view; `draw` skips when it already shows the pairs last analyzed."""
+    tab.select(draw, [*inputs, gr.State(label)], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    analysis.change(draw, [*inputs, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
