@@ -20,7 +20,7 @@ from vlviz.ui.session import (
     model_status,
 )
 from vlviz.viz.exports import write_affinity_files
-from vlviz.viz.views import HEATMAP_PAGE, AffinityView, affinity_view, heatmap_page
+from vlviz.viz.views import AffinityView, affinity_view, heatmap_page, heatmap_pages
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 GALLERY_PAIRS = 48  # pairs shown in the gallery (the first ones); the ranks table lists every pair
@@ -66,7 +66,7 @@ def analyze(
     pairs = analysis.pairs
     gallery = [(pairs.images[i], f"{i + 1}. {pairs.captions[i]}") for i in range(min(len(pairs), GALLERY_PAIRS))]
     message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
-    pages = -(-len(pairs) // HEATMAP_PAGE)
+    pages = heatmap_pages(len(pairs))
     page = gr.update(maximum=max(pages, 2), value=1, visible=pages > 1)  # a slider needs a range, even when hidden
     figures = (view.image_text, view.image_image, view.text_text)
     status = model_status(model, notice)

@@ -116,9 +116,14 @@ def affinity_view(
     return AffinityView(image_text, image_image, text_text, ranks_table(report, names, captions))
 
 
+def heatmap_pages(n: int, size: int = HEATMAP_PAGE) -> int:
+    """How many heatmap pages of `size` pairs N pairs fill (at least one)."""
+    return max(1, math.ceil(n / size))
+
+
 def heatmap_page(n: int, page: int, size: int = HEATMAP_PAGE) -> tuple[list[int], str | None]:
     """The pairs on 1-based `page` of `size` (clamped to the pages there are), and a note when not all N are shown."""
-    pages = max(1, math.ceil(n / size))
+    pages = heatmap_pages(n, size)
     page = min(max(1, int(page)), pages)
     shown = list(range((page - 1) * size, min(n, page * size)))
     if pages == 1:
