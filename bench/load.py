@@ -43,7 +43,14 @@ SCENES = ROOT / "assets" / "samples" / "scenes"
 OFFLINE_SPEC = "vlviz-scenes"
 GENERIC_ERRORS = ("upstream gradio app has raised an exception", "error raised.")
 """gradio_client's messages when the app failed without a clear message (not a `gr.Error`)."""
-LOSS_NAMES = ("clip", "saco", "sparc", "psl", "xmm")  # vlviz.losses.LOSSES order (not imported: no torch here)
+LOSS_NAMES = (
+    "clip",
+    "siglip",
+    "saco",
+    "sparc",
+    "psl",
+    "xmm",
+)  # vlviz.losses.LOSSES order (not imported: no torch here)
 ZERO_SHOT = "the captions' words and the default concepts"
 CAPTIONS_ONLY = "the captions' words only"
 UMAP = "embedding_space_umap"

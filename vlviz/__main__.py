@@ -73,11 +73,14 @@ def _train_run(args: argparse.Namespace) -> int:
         options.setdefault("saco", {})["distance"] = args.saco_distance
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
-        losses=parse_loss_weights(args.loss), loss_options=options, trainable=args.trainable,
+        losses=parse_loss_weights(args.loss) if args.loss else None, loss_options=options, trainable=args.trainable,
         last_blocks=args.last_blocks,
     )  # fmt: skip
     context = init_distributed(resolve_device(args.device))
     run = prepare_run(args.model, args.data, config, args.out, context=context)
+    if context.is_main:
+        for notice in run.notices:
+            print(f"notice: {notice}", file=sys.stderr)
     bar = tqdm(total=config.steps, disable=not context.is_main, unit="step")
     for record in run.records():
         if record["step"] > 0:  # step 0 is the start model's evaluation
@@ -92,9 +95,10 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _eval_grounding(args: argparse.Namespace) -> int:
+    """The model's grounding score and the untrained model's, as one JSON line on stdout and a table on stderr."""
     from vlviz.data.scenes import generate_scenes
     from vlviz.data.sources import HELD_OUT_SEED
-    from vlviz.grounding import MIN_COVER, score_scenes
+    from vlviz.grounding import MIN_COVER, UNTRAINED_SEED, score_scenes, untrained_model
     from vlviz.models import load_model
     from vlviz.towers import input_side
 
@@ -105,8 +109,33 @@ def _eval_grounding(args: argparse.Namespace) -> int:
     scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=input_side(model.model))
     min_cover = MIN_COVER if args.min_cover is None else args.min_cover
     scores = score_scenes(model, scenes, kinds=args.kind, min_cover=min_cover)
-    print(json.dumps({"model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores}))
+    untrained = score_scenes(untrained_model(model), scenes, kinds=args.kind, min_cover=min_cover)
+    print(json.dumps({
+        "model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores,
+        "untrained_seed": UNTRAINED_SEED, "untrained": untrained,
+    }))  # fmt: skip
+    _print_grounding_table(scores, untrained)
     return 0
+
+
+def _print_grounding_table(
+    scores: dict[str, dict[str, dict[str, float]]], untrained: dict[str, dict[str, dict[str, float]]]
+) -> None:
+    """Each map kind and word class: the model against the untrained model, uniform chance and object chance."""
+    header = (
+        f"{'map':<12} {'word':<7} {'model':<10} {'pointing':>8} {'mass':>6} {'uniform chance':>14} "
+        f"{'object acc.':>11} {'object chance':>13}  on an object"
+    )
+    print(header, file=sys.stderr)
+    for kind, classes in scores.items():
+        for name, figures in classes.items():
+            for label, s in (("evaluated", figures), ("untrained", untrained[kind][name])):
+                print(
+                    f"{kind:<12} {name:<7} {label:<10} {s['pointing_game']:>8.3f} {s['mass_in_mask']:>6.3f} "
+                    f"{s['chance']:>14.3f} {s['object_accuracy']:>11.3f} {s['object_chance']:>13.3f} "
+                    f"{s['on_object']:>6} of {s['words']}",
+                    file=sys.stderr,
+                )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -151,7 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit = commands.add_parser("train", help="continual pre-training with any mix of losses (torchrun for DDP)")
     fit.add_argument("--model", default="vlviz-scenes", help="model spec to start from, or 'fresh'")
     fit.add_argument("--data", default="scenes", help="scenes, photos, or a folder of images with captions.csv/json")
-    fit.add_argument("--loss", default="clip=1", help="weighted losses, e.g. clip=1,saco=0.5,sparc=1")
+    fit.add_argument(
+        "--loss",
+        default=None,
+        help="weighted losses, e.g. clip=1,saco=0.5,sparc=1 (default: the start model's own: siglip for a "
+        "sigmoid head, else clip)",
+    )
     fit.add_argument("--saco-distance", default=None, help="SaCo distance: l1 (default), l2 or kl")
     fit.add_argument("--loss-options", default="{}", help=f"keyword arguments per loss, e.g. {LOSS_OPTIONS_EXAMPLE}")
     fit.add_argument("--steps", type=int, default=300)
@@ -166,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit.set_defaults(run=_train)
 
     grounding = commands.add_parser(
-        "eval-grounding", help="pointing game and mass in mask of colour and shape words on held-out scenes"
+        "eval-grounding",
+        help="pointing game and mass in mask of colour and shape words on held-out scenes, beside the untrained "
+        "model of the same architecture, uniform chance and object-level chance",
     )
     grounding.add_argument("--model", default="vlviz-scenes")
     grounding.add_argument("--n", type=int, default=200)

@@ -126,18 +126,40 @@ class AffinityReport:
         }
 
 
+@dataclass(frozen=True)
+class PairFigures:
+    """Each pair's own figures over all N pairs: what every page and value kind of the Affinity view shares."""
+
+    own_cosine: torch.Tensor  # (N,) cos(image i, caption i)
+    own_probability: torch.Tensor  # (N,) P(caption i | image i)
+    image_to_text_rank: torch.Tensor  # (N,) rank of each image's own caption among all captions
+    text_to_image_rank: torch.Tensor  # (N,) rank of each caption's own image among all images
+
+
+def pair_figures(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float, logit_bias: float | None = None
+) -> PairFigures:
+    """Every pair's own cosine, probability and ranks (on the CPU): two O(N^2 D) passes, block by block."""
+    own = (image_features.float() * text_features.float()).sum(dim=1)  # (N,)
+    own_probability = _own_probability(image_features, text_features, own, logit_scale, logit_bias)
+    rank_i2t, rank_t2i = retrieval_ranks(image_features, text_features)
+    return PairFigures(own.cpu(), own_probability.cpu(), rank_i2t.cpu(), rank_t2i.cpu())
+
+
 def affinity_report(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     logit_scale: float,
     logit_bias: float | None = None,
     shown: Sequence[int] | None = None,
+    pairs: PairFigures | None = None,
 ) -> AffinityReport:
     """Every figure of the Affinity view, computed on the features' device and moved to the CPU.
 
     Matrices cover the pairs `shown` (None: all N); probabilities are normalised over all N as the
     model's softmax is (CLIP), or are independent sigmoids (SigLIP). Memory O(N * S + S^2), and the
-    ranks go block by block (`partner_ranks`).
+    ranks go block by block (`partner_ranks`). `pairs`: the `pair_figures` of these features when
+    already computed (another page of the same pairs costs O(S * N * D) then, not O(N^2 D)).
     """
     n = image_features.shape[0]
     rows = torch.arange(n) if shown is None else torch.as_tensor(list(shown), dtype=torch.long)
@@ -150,9 +172,7 @@ def affinity_report(
         text_to_image = text_columns.softmax(dim=0)[index]
     else:
         image_to_text = text_to_image = torch.sigmoid(image_rows[:, index] + logit_bias)
-    own = (image_features.float() * text_features.float()).sum(dim=1)  # (N,)
-    own_probability = _own_probability(image_features, text_features, own, logit_scale, logit_bias)
-    rank_i2t, rank_t2i = retrieval_ranks(image_features, text_features)
+    pairs = pairs or pair_figures(image_features, text_features, logit_scale, logit_bias)
     return AffinityReport(
         shown=rows,
         image_text=affinity(images, texts).cpu(),
@@ -160,10 +180,10 @@ def affinity_report(
         text_text=affinity(texts, texts).cpu(),
         image_to_text_probability=image_to_text.cpu(),
         text_to_image_probability=text_to_image.cpu(),
-        own_cosine=own.cpu(),
-        own_probability=own_probability.cpu(),
-        image_to_text_rank=rank_i2t.cpu(),
-        text_to_image_rank=rank_t2i.cpu(),
+        own_cosine=pairs.own_cosine,
+        own_probability=pairs.own_probability,
+        image_to_text_rank=pairs.image_to_text_rank,
+        text_to_image_rank=pairs.text_to_image_rank,
         head="softmax" if logit_bias is None else "sigmoid",
     )
 

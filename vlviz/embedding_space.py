@@ -14,7 +14,6 @@ during training move only because the model moved. They run on the CPU (UMAP is 
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +25,6 @@ from vlviz.affinity import affinity, recall_at_k, retrieval_ranks
 METHODS = ("umap", "pca")
 UMAP_METRICS = ("cosine", "euclidean", "correlation")
 MIN_UMAP_POINTS = 10  # fewer points than this (5 pairs) are shown with PCA
-UMAP_READY = threading.Event()  # set once umap-learn's numba code is compiled in this process (any UMAP fit)
 
 
 def modality_gap(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -154,7 +152,6 @@ def fit_layout(
         n_jobs=1,
     )
     coordinates = torch.from_numpy(reducer.fit_transform(points.float().numpy())).float()
-    UMAP_READY.set()
     return EmbeddingLayout("umap", coordinates, ("UMAP 1", "UMAP 2"), note, dimension, reducer)
 
 

@@ -22,7 +22,14 @@ from PIL import Image
 
 from vlviz.data.inputs import PairSet
 from vlviz.tokens import TokenLayout, token_layout
-from vlviz.towers import grid_size, image_projection, patches_unavailable, preprocess_stats, text_projection
+from vlviz.towers import (
+    grid_size,
+    image_projection,
+    input_dtype,
+    patches_unavailable,
+    preprocess_stats,
+    text_projection,
+)
 
 CACHE_ENTRIES = 4096
 ENCODE_BATCH = 64
@@ -122,7 +129,7 @@ class VLModel:
         self.device = device
         # Trained loss heads saved beside a checkpoint (`vlviz.checkpoints`), e.g. "psl", "xmm"; loaded once.
         self.loss_heads = loss_heads or {}
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = input_dtype(model)
         self._image_cache = _LRU(CACHE_ENTRIES)
         self._text_cache = _LRU(CACHE_ENTRIES)
 

@@ -9,6 +9,15 @@ from `vlviz.sparc.GROUNDING_MAPS` and compared with the object's pixel mask, per
 - chance: the share of patches inside the object, what a map pointing at random would score on
   both.
 
+Uniform chance is a low bar: objects stand out from the dark background, so a map that finds objects
+without telling them apart beats it. Two baselines read the score plainly:
+
+- the untrained model: the same architecture freshly initialised with a fixed seed
+  (`untrained_model`), scored on the same scenes and words;
+- object level: among words whose peak patch lies on some object, the share on the named one,
+  against the chance of picking the named object among the scene's objects
+  (`object_level_scores`).
+
 A patch counts as inside an object when at least `min_cover` (default a quarter) of its pixels are
 in the object's mask; an object's best-covered patch always counts, so that small objects, which
 may cover no patch that much, still have a target.
@@ -16,7 +25,10 @@ may cover no patch that much, still have a target.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import copy
+import json
+import threading
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -29,9 +41,11 @@ from vlviz.data.scenes import POSITIONS, SceneBatch
 from vlviz.encoding import PairEncoding, VLModel, content_key
 from vlviz.losses.xmm import WordAttention, masked_word_attention
 from vlviz.sparc import GROUNDING_MAPS, grounding_maps, word_maps
-from vlviz.tokens import first_content_word
+from vlviz.tokens import TokenLayout, first_content_word
+from vlviz.towers import preprocess_stats
 
 MIN_COVER = 0.25
+UNTRAINED_SEED = 0  # the untrained baseline's initialisation
 # Words of an object's phrase "a {size} {colour} {shape} {position}" before its position words.
 _COLOUR_OFFSET, _SHAPE_OFFSET, _PHRASE_HEAD = 2, 3, 4
 _POSITION_WORDS = np.array([len(phrase.split()) for phrase in POSITIONS])
@@ -140,13 +154,47 @@ def pointing_and_mass(word_map: torch.Tensor, inside: torch.Tensor, valid: torch
     return scores | {"words": words}
 
 
+def object_level_scores(word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Does a word whose peak patch lies on an object pick the object it names? Object-level chance and accuracy.
+
+    Patch-level chance is low because objects are small; a map that merely finds objects, which stand
+    out from the background, beats it without knowing a word. Counting only the words that land on an
+    object, and comparing with picking one of the scene's objects at random, takes that away.
+
+    Args:
+        word_map: (N, K, P) the map of the word naming object k.
+        inside: (N, K, P) bool, each object's patches (none for empty slots); a patch may lie in two objects.
+        valid: (N, K) bool, which (scene, object) words to score.
+
+    Returns:
+        object_chance: the mean over valid words of 1 / (objects in the word's scene);
+        object_accuracy: among valid words whose peak patch lies inside some object, the share inside
+        the named one (NaN when there is none);
+        on_object: how many valid words have their peak patch inside some object.
+    """
+    k = inside.shape[1]
+    peak = word_map.argmax(dim=-1)  # (N, K words)
+    # (N, K objects, K words): whether object o covers the peak patch of word w
+    at_peak = inside.gather(-1, peak[:, None, :].expand(-1, k, -1))
+    on_object = at_peak.any(dim=1) & valid  # (N, K words)
+    named = at_peak.diagonal(dim1=1, dim2=2)  # (N, K): the peak lies in the named object
+    objects = inside.any(dim=-1).sum(dim=-1, keepdim=True).clamp_min(1)  # (N, 1)
+    landed = int(on_object.sum())
+    return {
+        "object_chance": float((1 / objects).expand_as(valid)[valid].mean()) if valid.any() else float("nan"),
+        "object_accuracy": float(named[on_object].float().mean()) if landed else float("nan"),
+        "on_object": landed,
+    }
+
+
 def scene_grounding_score(
     encoding: PairEncoding, scenes: SceneBatch, kinds: list[str] | None = None, min_cover: float = MIN_COVER
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Scores per map kind and word class: {kind: {"colour": {...}, "shape": {...}}}.
 
-    `encoding` holds the scenes' own images and captions, in order. A word cut off by the model's
-    context length is not scored. Raises ValueError for towers without patch tokens.
+    Each holds `pointing_and_mass`'s and `object_level_scores`'s figures. `encoding` holds the scenes'
+    own images and captions, in order. A word cut off by the model's context length is not scored.
+    Raises ValueError for towers without patch tokens.
     """
     if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
         raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
@@ -166,7 +214,8 @@ def scene_grounding_score(
             # Truncated captions lose their last words: score only words that kept a token.
             valid &= (word_index[:, None, :] == target[..., None]).any(-1)
             picked = maps.gather(1, target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1]))
-            scores[kind][name] = pointing_and_mass(picked.cpu(), inside, valid.cpu())
+            picked, valid = picked.cpu(), valid.cpu()
+            scores[kind][name] = pointing_and_mass(picked, inside, valid) | object_level_scores(picked, inside, valid)
     return scores
 
 
@@ -177,21 +226,103 @@ def score_scenes(
     return scene_grounding_score(model.encode_pairs(scenes.pil_images(), scenes.captions), scenes, kinds, min_cover)
 
 
-def bundled_scene_score(
-    model: VLModel, pairs: PairSet, kind: str = "sparc"
-) -> tuple[dict[str, dict[str, float]] | None, int]:
-    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption).
+def untrained_model(model: VLModel, seed: int = UNTRAINED_SEED) -> VLModel:
+    """`model`'s architecture freshly initialised with `seed`: the baseline a trained model's grounding must beat.
 
-    Returns the scores per word class (None when no pair is a bundled scene) and how many pairs were scored.
+    Same open_clip config, model class, device, dtypes, preprocessing and tokenizer; no pretrained tower
+    weights are fetched and the global random state is left as it was. Raises ValueError when the
+    architecture config is unknown.
     """
+    if model.model_cfg is None:
+        raise ValueError(f"{model.name}: its architecture config is unknown, so no untrained copy can be built.")
+    config = copy.deepcopy(model.model_cfg)
+    config.pop("custom_text", None)  # open_clip's factory flag, not a model argument: the class is `model`'s own
+    if "hf_model_name" in config["text_cfg"]:
+        config["text_cfg"]["hf_model_pretrained"] = False
+    if "timm_model_name" in config["vision_cfg"]:
+        config["vision_cfg"]["timm_model_pretrained"] = False
+    # open_clip's cast_dtype: the half precision it loaded some weights in (its layer norms then compute in fp32)
+    half = model.dtype if model.dtype in (torch.float16, torch.bfloat16) else None  # see `towers.input_dtype`
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model.model)(**config, cast_dtype=half)
+    dtypes = {name: tensor.dtype for name, tensor in model.model.state_dict().items()}
+    for name, tensor in [*fresh.named_parameters(), *fresh.named_buffers()]:
+        tensor.data = tensor.data.to(model.device, dtypes.get(name, tensor.dtype))  # as open_clip loaded `model`
+    fresh.visual.preprocess_cfg = getattr(model.model.visual, "preprocess_cfg", {})
+    return VLModel(
+        spec=model.spec, model=fresh.eval(), preprocess=model.preprocess, tokenizer=model.tokenizer,
+        device=model.device, model_cfg=model.model_cfg, name=f"{model.name} (untrained, seed {seed})",
+    )  # fmt: skip
+
+
+def select_pairs(encoding: PairEncoding, rows: list[int]) -> PairEncoding:
+    """The pairs at `rows` of an encoding, in that order."""
+    index = torch.as_tensor(rows, dtype=torch.long)
+    layout = encoding.tokens
+    tokens = TokenLayout(
+        ids=layout.ids[index], word_mask=layout.word_mask[index], word_index=layout.word_index[index],
+        tokens=[layout.tokens[i] for i in rows], words=[layout.words[i] for i in rows],
+    )  # fmt: skip
+    on_device = {
+        name: None if value is None else value[index.to(value.device)]
+        for name, value in (
+            ("image_features", encoding.image_features), ("text_features", encoding.text_features),
+            ("patch_features", encoding.patch_features), ("token_features", encoding.token_features),
+        )
+    }  # fmt: skip
+    cut = set(encoding.truncated)
+    return replace(encoding, **on_device, tokens=tokens, truncated=[i for i, row in enumerate(rows) if row in cut])
+
+
+_UNTRAINED_BUNDLED: dict[tuple, PairEncoding] = {}
+_UNTRAINED_LOCK = threading.Lock()
+
+
+def untrained_bundled_encoding(model: VLModel) -> PairEncoding:
+    """The encoding of every bundled scene by `untrained_model(model)`, built once per architecture and device.
+
+    The Grounding tab shows the untrained baseline beside each score; building a model and encoding the
+    scenes on every call would cost seconds, while scoring a cached encoding costs milliseconds.
+    """
+    key = (
+        type(model.model).__name__, json.dumps(model.model_cfg, sort_keys=True), str(model.device),
+        str(model.dtype), preprocess_stats(model.model),
+    )  # fmt: skip
+    with _UNTRAINED_LOCK:  # held while building, so that concurrent first calls build once
+        if key not in _UNTRAINED_BUNDLED:
+            scenes, _ = bundled_scenes()
+            fresh = untrained_model(model)
+            _UNTRAINED_BUNDLED[key] = fresh.encode_pairs(scenes.pil_images(), scenes.captions)
+        return _UNTRAINED_BUNDLED[key]
+
+
+@dataclass(frozen=True)
+class BundledScore:
+    """A model's grounding score on the loaded pairs that are bundled scenes, beside the untrained baseline."""
+
+    scores: dict[str, dict[str, float]]  # per word class, as `scene_grounding_score`
+    untrained: dict[str, dict[str, float]]  # the same for `untrained_model(model)` on the same scenes and words
+    scenes: int  # how many pairs were scored
+
+
+def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> BundledScore | None:
+    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption),
+    and that of the untrained model of its architecture; None when no pair is a bundled scene."""
     scenes, keys = bundled_scenes()
     found = [(i, keys.get(content_key(image))) for i, image in enumerate(pairs.images)]
     matched = [(i, j) for i, j in found if j is not None and pairs.captions[i] == scenes.captions[j]]
     if not matched:
-        return None, 0
+        return None
     rows, truth = zip(*matched)
     encoding = model.encode_pairs([pairs.images[i] for i in rows], [pairs.captions[i] for i in rows])
-    return scene_grounding_score(encoding, select_scenes(scenes, list(truth)), kinds=[kind])[kind], len(rows)
+    picked = select_scenes(scenes, list(truth))
+    untrained = select_pairs(untrained_bundled_encoding(model), list(truth))
+    return BundledScore(
+        scores=scene_grounding_score(encoding, picked, kinds=[kind])[kind],
+        untrained=scene_grounding_score(untrained, picked, kinds=[kind])[kind],
+        scenes=len(rows),
+    )
 
 
 def xmm_word_attention(model: VLModel, image: Image.Image, caption: str) -> WordAttention | None:

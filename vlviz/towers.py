@@ -102,6 +102,17 @@ def token_embedding(model: nn.Module) -> nn.Embedding:
     return embedding
 
 
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a model's inputs (pixels) are cast to: its half precision when it has half weights.
+
+    open_clip's "bf16"/"fp16" precisions keep LayerNorms and embeddings in fp32 beside half weights
+    (its trainer casts images to the half dtype, `get_input_dtype`), so the first parameter's dtype
+    does not say it.
+    """
+    dtypes = {parameter.dtype for parameter in model.parameters()}
+    return next((half for half in (torch.bfloat16, torch.float16) if half in dtypes), next(iter(dtypes)))
+
+
 def transformer_blocks(model: nn.Module) -> dict[str, int]:
     """Each tower's transformer (by parameter-name prefix) and its number of residual blocks."""
     blocks = {}

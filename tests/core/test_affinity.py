@@ -13,6 +13,7 @@ from vlviz.affinity import (
     affinity_report,
     caption_recall_at_1,
     match_probabilities,
+    pair_figures,
     partner_ranks,
     rank_images_by_text,
     recall_at_k,
@@ -98,3 +99,22 @@ def test_a_page_of_the_report_equals_the_same_slice_of_the_whole(bias: float | N
         assert torch.allclose(getattr(page, name).double(), getattr(whole, name).double(), atol=1e-6), name
     assert torch.allclose(whole.own_probability, whole.image_to_text_probability.diagonal(), atol=1e-6)
     assert page.shown.tolist() == shown and whole.shown.tolist() == list(range(12))
+
+
+def test_a_page_reuses_the_pair_figures_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another page or value kind of the same pairs: no O(N^2 D) pass for the ranks again."""
+    generator = torch.Generator().manual_seed(2)
+    images = F.normalize(torch.randn(10, 8, generator=generator), dim=-1)
+    texts = F.normalize(images + torch.randn(10, 8, generator=generator), dim=-1)
+    figures = pair_figures(images, texts, logit_scale=5.0)
+    whole = affinity_report(images, texts, logit_scale=5.0)
+    assert torch.equal(figures.image_to_text_rank, whole.image_to_text_rank)
+    assert torch.equal(figures.own_probability, whole.own_probability)
+
+    def no_pass(*_: object) -> None:
+        raise AssertionError("the ranks were computed again")
+
+    monkeypatch.setattr("vlviz.affinity.retrieval_ranks", no_pass)
+    page = affinity_report(images, texts, logit_scale=5.0, shown=[7, 8], pairs=figures)
+    assert page.image_to_text_rank is figures.image_to_text_rank
+    assert torch.allclose(page.image_text, whole.image_text[7:9, 7:9])

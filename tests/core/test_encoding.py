@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlviz.encoding import content_key
-from vlviz.models import load_model
+from vlviz.encoding import VLModel, content_key
+from vlviz.models import load_model, model_config
 
 CAPTIONS = ["a red circle", "a small blue square at the top", "two green triangles"]
 
@@ -132,3 +133,16 @@ def test_siglip_style_model_has_a_bias_and_separate_text_tower(tiny_siglip_dir: 
     assert report.head == "sigmoid"
     expected = torch.sigmoid(enc.logit_scale * enc.image_features @ enc.text_features.T - 10)
     assert torch.allclose(report.image_to_text_probability, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_model_loaded_in_half_precision_takes_half_pixels(precision: str, tiny_vit_dir: Path) -> None:
+    """open_clip's "bf16"/"fp16" keep the first parameter (positional embedding) in fp32: inputs are still half."""
+    name = f"local-dir:{tiny_vit_dir}"
+    loaded, _, preprocess = open_clip.create_model_and_transforms(name, precision=precision)
+    assert next(loaded.parameters()).dtype == torch.float32
+    model = VLModel(name, loaded, preprocess, open_clip.get_tokenizer(name), torch.device("cpu"), model_config(name))
+    assert model.dtype == getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[precision])
+    image = Image.fromarray(np.full((32, 32, 3), 128, np.uint8))
+    encoding = model.encode_pairs([image], ["a red circle"])
+    assert torch.isfinite(encoding.image_features.float()).all()

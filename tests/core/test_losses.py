@@ -14,6 +14,7 @@ from tests.conftest import TINY_VIT_CFG
 from vlviz.data.scenes import generate_scenes
 from vlviz.data.sources import normalise_uint8
 from vlviz.losses import LOSSES, Loss, create_loss, loss_keys
+from vlviz.losses.siglip import SiglipLoss
 from vlviz.tokens import real_token_mask
 from vlviz.training.loop import forward_features
 
@@ -37,9 +38,12 @@ def _batch(loss: Loss, model: CLIP, tokenizer) -> dict:
 
 
 @pytest.fixture
-def tiny() -> tuple[CLIP, object]:
+def tiny(name: str) -> tuple[CLIP, object]:
+    """The tiny model, with a sigmoid head (a learned `logit_bias`) for the loss that needs one."""
     torch.manual_seed(0)
-    return CLIP(**CFG, output_dict=True), open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    logit_bias = -10.0 if LOSSES[name] is SiglipLoss else None
+    model = CLIP(**CFG, init_logit_bias=logit_bias, output_dict=True)
+    return model, open_clip.get_tokenizer("ViT-B-32", context_length=16)
 
 
 @pytest.mark.parametrize("name", list(LOSSES))

@@ -6,11 +6,10 @@ import pytest
 
 from vlviz.data.inputs import PairSet
 from vlviz.data.scenes import generate_scenes
-from vlviz.embedding_space import UMAP_READY
 from vlviz.encoding import encode_pair_set
 from vlviz.models import OFFLINE_SPEC, load_model
 from vlviz.policy import ModelPolicy
-from vlviz.ui.embedding_tab import embedding_space
+from vlviz.ui.embedding_tab import LAYOUT_WORKER, embedding_space
 from vlviz.ui.session import SessionSpace
 
 
@@ -20,7 +19,7 @@ def test_pca_first_while_umap_compiles(monkeypatch: pytest.MonkeyPatch, ready: b
     pairs = PairSet(scenes.pil_images(), list(scenes.captions), [f"s{i}.png" for i in range(12)])
     analysis = encode_pair_set(load_model(OFFLINE_SPEC, "cpu"), pairs)
     space = SessionSpace(ModelPolicy(public=False, allowed=()))
-    monkeypatch.setattr(UMAP_READY, "is_set", lambda: ready)
+    monkeypatch.setattr(LAYOUT_WORKER.ready, "is_set", lambda: ready)
     drawn = list(embedding_space("umap", 5, 0.1, "cosine", 0, analysis=analysis, space=space))
     methods = [outputs[6]["method"] for outputs in drawn]  # the data output
     assert methods == (["umap"] if ready else ["pca", "umap"])

@@ -15,11 +15,13 @@ from vlviz.losses.base import Loss
 from vlviz.losses.clip import ClipLoss
 from vlviz.losses.psl import PslLoss
 from vlviz.losses.saco import SacoLoss
+from vlviz.losses.siglip import SiglipLoss
 from vlviz.losses.sparc import SparcLoss
 from vlviz.losses.xmm import XmmLoss
 
 LOSSES: dict[str, type[Loss]] = {
     "clip": ClipLoss,
+    "siglip": SiglipLoss,
     "saco": SacoLoss,
     "sparc": SparcLoss,
     "psl": PslLoss,

@@ -6,7 +6,10 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from vlviz.losses import LOSSES
+from vlviz.losses.siglip import NEEDS_SIGMOID_HEAD
 
 TRAINABLE = ("all", "last_blocks", "projections")
 # Bounds of a run a hosted app accepts: beyond them a run only ties up the machine or runs out of memory.
@@ -26,7 +29,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # maximum global gradient norm
     eval_every: int = 25  # evaluate on the held-out split every this many steps (and at the end)
     seed: int = 0  # initialisation, data order
-    losses: dict[str, float] = field(default_factory=lambda: {"clip": 1.0})  # registry name -> weight
+    # registry name -> weight; None: the start model's own global loss (`default_losses`)
+    losses: dict[str, float] | None = None
     loss_options: dict[str, dict] = field(default_factory=dict)  # registry name -> keyword arguments
     trainable: str = "all"  # "all", "last_blocks" (the last `last_blocks` of each tower + heads) or "projections"
     last_blocks: int = 2
@@ -43,15 +47,8 @@ class TrainConfig:
         _check_real("grad_clip", self.grad_clip, positive=True)
         _check_whole("eval_every", self.eval_every, 1)
         _check_whole("seed", self.seed, 0, MAX_SEED)
-        if not isinstance(self.losses, dict) or not self.losses:
-            raise ValueError("Give at least one loss, e.g. {'clip': 1.0}.")
-        unknown = [name for name in self.losses if name not in LOSSES]
-        if unknown:
-            raise ValueError(f"Unknown loss {unknown[0]!r}; known losses: {', '.join(LOSSES)}.")
-        for name, weight in self.losses.items():
-            _check_real(f"losses[{name!r}]", weight)
-        if not any(weight > 0 for weight in self.losses.values()):
-            raise ValueError(f"losses needs at least one weight above 0, got {self.losses}")
+        if self.losses is not None:
+            _check_losses(self.losses)
         if not isinstance(self.loss_options, dict) or not all(isinstance(v, dict) for v in self.loss_options.values()):
             raise ValueError(
                 f"loss_options must map loss names to keyword arguments (dicts), got {self.loss_options!r}"
@@ -60,6 +57,55 @@ class TrainConfig:
             raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
         _check_whole("last_blocks", self.last_blocks, 1)
         _check_real("head_lr_scale", self.head_lr_scale, positive=True)
+
+    def losses_for(self, model: nn.Module) -> dict[str, float]:
+        """The weighted losses that train `model`: `losses`, or the model's own (`default_losses`) when None.
+
+        A ValueError before any step when siglip is asked of a model without a sigmoid head.
+        """
+        sigmoid_head = has_sigmoid_head(model)
+        if self.losses is None:
+            return default_losses(sigmoid_head)
+        if "siglip" in self.losses and not sigmoid_head:
+            raise ValueError(NEEDS_SIGMOID_HEAD)
+        return self.losses
+
+    def notices_for(self, model: nn.Module) -> list[str]:
+        """What a run of `model` with these losses should tell its user: a loss it allows but that is not the model's."""
+        if has_sigmoid_head(model) and self.losses_for(model).get("clip", 0) > 0:
+            return [
+                "clip trains this sigmoid-head (SigLIP) model with softmax InfoNCE, not the sigmoid loss it "
+                "was pre-trained with: clip gives its logit_bias no gradient and does not train its sigmoid "
+                "match probabilities; siglip is the model's own loss."
+            ]
+        return []
+
+
+def has_sigmoid_head(model: nn.Module) -> bool:
+    """Whether `model` scores pairs with a sigmoid (SigLIP: a learned `logit_bias`) rather than a softmax."""
+    return getattr(model, "logit_bias", None) is not None
+
+
+def default_losses(sigmoid_head: bool) -> dict[str, float]:
+    """The loss a run trains with when none is given: the one the start model was pre-trained with.
+
+    SigLIP's sigmoid loss for a sigmoid head (softmax InfoNCE would leave its `logit_bias` untrained),
+    CLIP's InfoNCE otherwise.
+    """
+    return {"siglip": 1.0} if sigmoid_head else {"clip": 1.0}
+
+
+def _check_losses(losses: object) -> None:
+    """Registry names with finite weights at least 0, one of them above 0."""
+    if not isinstance(losses, dict) or not losses:
+        raise ValueError("Give at least one loss, e.g. {'clip': 1.0}.")
+    unknown = [name for name in losses if name not in LOSSES]
+    if unknown:
+        raise ValueError(f"Unknown loss {unknown[0]!r}; known losses: {', '.join(LOSSES)}.")
+    for name, weight in losses.items():
+        _check_real(f"losses[{name!r}]", weight)
+    if not any(weight > 0 for weight in losses.values()):
+        raise ValueError(f"losses needs at least one weight above 0, got {losses}")
 
 
 def _check_whole(name: str, value: object, low: int, high: int | None = None, why: str = "") -> None:

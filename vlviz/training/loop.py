@@ -117,7 +117,7 @@ def build_losses(config: TrainConfig, model: torch.nn.Module, tokenizer, device:
     """The loss modules of `config`, with their `loss_options`, on `device` (built for `model` where they need it)."""
     return {
         name: create_loss(name, model=model, tokenizer=tokenizer, **config.loss_options.get(name, {})).to(device)
-        for name in config.losses
+        for name in config.losses_for(model)
     }
 
 
@@ -140,7 +140,7 @@ def train(
     torch.manual_seed(config.seed)
     device = context.device
     modules = loss_modules if loss_modules is not None else build_losses(config, model, tokenizer, device)
-    losses = {name: (modules[name], weight) for name, weight in config.losses.items()}
+    losses = {name: (modules[name], weight) for name, weight in config.losses_for(model).items()}
     single_process = [n for n, m in modules.items() if m.needs_inputs or list(m.parameters())]
     if context.world_size > 1 and single_process:
         raise ValueError(

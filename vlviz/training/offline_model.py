@@ -28,7 +28,9 @@ SCENES_MODEL_CFG: dict = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
 # How the shipped offline model was trained (`python -m vlviz build-offline-model`).
-OFFLINE_MODEL_TRAIN_CONFIG = TrainConfig(steps=3000, batch_size=128, lr=5e-4, warmup_steps=100, eval_every=250)
+OFFLINE_MODEL_TRAIN_CONFIG = TrainConfig(
+    steps=3000, batch_size=128, lr=5e-4, warmup_steps=100, eval_every=250, losses={"clip": 1.0}
+)
 
 
 def scenes_tokenizer():

@@ -70,6 +70,8 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     # The loss modules (`prepare_run` builds them): their trained heads are saved beside the checkpoint.
     losses: dict[str, torch.nn.Module] | None = None
+    # What the run tells its user before it starts (`TrainConfig.notices_for`, e.g. clip on a SigLIP model).
+    notices: list[str] = field(default_factory=list)
     _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
 
     def probe_measurement(self, step: int) -> ProbeMeasurement:
@@ -91,7 +93,8 @@ class Run:
         main = self.context.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            meta = {"start": self.start, "data": self.data, "config": asdict(self.config)}
+            config = asdict(self.config) | {"losses": self.config.losses_for(self.model)}  # None resolved
+            meta = {"start": self.start, "data": self.data, "config": config, "notices": self.notices}
             (self.out_dir / "run_config.json").write_text(json.dumps(meta, indent=2))
         metrics = self.out_dir / "metrics.jsonl"
         # Step 0 is the start model: every curve starts from where the run began.
@@ -178,6 +181,8 @@ def prepare_run(
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(source)} training pairs.")
     probe = probe_set(data_name, model, preprocess) if start != FRESH else None
     losses = build_losses(config, model, tokenizer, context.device)  # e.g. XMM refuses a tower without patches
+    notices = config.notices_for(model)  # e.g. clip on a SigLIP model: allowed, but said
     return Run(
-        model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context, losses=losses
-    )
+        model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context,
+        losses=losses, notices=notices,
+    )  # fmt: skip

@@ -7,21 +7,24 @@ age sweep; Gradio's copies of returned files are swept after `SESSION_TTL_S` (`d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
 import gradio as gr
 
 from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
-from vlviz.embedding_space import warm_up_umap
+from vlviz.layout_worker import LayoutWorkerError
 from vlviz.models import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
 from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
+from vlviz.ui.embedding_tab import LAYOUT_WORKER, build_embedding_tab
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
-from vlviz.ui.embedding_tab import build_embedding_tab
+from vlviz.ui.grounding_tab import TAB as GROUNDING_TAB
 from vlviz.ui.grounding_tab import build_grounding_tab
+from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
 from vlviz.ui.train_tab import build_train_tab
@@ -87,10 +90,10 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     build_consistency_tab(analysis, space, consistency_tab, shown_tab)
                 with gr.Tab(EMBEDDING_TAB, id="embedding") as embedding_tab:
                     build_embedding_tab(analysis, space, embedding_tab, shown_tab)
-                with gr.Tab("Grounding", id="grounding"):
-                    build_grounding_tab(model, analysis, space)
-                with gr.Tab("Keywords", id="keywords"):
-                    build_keywords_tab(model, analysis, space)
+                with gr.Tab(GROUNDING_TAB, id="grounding") as grounding_tab:
+                    build_grounding_tab(model, analysis, space, grounding_tab, shown_tab)
+                with gr.Tab(KEYWORDS_TAB, id="keywords") as keywords_tab:
+                    build_keywords_tab(model, analysis, space, keywords_tab, shown_tab)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, analysis, space)
         tabs.select(current_tab, None, shown_tab, api_visibility="private", show_progress="hidden")
@@ -103,17 +106,19 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
 
 
 def _warm_up(model_spec: str) -> None:
-    """Before anyone waits: load the start model when it needs no network, and compile UMAP's numba code.
+    """Before anyone waits: load the start model when it needs no network, and start the layout worker,
+    which compiles UMAP's numba code in its own process (`vlviz.layout_worker`).
 
-    The first UMAP of a process compiles for many seconds; a model loads once per process. A model that
-    fails to load here says so when a visitor asks for it.
+    A model loads once per process; one that fails to load here says so when a visitor asks for it.
+    While the worker compiles (about 25 s on 2 cores), the Embedding-space tab shows PCA first.
     """
     try:
         if not parse_spec(model_spec).needs_hub:
             load_model(model_spec)
     except (ValueError, ModelUnavailableError):
         pass
-    warm_up_umap()
+    with contextlib.suppress(LayoutWorkerError):  # it says so when a visitor asks for a UMAP
+        LAYOUT_WORKER.start()
 
 
 def launch_kwargs() -> dict:

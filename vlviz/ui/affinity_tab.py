@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from vlviz.affinity import AffinityReport, affinity_report, rank_images_by_text
+from vlviz.affinity import AffinityReport, PairFigures, affinity_report, pair_figures, rank_images_by_text
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs
 from vlviz.ui.session import (
@@ -26,15 +26,30 @@ VALUE_KINDS = ["cosine similarity", "match probability"]
 GALLERY_PAIRS = 48  # pairs shown in the gallery (the first ones); the ranks table lists every pair
 
 
-def _affinity(analysis: EncodedPairs, value_kind: str, page: float) -> tuple[AffinityReport, AffinityView, str | None]:
-    """The report and view of one heatmap page of the analysed pairs."""
+def _affinity(
+    analysis: EncodedPairs, value_kind: str, page: float, figures: KeptFigures | None = None
+) -> tuple[AffinityReport, AffinityView, str | None]:
+    """The report and view of one heatmap page of the analysed pairs (`figures`: their kept `pair_figures`)."""
     encoding, pairs = analysis.encoding, analysis.pairs
     shown, note = heatmap_page(len(pairs), int(page or 1))
     report = affinity_report(
-        encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias, shown=shown
-    )
+        encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias, shown=shown,
+        pairs=_figures_of(analysis, figures)[1],
+    )  # fmt: skip
     view = affinity_view(report, pairs.names, pairs.captions, probabilities=value_kind == VALUE_KINDS[1])
     return report, view, note
+
+
+KeptFigures = tuple[int, PairFigures]  # an analysis' serial and its `pair_figures` (a gr.State)
+
+
+def _figures_of(analysis: EncodedPairs, kept: KeptFigures | None) -> KeptFigures:
+    """The analysed pairs' `pair_figures`: the kept ones when they belong to this analysis, else computed."""
+    if kept is not None and kept[0] == analysis.serial:
+        return kept
+    encoding = analysis.encoding
+    figures = pair_figures(encoding.image_features, encoding.text_features, encoding.logit_scale, encoding.logit_bias)
+    return analysis.serial, figures
 
 
 def _data(analysis: EncodedPairs, report: AffinityReport, model_name: str) -> dict[str, Any]:
@@ -62,34 +77,42 @@ def analyze(
     SESSIONS.bind(space, request)
     analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space)
     progress(0.85, desc="Drawing")
-    report, view, note = _affinity(analysis, value_kind, 1)
+    figures = _figures_of(analysis, None)
+    report, view, note = _affinity(analysis, value_kind, 1, figures)
     pairs = analysis.pairs
     gallery = [(pairs.images[i], f"{i + 1}. {pairs.captions[i]}") for i in range(min(len(pairs), GALLERY_PAIRS))]
     message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
     pages = heatmap_pages(len(pairs))
     page = gr.update(maximum=max(pages, 2), value=1, visible=pages > 1)  # a slider needs a range, even when hidden
-    figures = (view.image_text, view.image_image, view.text_text)
     status = model_status(model, notice)
-    return (*figures, view.ranks, gallery, _data(analysis, report, model.name), status, message, None, analysis, page)
+    heatmaps = (view.image_text, view.image_image, view.text_text)
+    data = _data(analysis, report, model.name)
+    return (*heatmaps, view.ranks, gallery, data, status, message, None, analysis, page, figures)
 
 
-def redraw(value_kind: str, page: float, analysis: EncodedPairs | None) -> tuple[Any, ...]:
-    """The heatmaps of another page or value kind, from the analysed encoding (no re-encoding, no files)."""
+def redraw(
+    value_kind: str, page: float, analysis: EncodedPairs | None, figures: KeptFigures | None = None
+) -> tuple[Any, ...]:
+    """The heatmaps of another page or value kind, from the analysed encoding and its kept per-pair figures
+    (no re-encoding, no ranks recomputed, no files)."""
     if analysis is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    _, view, note = _affinity(analysis, value_kind, page)
+    _, view, note = _affinity(analysis, value_kind, page, figures)
     message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
     return view.image_text, view.image_image, view.text_text, message
 
 
-def affinity_downloads(value_kind: str, page: float, analysis: EncodedPairs | None, space: SessionSpace) -> list[str]:
+def affinity_downloads(
+    value_kind: str, page: float, analysis: EncodedPairs | None, space: SessionSpace,
+    figures: KeptFigures | None = None,
+) -> list[str]:  # fmt: skip
     """Write the Affinity view's files (the `affinity_downloads` API): HTML of the shown page, JSON, CSV, .npz."""
     analysis = analyzed(analysis, "the downloads hold the Affinity view of the pairs last analyzed.")
-    report, view, _ = _affinity(analysis, value_kind, page)
+    report, view, _ = _affinity(analysis, value_kind, page, figures)
     pairs = analysis.pairs
-    figures = [view.image_text, view.image_image, view.text_text]
+    heatmaps = [view.image_text, view.image_image, view.text_text]
     data = _data(analysis, report, analysis.model_name)
-    paths = write_affinity_files(space.export_folder("affinity"), report, figures, data, pairs.names, pairs.captions)
+    paths = write_affinity_files(space.export_folder("affinity"), report, heatmaps, data, pairs.names, pairs.captions)
     return [str(path) for path in paths]
 
 
@@ -136,15 +159,18 @@ def build_affinity_tab(
         data = gr.JSON(label="analyze output")
     prepare, downloads = downloads_row("affinity", "figures (HTML), numbers (JSON, CSV, .npz)")
 
-    outputs = [image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis, page]
+    figures = gr.State(None)  # the analysed pairs' `pair_figures` (ranks over all N), shared by every page
+    outputs = [
+        image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis, page, figures,
+    ]  # fmt: skip
     inputs = [files, captions, model_spec, value_kind, space]
     # A minimal progress display: a failed run (bad input) must not cover the plots already shown.
     analyze_button.click(analyze, inputs, outputs, api_name="analyze", **ANALYSIS_EVENT)
     drawn = [image_text, image_image, text_text, notices]
-    value_kind.change(redraw, [value_kind, page, analysis], drawn, api_visibility="private", **ANALYSIS_EVENT)
-    page.release(redraw, [value_kind, page, analysis], drawn, api_visibility="private", **ANALYSIS_EVENT)
+    value_kind.change(redraw, [value_kind, page, analysis, figures], drawn, api_visibility="private", **ANALYSIS_EVENT)
+    page.release(redraw, [value_kind, page, analysis, figures], drawn, api_visibility="private", **ANALYSIS_EVENT)
     prepare.click(
-        affinity_downloads, [value_kind, page, analysis, space], downloads, api_name="affinity_downloads",
+        affinity_downloads, [value_kind, page, analysis, space, figures], downloads, api_name="affinity_downloads",
         **ANALYSIS_EVENT,
     )  # fmt: skip
     query_event = dict(fn=query, inputs=[query_text, analysis, model_spec, space], outputs=query_gallery)

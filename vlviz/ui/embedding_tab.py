@@ -16,8 +16,9 @@ from typing import Any
 import gradio as gr
 
 from vlviz.data.inputs import PairSet
-from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, UMAP_READY, EmbeddingLayout
+from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
 from vlviz.encoding import EncodedPairs
+from vlviz.layout_worker import LayoutWorker, LayoutWorkerError
 from vlviz.ui.session import (
     ANALYSIS_EVENT,
     SESSIONS,
@@ -33,6 +34,7 @@ from vlviz.viz.tables import gap_table
 from vlviz.viz.views import EmbeddingView, embedding_view
 
 TAB = "Embedding space"
+LAYOUT_WORKER = LayoutWorker()  # UMAP fits in a child process (see vlviz.layout_worker); started at app start
 METHODS = ["umap", "pca"]
 ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
 to its caption. The **modality gap** (Liang et al., NeurIPS 2022) is the distance between the two
@@ -114,14 +116,21 @@ def embedding_space(
         layout=layout,
     )  # fmt: skip
     try:
-        if method == "umap" and layout is None and 2 * len(pairs) >= MIN_UMAP_POINTS and not UMAP_READY.is_set():
+        if (
+            method == "umap"
+            and layout is None
+            and 2 * len(pairs) >= MIN_UMAP_POINTS
+            and not LAYOUT_WORKER.ready.is_set()
+        ):
             # The first UMAP of the process still compiles: show PCA at once, then UMAP when it is ready.
             first = embedding_view(images, texts, pairs.names, pairs.captions, method="pca", **settings)
             waiting = "UMAP is compiling its code (the first map since the app started): PCA shown until it is ready."
             yield _outputs(encoded, first, close_gap, [*notes, waiting])
             progress(0.4, desc="Fitting the UMAP layout (the first one compiles numba code)")
-        view = embedding_view(images, texts, pairs.names, pairs.captions, method=method, **settings)
-    except ValueError as error:
+        view = embedding_view(
+            images, texts, pairs.names, pairs.captions, method=method, fit=LAYOUT_WORKER.fit_layout, **settings
+        )
+    except (ValueError, LayoutWorkerError) as error:
         raise gr.Error(str(error)) from error
     yield _outputs(encoded, view, close_gap, notes)
 

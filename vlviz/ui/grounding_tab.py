@@ -15,9 +15,12 @@ from PIL import Image
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs, VLModel
 from vlviz.grounding import MIN_COVER, bundled_scene_score, caption_maps, xmm_word_attention
-from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, model_for
+from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
 from vlviz.viz.tables import grounding_score_markdown
 from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view
+
+TAB = "Grounding"
+OUTPUTS = 10  # `ground` returns the overlay, grid, matrix, pair, words, notice, XMM overlay and notice, score, data
 
 
 def ground(
@@ -62,8 +65,12 @@ def ground(
     image = model.input_image(pairs.images[index])  # as the model sees it: its preprocessing's crop
     view = grounding_view(maps, image, chosen, opacity)
     xmm_overlay, xmm_notice, xmm_data = _xmm_view(model, image, pairs.images[index], caption, chosen, opacity)
-    scores, scored = bundled_scene_score(model, pairs, kind)
-    score_text = grounding_score_markdown(scores, MAP_LABELS[kind], scored, MIN_COVER) if scores else ""
+    score = bundled_scene_score(model, pairs, kind)
+    score_text = (
+        grounding_score_markdown(score.scores, score.untrained, MAP_LABELS[kind], score.scenes, MIN_COVER)
+        if score
+        else ""
+    )
     notice = "" if caption == pairs.captions[index] else f"Grounding the typed text {caption!r} in image {index + 1}."
     data |= {
         "kind": kind,
@@ -73,7 +80,8 @@ def ground(
         "word_maps": maps.word_maps.flatten(1).tolist(),
         "tokens": maps.tokens,
         "token_maps": maps.token_maps.tolist(),
-        "scene_score": scores,
+        "scene_score": score.scores if score else None,
+        "untrained_scene_score": score.untrained if score else None,
         "xmm": xmm_data,
     }
     word_choices = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=chosen)
@@ -114,13 +122,22 @@ def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
     return ground(pair, None, *settings)
 
 
-def _ground_new_pairs(*settings: Any) -> tuple[Any, ...]:
-    """`ground` the first pair of a newly analyzed set (`settings` as in `_ground_first_word`)."""
-    return ground(None, None, *settings)
+def _when_in_view(
+    kind: str, opacity: float, text: str | None, analysis: EncodedPairs | None, model_spec: str | None,
+    space: SessionSpace, drawn: int | None, tab: str,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Ground the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
+    finishes); returns `ground`'s outputs and the serial of the analysis drawn."""
+    if not first_view(analysis, drawn, tab == TAB):
+        return (gr.skip(),) * (OUTPUTS + 1)
+    return (*ground(None, None, kind, opacity, text, analysis, model_spec, space), analysis.serial)
 
 
-def build_grounding_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State) -> None:
-    """Create the tab's components and wire them to `ground`; it follows the pairs the Analyze button loads."""
+def build_grounding_tab(
+    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State
+) -> None:
+    """Create the tab's components and wire them to `ground`; it grounds the first pair of each new analysis
+    the first time the tab shows it."""
     gr.Markdown(
         "Where does each word land? SPARC (Bica et al., ICML 2024) weighs every image patch for every "
         "caption token: similarities min-max normalised over the patches, those below 1/P dropped, the "
@@ -173,4 +190,5 @@ def build_grounding_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.S
     # A new pair or text has new words: the choice goes back to the first content word.
     for event in (pair.input, text.submit, ground_button.click):
         event(_ground_first_word, [pair, *common], **shown, api_visibility="private")
-    analysis.change(_ground_new_pairs, common, **shown, api_visibility="private")
+    drawn = gr.State(None)  # the serial of the analysis drawn
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*common, drawn], [*outputs, drawn], VIEW_EVENT)

@@ -17,7 +17,7 @@ from vlviz.keywords import (
     image_concepts,
     rank_concepts,
 )
-from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, model_for
+from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
@@ -25,6 +25,8 @@ VOCABULARIES = {
 }
 IN_CAPTION, MISSING = "in the caption", "missing from the caption"
 KEYWORD = "keyword"
+TAB = "Keywords"
+OUTPUTS = 7  # `keywords` returns the caption, image, concepts, pair, table, notice and data
 DISPLAY_SIDE = 256  # pixels: smaller images are enlarged by a whole factor to reach about this
 
 
@@ -114,8 +116,23 @@ def keywords(
     return caption, _displayed(pairs.images[index]), concepts, choices, table, notice, data
 
 
-def build_keywords_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State) -> None:
-    """Create the tab's components and wire them to `keywords`; it follows the pairs the Analyze button loads."""
+def _when_in_view(
+    template: str | None, vocabulary_choice: str, top_k: float, content_words_only: bool,
+    analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace, drawn: int | None, tab: str,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Show the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
+    finishes); returns `keywords`' outputs and the serial of the analysis drawn."""
+    if not first_view(analysis, drawn, tab == TAB):
+        return (gr.skip(),) * (OUTPUTS + 1)
+    shown = keywords(None, template, vocabulary_choice, top_k, content_words_only, analysis, model_spec, space)
+    return (*shown, analysis.serial)
+
+
+def build_keywords_tab(
+    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State
+) -> None:
+    """Create the tab's components and wire them to `keywords`; it shows the first pair of each new analysis
+    the first time the tab shows it."""
     gr.Markdown(
         "SIMLA (Khan et al., ECCV 2022) picks a caption's **keywords** with the text encoder's last-layer "
         "attention: each head's top 4 words vote and the 5 with the most votes are kept (here the attention "
@@ -161,4 +178,5 @@ def build_keywords_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.St
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
     for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):
         event(keywords, [pair, *settings], **shown, api_visibility="private")
-    analysis.change(keywords, [api_pair, *settings], **shown, api_visibility="private")
+    drawn = gr.State(None)  # the serial of the analysis drawn
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*settings, drawn], [*outputs, drawn], VIEW_EVENT)

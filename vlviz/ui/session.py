@@ -215,9 +215,12 @@ def downloads_row(view: str, contents: str) -> tuple[gr.Button, gr.File]:
 
 def draw_on_first_view(
     draw: Callable[..., object], tab: gr.Tab, label: str, analysis: gr.State, current: gr.State,
-    inputs: list[gr.components.Component], outputs: list[gr.components.Component],
+    inputs: list[gr.components.Component], outputs: list[gr.components.Component], event: dict | None = None,
 ) -> None:  # fmt: skip
     """Wire `draw` (its last input: the tab in view) to run when its tab is selected, and when an Analyze
-    finishes while the tab is in view; `draw` skips when it already shows the pairs last analyzed."""
-    tab.select(draw, [*inputs, gr.State(label)], outputs, api_visibility="private", **ANALYSIS_EVENT)
-    analysis.change(draw, [*inputs, current], outputs, api_visibility="private", **ANALYSIS_EVENT)
+    finishes while the tab is in view; `draw` skips when it already shows the pairs last analyzed.
+
+    `event`: the queue settings (default `ANALYSIS_EVENT`, for views over the whole pair set)."""
+    settings = event or ANALYSIS_EVENT
+    tab.select(draw, [*inputs, gr.State(label)], outputs, api_visibility="private", **settings)
+    analysis.change(draw, [*inputs, current], outputs, api_visibility="private", **settings)

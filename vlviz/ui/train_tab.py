@@ -88,6 +88,8 @@ def run_training(
         number = len(runs) + 1
         name = f"run {number}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
         run = prepare_run(str(start_path or start_spec), source, config, space.run_folder(number))
+        for notice in run.notices:
+            gr.Warning(notice)
     except (ValueError, InputError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
     entry = {

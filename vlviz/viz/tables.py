@@ -10,6 +10,7 @@ import torch
 
 from vlviz.affinity import AffinityReport, recall_at_k
 from vlviz.consistency import ConsistencyFigures, InconsistentPairs
+from vlviz.grounding import UNTRAINED_SEED
 
 
 def consistency_table(figures: ConsistencyFigures) -> pd.DataFrame:
@@ -100,19 +101,33 @@ def retrieval_table(image_to_text: torch.Tensor, text_to_image: torch.Tensor, ma
     )
 
 
-def number(value: float | None) -> str:
-    """A figure for a table: four decimals, or n/a when undefined (None or NaN)."""
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def number(value: float | None, digits: int = 4) -> str:
+    """A figure for a table: `digits` decimals, or n/a when undefined (None or NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def grounding_score_markdown(scores: dict[str, dict[str, float]], label: str, n_scenes: int, min_cover: float) -> str:
-    """The grounding score per word class as a Markdown table (pointing game, mass in mask, chance)."""
+def grounding_score_markdown(
+    scores: dict[str, dict[str, float]],
+    untrained: dict[str, dict[str, float]],
+    label: str,
+    n_scenes: int,
+    min_cover: float,
+) -> str:
+    """The grounding score per word class as a Markdown table, beside the untrained model of the same
+    architecture, uniform chance over patches and object-level chance: objects stand out from the
+    background, so finding an object is not knowing which one a word names."""
     rows = "\n".join(
-        f"| {name} | {s['pointing_game']:.3f} | {s['mass_in_mask']:.3f} | {s['chance']:.3f} | {s['words']} |"
-        for name, s in scores.items()
+        f"| {name} | {who} | {s['pointing_game']:.3f} | {s['mass_in_mask']:.3f} | {s['chance']:.3f} "
+        f"| {number(s['object_accuracy'], 3)} | {s['object_chance']:.3f} | {s['on_object']} of {s['words']} |"
+        for name in scores
+        for who, s in (("this model", scores[name]), ("untrained", untrained[name]))
     )
     return (
         f"**Grounding score** of this model's {label} on the {n_scenes} loaded bundled scenes, "
-        f"against their object masks (a patch is inside an object when at least {min_cover:.0%} of it is):\n\n"
-        "| word class | pointing game | mass in mask | chance | words |\n|---|---|---|---|---|\n" + rows
+        f"against their object masks (a patch is inside an object when at least {min_cover:.0%} of it is), "
+        f"beside the same architecture untrained (random weights, seed {UNTRAINED_SEED}). *Uniform chance*: "
+        "a patch picked at random; *object accuracy*: of the words whose peak patch lies on some object, the "
+        "share on the one named; *object chance*: one of the scene's objects picked at random.\n\n"
+        "| word class | model | pointing game | mass in mask | uniform chance | object accuracy | object chance "
+        "| peak on an object |\n|---|---|---|---|---|---|---|---|\n" + rows
     )

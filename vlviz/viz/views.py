@@ -7,7 +7,7 @@ thing. No gradio and no model calls: embeddings, maps, names and captions in.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,19 +283,18 @@ def embedding_view(
     seed: int = 0,
     close_gap: bool = False,
     layout: EmbeddingLayout | None = None,
+    fit: Callable[..., EmbeddingLayout] = fit_layout,
 ) -> EmbeddingView:
     """Lay images and captions out in 2-D (fit, or `transform` into a kept `layout`) and draw them.
 
     With `close_gap` the modality gap is removed before the layout sees the points (see
     `close_modality_gap`). The gap figures always compare the embeddings as trained with the
-    gap closed.
+    gap closed. `fit` fits the layout: `fit_layout`, or a `LayoutWorker`'s (the app's: UMAP in a child).
     """
     points = close_modality_gap(image_features, text_features) if close_gap else (image_features, text_features)
     kept = layout is not None
     if layout is None:
-        layout = fit_layout(
-            *points, method=method, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=seed
-        )
+        layout = fit(*points, method=method, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=seed)
         coordinates = layout.coordinates
     else:
         coordinates = layout.transform(*points)
