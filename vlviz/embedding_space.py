@@ -14,16 +14,18 @@ during training move only because the model moved. They run on the CPU (UMAP is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vlviz.affinity import affinity, recall_at_k, retrieval_ranks
+from vlviz.umap_layout import UMAP_METRICS, umap_coordinates
 
 METHODS = ("umap", "pca")
-UMAP_METRICS = ("cosine", "euclidean", "correlation")
 MIN_UMAP_POINTS = 10  # fewer points than this (5 pairs) are shown with PCA
 
 
@@ -104,6 +106,9 @@ class EmbeddingLayout:
         return torch.from_numpy(self.projection.transform(points.float().numpy())).float()
 
 
+UmapFit = Callable[..., tuple[np.ndarray, Any]]  # `umap_coordinates`' signature: (coordinates, reducer)
+
+
 def fit_layout(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -112,12 +117,14 @@ def fit_layout(
     min_dist: float = 0.1,
     metric: str = "cosine",
     seed: int = 0,
+    umap_fit: UmapFit = umap_coordinates,
 ) -> EmbeddingLayout:
     """Embed images and captions together in 2-D; the same inputs and seed give the same layout.
 
     PCA: the top two eigenvectors of the joint covariance, each signed so that its largest loading
-    is positive. UMAP (McInnes et al. 2018): umap-learn with `random_state=seed` (single-threaded,
-    hence reproducible). Fewer than MIN_UMAP_POINTS points fall back to PCA, with a note saying so.
+    is positive. UMAP: `umap_coordinates` (single-threaded, hence reproducible), or `umap_fit` with its
+    signature (the app's `LayoutWorker` fits in a child process). Fewer than MIN_UMAP_POINTS points fall
+    back to PCA, with a note saying so.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown layout method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -137,21 +144,13 @@ def fit_layout(
         titles = (f"PC1 ({explained[0]:.0%} of variance)", f"PC2 ({explained[1]:.0%} of variance)")
         return EmbeddingLayout("pca", coordinates, titles, note, dimension, (mean, components))
 
-    import umap  # slow to import (numba): only when a UMAP is asked for
-
     neighbours = min(n_neighbors, count - 1)
     if neighbours < n_neighbors:
         note = f"n_neighbors lowered from {n_neighbors} to {neighbours}: there are only {count} points."
-    reducer = umap.UMAP(
-        n_components=2,
-        n_neighbors=neighbours,
-        min_dist=min_dist,
-        metric=metric,
-        random_state=seed,
-        transform_seed=seed,
-        n_jobs=1,
+    coordinates, reducer = umap_fit(
+        points.float().numpy(), n_neighbors=neighbours, min_dist=min_dist, metric=metric, seed=seed
     )
-    coordinates = torch.from_numpy(reducer.fit_transform(points.float().numpy())).float()
+    coordinates = torch.from_numpy(coordinates).float()
     return EmbeddingLayout("umap", coordinates, ("UMAP 1", "UMAP 2"), note, dimension, reducer)
 
 
@@ -178,15 +177,3 @@ def _principal_axes(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     top = eigenvalues[-2:].flip(0).clamp_min(0)
     explained = (float(top[0]) / total, float(top[1]) / total) if total > 0 else (0.0, 0.0)
     return mean, components, explained
-
-
-def warm_up_umap(seed: int = 0) -> None:
-    """Fit a UMAP on a few random points, so that umap-learn's numba code is compiled before a user waits for it.
-
-    umap-learn compiles on the first fit of each process (18 s on a quiet 2-core machine, 90 s on a busy one);
-    later fits of a few hundred points take a fraction of a second. The app runs this in a background thread
-    at start-up.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    points = F.normalize(torch.randn(2 * MIN_UMAP_POINTS, 8, generator=generator), dim=-1)
-    fit_layout(points[:MIN_UMAP_POINTS], points[MIN_UMAP_POINTS:], method="umap", n_neighbors=5, seed=seed)
