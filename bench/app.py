@@ -22,6 +22,7 @@ Prints one JSON object. Targets (issue 11): analyze <= 5x the baseline at 1,000 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -31,7 +32,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -42,6 +45,9 @@ from vlviz.data.samples import sample_files
 from vlviz.data.scenes import generate_scenes
 from vlviz.models import OFFLINE_SPEC, load_model
 from vlviz.viz.views import HEATMAP_PAGE
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
@@ -100,9 +106,9 @@ def start_app(port: int, data_dir: Path, program: str | None = None) -> tuple[su
     raise RuntimeError("the app did not answer within 300 s")
 
 
-def first_embedding_map(url: str, ready: float) -> float:
-    """Seconds from the app's first answer to an embedding map in Chromium: open the page (it analyses the
-    sample scenes on load) and show the Embedding-space tab, which draws itself on first view."""
+@contextlib.contextmanager
+def chromium_page(url: str) -> Iterator[Page]:
+    """A page of headless Chromium at `url` (the Debian build; Playwright's own download fails offline)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -110,30 +116,28 @@ def first_embedding_map(url: str, ready: float) -> float:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(600_000)
         page.goto(url)
+        yield page
+        browser.close()
+
+
+def first_embedding_map(url: str, ready: float) -> float:
+    """Seconds from the app's first answer to an embedding map in Chromium: open the page (it analyses the
+    sample scenes on load) and show the Embedding-space tab, which draws itself on first view."""
+    with chromium_page(url) as page:
         page.wait_for_selector("#image-text-plot .js-plotly-plot")
         page.get_by_role("tab", name="Embedding space").click()
         page.wait_for_function(
             """() => { const el = document.querySelector('#embedding-plot .js-plotly-plot');
                        return !!el && !!el._fullData && el._fullData.some((t) => t.name === 'captions'); }"""
         )
-        seconds = time.monotonic() - ready
-        browser.close()
-    return seconds
+        return time.monotonic() - ready
 
 
 def bare_gradio_plot(url: str, ready: float) -> float:
     """Seconds from a bare Gradio app's first answer to its one Plotly figure in Chromium (the baseline)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(600_000)
-        page.goto(url)
+    with chromium_page(url) as page:
         page.wait_for_selector("#bare-plot .js-plotly-plot")
-        seconds = time.monotonic() - ready
-        browser.close()
-    return seconds
+        return time.monotonic() - ready
 
 
 def first_embedding_map_api(url: str, ready: float) -> float:
@@ -165,8 +169,6 @@ def analyze_api(url: str, files: list[Path], captions: list[str]) -> tuple[float
 
 def analyze_browser(url: str, files: list[Path], captions: list[str]) -> float:
     """Seconds in Chromium from choosing the files to all three Affinity heatmaps drawn with the new pairs."""
-    from playwright.sync_api import sync_playwright
-
     rows = min(len(files), HEATMAP_PAGE)
     drawn = """([firsts, rows]) => Object.entries(firsts).every(([id, first]) => {
         const el = document.querySelector(`#${id} .js-plotly-plot`);
@@ -175,11 +177,7 @@ def analyze_browser(url: str, files: list[Path], captions: list[str]) -> float:
     })"""
     image = f"image 1 ({files[0].name})"
     firsts = {"image-text-plot": image, "image-image-plot": image, "text-text-plot": f"caption 1: {captions[0]}"}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(600_000)
-        page.goto(url)
+    with chromium_page(url) as page:
         page.wait_for_selector("#image-text-plot .js-plotly-plot")  # the sample scenes analysed on load
         page.locator("#uploads").get_by_role("button", name="Clear", exact=True).click()  # the sample files
         page.wait_for_function("() => document.querySelectorAll('#uploads td.filename').length === 0")
@@ -190,9 +188,7 @@ def analyze_browser(url: str, files: list[Path], captions: list[str]) -> float:
         page.locator("#captions textarea").fill("\n".join(captions))
         page.locator("#analyze").click()
         page.wait_for_function(drawn, arg=[firsts, rows])  # each heatmap's first row is the new pairs' first
-        seconds = time.perf_counter() - start
-        browser.close()
-    return seconds
+        return time.perf_counter() - start
 
 
 def first_map_in_browser(work: Path) -> dict[str, float]:

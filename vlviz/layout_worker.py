@@ -56,18 +56,10 @@ class LayoutWorker:
         self.ready.set()
 
     def fit_layout(
-        self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        method: str = "umap",
-        n_neighbors: int = 15,
-        min_dist: float = 0.1,
-        metric: str = "cosine",
-        seed: int = 0,
+        self, image_features: torch.Tensor, text_features: torch.Tensor, method: str = "umap", **settings: Any
     ) -> EmbeddingLayout:
-        """`vlviz.embedding_space.fit_layout` (same checks, notes and result), its UMAP fitted in the child."""
-        settings = dict(method=method, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=seed)
-        return fit_layout(image_features, text_features, **settings, umap_fit=self._umap)
+        """`vlviz.embedding_space.fit_layout` (same settings, checks, notes and result), its UMAP fitted in the child."""
+        return fit_layout(image_features, text_features, method, **settings, umap_fit=self._umap)
 
     def transform(self, reducer: RemoteUmap, points: np.ndarray) -> np.ndarray:
         """Place `points` with a reducer the child fitted; ValueError if the child no longer has it."""
