@@ -36,9 +36,10 @@ def _eval_offline_model(args: argparse.Namespace) -> int:
     from vlviz.training.evaluation import evaluate
 
     model = load_model(args.model)
-    source = SceneSource(input_side(model.model), *preprocess_stats(model.model), held_out=args.n)
+    side, stats = input_side(model.model), preprocess_stats(model.model)
+    source = SceneSource(side, *stats, held_out=args.n, captions=args.captions)
     figures = evaluate(model.model, model.tokenizer, source.held_out)
-    print(json.dumps({"model": args.model, "held_out_scenes": args.n, **figures}))
+    print(json.dumps({"model": args.model, "held_out_scenes": args.n, "captions": args.captions, **figures}))
     return 0
 
 
@@ -77,7 +78,7 @@ def _train_run(args: argparse.Namespace) -> int:
         last_blocks=args.last_blocks,
     )  # fmt: skip
     context = init_distributed(resolve_device(args.device))
-    run = prepare_run(args.model, args.data, config, args.out, context=context)
+    run = prepare_run(args.model, args.data, config, args.out, context=context, captions=args.captions)
     if context.is_main:
         for notice in run.notices:
             print(f"notice: {notice}", file=sys.stderr)
@@ -106,12 +107,13 @@ def _eval_grounding(args: argparse.Namespace) -> int:
     if model.patches_unavailable:
         print(f"No grounding maps for {args.model}: {model.patches_unavailable}.", file=sys.stderr)
         return 2
-    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=input_side(model.model))
+    scenes = generate_scenes(args.n, seed=HELD_OUT_SEED, image_size=input_side(model.model), captions=args.captions)
     min_cover = MIN_COVER if args.min_cover is None else args.min_cover
     scores = score_scenes(model, scenes, kinds=args.kind, min_cover=min_cover)
     untrained = score_scenes(untrained_model(model), scenes, kinds=args.kind, min_cover=min_cover)
     print(json.dumps({
-        "model": args.model, "held_out_scenes": args.n, "min_cover": min_cover, "scores": scores,
+        "model": args.model, "held_out_scenes": args.n, "captions": args.captions, "min_cover": min_cover,
+        "scores": scores,
         "untrained_seed": UNTRAINED_SEED, "untrained": untrained,
     }))  # fmt: skip
     _print_grounding_table(scores, untrained)
@@ -148,6 +150,8 @@ def _report(args: argparse.Namespace) -> int:
             args.pairs, args.model, args.out, top_k=args.top_k, method=args.method, seed=args.seed,
             temperature=args.temperature, device=args.device,
             **({"max_pairs": args.max_pairs} if args.max_pairs else {}),
+            source_options={"image_column": args.image_column, "caption_column": args.caption_column,
+                            "images_dir": args.images, "all_captions": args.all_captions},
         )  # fmt: skip
     except (InputError, ValueError, ModelUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -158,6 +162,14 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from vlviz.consistency import DEFAULT_TEMPERATURE
+    from vlviz.data.scenes import CAPTION_STYLES
+
+    captions = {
+        "choices": list(CAPTION_STYLES),
+        "default": "template",
+        "help": "caption style of the scenes (default: template, the shipped model's; varied: word position alone "
+        "does not identify words; the others change one factor of the template each)",
+    }
 
     parser = argparse.ArgumentParser(prog="python -m vlviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,11 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate = commands.add_parser("eval-scenes", help="retrieval R@1 of a model on held-out scenes")
     evaluate.add_argument("--model", default="vlviz-scenes")
     evaluate.add_argument("--n", type=int, default=1000)
+    evaluate.add_argument("--captions", **captions)
     evaluate.set_defaults(run=_eval_offline_model)
 
     fit = commands.add_parser("train", help="continual pre-training with any mix of losses (torchrun for DDP)")
     fit.add_argument("--model", default="vlviz-scenes", help="model spec to start from, or 'fresh'")
-    fit.add_argument("--data", default="scenes", help="scenes, photos, or a folder of images with captions.csv/json")
+    fit.add_argument("--captions", **captions)
+    fit.add_argument("--data", default="scenes", help="scenes, photos, or any source report --pairs reads")
     fit.add_argument(
         "--loss",
         default=None,
@@ -206,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     grounding.add_argument("--model", default="vlviz-scenes")
     grounding.add_argument("--n", type=int, default=200)
+    grounding.add_argument("--captions", **captions)
     grounding.add_argument("--kind", action="append", help="sparc, no-sparsity, softmax, cosine (default: all)")
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     grounding.set_defaults(run=_eval_grounding)
@@ -213,7 +228,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = commands.add_parser(
         "report", help="self-contained HTML report of the Affinity, Consistency and Embedding views"
     )
-    report.add_argument("--pairs", required=True, help="a folder of images with captions.csv/json, a .zip, or a table")
+    report.add_argument(
+        "--pairs", required=True, help="a folder of images with captions.csv/json or metadata.jsonl/csv, a .zip, a "
+        "caption table, a COCO captions .json, a .parquet, or webdataset shards ('shards/{000..009}.tar', quoted)",
+    )  # fmt: skip
+    report.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
+    report.add_argument(
+        "--caption-column", default=None, help="parquet, imagefolder: the caption column; webdataset: the .json field"
+    )
+    report.add_argument(
+        "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
+    )
+    report.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
     report.add_argument("--model", default="vlviz-scenes")
     report.add_argument("--out", required=True, help="folder for report.html and its CSV/JSON/.npz files")
     report.add_argument("--top-k", type=int, default=10, help="most inconsistent pairs to show")

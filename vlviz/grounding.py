@@ -37,7 +37,7 @@ from PIL import Image
 
 from vlviz.data.inputs import PairSet
 from vlviz.data.samples import bundled_scenes
-from vlviz.data.scenes import POSITIONS, SceneBatch
+from vlviz.data.scenes import SceneBatch
 from vlviz.encoding import PairEncoding, VLModel, content_key
 from vlviz.losses.xmm import WordAttention, masked_word_attention
 from vlviz.sparc import GROUNDING_MAPS, grounding_maps, word_maps
@@ -46,9 +46,6 @@ from vlviz.towers import preprocess_stats
 
 MIN_COVER = 0.25
 UNTRAINED_SEED = 0  # the untrained baseline's initialisation
-# Words of an object's phrase "a {size} {colour} {shape} {position}" before its position words.
-_COLOUR_OFFSET, _SHAPE_OFFSET, _PHRASE_HEAD = 2, 3, 4
-_POSITION_WORDS = np.array([len(phrase.split()) for phrase in POSITIONS])
 
 
 @dataclass(frozen=True)
@@ -103,19 +100,10 @@ def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatc
 def scene_word_positions(scenes: SceneBatch) -> dict[str, torch.Tensor]:
     """Word indices (N, K) of each object's colour and shape word in its caption; -1 for empty slots.
 
-    Captions read "A, B and C" with each phrase "a {size} {colour} {shape} {position}"; punctuation
-    is not a word (`vlviz.tokens`), so an object's phrase starts after the phrases before it, plus
-    one for the "and" before the last of two or more objects.
+    The generator records them as it words each caption (`SceneBatch.colour_word`, `shape_word`), so
+    they hold for every caption style, not only for the template's fixed word positions.
     """
-    present = scenes.present
-    count = present.sum(axis=1, keepdims=True)  # (N, 1)
-    length = np.where(present, _PHRASE_HEAD + _POSITION_WORDS[scenes.cell], 0)  # (N, K) words per phrase
-    slot = np.arange(present.shape[1])[None]
-    start = np.cumsum(length, axis=1) - length + ((slot == count - 1) & (count > 1))
-    return {
-        "colour": torch.from_numpy(np.where(present, start + _COLOUR_OFFSET, -1)),
-        "shape": torch.from_numpy(np.where(present, start + _SHAPE_OFFSET, -1)),
-    }
+    return {"colour": torch.tensor(scenes.colour_word), "shape": torch.tensor(scenes.shape_word)}
 
 
 def object_patch_masks(

@@ -1,10 +1,12 @@
 """A self-contained HTML report of the Affinity, Consistency and Embedding-space views.
 
-`python -m vlviz report --pairs FILE_OR_FOLDER --model SPEC --out DIR` reads a folder of images
-with a caption table, a zip of them, or a caption table beside its images; encodes everything in
-batches; and writes DIR/report.html (plotly.js inlined once: it opens offline) with the numbers
-beside it as CSV, JSON and .npz. Global figures cover every pair through the chunked paths, so
-the report scales to thousands of pairs; heatmaps show a random subset (said on the page).
+`python -m vlviz report --pairs SOURCE --model SPEC --out DIR` reads pairs from any source
+`vlviz.data.formats.read_pairs` knows (a folder of images with a caption table, a zip of them, a
+caption table beside its images, webdataset shards, parquet, COCO captions, an imagefolder);
+encodes everything in batches; and writes DIR/report.html (plotly.js inlined once: it opens
+offline) with the numbers beside it as CSV, JSON and .npz. Global figures cover every pair
+through the chunked paths, so the report scales to thousands of pairs; heatmaps show a random
+subset (said on the page).
 All images are decoded into memory first (at most 1024 px a side each, see `vlviz.data.inputs`).
 """
 
@@ -14,6 +16,7 @@ import html
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,14 +26,8 @@ from tqdm import tqdm
 
 from vlviz.affinity import affinity_report
 from vlviz.consistency import DEFAULT_TEMPERATURE
-from vlviz.data.inputs import (
-    MAX_IMAGE_PIXELS,
-    InputError,
-    PairSet,
-    load_caption_table,
-    load_pairs_folder,
-    pairs_from_uploads,
-)
+from vlviz.data.formats import read_pairs
+from vlviz.data.inputs import MAX_IMAGE_PIXELS, InputError, PairSet
 from vlviz.embedding_space import close_modality_gap
 from vlviz.models import load_model
 from vlviz.viz.exports import write_consistency_files, write_csv, write_embedding_files
@@ -44,25 +41,13 @@ HEATMAP_SAMPLES = 150  # samples shown in each heatmap of the report
 ENCODE_BATCH = 256  # pairs encoded per progress step
 
 
-def load_report_pairs(path: str | Path, max_pairs: int = REPORT_MAX_PAIRS) -> PairSet:
-    """Pairs from a folder (images + captions.csv/json), a .zip of them, or a caption table beside its images.
+def load_report_pairs(path: str | Path, max_pairs: int = REPORT_MAX_PAIRS, **options: Any) -> PairSet:
+    """Pairs from any source `read_pairs` reads; `options` are its format options (columns, images folder, ...).
 
     The report runs on the user's own machine, so the hosted app's per-request pixel budget is lifted:
     only each image's own size limit applies.
     """
-    path = Path(path)
-    budget = max_pairs * MAX_IMAGE_PIXELS
-    if path.is_dir():
-        return load_pairs_folder(path, max_pairs=max_pairs, max_request_pixels=budget)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: give a folder, a .zip, or a caption table (.csv/.json).")
-    suffix = path.suffix.lower()
-    if suffix == ".zip":
-        return pairs_from_uploads([str(path)], max_pairs=max_pairs, max_request_pixels=budget)
-    if suffix in (".csv", ".json"):
-        images = [str(path.parent / name) for name in load_caption_table(str(path), path.name)]
-        return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=max_pairs, max_request_pixels=budget)
-    raise InputError(f"{path.name}: give a folder, a .zip, or a caption table (.csv/.json) beside its images.")
+    return read_pairs(path, max_pairs=max_pairs, max_request_pixels=max_pairs * MAX_IMAGE_PIXELS, **options)
 
 
 def write_report(
@@ -76,11 +61,15 @@ def write_report(
     max_pairs: int = REPORT_MAX_PAIRS,
     device: str | None = None,
     show_progress: bool = True,
+    source_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write DIR/report.html and its data files; return the report's path."""
+    """Write DIR/report.html and its data files; return the report's path.
+
+    `source_options` are `read_pairs`'s format options for `pairs_path` (image_column, images_dir, ...).
+    """
     out = Path(out_dir)
     with tqdm(total=5, desc="reading pairs", unit="step", disable=not show_progress) as bar:
-        pairs = load_report_pairs(pairs_path, max_pairs)
+        pairs = load_report_pairs(pairs_path, max_pairs, **(source_options or {}))
         n = len(pairs)
         if n < 2:
             raise InputError("A report compares samples with each other: give at least 2 image-caption pairs.")

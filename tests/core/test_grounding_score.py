@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
 
-from vlviz.data.scenes import COLOURS, SHAPES, generate_scenes
+from vlviz.data.scenes import COLOURS, POSITIONS, SHAPES, generate_scenes
 from vlviz.encoding import PairEncoding
 from vlviz.grounding import (
     object_patch_masks,
@@ -23,6 +24,28 @@ from vlviz.models import load_model
 from vlviz.tokens import token_layout
 
 TOKENIZER = open_clip.get_tokenizer("ViT-B-32", context_length=32)
+
+
+def _template_word_positions(scenes) -> dict[str, np.ndarray]:
+    """How word positions were derived before the generator recorded them: from the template's fixed layout.
+
+    Captions read "A, B and C" with each phrase "a {size} {colour} {shape} {position}"; punctuation is
+    not a word, so a phrase starts after the phrases before it, plus one for the "and" before the last.
+    """
+    present = scenes.present
+    count = present.sum(axis=1, keepdims=True)
+    position_words = np.array([len(phrase.split()) for phrase in POSITIONS])
+    length = np.where(present, 4 + position_words[scenes.cell], 0)
+    slot = np.arange(present.shape[1])[None]
+    start = np.cumsum(length, axis=1) - length + ((slot == count - 1) & (count > 1))
+    return {"colour": np.where(present, start + 2, -1), "shape": np.where(present, start + 3, -1)}
+
+
+def test_template_word_positions_are_the_ones_derived_from_the_template() -> None:
+    scenes = generate_scenes(500, seed=9, image_size=24)
+    expected = _template_word_positions(scenes)
+    for name, positions in scene_word_positions(scenes).items():
+        assert np.array_equal(positions.numpy(), expected[name])
 
 
 def test_word_positions_name_each_objects_colour_and_shape() -> None:

@@ -5,11 +5,38 @@ import pytest
 
 from vlviz.data.scenes import COLOURS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, generate_scenes
 
+# Captions of the generator before caption styles existed: the template style must keep them, so that
+# the shipped model's results and the bundled sample scenes reproduce.
+TEMPLATE_CAPTIONS = {
+    0: [
+        "a large green triangle at the top left, a small white triangle at the top and a large yellow cross at the "
+        "bottom left",
+        "a large white triangle at the top left and a small purple square at the top right",
+        "a large blue square at the top left and a small white square at the top",
+    ],
+    7: [
+        "a small white circle at the top, a large blue circle at the top right and a large yellow cross in the center",
+        "a large green triangle at the top left and a small blue cross at the top",
+        "a small green triangle at the top, a large white square on the left and a large red square in the center",
+    ],
+    2024: [
+        "a large green triangle on the left",
+        "a small purple cross at the top, a small blue square on the left and a small white square at the bottom right",
+        "a small green square at the top left",
+    ],
+}
+
 
 def test_same_seed_same_scenes_other_seed_other_scenes() -> None:
     a, b, c = generate_scenes(16, seed=3), generate_scenes(16, seed=3), generate_scenes(16, seed=4)
     assert np.array_equal(a.images, b.images) and a.captions == b.captions
     assert a.captions != c.captions
+
+
+@pytest.mark.parametrize("seed", sorted(TEMPLATE_CAPTIONS))
+def test_the_template_style_is_the_default_and_keeps_the_old_captions(seed: int) -> None:
+    assert generate_scenes(3, seed=seed).captions == TEMPLATE_CAPTIONS[seed]
+    assert generate_scenes(3, seed=seed, captions="template").captions == TEMPLATE_CAPTIONS[seed]
 
 
 def test_captions_name_every_object_in_reading_order() -> None:

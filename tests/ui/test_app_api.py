@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -141,3 +142,17 @@ def test_initial_model_is_offline_when_the_hub_is_unreachable(monkeypatch: pytes
     assert app_module.initial_model_spec() == "ViT-B-32:laion2b_s34b_b79k"
     monkeypatch.setenv("VLVIZ_MODEL", "/some/folder")
     assert app_module.initial_model_spec() == "/some/folder"
+
+
+def test_webdataset_shards_are_uploads_too(client: Client, tmp_path: Path) -> None:
+    shard = tmp_path / "pairs-000.tar"
+    with tarfile.open(shard, "w") as archive:
+        for i, caption in enumerate(("first", "second")):
+            archive.add(SCENES / f"scene_{i:02d}.png", f"{i:04d}.png")
+            data = caption.encode()
+            info = tarfile.TarInfo(f"{i:04d}.txt")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    data = _analyze(client, [shard], "ignored")[5]
+    assert data["captions"] == ["first", "second"] and len(data["names"]) == 2
+    assert any("captions box was not used" in notice for notice in data["notices"])

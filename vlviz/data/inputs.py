@@ -522,25 +522,31 @@ def _megapixels(pixels: int) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def _header_pixels(item: _Item) -> int:
-    """Width x height from the image's header only (nothing is decoded); 0 when the header is unreadable.
+def _pixels_in_header(fp: str | IO[bytes]) -> int:
+    """Width x height from an image's header only (nothing is decoded); 0 when the header is unreadable.
 
     An unreadable file is left for `load_image` to report with its usual message.
     """
     try:
-        with contextlib.ExitStack() as stack:
-            if item.archive is not None and item.member is not None:
-                fp: str | IO[bytes] = stack.enter_context(item.archive.open(item.member))  # a stream: reads little
-            else:
-                fp = item.path or ""
-            # Pillow warns about (and past twice its limit, refuses) huge headers; load_image reports those.
-            with _WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(fp) as im:
-                    width, height = im.size
+        # Pillow warns about (and past twice its limit, refuses) huge headers; load_image reports those.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                width, height = im.size
     except Exception:  # anything unreadable: the decode that follows names the problem
         return 0
     return width * height
+
+
+def _header_pixels(item: _Item) -> int:
+    """Width x height from the item's image header, reading only the start of a zip member."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if item.archive is not None and item.member is not None:
+                return _pixels_in_header(stack.enter_context(item.archive.open(item.member)))  # a stream
+            return _pixels_in_header(item.path or "")
+    except Exception:  # a member that cannot be opened: the decode that follows names the problem
+        return 0
 
 
 def _check_pixel_budget(items: list[_Item], budget: int) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlviz.data.scenes import SceneBatch, generate_scenes
+from vlviz.data.scenes import CaptionStyle, SceneBatch, caption_style, generate_scenes
 
 HELD_OUT_SEED = 1_000_000  # scenes for evaluation come from seeds no training stream uses
 
@@ -36,17 +36,31 @@ class HeldOut:
 
 
 class SceneSource:
-    """Endless fresh scenes rendered at the model's input size; a held-out set from a reserved seed."""
+    """Endless fresh scenes rendered at the model's input size; a held-out set from a reserved seed.
+
+    Training and held-out captions share one caption style (`vlviz.data.scenes.CAPTION_STYLES`):
+    the held-out figures measure the captions the run trains on.
+    """
 
     name = "scenes"
 
-    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...], held_out: int = 1000) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        held_out: int = 1000,
+        captions: str | CaptionStyle = "template",
+    ) -> None:
         self.image_size, self.mean, self.std = image_size, mean, std
-        scenes = generate_scenes(held_out, seed=HELD_OUT_SEED, image_size=image_size)
+        self.captions = caption_style(captions)
+        scenes = generate_scenes(held_out, seed=HELD_OUT_SEED, image_size=image_size, captions=self.captions)
         self.held_out = HeldOut(normalise_uint8(torch.from_numpy(scenes.images), mean, std), scenes.captions, scenes)
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-        scenes = generate_scenes(batch_size, seed=seed * 1_000_003 + step, image_size=self.image_size)
+        scenes = generate_scenes(
+            batch_size, seed=seed * 1_000_003 + step, image_size=self.image_size, captions=self.captions
+        )
         return normalise_uint8(torch.from_numpy(scenes.images), self.mean, self.std), scenes.captions
 
 

@@ -21,6 +21,7 @@ import torch
 from open_clip.model import CLIP
 
 from vlviz.checkpoints import save_checkpoint, save_loss_heads
+from vlviz.data.formats import read_pairs
 from vlviz.data.inputs import PairSet, load_pairs_folder
 from vlviz.data.samples import SAMPLES_DIR
 from vlviz.data.sources import HeldOut, PairSource, SceneSource
@@ -72,6 +73,7 @@ class Run:
     losses: dict[str, torch.nn.Module] | None = None
     # What the run tells its user before it starts (`TrainConfig.notices_for`, e.g. clip on a SigLIP model).
     notices: list[str] = field(default_factory=list)
+    captions: str | None = None  # the caption style of a scenes run (`CAPTION_STYLES`); None for pairs
     _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
 
     def probe_measurement(self, step: int) -> ProbeMeasurement:
@@ -94,7 +96,10 @@ class Run:
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             config = asdict(self.config) | {"losses": self.config.losses_for(self.model)}  # None resolved
-            meta = {"start": self.start, "data": self.data, "config": config, "notices": self.notices}
+            meta = {
+                "start": self.start, "data": self.data, "captions": self.captions, "config": config,
+                "notices": self.notices,
+            }  # fmt: skip
             (self.out_dir / "run_config.json").write_text(json.dumps(meta, indent=2))
         metrics = self.out_dir / "metrics.jsonl"
         # Step 0 is the start model: every curve starts from where the run began.
@@ -144,16 +149,19 @@ def start_model(start: str, device: torch.device, seed: int = 0) -> tuple[torch.
     return copy.deepcopy(loaded.model).float(), loaded.tokenizer, loaded.preprocess, loaded.model_cfg
 
 
-def make_source(data: str | PairSet, model: torch.nn.Module, preprocess, seed: int) -> tuple[Source, str]:
-    """The data to train on: "scenes", "photos" (bundled), a folder of pairs, or uploaded pairs."""
+def make_source(
+    data: str | PairSet, model: torch.nn.Module, preprocess, seed: int, captions: str = "template"
+) -> tuple[Source, str]:
+    """The data to train on: "scenes" (captioned in the style `captions`), "photos" (bundled), a folder of
+    pairs, or uploaded pairs. A caption style other than the template is refused for data other than scenes."""
+    if data == "scenes":
+        source = SceneSource(input_side(model), *preprocess_stats(model), held_out=HELD_OUT_SCENES, captions=captions)
+        return source, data
+    if captions != "template":
+        raise ValueError(f"Caption styles apply to scenes only; {captions!r} was asked for other data.")
     if isinstance(data, PairSet):
         return PairSource(data.images, data.captions, preprocess, seed=seed), "uploaded pairs"
-    if data == "scenes":
-        return SceneSource(input_side(model), *preprocess_stats(model), held_out=HELD_OUT_SCENES), data
-    folder = SAMPLES_DIR / "photos" if data == "photos" else Path(data)
-    if folder.is_file():
-        folder = folder.parent  # a captions CSV/JSON: its folder holds the images
-    pairs = load_pairs_folder(folder)
+    pairs = read_pairs(SAMPLES_DIR / "photos" if data == "photos" else data)  # any format read_pairs detects
     return PairSource(pairs.images, pairs.captions, preprocess, seed=seed), str(data)
 
 
@@ -172,11 +180,15 @@ def prepare_run(
     out_dir: str | Path,
     device: str | torch.device | None = None,
     context: DistributedContext | None = None,
+    captions: str = "template",
 ) -> Run:
-    """Validate everything and build the run before any training starts (errors are ValueErrors)."""
+    """Validate everything and build the run before any training starts (errors are ValueErrors).
+
+    `captions` names the caption style of scenes (`vlviz.data.scenes.CAPTION_STYLES`).
+    """
     context = context or DistributedContext(device=resolve_device(device))
     model, tokenizer, preprocess, model_cfg = start_model(start, context.device, config.seed)
-    source, data_name = make_source(data, model, preprocess, config.seed)
+    source, data_name = make_source(data, model, preprocess, config.seed, captions)
     if isinstance(source, PairSource) and config.batch_size > len(source):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(source)} training pairs.")
     probe = probe_set(data_name, model, preprocess) if start != FRESH else None
@@ -184,5 +196,5 @@ def prepare_run(
     notices = config.notices_for(model)  # e.g. clip on a SigLIP model: allowed, but said
     return Run(
         model, tokenizer, model_cfg, source, probe, config, Path(out_dir), start, data_name, context,
-        losses=losses, notices=notices,
+        losses=losses, notices=notices, captions=captions if data_name == "scenes" else None,
     )  # fmt: skip

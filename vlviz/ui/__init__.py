@@ -67,9 +67,9 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     use_sample = gr.Button("Use sample", scale=1)
                 files = gr.File(
                     file_count="multiple",
-                    file_types=["image", ".zip", ".csv", ".json"],
+                    file_types=["image", ".zip", ".csv", ".json", ".tar", ".tgz", ".gz", ".parquet"],
                     value=initial_files,
-                    label="Images (or a zip), optionally a captions CSV/JSON",
+                    label="Images (or a zip), optionally a captions CSV/JSON; or webdataset .tar shards or .parquet",
                     height=220,
                     elem_id="uploads",
                 )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from vlviz.data.formats import pairs_from_dataset_uploads
 from vlviz.data.inputs import InputError, pairs_from_uploads
 from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
@@ -177,8 +178,9 @@ def analyze_uploads(
     files: list[str] | None, captions_text: str | None, model_spec: str | None, space: SessionSpace
 ) -> tuple[EncodedPairs, VLModel, str | None]:
     """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice."""
+    paths = [str(f) for f in files or []]
     try:
-        pairs = pairs_from_uploads([str(f) for f in files or []], captions_text)
+        pairs = pairs_from_dataset_uploads(paths, captions_text) or pairs_from_uploads(paths, captions_text)
     except InputError as error:
         raise gr.Error(str(error)) from error
     model, notice = model_for(model_spec, space)

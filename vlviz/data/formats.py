@@ -1,0 +1,675 @@
+"""Image-caption pairs from a data source on disk, whatever its format: the one entry point is `read_pairs`.
+
+Users keep their pairs in the formats their tools write: webdataset tar shards, parquet (as Hugging
+Face datasets write), COCO captions JSON, Hugging Face imagefolder folders, or the folders, zips and
+caption tables the app's uploads accept (`vlviz.data.inputs`, reused here, not duplicated). Each
+format has one reader; all of them feed one collector that applies the bounds of an upload (MAX_PAIRS
+pairs, MAX_IMAGE_PIXELS per image, a pixel budget per call) and decodes every image with
+`load_image`, so the pixels and the messages are the same whichever way pairs arrive. Tar shards and
+parquet files are streamed (members and row batches one at a time, never unpacked to disk), and every
+problem is an `InputError` naming the file, sample, row or columns involved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vlviz.data import inputs
+from vlviz.data.inputs import (
+    CAPTION_COLUMNS,
+    IMAGE_EXTENSIONS,
+    InputError,
+    PairSet,
+    _check_caption,
+    _clip,
+    _find_column,
+    _list_names,
+    _natural_key,
+    _pixels_in_header,
+    _plural,
+    _read_text,
+    load_caption_table,
+    load_image,
+    load_pairs_folder,
+    pairs_from_uploads,
+)
+
+MAX_SHARDS = 1000
+"""Most files one brace pattern may expand to: a typo like {0..99999} must not open a hundred thousand files."""
+MAX_IMAGE_BYTES = 64 * 2**20
+"""Largest encoded image read into memory from a tar shard or a parquet cell."""
+MAX_CAPTION_BYTES = 2**20
+"""Largest .txt or .json member of a tar shard read for a caption."""
+MAX_ANNOTATION_BYTES = 256 * 2**20
+"""Largest COCO captions JSON we parse (COCO 2017 train captions is about 90 MB)."""
+PARQUET_BATCH_ROWS = 64
+"""Rows read from a parquet file at a time: a batch of encoded images stays a few MB."""
+
+TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
+PARQUET_SUFFIX = ".parquet"
+IMAGEFOLDER_METADATA: tuple[str, ...] = ("metadata.jsonl", "metadata.csv")
+IMAGE_COLUMNS: tuple[str, ...] = (
+    "image", "img", "jpg", "jpeg", "png", "webp", "image_bytes", "image_path", "path", "file", "file_name", "filename",
+)  # fmt: skip
+"""Accepted names of a parquet file's image column, earlier ones first (matched like inputs.FILE_COLUMNS)."""
+FILE_NAME_COLUMNS: tuple[str, ...] = ("file_name",)
+"""The column of an imagefolder's metadata that names each image, as Hugging Face datasets require."""
+
+SOURCES_HELP = (
+    "a folder of images with captions.csv/json or with metadata.jsonl/csv, a .zip, a caption table (.csv/.json), "
+    "a COCO captions .json, a .parquet file, or webdataset .tar shards (a pattern such as shards/{000..009}.tar)"
+)
+_OPTIONS: dict[str, frozenset[str]] = {
+    "webdataset": frozenset({"caption_column"}),
+    "parquet": frozenset({"image_column", "caption_column", "images_dir"}),
+    "coco": frozenset({"images_dir", "all_captions"}),
+    "imagefolder": frozenset({"caption_column"}),
+    "folder": frozenset(),
+    "zip": frozenset(),
+    "table": frozenset(),
+}
+"""The options of `read_pairs` each format uses; any other option given is refused rather than silently ignored."""
+_DESCRIPTIONS = {
+    "webdataset": "webdataset tar shards",
+    "parquet": "a parquet source",
+    "coco": "a COCO captions file",
+    "imagefolder": "an imagefolder (metadata.jsonl/csv)",
+    "folder": "a folder of images with a caption table",
+    "zip": "a zip of images",
+    "table": "a caption table",
+}
+_BRACES = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+# ------------------------------------------------------------------------------------ the collector
+
+
+@dataclass
+class _Pairs:
+    """Pairs gathered one at a time under the bounds of an upload, so a stream is refused as soon as it oversteps.
+
+    The pair count is checked before each image is decoded and the pixel budget from each image's
+    header, so nothing past a bound is ever decoded.
+    """
+
+    source: str
+    limit: int
+    budget: int
+    pixels: int = 0
+    images: list[Image.Image] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def expect(self, count: int) -> None:
+        """Refuse up front when a source says how many pairs it holds and that is too many."""
+        if len(self.captions) + count > self.limit:
+            raise InputError(
+                f"{self.source} holds {len(self.captions) + count} pairs, but at most {self.limit} can be compared "
+                "at once; use a smaller part of it."
+            )
+
+    def decode(self, image: bytes | str | os.PathLike[str], label: str) -> Image.Image:
+        """Decode one image (a file path or its bytes) after checking the pair count and the pixel budget."""
+        if len(self.captions) >= self.limit:
+            raise InputError(
+                f"{self.source} holds more than {self.limit} pairs, but at most {self.limit} can be compared at "
+                "once; use a smaller part of it."
+            )
+        self.pixels += _pixels_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
+        if self.pixels > self.budget:
+            raise InputError(
+                f"The images of {self.source} up to {label} hold {self.pixels / 1e6:,.0f} megapixels together, more "
+                f"than the {self.budget / 1e6:,.0f} megapixels one request may decode. Use fewer images, or resize "
+                f"large photos first (to {inputs.MAX_SIDE} pixels on the longer side: they are downscaled to that anyway)."
+            )
+        return load_image(image, label, notices=self.notices)
+
+    def add(self, image: Image.Image, caption: str, name: str, label: str) -> None:
+        """Keep one pair; its caption must be non-empty and not too long."""
+        caption = caption.strip()
+        if not caption:
+            raise InputError(f"The caption of {label} is empty; write one.")
+        _check_caption(caption, f"The caption of {label}")
+        self.images.append(image)
+        self.captions.append(caption)
+        self.names.append(name)
+
+    def result(self, what: str) -> PairSet:
+        if not self.images:
+            raise InputError(f"{self.source} holds no image-caption pairs; {what}.")
+        return PairSet(self.images, self.captions, self.names, self.notices)
+
+
+def _first_caption(value: Any) -> str | None:
+    """A caption cell as a string: a list of captions (as many datasets store them) gives its first one."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+def _pick_column(
+    columns: list[str], chosen: str | None, accepted: tuple[str, ...], what: str, where: str, option: bool = True
+) -> str:
+    """The column to read: the one the user chose, else the first accepted name; the message names those found."""
+    index = _find_column(columns, (chosen,) if chosen else accepted)
+    if index is None:
+        wanted = f'no column "{chosen}"' if chosen else f"no {what} column ({'/'.join(accepted)})"
+        hint = f" Name the {what} column with the {what} column option (--{what}-column on the command line)."
+        raise InputError(
+            f"{where} has {wanted}; its columns are {_list_names(columns, limit=12) or 'none'}.{hint if option else ''}"
+        )
+    return columns[index]
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"{path.name} could not be read ({exc.strerror or exc}).") from exc
+    if len(data) > limit:
+        raise InputError(f"{path.name} is larger than {limit // 2**20} MB, more than a {what} may be.")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ shards
+
+
+def expand_braces(pattern: str, limit: int = MAX_SHARDS) -> list[str]:
+    """Expand webdataset-style brace patterns: `shards/{000..009}.tar` gives ten names, `{a,b}.tar` two.
+
+    Ranges keep the zero padding of their bounds and may count down; several groups expand to every
+    combination, left to right. A group that is neither a range nor a list stays as written.
+
+    Raises:
+        InputError: The pattern expands to more than `limit` names.
+    """
+    parts = _BRACES.split(pattern)  # text, group, text, group, ..., text
+    choices: list[list[str]] = [[parts[0]]]
+    total = 1
+    for group, text in zip(parts[1::2], parts[2::2]):
+        found = _RANGE.match(group)
+        count = abs(int(found[2]) - int(found[1])) + 1 if found else len(group.split(",")) if "," in group else 1
+        total *= count
+        if total > limit:
+            raise InputError(f"{pattern} expands to more than {limit} files; read fewer shards at once.")
+        if found:
+            first, last = int(found[1]), int(found[2])
+            padded = any(len(bound.lstrip("-")) > 1 and bound.lstrip("-")[0] == "0" for bound in found.groups())
+            width = max(len(found[1]), len(found[2])) if padded else 0
+            step = 1 if last >= first else -1
+            choices.append([str(i).zfill(width) for i in range(first, last + step, step)])
+        else:
+            choices.append(group.split(",") if "," in group else ["{" + group + "}"])
+        choices.append([text])
+    return ["".join(combination) for combination in itertools.product(*choices)]
+
+
+def _split_key(name: str) -> tuple[str, str] | None:
+    """webdataset's rule: a member's key is its path up to the first dot of its base name, the rest its extension.
+
+    Names whose base name starts with a dot or has none (folders, ._ files of macOS) belong to no sample.
+    """
+    folder, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    if not stem or not dot:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def _samples(archive: tarfile.TarFile, shard: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
+    """(key, {extension: (member name, bytes)}) for each run of members sharing a key, in the tar's order.
+
+    Only image, .txt and .json members are read, one at a time, each under its size bound.
+    """
+    key: str | None = None
+    files: dict[str, tuple[str, bytes]] = {}
+    for member in archive:
+        split = _split_key(member.name) if member.isfile() else None
+        if split is None:
+            continue
+        if split[0] != key:
+            if key is not None:
+                yield key, files
+            key, files = split[0], {}
+        extension = split[1]
+        is_image = "." + extension in IMAGE_EXTENSIONS
+        if extension in files or not (is_image or extension in ("txt", "json")):
+            continue
+        limit = MAX_IMAGE_BYTES if is_image else MAX_CAPTION_BYTES
+        if member.size > limit:
+            raise InputError(
+                f"{shard}: {member.name} is {member.size / 2**20:.1f} MB, more than the {limit // 2**20} MB allowed "
+                f"for {'an image' if is_image else 'a caption file'}."
+            )
+        stream = archive.extractfile(member)
+        files[extension] = (member.name, stream.read() if stream is not None else b"")
+    if key is not None:
+        yield key, files
+
+
+def _shard_caption(
+    key: str, image_name: str, files: dict[str, tuple[str, bytes]], shard: str, caption_column: str | None
+) -> str:
+    """The caption of one sample: its .txt member, else a field of its .json member."""
+    if "txt" in files:
+        try:
+            return files["txt"][1].decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{shard}: {files['txt'][0]} is not UTF-8 text.") from exc
+    if "json" not in files:
+        field_name = caption_column or "caption"
+        raise InputError(
+            f"{shard}: sample {key} has an image ({image_name}) but no caption: add {key}.txt, or {key}.json "
+            f'with a "{field_name}" field. The files of one sample must follow each other in the tar.'
+        )
+    name, data = files["json"]
+    try:
+        record = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{shard}: {name} is not valid JSON ({exc}).") from exc
+    if not isinstance(record, dict):
+        raise InputError(f"{shard}: {name} holds a JSON {type(record).__name__}, not an object with a caption field.")
+    column = _pick_column([str(k) for k in record], caption_column, CAPTION_COLUMNS, "caption", f"{shard}: {name}")
+    caption = _first_caption(record[column])
+    if caption is None:
+        raise InputError(f'{shard}: the "{column}" field of {name} is not a string.')
+    return caption
+
+
+def _read_webdataset(shards: list[Path], pairs: _Pairs, caption_column: str | None) -> PairSet:
+    """Pairs from webdataset tar shards, streamed member by member: {key}.jpg/png/... with {key}.txt or {key}.json."""
+    without_image: list[str] = []
+    for shard in shards:
+        try:
+            with tarfile.open(shard, mode="r|*") as archive:
+                for key, files in _samples(archive, shard.name):
+                    image = next(((n, d) for e, (n, d) in files.items() if "." + e in IMAGE_EXTENSIONS), None)
+                    if image is None:
+                        without_image.append(f"{shard.name}: {key}")
+                        continue
+                    label = f"{shard.name}: {image[0]}"
+                    caption = _shard_caption(key, image[0], files, shard.name, caption_column)
+                    pairs.add(pairs.decode(image[1], label), caption, image[0], label)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise InputError(f"{shard.name} is not a readable tar archive ({reason}); write the shard again.") from exc
+    if without_image:
+        pairs.notices.append(
+            f"Skipped {_plural(len(without_image), 'sample')} without an image: {_list_names(without_image)}"
+        )
+    return pairs.result("its samples need an image ({key}.jpg, .png, .webp, ...) and {key}.txt or {key}.json")
+
+
+# ----------------------------------------------------------------------------------------- parquet
+
+
+def _parquet_image_kind(column: str, kind: Any, where: str) -> str:
+    """How a parquet column holds images: "bytes", "path", or "struct" ({bytes, path}, as Hugging Face writes)."""
+    import pyarrow as pa
+
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return "bytes"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "path"
+    if pa.types.is_struct(kind) and {"bytes", "path"} & {kind.field(i).name for i in range(kind.num_fields)}:
+        return "struct"
+    raise InputError(
+        f'{where}: column "{column}" holds {kind}, not images: give a column of image bytes, of file paths, '
+        "or of {bytes, path} structs (as Hugging Face datasets write)."
+    )
+
+
+def _parquet_image(
+    value: Any, kind: str, base: Path, where: str, allow_paths: bool
+) -> tuple[bytes | Path, str | None] | None:
+    """The image of one cell, as bytes or a file path, with a file name for it when the cell has one."""
+    data, path = (value.get("bytes"), value.get("path")) if kind == "struct" and value else (None, None)
+    if kind == "bytes":
+        data = value
+    elif kind == "path":
+        path = value
+    if data:
+        if len(data) > MAX_IMAGE_BYTES:
+            raise InputError(
+                f"{where}: the image is {len(data) / 2**20:.1f} MB, more than the {MAX_IMAGE_BYTES // 2**20} MB allowed."
+            )
+        return data, os.path.basename(path) if path else None
+    if not path:
+        return None
+    if not allow_paths:
+        raise InputError(
+            f"{where} names an image file ({path}) instead of holding it; give a parquet file with the image bytes."
+        )
+    if re.match(r"^[a-z][a-z0-9+.-]*://", path, re.IGNORECASE):
+        raise InputError(
+            f"{where}: the image is a URL ({path}); vlviz reads local files only, so download the images first."
+        )
+    return base / path, os.path.basename(path)
+
+
+def _read_parquet(
+    files: list[Path],
+    pairs: _Pairs,
+    image_column: str | None,
+    caption_column: str | None,
+    images_dir: Path | None,
+    allow_paths: bool,
+) -> PairSet:
+    """Pairs from parquet files, read in row batches: an image column (bytes, path or struct) and a caption column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path.name} is not a readable parquet file ({exc}).") from exc
+        schema = parquet.schema_arrow
+        image_col = _pick_column(schema.names, image_column, IMAGE_COLUMNS, "image", path.name)
+        caption_col = _pick_column(schema.names, caption_column, CAPTION_COLUMNS, "caption", path.name)
+        kind = _parquet_image_kind(image_col, schema.field(image_col).type, path.name)
+        pairs.expect(parquet.metadata.num_rows)
+        base = images_dir or path.parent
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[image_col, caption_col]):
+                for value, caption_value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    where = f"{path.name} row {row}"
+                    image = _parquet_image(value, kind, base, where, allow_paths)
+                    caption = _first_caption(caption_value)
+                    if image is None:
+                        raise InputError(
+                            f'{where} has no image in its "{image_col}" column; fill it in or drop the row.'
+                        )
+                    if caption is None:
+                        raise InputError(
+                            f'{where} has no caption: its "{caption_col}" is {_clip(repr(caption_value))}; '
+                            "fill it in or drop the row."
+                        )
+                    label = f"{where} ({image[1]})" if image[1] else where
+                    pairs.add(pairs.decode(image[0], label), caption, image[1] or where, label)
+                    row += 1
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path.name} could not be read past row {row} ({exc}); write the file again.") from exc
+    return pairs.result("it has no rows")
+
+
+# -------------------------------------------------------------------------------------------- COCO
+
+
+def _is_coco(data: Any) -> bool:
+    return isinstance(data, dict) and "images" in data and "annotations" in data
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _read_coco(data: dict[str, Any], name: str, pairs: _Pairs, images_dir: Path, all_captions: bool) -> PairSet:
+    """Pairs from COCO captions: `images` ({id, file_name}) and `annotations` ({image_id, caption}), in image order."""
+    if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+        raise InputError(f'{name}: "images" and "annotations" must both be lists, as in COCO captions files.')
+    files: dict[Any, str] = {}
+    for number, image in enumerate(data["images"], start=1):
+        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or not _is_id(image.get("id")):
+            raise InputError(f"{name}: image {number} is not an object with an id and a file_name.")
+        if image["id"] in files:
+            raise InputError(f"{name}: two images have the id {image['id']}; ids must be unique.")
+        files[image["id"]] = image["file_name"]
+    captions: dict[Any, list[str]] = {}
+    for number, annotation in enumerate(data["annotations"], start=1):
+        if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
+            raise InputError(f"{name}: annotation {number} is not an object with an image_id and a caption.")
+        image_id = annotation.get("image_id")
+        if not _is_id(image_id) or image_id not in files:
+            raise InputError(f"{name}: annotation {number} is for image_id {image_id!r}, which no image has.")
+        captions.setdefault(image_id, []).append(annotation["caption"])
+    uncaptioned = [file for image_id, file in files.items() if image_id not in captions]
+    if uncaptioned:
+        raise InputError(
+            f"{name}: {_plural(len(uncaptioned), 'image')} {'has' if len(uncaptioned) == 1 else 'have'} no caption: "
+            f"{_list_names(uncaptioned)}. Add an annotation for each, or remove them from images."
+        )
+    pairs.expect(sum(len(c) if all_captions else 1 for c in captions.values()))
+    for image_id, file in files.items():
+        label = f"{name}: {file}"
+        image = pairs.decode(images_dir / file, label)
+        chosen = captions[image_id] if all_captions else captions[image_id][:1]
+        for number, caption in enumerate(chosen, start=1):
+            pairs.add(image, caption, file if number == 1 else f"{file} ({number})", f"{label} (caption {number})")
+    return pairs.result('its "images" list is empty')
+
+
+# ------------------------------------------------------------------------------------- imagefolder
+
+
+def _metadata_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The columns and rows of an imagefolder's metadata.jsonl (one JSON object a line) or metadata.csv."""
+    text = _read_text(str(path), path.name)
+    if path.suffix == ".csv":
+        try:
+            reader = csv.DictReader(io.StringIO(text))
+            rows: list[dict[str, Any]] = list(reader)
+        except csv.Error as exc:
+            raise InputError(f"{path.name} is not a valid CSV file ({exc}).") from exc
+        return list(reader.fieldnames or []), rows
+    rows, columns = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(f"{path.name}: line {number} is not valid JSON ({exc}).") from exc
+        if not isinstance(row, dict):
+            raise InputError(f"{path.name}: line {number} is not a JSON object.")
+        rows.append(row)
+        columns.update(dict.fromkeys(str(k) for k in row))
+    return list(columns), rows
+
+
+def _read_imagefolder(folder: Path, pairs: _Pairs, caption_column: str | None) -> PairSet:
+    """Pairs from a Hugging Face imagefolder: images beside metadata.jsonl/csv naming each by file_name."""
+    found = [folder / name for name in IMAGEFOLDER_METADATA if (folder / name).is_file()]
+    if len(found) > 1:
+        raise InputError(f"{folder.name} holds both {' and '.join(m.name for m in found)}; keep one.")
+    metadata = found[0]
+    columns, rows = _metadata_rows(metadata)
+    where = f"{folder.name}/{metadata.name}"
+    file_col = _pick_column(columns, None, FILE_NAME_COLUMNS, "file name", where, option=False)
+    caption_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", where)
+    pairs.expect(len(rows))
+    listed = set()
+    for number, row in enumerate(rows, start=1):
+        file, caption = row.get(file_col), _first_caption(row.get(caption_col))
+        if not isinstance(file, str) or not file.strip():
+            raise InputError(f"{where}: row {number} has no {file_col}; name its image.")
+        if caption is None:
+            raise InputError(f"{where}: row {number} ({file}) has no caption in its {caption_col} column.")
+        listed.add(os.path.normpath(file))
+        label = f"{folder.name}/{file}"
+        pairs.add(pairs.decode(folder / file, label), caption, file, label)
+    unlisted = sorted(
+        (e.name for e in folder.iterdir() if e.suffix.lower() in IMAGE_EXTENSIONS and e.name not in listed),
+        key=_natural_key,
+    )
+    if unlisted:
+        pairs.notices.append(
+            f"{where} does not list {_plural(len(unlisted), 'image')}, so skipped: {_list_names(unlisted)}"
+        )
+    return pairs.result(f"{metadata.name} has no rows")
+
+
+# ------------------------------------------------------------------------------------ the entry point
+
+
+def _expand(source: str) -> list[Path]:
+    """The files a source names: itself, or the files of its brace pattern (each must exist)."""
+    if os.path.exists(source) or not _BRACES.search(source):
+        return [Path(source)]
+    paths = [Path(p) for p in expand_braces(source)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise InputError(f"{_list_names(missing)} (from {source}) {'does' if len(missing) == 1 else 'do'} not exist.")
+    return paths
+
+
+def _file_format(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(TAR_SUFFIXES):
+        return "webdataset"
+    return {PARQUET_SUFFIX: "parquet", ".zip": "zip", ".csv": "table", ".json": "json"}.get(path.suffix.lower())
+
+
+def _detect(files: list[Path], text: str) -> tuple[str, Any]:
+    """The format of a source's files (a key of _OPTIONS), and a COCO file's parsed JSON (read once)."""
+    path = files[0]
+    if path.is_dir():
+        kind = "imagefolder" if any((path / name).is_file() for name in IMAGEFOLDER_METADATA) else "folder"
+    elif path.is_file():
+        kinds = {_file_format(p) for p in files}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind is None:
+            raise InputError(f"{path.name if len(files) == 1 else text}: vlviz reads {SOURCES_HELP}.")
+    else:
+        raise InputError(f"{text} does not exist: give {SOURCES_HELP}.")
+    if len(files) > 1 and kind not in ("webdataset", "parquet"):
+        raise InputError(f"{text} names several files: a pattern may name .tar shards or .parquet files only.")
+    if kind != "json":
+        return kind, None
+    raw = _read_limited(path, MAX_ANNOTATION_BYTES, "COCO captions file")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(
+            f"{path.name} is not valid JSON ({exc}); a COCO captions file or a caption table was expected."
+        ) from exc
+    return ("coco", data) if _is_coco(data) else ("table", None)
+
+
+def _check_options(kind: str, label: str, given: dict[str, Any]) -> None:
+    unused = sorted(name.replace("_", " ") for name, value in given.items() if value and name not in _OPTIONS[kind])
+    if unused:
+        raise InputError(
+            f"{label} is {_DESCRIPTIONS[kind]}; the {' and '.join(unused)} option"
+            f"{'s do' if len(unused) > 1 else ' does'} not apply to it."
+        )
+
+
+def read_pairs(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
+    all_captions: bool = False,
+    max_pairs: int | None = None,
+    max_request_pixels: int | None = None,
+    allow_paths: bool = True,
+) -> PairSet:
+    """Image-caption pairs from a data source on disk, its format detected from the path.
+
+    Detection: a brace pattern or a .tar/.tar.gz/.tgz file is webdataset shards; a .parquet file (or a
+    pattern of them) is parquet; a .json file holding `images` and `annotations` is COCO captions, any
+    other .json or a .csv a caption table beside its images; a .zip is a zip of images (with a caption
+    table inside); a folder holding metadata.jsonl or metadata.csv is a Hugging Face imagefolder, any
+    other folder images with captions.csv/json. Pairs keep the source's order.
+
+    Args:
+        source: A path, or a brace pattern such as `shards/{000..009}.tar`.
+        image_column: Parquet: the image column (default: the first of IMAGE_COLUMNS found).
+        caption_column: Parquet, imagefolder: the caption column; webdataset: the caption field of
+            {key}.json (default: the first of inputs.CAPTION_COLUMNS found; a list gives its first).
+        images_dir: COCO: the folder of the images (default: the JSON's folder); parquet: the folder
+            that path columns are relative to (default: the parquet file's folder).
+        all_captions: COCO: every caption of an image is a pair of its own (default: its first caption).
+        max_pairs: Most pairs accepted; None means MAX_PAIRS.
+        max_request_pixels: Most pixels, summed over all images, decoded; None means MAX_REQUEST_PIXELS.
+        allow_paths: False refuses sources that name image files on disk rather than holding them
+            (folders, tables, COCO, imagefolder, parquet path columns): for files a user uploaded.
+
+    Raises:
+        InputError: The source is missing, of no known format, or bad in any way `read_pairs` or
+            `pairs_from_uploads` reports; an option that does not apply to the format was given.
+    """
+    text = os.fspath(source)
+    files = _expand(text)
+    path, name = files[0], files[0].name or text
+    kind, coco = _detect(files, text)
+    _check_options(kind, name, {"image_column": image_column, "caption_column": caption_column,
+                                "images_dir": images_dir, "all_captions": all_captions})  # fmt: skip
+    if not allow_paths and kind in ("folder", "table", "coco", "imagefolder"):
+        raise InputError(
+            f"{name} is {_DESCRIPTIONS[kind]}, which names image files on disk; give a .zip, a .tar or a .parquet "
+            "with the images in it."
+        )
+    limit = inputs.MAX_PAIRS if max_pairs is None else max_pairs
+    budget = inputs.MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
+    pairs = _Pairs(name if len(files) == 1 else text, limit, budget)
+    images_folder = Path(images_dir) if images_dir else None
+    if kind == "webdataset":
+        return _read_webdataset(files, pairs, caption_column)
+    if kind == "parquet":
+        return _read_parquet(files, pairs, image_column, caption_column, images_folder, allow_paths)
+    if kind == "coco":
+        return _read_coco(coco, name, pairs, images_folder or path.parent, all_captions)
+    if kind == "imagefolder":
+        return _read_imagefolder(path, pairs, caption_column)
+    if kind == "folder":
+        return load_pairs_folder(path, max_pairs=limit, max_request_pixels=budget)
+    if kind == "zip":
+        return pairs_from_uploads([str(path)], max_pairs=limit, max_request_pixels=budget)
+    # a caption table: the images it names, beside it
+    images = [str(path.parent / file) for file in load_caption_table(str(path), name)]
+    return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=limit, max_request_pixels=budget)
+
+
+def pairs_from_dataset_uploads(files: list[str], captions_text: str | None = None) -> PairSet | None:
+    """Uploaded webdataset shards or parquet files as pairs; None when the uploads are images, zips or tables.
+
+    Several shards are read in turn within one budget of pairs and pixels, as one upload of images
+    is. Uploaded files may only hold their images (`allow_paths=False`): a parquet column of paths
+    must not make the server open files named by a client.
+    """
+    datasets = [file for file in files if file.lower().endswith((*TAR_SUFFIXES, PARQUET_SUFFIX))]
+    if not datasets:
+        return None
+    if len(datasets) < len(files):
+        raise InputError(
+            "Upload either dataset files (.tar shards, .parquet) or images with their captions, not both: "
+            f"{len(datasets)} of the {len(files)} files are dataset files."
+        )
+    images: list[Image.Image] = []
+    captions: list[str] = []
+    names: list[str] = []
+    notices: list[str] = []
+    pixels = 0
+    for file in datasets:
+        part = read_pairs(
+            file, allow_paths=False, max_pairs=inputs.MAX_PAIRS - len(images),
+            max_request_pixels=inputs.MAX_REQUEST_PIXELS - pixels,
+        )  # fmt: skip
+        images += part.images
+        captions += part.captions
+        names += part.names
+        notices += part.notices
+        pixels += sum(image.width * image.height for image in part.images)
+    if captions_text and captions_text.strip():
+        notices.append("The captions box was not used: the dataset files carry their own captions.")
+    return PairSet(images, captions, names, notices)
