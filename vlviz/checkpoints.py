@@ -127,6 +127,8 @@ def load_loss_heads(path: str | Path, model: torch.nn.Module, tokenizer: object)
     parameter = next(model.parameters())
     modules = {}
     for name, options in json.loads(options_file.read_text()).items():
+        if name == "psl" and "vocabulary_source" not in options:
+            options["vocabulary_source"] = "fixed"  # saved before PSL's vocabulary was an option: its fixed list
         module = create_loss(name, model=model, tokenizer=tokenizer, **options)
         prefix = f"{name}."
         module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})

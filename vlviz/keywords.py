@@ -3,8 +3,15 @@
 Keywords: SIMLA picks a caption's keywords with the text encoder's last-layer [CLS] attention: the
 top 4 positions of each head vote, and the 5 positions with the most votes are kept. A CLIP text
 tower has no [CLS]; its global embedding is pooled at the end-of-text token (argmax pooling), so
-the attention row of that token plays the part (`pooled_attention`). Only real word tokens are
-candidates (not start, end, padding or punctuation); kept positions are merged into words.
+the attention row of that token plays the part (`pooled_attention`). Two deviations from SIMLA:
+- SIMLA reads the [CLS] attention of its multimodal pass, whose text tokens have attended to the
+  image; a dual encoder's text tower never sees the image, so these keywords are what the caption
+  alone makes salient.
+- vlviz's candidate filter (`all_positions=False`, the default): only real word tokens vote (not
+  start, end, padding or punctuation), so a head's votes are not spent on positions that name
+  nothing. `all_positions=True` is SIMLA's vote: every position the pooled token attends to votes
+  (kept positions that are not words then give no keyword).
+Kept positions are merged into words.
 
 Concepts: the words of a vocabulary (the captions' own words plus `assets/concepts.txt`) that the
 model predicts for an image, ranked, each marked as in the caption or missing from it: SIMLA's
@@ -37,32 +44,46 @@ MAX_TEMPLATE_CHARS = 200  # a prompt is a short sentence; CLIP reads at most 77 
 
 
 # --- keyword selection ---------------------------------------------------------------------------
+def keyword_votes(attention: torch.Tensor, candidates: torch.Tensor, per_head: int = PER_HEAD) -> torch.Tensor:
+    """Votes per position of SIMLA's keyword vote: (B, H, T) attention, (B, T) bool candidates -> (B, T) votes.
+
+    Each head's `per_head` most-attended candidate positions get one vote.
+    """
+    length = attention.shape[-1]
+    scores = attention.float().masked_fill(~candidates[:, None, :], float("-inf"))  # (B, H, T)
+    top = scores.topk(min(per_head, length), dim=-1).indices.flatten(1)  # (B, H * per_head)
+    # A caption with fewer candidates than `per_head` fills its top-k with non-candidates: they do not vote.
+    return scores.new_zeros(scores.shape[0], length).scatter_add_(1, top, candidates.gather(1, top).float())
+
+
+def most_voted(attention: torch.Tensor, votes: torch.Tensor, keep: int = KEEP) -> torch.Tensor:
+    """The `keep` positions with the most votes: (B, H, T) attention, (B, T) votes -> (B, T) bool kept positions.
+
+    Ties in votes go to the position with more attention summed over the heads; a position no head
+    voted for is never kept, so short captions keep fewer.
+    """
+    heads, length = attention.shape[1:]
+    # Summed attention is at most H (each row sums to 1), so / (H + 1) orders positions within one vote count.
+    rank = (votes + attention.float().sum(1) / (heads + 1)).masked_fill(votes == 0, float("-inf"))  # (B, T)
+    chosen = rank.topk(min(keep, length), dim=-1).indices  # (B, keep)
+    return torch.zeros_like(votes, dtype=torch.bool).scatter_(1, chosen, True) & (votes > 0)
+
+
 def select_keywords(
     attention: torch.Tensor, candidates: torch.Tensor, per_head: int = PER_HEAD, keep: int = KEEP
 ) -> torch.Tensor:
     """SIMLA's keyword vote on an attention row per head: (B, H, T), (B, T) bool -> (B, T) bool kept positions.
 
-    Each head's `per_head` most-attended candidate positions get one vote; the `keep` positions with
-    the most votes are kept. Ties in votes go to the position with more attention summed over the
-    heads. A position no head voted for is never kept, so short captions keep fewer.
+    Each head's `per_head` most-attended candidate positions get one vote (`keyword_votes`); the
+    `keep` positions with the most votes are kept (`most_voted`).
 
     Args:
         attention: attention weights from the pooled token to every position, per head.
-        candidates: positions that may be keywords (real word tokens).
+        candidates: positions that may vote (`keyword_candidates`).
         per_head: votes per head (SIMLA: 4).
         keep: positions kept (SIMLA: 5).
     """
-    batch, heads, length = attention.shape
-    attention = attention.float().masked_fill(~candidates[:, None, :], 0.0)  # (B, H, T)
-    scores = attention.masked_fill(~candidates[:, None, :], float("-inf"))
-    top = scores.topk(min(per_head, length), dim=-1).indices.flatten(1)  # (B, H * per_head)
-    # A caption with fewer candidates than `per_head` fills its top-k with non-candidates: they do not vote.
-    votes = attention.new_zeros(batch, length).scatter_add_(1, top, candidates.gather(1, top).float())  # (B, T)
-    # Summed attention is at most H (each row sums to 1), so / (H + 1) orders positions within one vote count.
-    rank = (votes + attention.sum(1) / (heads + 1)).masked_fill(votes == 0, float("-inf"))  # (B, T)
-    chosen = rank.topk(min(keep, length), dim=-1).indices  # (B, keep)
-    kept = torch.zeros_like(candidates).scatter_(1, chosen, True)
-    return kept & (votes > 0)
+    return most_voted(attention, keyword_votes(attention, candidates, per_head), keep)
 
 
 def keyword_word_mask(kept: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
@@ -130,9 +151,12 @@ def pooled_attention(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CaptionKeywords:
-    """Keywords of N captions: the token layout, the kept positions and words, and the attention they came from."""
+    """Keywords of N captions: the token layout, the vote (candidates, votes, kept positions and words) and
+    the attention it read."""
 
     layout: TokenLayout
+    candidates: torch.Tensor  # (N, T) bool, positions that could vote (`keyword_candidates`)
+    votes: torch.Tensor  # (N, T) votes per position (`keyword_votes`)
     positions: torch.Tensor  # (N, T) bool, kept token positions
     word_mask: torch.Tensor  # (N, W) bool, kept words (W: the most words of any caption)
     attention: torch.Tensor  # (N, H, T) attention from the pooled token
@@ -143,27 +167,70 @@ class CaptionKeywords:
         rows = self.word_mask.tolist()
         return [[w for w, kept in zip(words, row) if kept] for words, row in zip(self.layout.words, rows)]
 
+    def voted(self, n: int) -> list[tuple[str, int]]:
+        """Caption `n`'s positions that got votes, most votes first (ties in caption order): (token, votes).
 
-def keyword_candidates(layout: TokenLayout, content_words_only: bool = False) -> torch.Tensor:
-    """(N, T) bool: real word tokens (not start, end, padding, punctuation), optionally without stop words."""
-    candidates = layout.word_index >= 0
+        A token is its BPE piece; positions outside the caption's tokens read ⟨start⟩, ⟨end⟩ (the first
+        after them) or ⟨padding⟩.
+        """
+        real = self.layout.word_mask[n].tolist()
+        end = max((t for t, is_real in enumerate(real) if is_real), default=0) + 1
+        votes = self.votes[n].tolist()
+
+        def token(t: int) -> str:
+            if real[t]:
+                return self.layout.tokens[n][t]
+            return "⟨start⟩" if t == 0 else "⟨end⟩" if t == end else "⟨padding⟩"
+
+        return [(token(t), int(votes[t])) for t in sorted(range(len(votes)), key=lambda t: -votes[t]) if votes[t] > 0]
+
+
+def keyword_candidates(
+    layout: TokenLayout, content_words_only: bool = False, attended: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, T) bool: the positions that may vote for keywords.
+
+    vlviz's candidate filter (`attended=None`): real word tokens, not start, end, padding or
+    punctuation. SIMLA's vote (`attended`: (N, T) bool, the positions the pooled token attends to):
+    every one of them, start, end and punctuation included (padding the attention mask hides is not).
+    `content_words_only` then also leaves stop words out.
+    """
+    candidates = layout.word_index >= 0 if attended is None else attended.clone()
     if content_words_only:
         longest = max((len(words) for words in layout.words), default=0)
-        content = torch.zeros(len(layout.words), longest + 1, dtype=torch.bool)  # slot 0: outside words
+        content = torch.ones(len(layout.words), longest + 1, dtype=torch.bool)  # slot 0: outside words, no stop word
         for n, words in enumerate(layout.words):  # string tests per word; the gather below is batched
             content[n, 1 : len(words) + 1] = torch.tensor([is_concept_word(w) for w in words], dtype=torch.bool)
         candidates &= content.gather(1, layout.word_index + 1)
     return candidates
 
 
+def candidate_rule(content_words_only: bool = False, all_positions: bool = False) -> str:
+    """In words, which positions `keyword_candidates` lets vote."""
+    rule = (
+        "every position the pooled token attends to (SIMLA's vote: start, end and punctuation too)"
+        if all_positions
+        else "real word tokens only (vlviz's filter: no start, end or punctuation)"
+    )
+    return rule + (", stop words left out" if content_words_only else "")
+
+
 def keywords_from_attention(
     attention: torch.Tensor, layout: TokenLayout, per_head: int = PER_HEAD, keep: int = KEEP,
-    content_words_only: bool = False,
+    content_words_only: bool = False, all_positions: bool = False,
 ) -> CaptionKeywords:  # fmt: skip
-    """SIMLA keywords of the captions in `layout` from their pooled-token attention (N, H, T), on the CPU."""
+    """SIMLA keywords of the captions in `layout` from their pooled-token attention (N, H, T), on the CPU.
+
+    `all_positions`: every position the pooled token attends to votes (SIMLA), not only real word
+    tokens (vlviz's candidate filter, the default); `content_words_only` leaves stop words out too.
+    """
     attention = attention.float().cpu()
-    positions = select_keywords(attention, keyword_candidates(layout, content_words_only), per_head, keep)
-    return CaptionKeywords(layout, positions, keyword_word_mask(positions, layout.word_index), attention)
+    attended = attention.amax(1) > 0 if all_positions else None  # (N, T)
+    candidates = keyword_candidates(layout, content_words_only, attended)
+    votes = keyword_votes(attention, candidates, per_head)  # (N, T)
+    positions = most_voted(attention, votes, keep)
+    word_mask = keyword_word_mask(positions, layout.word_index)
+    return CaptionKeywords(layout, candidates, votes, positions, word_mask, attention)
 
 
 def caption_keywords(
@@ -173,14 +240,16 @@ def caption_keywords(
     per_head: int = PER_HEAD,
     keep: int = KEEP,
     content_words_only: bool = False,
+    all_positions: bool = False,
 ) -> CaptionKeywords:
     """Select SIMLA keywords for `captions` with `model`'s text tower, batched.
 
-    `content_words_only` leaves stop words out of the candidates (SIMLA votes over every token).
+    `content_words_only` leaves stop words out of the candidates; `all_positions` lets every
+    position the pooled token attends to vote (SIMLA), not only real word tokens (vlviz's default).
     """
     layout = token_layout(tokenizer, list(captions))
     attention = pooled_attention(model, layout.ids.to(next(model.parameters()).device))
-    return keywords_from_attention(attention, layout, per_head, keep, content_words_only)
+    return keywords_from_attention(attention, layout, per_head, keep, content_words_only, all_positions)
 
 
 # --- concepts ------------------------------------------------------------------------------------

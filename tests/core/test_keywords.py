@@ -13,12 +13,15 @@ from tests.conftest import TINY_VIT_CFG
 from vlviz import keywords
 from vlviz.keywords import (
     MAX_TEMPLATE_CHARS,
+    candidate_rule,
     caption_keywords,
     check_concept_template,
     concept_vocabulary,
     default_concepts,
     keyword_candidates,
+    keyword_votes,
     keyword_word_mask,
+    keywords_from_attention,
     mention_matrix,
     pooled_attention,
     rank_concepts,
@@ -48,6 +51,17 @@ CANDIDATES = torch.tensor([[False, *[True] * 8, False]])
 def test_the_vote_keeps_the_expected_positions() -> None:
     kept = select_keywords(ATTENTION, CANDIDATES)
     assert kept[0].nonzero().flatten().tolist() == [2, 4, 5, 7, 8]
+
+
+def test_every_position_votes_in_simlas_vote() -> None:
+    # The same attention, every position a candidate: head a votes for 0 (.30), 2 (.15), 9 (.15), 4 (.12);
+    # head b for 2 (.20), 9 (.20), 4 (.18), 5 (.16); head c for 2, 4, 8 and 3 as before. Votes: 2 and 4
+    # three, the end token 9 two, 0, 3, 5 and 8 one each, ordered by summed attention: the start token
+    # 0 (.45) > 8 (.25) > 5 (.21) > 3 (.15). Start and end take two of the five places; 5 and 7 drop out.
+    every = torch.ones_like(CANDIDATES)
+    assert keyword_votes(ATTENTION, CANDIDATES).tolist() == [[0, 0, 3, 1, 3, 1, 1, 1, 2, 0]]
+    assert keyword_votes(ATTENTION, every).tolist() == [[1, 0, 3, 1, 3, 1, 0, 0, 1, 2]]
+    assert select_keywords(ATTENTION, every)[0].nonzero().flatten().tolist() == [0, 2, 4, 8, 9]
 
 
 def test_votes_beat_attention_and_unvoted_positions_are_never_kept() -> None:
@@ -135,6 +149,26 @@ def test_content_candidates_leave_stop_words_out(tiny: tuple[CLIP, object]) -> N
     words = layout.words[0]
     kept = {words[i] for i, ok in zip(layout.word_index[0].tolist(), content[0].tolist()) if ok}
     assert kept == {"red", "circle", "left"} and int(every.sum()) == len(words)
+
+
+def test_all_positions_vote_where_the_pooled_token_attends(tiny: tuple[CLIP, object]) -> None:
+    _, tokenizer = tiny
+    layout = token_layout(tokenizer, ["a red circle"])  # start 0, a 1, red 2, circle 3, end 4, padding 5-15
+    attention = torch.zeros(1, 2, 16)
+    attention[0, :, :5] = torch.tensor([[0.40, 0.10, 0.20, 0.25, 0.05], [0.10, 0.10, 0.35, 0.20, 0.25]])
+    # vlviz's filter, two votes per head: a votes circle (.25), red (.20); b red (.35), circle (.20).
+    words = keywords_from_attention(attention, layout, per_head=2, keep=2)
+    assert words.keywords == [["red", "circle"]] and words.voted(0) == [("red", 2), ("circle", 2)]
+    # SIMLA's: a votes start (.40), circle (.25); b red (.35), end (.25). One vote each; summed attention
+    # keeps red (.55) and start (.50), and the start token gives no keyword. Padding has no attention: no vote.
+    every = keywords_from_attention(attention, layout, per_head=2, keep=2, all_positions=True)
+    assert every.candidates[0].tolist() == [True] * 5 + [False] * 11
+    assert every.positions[0].nonzero().flatten().tolist() == [0, 2] and every.keywords == [["red"]]
+    assert every.voted(0) == [("⟨start⟩", 1), ("red", 1), ("circle", 1), ("⟨end⟩", 1)]
+    content = keyword_candidates(layout, content_words_only=True, attended=every.candidates)
+    assert content[0, :5].tolist() == [True, False, True, True, True]  # the stop word "a" out; start and end in
+    assert "SIMLA" in candidate_rule(all_positions=True) and "vlviz" in candidate_rule()
+    assert candidate_rule(True).endswith("stop words left out")
 
 
 def test_the_vocabulary_puts_caption_words_first_and_ships_concepts() -> None:

@@ -33,7 +33,7 @@ def simla_checkpoint(folder: Path) -> Path:
     source = SceneSource(32, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD, held_out=8)
     config = TrainConfig(
         steps=3, batch_size=8, eval_every=100, losses={"clip": 1.0, "psl": 1.0, "xmm": 1.0},
-        loss_options={"psl": {"vocabulary": VOCABULARY}, "xmm": {"heads": 2}},
+        loss_options={"psl": {"vocabulary_source": "fixed", "vocabulary": VOCABULARY}, "xmm": {"heads": 2}},
     )  # fmt: skip
     heads = build_losses(config, model, tokenizer, torch.device("cpu"))
     list(train(model, tokenizer, source, config, loss_modules=heads))
@@ -54,8 +54,11 @@ def client(app_url: str) -> Client:
 
 
 def _keywords(client: Client, pair: int | None = 1, template: str = "a photo of {}", vocabulary: str = ZERO_SHOT,
-              top_k: int = 10, content_only: bool = False, model: str = OFFLINE_SPEC) -> tuple:  # fmt: skip
-    return client.predict(pair, template, vocabulary, top_k, content_only, model, api_name="/keywords")
+              top_k: int = 10, content_only: bool = False, model: str = OFFLINE_SPEC,
+              all_positions: bool | None = None) -> tuple:  # fmt: skip
+    """The `keywords` API; without `all_positions` as a client written before it (the argument's default applies)."""
+    last = () if all_positions is None else (all_positions,)
+    return client.predict(pair, template, vocabulary, top_k, content_only, model, *last, api_name="/keywords")
 
 
 def test_keywords_returns_every_pair_with_keywords_and_concepts(client: Client) -> None:
@@ -84,6 +87,22 @@ def test_the_captions_only_vocabulary_and_the_prompt(client: Client) -> None:
         len(e["concepts"]) == len(data["pairs"][0]["concepts"]) for e in data["pairs"]
     )
     assert not {"a", "at", "the", "on", "and"} & {w for e in data["pairs"] for w in e["keywords"]}
+
+
+def test_all_positions_vote_as_in_simla(client: Client) -> None:
+    """SIMLA's vote: start, end and punctuation vote too; each of the offline tower's 4 heads still gives 4 votes."""
+    words_only = _keywords(client, pair=2)[-1]
+    *_, notice, data = _keywords(client, pair=2, all_positions=True)
+    assert "vlviz's filter" in words_only["candidates"] and "SIMLA's vote" in data["candidates"]
+    for plain, simla in zip(words_only["pairs"], data["pairs"]):
+        assert sum(v["votes"] for v in plain["votes"]) == sum(v["votes"] for v in simla["votes"]) == 16
+        assert {v["token"] for v in plain["votes"]} <= set(plain["words"])
+        assert {v["token"] for v in simla["votes"]} <= {*simla["words"], ",", "⟨start⟩", "⟨end⟩"}
+        assert set(simla["keywords"]) <= set(simla["words"]) and len(simla["keywords"]) <= 5
+    shown = data["pairs"][1]["votes"]
+    assert notice.startswith(
+        f"**Voted** (candidates: {data['candidates']}): '{shown[0]['token']}' ×{shown[0]['votes']}"
+    )
 
 
 def test_a_trained_concept_head_gives_the_concepts(client: Client, checkpoint: Path) -> None:

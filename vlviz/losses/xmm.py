@@ -22,6 +22,23 @@ embedding, then its patches or tokens.
   centred on their image's mean patch by default: the same tower makes the targets, and raw
   targets would reward it for making every patch alike.
 
+Where vlviz departs from SIMLA's code, each a choice with its reason:
+- No momentum distillation on either side. SIMLA (after ALBEF) mixes each side's hard targets with
+  a momentum model's predictions, which needs EMA copies of both towers and of the fusion head,
+  each run forward every step: the model twice in memory and more passes per step than a live
+  run on CPUs affords. The text side keeps BERT's hard token targets; the image side's targets
+  are already soft features (PSL's EMA covers only its one-layer head, which is cheap).
+- The image side attends to the caption's contextual tokens (the text tower's output, projected
+  into the joint space), not to embedding-layer tokens: the joint space is where a dual encoder's
+  tokens and patches are comparable (SPARC's alignment uses the same ones), and embedding-layer
+  tokens would need a new projection learned from scratch.
+- No image-text matching (ITM) task: the dual encoder's contrastive loss trains the global
+  alignment, and ITM's hard negatives need extra fusion passes per pair. `mlm_accuracy_noise`
+  checks instead that the fusion uses the image.
+- The masked caption is re-encoded by CLIP's causal text tower, so a masked token's own embedding
+  sees only the words before it (SIMLA's BERT sees both sides). The words after it still reach it
+  through the fusion's bidirectional self-attention, and a causal tower is what CLIP models have.
+
 Letters in shape comments: B pairs, T tokens, P patches, D joint dimensions, S output slots in use,
 M masked tokens of the batch.
 """

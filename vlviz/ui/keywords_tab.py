@@ -12,6 +12,7 @@ from vlviz.encoding import EncodedPairs, VLModel
 from vlviz.keywords import (
     DEFAULT_TEMPLATE,
     ConceptScores,
+    candidate_rule,
     caption_keywords,
     check_concept_template,
     image_concepts,
@@ -59,11 +60,14 @@ def keywords(
     analysis: EncodedPairs | None,
     model_spec: str | None,
     space: SessionSpace,
+    all_positions: bool = False,
 ) -> tuple[Any, ...]:
     """Keywords and concepts of every loaded pair (the `keywords` API); the view shows pair `pair` (1-based).
 
-    Returns the caption with its keywords marked, the image, its concepts marked in or missing, the
-    pair choices, a table of every pair, a notice and the data of every pair.
+    `all_positions`: every position the pooled token attends to votes (SIMLA), not only real word
+    tokens. Returns the caption with its keywords marked, the image, its concepts marked in or
+    missing, the pair choices, a table of every pair, a notice (with the positions that voted in the
+    pair shown) and the data of every pair.
     """
     pairs = analyzed(analysis, "the Keywords tab reads their captions and images.").pairs
     index = 0 if pair is None else int(pair) - 1
@@ -76,7 +80,10 @@ def keywords(
         raise gr.Error(str(error)) from error
     model, _ = model_for(model_spec, space)
     try:
-        found = caption_keywords(model.model, model.tokenizer, pairs.captions, content_words_only=content_words_only)
+        found = caption_keywords(
+            model.model, model.tokenizer, pairs.captions, content_words_only=content_words_only,
+            all_positions=all_positions,
+        )  # fmt: skip
     except ValueError as error:
         raise gr.Error(f"No keywords for `{model.name}`: {error}") from error
     words = found.layout.words
@@ -90,6 +97,7 @@ def keywords(
         {
             "pair": i + 1, "image": pairs.names[i], "caption": pairs.captions[i], "words": words[i],
             "keywords": found.keywords[i],
+            "votes": [{"token": token, "votes": votes} for token, votes in found.voted(i)],
             "concepts": [{"word": c.word, "score": c.score, "in_caption": c.in_caption} for c in ranked[i]],
         }
         for i in range(len(pairs))
@@ -111,20 +119,28 @@ def keywords(
         }
     )
     choices = gr.Dropdown(choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1)
-    notice = f"**Concepts from** {source}."
-    data = {"model": model.name, "pair": index + 1, "concepts_from": source, "template": template, "pairs": per_pair}
+    rule = candidate_rule(content_words_only, all_positions)
+    voted = ", ".join(f"'{token}' ×{votes}" for token, votes in found.voted(index)) or "none"
+    notice = f"**Voted** (candidates: {rule}): {voted}.\n\n**Concepts from** {source}."
+    data = {
+        "model": model.name, "pair": index + 1, "candidates": rule, "concepts_from": source, "template": template,
+        "pairs": per_pair,
+    }  # fmt: skip
     return caption, _displayed(pairs.images[index]), concepts, choices, table, notice, data
 
 
 def _when_in_view(
     template: str | None, vocabulary_choice: str, top_k: float, content_words_only: bool,
-    analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace, drawn: int | None, tab: str,
+    analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace, all_positions: bool,
+    drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Show the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
     finishes); returns `keywords`' outputs and the serial of the analysis drawn."""
     if not first_view(analysis, drawn, tab == TAB):
         return (gr.skip(),) * (OUTPUTS + 1)
-    shown = keywords(None, template, vocabulary_choice, top_k, content_words_only, analysis, model_spec, space)
+    shown = keywords(
+        None, template, vocabulary_choice, top_k, content_words_only, analysis, model_spec, space, all_positions
+    )
     return (*shown, analysis.serial)
 
 
@@ -136,7 +152,9 @@ def build_keywords_tab(
     gr.Markdown(
         "SIMLA (Khan et al., ECCV 2022) picks a caption's **keywords** with the text encoder's last-layer "
         "attention: each head's top 4 words vote and the 5 with the most votes are kept (here the attention "
-        "of the end-of-text token, where a CLIP text tower pools). **Concepts** are the words the model sees "
+        "of the end-of-text token, where a CLIP text tower pools; unlike SIMLA's multimodal pass, it has not seen "
+        "the image). vlviz lets only real words vote; tick *All positions vote* for SIMLA's vote, where start, "
+        "end and punctuation vote too. **Concepts** are the words the model sees "
         "in the image, marked in the caption or missing from it: SIMLA's pseudo-labels. They come from a "
         "trained PSL concept head when the model has one (a Train-tab run with `psl`), else zero-shot prompts."
     )
@@ -152,6 +170,7 @@ def build_keywords_tab(
     with gr.Row():
         top_k = gr.Slider(1, 30, value=10, step=1, label="Concepts shown", elem_id="keywords-top-k")
         content_only = gr.Checkbox(value=False, label="Leave stop words out of the vote", elem_id="keywords-content")
+        all_positions = gr.Checkbox(value=False, label="All positions vote (SIMLA)", elem_id="keywords-all-positions")
     with gr.Row():
         image = gr.Image(type="pil", label="Image", interactive=False, height=260, scale=1, elem_id="keywords-image")
         with gr.Column(scale=2):
@@ -174,9 +193,11 @@ def build_keywords_tab(
 
     outputs = [caption, image, concepts, pair, table, notice, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
-    settings = [template, vocabulary, top_k, content_only, analysis, model_spec, space]
+    # The API's argument order (states are no arguments): a new setting goes last, so older calls still work.
+    settings = [template, vocabulary, top_k, content_only, analysis, model_spec, space, all_positions]
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
-    for event in (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input):
+    changes = (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input, all_positions.input)
+    for event in changes:
         event(keywords, [pair, *settings], **shown, api_visibility="private")
     drawn = gr.State(None)  # the serial of the analysis drawn
     draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*settings, drawn], [*outputs, drawn], VIEW_EVENT)
