@@ -72,5 +72,7 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
             token_layout(tokenizer, held_out.captions), logit_scale=0.0, logit_bias=None,
         )  # fmt: skip
         score = scene_grounding_score(encoding, held_out.scenes, kinds=["sparc"])["sparc"]
-        figures |= {f"pointing_game_{word}": score[word]["pointing_game"] for word in ("colour", "shape")}
+        for word in ("colour", "shape"):  # object accuracy: of the words whose peak lies on an object, on the one named
+            figures |= {f"pointing_game_{word}": score[word]["pointing_game"]}
+            figures |= {f"object_accuracy_{word}": score[word]["object_accuracy"]}
     return figures
