@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
 import tempfile
 from pathlib import Path
 
+from bench.readme import mean_and_spread, write_readme_block
 from vlviz.training.config import TrainConfig
 from vlviz.training.runs import prepare_run
 
@@ -33,8 +32,6 @@ FIGURES = {
     "pointing_game_colour": "pointing (colour)",
     "pointing_game_shape": "pointing (shape)",
 }
-README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
 def run_all(start: str, steps: int, batch_size: int, lr: float, seeds: list[int]) -> dict[str, list[dict]]:
@@ -60,11 +57,7 @@ def table(results: dict[str, list[dict]], steps: int, batch_size: int, seeds: li
         "|---" * (len(FIGURES) + 1) + "|",
     ]  # fmt: skip
     for name, records in results.items():
-        cells = []
-        for key in FIGURES:
-            values = [r[key] for r in records if key in r]
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "–")
+        cells = [mean_and_spread([r[key] for r in records if key in r]) for key in FIGURES]
         lines.append(f"| {'start model (step 0)' if name == 'start' else name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -84,11 +77,7 @@ def main() -> None:
     print(json.dumps({name: [{k: r.get(k) for k in FIGURES} for r in records] for name, records in results.items()}))
     print(markdown)
     if args.readme:
-        text = README.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"README.md has no {START} ... {END} markers")
-        block = f"{START}\n{markdown}\n{END}"
-        README.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+        write_readme_block("ablation", markdown)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
-import statistics
 import tempfile
-from pathlib import Path
 
+from bench.readme import mean_and_spread, write_readme_block
 from vlviz.training.config import TrainConfig
 from vlviz.training.runs import prepare_run
 
@@ -40,8 +37,6 @@ FIGURES = {
     "object_accuracy_colour": "object acc. (colour)",
     "object_accuracy_shape": "object acc. (shape)",
 }
-README = Path(__file__).resolve().parents[1] / "README.md"
-START, END = "<!-- grounding:start -->", "<!-- grounding:end -->"
 
 
 def run_one(start: str, captions: str, losses: dict, options: dict, args: argparse.Namespace, seed: int) -> list[dict]:
@@ -82,11 +77,7 @@ def table(results: dict[tuple[str, str, str], list[dict]], args: argparse.Namesp
     )
     lines = [header + " |", "|---" * (len(FIGURES) + 3) + "|"]
     for (start, captions, name), records in results.items():
-        cells = []
-        for key in FIGURES:
-            values = [r[key] for r in records if key in r and not math.isnan(r[key])]
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "–")
+        cells = [mean_and_spread([r[key] for r in records if key in r]) for key in FIGURES]
         label = ("untrained" if start == "scratch" else "vlviz-scenes") if name == "step 0" else name
         lines.append(f"| {start} | {captions} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -107,11 +98,7 @@ def main() -> None:
     markdown = table(run_all(args), args)
     print(markdown)
     if args.readme:
-        text = README.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"README.md has no {START} ... {END} markers")
-        block = f"{START}\n{markdown}\n{END}"
-        README.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+        write_readme_block("grounding", markdown)
 
 
 if __name__ == "__main__":
