@@ -5,11 +5,17 @@ Every run trains `--steps` steps of batch `--batch-size` on scenes of one captio
 on held-out scenes of the same style (`vlviz.training.evaluation`): image -> text R@1, the SPARC pointing
 game of colour and shape words, and object accuracy (of the words whose peak patch lies on some object,
 the share on the one named; object chance is about 0.5). Step 0 of a run from scratch is the untrained
-model, of a continual run the shipped `vlviz-scenes`: both are rows of the table. Prints JSON lines as
-runs finish and a Markdown table; `--readme` writes the table into README.md between its markers.
+model, of a continual run the shipped `vlviz-scenes`: both are rows of the table.
 
-    python -m bench.grounding --steps 300 --seeds 0 1 2 --readme     # the full table: about 36 runs
-    python -m bench.grounding --steps 5 --seeds 0 --settings CLIP --starts scratch   # a smoke run
+Each finished run is appended to `--results` (JSON lines, committed beside this script), and a run
+already there is not trained again: the grid resumes where a stopped session left it, and the table
+(all runs in the file at these steps, batch size and learning rate) can be rebuilt without training.
+`--readme` writes the table into README.md between its markers.
+
+    python -m bench.grounding --readme      # the main grid: 2 starts x 2 caption styles x 4 settings x 3 seeds
+    python -m bench.grounding --starts scratch --captions varied \\
+        --settings "SPARC, mean pooling" "SPARC, mean pooling, λf 5" --readme    # SPARC's open options
+    python -m bench.grounding --steps 5 --seeds 0 --settings CLIP --starts scratch --results /tmp/smoke.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 from bench.readme import mean_and_spread, write_readme_block
 from vlviz.training.config import TrainConfig
@@ -27,7 +34,12 @@ SETTINGS: dict[str, tuple[dict[str, float], dict[str, dict]]] = {
     "SPARC (paper: λg 0.5, λf 1)": ({"sparc": 1.0}, {}),
     "SPARC, λf 5": ({"sparc": 1.0}, {"sparc": {"fine_weight": 5.0}}),  # the paper sweeps λf, names none
     "SIMLA (CLIP + XMM + PSL)": ({"clip": 1.0, "xmm": 1.0, "psl": 1.0}, {}),
+    # SPARC's options where the paper is silent: the global term on mean-pooled patch and token embeddings
+    "SPARC, mean pooling": ({"sparc": 1.0}, {"sparc": {"global_pooling": "mean"}}),
+    "SPARC, mean pooling, λf 5": ({"sparc": 1.0}, {"sparc": {"global_pooling": "mean", "fine_weight": 5.0}}),
 }
+MAIN_SETTINGS = list(SETTINGS)[:4]
+RESULTS = Path(__file__).with_name("results") / "grounding.jsonl"
 STARTS = {"scratch": "fresh", "continual": "vlviz-scenes"}
 CAPTIONS = ("template", "varied")
 FIGURES = {
@@ -50,36 +62,55 @@ def run_one(start: str, captions: str, losses: dict, options: dict, args: argpar
     return [records[0], records[-1]]
 
 
-def run_all(args: argparse.Namespace) -> dict[tuple[str, str, str], list[dict]]:
-    """Last-step figures per (start, captions, setting) over seeds, and each start model's as setting "step 0"."""
-    results: dict[tuple[str, str, str], list[dict]] = {}
-    seen: set[tuple] = set()  # start models recorded: a fresh one per seed, the shipped one once
+def _same_budget(row: dict, args: argparse.Namespace) -> bool:
+    return (row["steps"], row["batch_size"], row["lr"]) == (args.steps, args.batch_size, args.lr)
+
+
+def run_all(args: argparse.Namespace) -> list[dict]:
+    """Train every run of the grid not yet in `args.results`, appending each as it finishes; return the file's rows."""
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
+    done = {(r["start"], r["captions"], r["setting"], r["seed"]) for r in rows if _same_budget(r, args)}
     for start in args.starts:
         for captions in args.captions:
             for name in args.settings:
-                losses, options = SETTINGS[name]
                 for seed in args.seeds:
+                    if (start, captions, name, seed) in done:
+                        continue
+                    losses, options = SETTINGS[name]
                     first, last = run_one(STARTS[start], captions, losses, options, args, seed)
-                    start_model = (start, captions, seed if start == "scratch" else None)
-                    if start_model not in seen:
-                        seen.add(start_model)
-                        results.setdefault((start, captions, "step 0"), []).append(first)
-                    results.setdefault((start, captions, name), []).append(last)
-                    row = {"start": start, "captions": captions, "setting": name, "seed": seed}
-                    print(json.dumps(row | {k: last.get(k) for k in FIGURES}), flush=True)
-    return results
+                    row = {"start": start, "captions": captions, "setting": name, "seed": seed, "steps": args.steps,
+                           "batch_size": args.batch_size, "lr": args.lr}  # fmt: skip
+                    row |= {"step0": {k: first.get(k) for k in FIGURES}, "last": {k: last.get(k) for k in FIGURES}}
+                    with args.results.open("a") as out:
+                        out.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    return rows
 
 
-def table(results: dict[tuple[str, str, str], list[dict]], args: argparse.Namespace) -> str:
-    """Markdown: mean ± standard deviation over seeds of each figure, one row per start, captions and setting."""
-    header = f"| start | captions | setting ({args.steps} steps, batch {args.batch_size}) | " + " | ".join(
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown: mean ± standard deviation over seeds of each figure, one row per start, captions and setting.
+
+    The start model's row (untrained, or `vlviz-scenes`) gathers step 0 of every run: one fresh model per
+    seed from scratch, the same shipped model for every continual run (its spread is the held-out sampling).
+    """
+    groups: dict[tuple[str, str, str], dict[int, dict]] = {}  # (start, captions, setting) -> seed -> figures
+    for row in (r for r in rows if _same_budget(r, args)):
+        start, captions, seed = row["start"], row["captions"], row["seed"]
+        groups.setdefault((start, captions, "step 0"), {})[seed] = row["step0"]
+        groups.setdefault((start, captions, row["setting"]), {})[seed] = row["last"]
+    order = {name: i for i, name in enumerate(["step 0", *SETTINGS])}
+    keys = sorted(groups, key=lambda k: (list(STARTS).index(k[0]), CAPTIONS.index(k[1]), order[k[2]]))
+    header = f"| start | captions | setting ({args.steps} steps, batch {args.batch_size}, seeds) | " + " | ".join(
         FIGURES.values()
     )
     lines = [header + " |", "|---" * (len(FIGURES) + 3) + "|"]
-    for (start, captions, name), records in results.items():
-        cells = [mean_and_spread([r[key] for r in records if key in r]) for key in FIGURES]
+    for start, captions, name in keys:
+        records = list(groups[(start, captions, name)].values())
+        cells = [mean_and_spread([r[key] for r in records if r.get(key) is not None]) for key in FIGURES]
         label = ("untrained" if start == "scratch" else "vlviz-scenes") if name == "step 0" else name
-        lines.append(f"| {start} | {captions} | {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {start} | {captions} | {label} ({len(records)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -89,9 +120,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=MAIN_SETTINGS, choices=list(SETTINGS))
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--captions", nargs="+", default=list(CAPTIONS), choices=list(CAPTIONS))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines of finished runs (resumed)")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args()
 

@@ -222,6 +222,22 @@ def test_sparc_loss_weighs_the_global_and_fine_terms() -> None:
     assert float(terms["fine_loss"]) == pytest.approx(float(5 * fine_term), rel=1e-6)
 
 
+def test_mean_pooling_contrasts_the_means_of_the_patches_and_real_tokens() -> None:
+    token_emb, patch_emb, mask = _random()
+    scale = torch.tensor(10.0)
+    image = torch.nn.functional.normalize(patch_emb.mean(dim=1), dim=-1)
+    text = torch.stack([token_emb[b][mask[b].bool()].mean(dim=0) for b in range(len(mask))])  # by hand, per sample
+    expected = 0.5 * clip_contrastive_loss(image, torch.nn.functional.normalize(text, dim=-1), scale)
+    unused = torch.zeros(3, 8)  # the model's own pooled features do not enter
+    terms = create_loss("sparc", global_pooling="mean")(
+        image_features=unused, text_features=unused, logit_scale=scale,
+        patch_features=patch_emb, token_features=token_emb, token_mask=mask,
+    )  # fmt: skip
+    assert float(terms["global_loss"]) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="global_pooling"):
+        create_loss("sparc", global_pooling="max")
+
+
 # ----------------------------------------------------------------------------- through the model
 
 

@@ -78,10 +78,33 @@ def sparc_loss(
     return global_weight * global_term + fine_weight * fine_term
 
 
+GLOBAL_POOLINGS = ("model", "mean")
+
+
+def mean_pooled_features(
+    patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised means of the patch embeddings and of the real tokens' embeddings: (B, D), (B, D).
+
+    SPARC's `global_pooling="mean"`: the global term then sees the very embeddings the fine-grained
+    term groups, so patches must carry what the caption says for the global loss to fall.
+    """
+    weights = token_mask.to(token_emb.dtype)[..., None]  # (B, T, 1)
+    text = (token_emb * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    return F.normalize(patch_emb.mean(dim=1), dim=-1), F.normalize(text, dim=-1)
+
+
 @dataclass(frozen=True)
 class SparcConfig:
     global_weight: float = 0.5  # lambda_g, the paper's value
     fine_weight: float = 1.0  # lambda_f; the paper sweeps {0.5, 1, 5, 10} and does not name one (vlviz's default)
+    # Where the global term's embeddings come from; the paper does not say. "model" (vlviz's default):
+    # the model's own pooled features (class token / end-of-text); "mean": means of the patch and token embeddings.
+    global_pooling: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.global_pooling not in GLOBAL_POOLINGS:
+            raise ValueError(f"global_pooling must be one of {GLOBAL_POOLINGS}, got {self.global_pooling!r}")
 
 
 class SparcLoss(Loss):
@@ -89,7 +112,8 @@ class SparcLoss(Loss):
 
     `needs_tokens`: the trainer adds `patch_features`, `token_features` and `token_mask` to the
     model's output. The global term is CLIP's InfoNCE: train with {"sparc": 1} alone for the
-    paper's objective.
+    paper's objective. With `global_pooling="mean"` the global term contrasts mean-pooled patch
+    and token embeddings instead of the model's pooled features (an option: the paper is silent).
     """
 
     Config = SparcConfig
@@ -106,6 +130,8 @@ class SparcLoss(Loss):
         token_mask: torch.Tensor,
         **_: object,
     ) -> dict[str, torch.Tensor]:
+        if self.config.global_pooling == "mean":
+            image_features, text_features = mean_pooled_features(patch_features, token_features, token_mask)
         global_term = clip_contrastive_loss(image_features, text_features, logit_scale)
         fine_term = sparc_fine_grained_loss(token_features, patch_features, token_mask, logit_scale)
         return {
