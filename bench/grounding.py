@@ -21,6 +21,7 @@ already there is not trained again: the grid resumes where a stopped session lef
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -71,21 +72,19 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
     done = {(r["start"], r["captions"], r["setting"], r["seed"]) for r in rows if _same_budget(r, args)}
-    for start in args.starts:
-        for captions in args.captions:
-            for name in args.settings:
-                for seed in args.seeds:
-                    if (start, captions, name, seed) in done:
-                        continue
-                    losses, options = SETTINGS[name]
-                    first, last = run_one(STARTS[start], captions, losses, options, args, seed)
-                    row = {"start": start, "captions": captions, "setting": name, "seed": seed, "steps": args.steps,
-                           "batch_size": args.batch_size, "lr": args.lr}  # fmt: skip
-                    row |= {"step0": {k: first.get(k) for k in FIGURES}, "last": {k: last.get(k) for k in FIGURES}}
-                    with args.results.open("a") as out:
-                        out.write(json.dumps(row) + "\n")
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+    grid = itertools.product(args.seeds, args.starts, args.captions, args.settings)  # seed-major: a whole table first
+    for seed, start, captions, name in grid:
+        if (start, captions, name, seed) in done:
+            continue
+        losses, options = SETTINGS[name]
+        first, last = run_one(STARTS[start], captions, losses, options, args, seed)
+        row = {"start": start, "captions": captions, "setting": name, "seed": seed, "steps": args.steps,
+               "batch_size": args.batch_size, "lr": args.lr}  # fmt: skip
+        row |= {"step0": {k: first.get(k) for k in FIGURES}, "last": {k: last.get(k) for k in FIGURES}}
+        with args.results.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
 
 
