@@ -3,7 +3,8 @@
 The model is `VLVIZ_MODEL` if set, else a pretrained ViT-B-32 when the Hugging Face hub is
 reachable, else the built-in offline model. Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 choose the address (127.0.0.1:7860 by default); a non-loopback address makes the app public
-(README, "Hosting").
+(README, "Hosting"). Agents connect to /gradio_api/mcp/ (README, "Agents (MCP)"): on for a local
+app, off for a public one; VLVIZ_MCP=1 or 0 decides.
 """
 
 import contextlib

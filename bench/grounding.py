@@ -49,6 +49,7 @@ FIGURES = {
     "pointing_game_shape": "pointing (shape)",
     "object_accuracy_colour": "object acc. (colour)",
     "object_accuracy_shape": "object acc. (shape)",
+    "peak_stability_colour": "peak stability (colour)",  # 1: colour words peak where they would on any image
 }
 
 

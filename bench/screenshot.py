@@ -2,7 +2,8 @@
 
 Launches the app on the offline model on a free local port, opens it in headless Chromium (the
 Debian `chromium` package), waits for the heatmaps of the bundled scenes analyzed on load, and
-saves the top of the page: the model panel, the inputs and the image-text heatmap.
+saves the top of the page: the model panel, the inputs and the image-text heatmap. With `--talk`
+(`--out assets/talk.png`) it shows the talk page's grounding step with its speaker note instead.
 """
 
 from __future__ import annotations
@@ -31,8 +32,24 @@ PLOTS_READY_JS = """(ids) => ids.every((id) => {
 })"""
 
 
-def screenshot(out: Path, width: int, height: int, timeout_s: float) -> None:
-    """Launch the app, wait for the page-load heatmaps, save a `width` x `height` clip of the page's top."""
+TALK_STEP_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    return !!el && !!el._fullData && el.offsetParent !== null;
+}"""
+
+
+def _talk(page: object, url: str, timeout_s: float) -> None:
+    """The talk page at step 4 (grounding), speaker note shown."""
+    page.goto(url + "talk")
+    page.wait_for_function(TALK_STEP_JS, arg="talk-affinity-plot", timeout=timeout_s * 1000)
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(TALK_STEP_JS, arg="talk-grounding-plot", timeout=timeout_s * 1000)
+    page.keyboard.press("n")
+
+
+def screenshot(out: Path, width: int, height: int, timeout_s: float, talk: bool = False) -> None:
+    """Launch the app, wait for the page-load heatmaps (or the talk's step 4), save a clip of the page's top."""
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("Chromium is not installed: `apt-get install -y chromium`.")
@@ -44,10 +61,13 @@ def screenshot(out: Path, width: int, height: int, timeout_s: float) -> None:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT)
             start = time.perf_counter()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
+            if talk:
+                _talk(page, f"http://127.0.0.1:{port}/", timeout_s)
+            else:
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
             page.wait_for_timeout(500)  # let overlays finish fading and plotly finish its layout pass
-            print(f"heatmaps drawn {time.perf_counter() - start:.1f} s after opening the page")
+            print(f"figures drawn {time.perf_counter() - start:.1f} s after opening the page")
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
             browser.close()
@@ -62,8 +82,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=VIEWPORT["width"], help="clip width in pixels")
     parser.add_argument("--height", type=int, default=1100, help="clip height in pixels, from the page's top")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the heatmaps")
+    parser.add_argument("--talk", action="store_true", help="the talk page's grounding step instead")
     args = parser.parse_args()
-    screenshot(args.out, args.width, args.height, args.timeout)
+    screenshot(args.out, args.width, args.height, args.timeout, args.talk)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,9 @@ def test_report_command_writes_a_self_contained_page(
         assert heading in page
     assert not re.search(r"<script[^>]*\ssrc=", page)  # plotly.js is inlined: the page opens offline
     assert "random 4 of the 6 samples" in page and page.count('class="saco-pair"') == 3
-    expected = {"affinities.npz", "consistency.html", "consistency.json", "embedding.csv", "embedding.html",
-                "embedding.json", "embeddings.npz", "ranks.csv", "report.html", "report.json", "samples.csv",
-                "top_pairs.csv"}  # fmt: skip
+    expected = {"affinities.npz", "consistency.html", "consistency.json", "consistency_figures.zip", "embedding.csv",
+                "embedding.html", "embedding.json", "embedding_figures.zip", "embeddings.npz", "ranks.csv",
+                "report.html", "report.json", "samples.csv", "top_pairs.csv"}  # fmt: skip
     assert {p.name for p in out.iterdir()} == expected
 
 

@@ -175,6 +175,20 @@ def object_level_scores(word_map: torch.Tensor, inside: torch.Tensor, valid: tor
     }
 
 
+def peak_stability(word_map: torch.Tensor, swapped_map: torch.Tensor, valid: torch.Tensor) -> float:
+    """Share of the valid words whose peak patch stays put when their caption meets another scene's image.
+
+    The diagnostic of a map that ignores the image: a dual encoder's tokens do not depend on the image,
+    so pairing each caption's tokens with the next scene's patches changes only the image. A map that
+    follows the objects moves with them (near 0 on scenes whose objects are placed at random); one that
+    ties each word position to a fixed place in every image stays (1). (N, K, P), (N, K, P), (N, K) in.
+    """
+    if not valid.any():
+        return float("nan")
+    same = word_map.argmax(dim=-1) == swapped_map.argmax(dim=-1)  # (N, K)
+    return float(same[valid].float().mean())
+
+
 def scene_grounding_score(
     encoding: PairEncoding, scenes: SceneBatch, kinds: list[str] | None = None, min_cover: float = MIN_COVER
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -196,14 +210,20 @@ def scene_grounding_score(
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for kind in kinds:  # a handful of map kinds; each is batched over scenes, objects and patches
         maps = word_maps(grounding_maps(tokens, patches, kind), word_index)  # (N, W, P)
+        # every caption against the next scene's image (`peak_stability`); one scene has no other
+        swapped = (
+            word_maps(grounding_maps(tokens, patches.roll(1, dims=0), kind), word_index) if len(scenes) > 1 else None
+        )
         scores[kind] = {}
         for name, target in targets.items():
             valid = (target >= 0) & (target < maps.shape[1])
             # Truncated captions lose their last words: score only words that kept a token.
             valid &= (word_index[:, None, :] == target[..., None]).any(-1)
-            picked = maps.gather(1, target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1]))
-            picked, valid = picked.cpu(), valid.cpu()
+            index = target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1])
+            picked, valid = maps.gather(1, index).cpu(), valid.cpu()
             scores[kind][name] = pointing_and_mass(picked, inside, valid) | object_level_scores(picked, inside, valid)
+            stable = float("nan") if swapped is None else peak_stability(picked, swapped.gather(1, index).cpu(), valid)
+            scores[kind][name]["peak_stability"] = stable
     return scores
 
 

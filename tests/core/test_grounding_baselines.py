@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -19,6 +20,7 @@ from vlviz.encoding import PairEncoding, VLModel
 from vlviz.grounding import (
     bundled_scene_score,
     object_level_scores,
+    peak_stability,
     scene_grounding_score,
     score_scenes,
     select_scenes,
@@ -65,6 +67,24 @@ def test_no_word_on_an_object_has_no_object_accuracy() -> None:
     scores = object_level_scores(_peaks(2, 2, 3, 3), INSIDE, VALID)
     assert scores["on_object"] == 0 and math.isnan(scores["object_accuracy"])
     assert scores["object_chance"] == pytest.approx(2 / 3)
+
+
+def test_peak_stability_by_hand() -> None:
+    own, swapped = _peaks(0, 1, 2, 3), _peaks(0, 2, 2, 1)  # words (0, 0) and (1, 0) keep their peaks
+    assert peak_stability(own, swapped, VALID) == pytest.approx(2 / 3)  # of the 3 valid words
+    assert math.isnan(peak_stability(own, swapped, torch.zeros_like(VALID)))
+
+
+def test_a_map_that_ignores_the_image_is_perfectly_stable() -> None:
+    """Patches all alike in every scene but tokens differing: each word peaks where it always does."""
+    scenes = generate_scenes(8, seed=1)
+    torch.manual_seed(0)
+    encoding = _random_encoding(scenes)
+    same_image = replace(encoding, patch_features=encoding.patch_features[:1].expand(8, -1, -1).clone())
+    figures = scene_grounding_score(same_image, scenes, kinds=["sparc"])["sparc"]
+    assert figures["colour"]["peak_stability"] == 1.0 and figures["shape"]["peak_stability"] == 1.0
+    moving = scene_grounding_score(encoding, scenes, kinds=["sparc"])["sparc"]  # random images: peaks move
+    assert moving["colour"]["peak_stability"] < 0.5
 
 
 def _random_encoding(scenes: SceneBatch) -> PairEncoding:

@@ -40,7 +40,7 @@ def test_analyze_returns_the_matrices_as_data(client: Client) -> None:
     data, status, downloads = result[5], result[6], result[8]
     assert downloads is None  # files are written on request
     downloads = client.predict("cosine similarity", 1, api_name="/affinity_downloads")
-    names = ["affinity.html", "affinity.json", "affinity.npz", "image_text.csv", "ranks.csv"]
+    names = ["affinity.html", "affinity.json", "affinity.npz", "affinity_figures.zip", "image_text.csv", "ranks.csv"]
     assert sorted(Path(f).name for f in downloads) == names
     assert data["model"] == OFFLINE_SPEC and data["captions"] == captions.split("\n")
     assert data["names"] == ["scene_00.png", "scene_01.png", "scene_02.png"]

@@ -47,6 +47,16 @@ def test_the_caption_shows_its_keywords_and_the_image_its_concepts(page: Page) -
     expect(page.locator("#keywords-image img")).to_be_visible()
 
 
+def test_the_defaults_suit_the_offline_model(page: Page) -> None:
+    """Issue 14: no 'forest' or 'galaxies' for a scenes model, no 'the' or 'at' among the keywords."""
+    expect(page.locator("#keywords-vocabulary").get_by_label("the captions' words only")).to_be_checked()
+    expect(page.locator("#keywords-content input")).to_be_checked()
+    assert not {"a", "the", "at", "of", "on", "in"} & set(highlighted_words(page))
+    every_word = {w for caption in CAPTIONS for w in words(caption)}
+    concepts = page.locator("#keywords-concepts .token.highlighted .text").all_inner_texts()
+    assert concepts and all(text.rsplit(" ", 1)[0] in every_word for text in concepts)
+
+
 def test_another_pair_and_the_captions_vocabulary(page: Page) -> None:
     page.locator("#keywords-pair").click()
     page.get_by_role("option", name="2. scene_01.png").click()

@@ -20,7 +20,7 @@ def lines(page: Page, elem_id: str) -> dict[str, int]:
     return dict(page.evaluate(_LINES_JS, elem_id))
 
 
-def set_slider(page: Page, elem_id: str, value: int) -> None:
+def set_slider(page: Page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
@@ -42,6 +42,17 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     for probe in ("probe-grounding-plot", "probe-inconsistency-plot", "probe-embedding-plot"):
         assert lines(page, probe), f"{probe} drew nothing"
     assert "images" in lines(page, "probe-embedding-plot")
+
+    # The before/after lens of that run on the scenes analysed on load, then WiSE-FT halfway.
+    page.get_by_text("Before/after lens and WiSE-FT").click()
+    page.locator("#lens-button").click()
+    expect(page.locator("#lens-summary")).to_contain_text("start → α=1", timeout=3 * TIMEOUT_MS)
+    assert set(lines(page, "lens-movement")) >= {"images, start", "images, α=1", "captions moved"}
+    assert [n for n, _ in lines(page, "lens-wise-ft").items() if _ == 5]  # R@1 and retention at 5 alphas
+    expect(page.locator("#lens-moved")).to_contain_text("→")
+    set_slider(page, "lens-alpha", 0.5)
+    page.locator("#lens-alpha input[type=range]").dispatch_event("pointerup")  # the slider's release
+    expect(page.locator("#lens-summary")).to_contain_text("start → α=0.5", timeout=3 * TIMEOUT_MS)
 
 
 def test_stop_ends_a_long_run_and_keeps_what_it_drew(page: Page) -> None:

@@ -74,7 +74,9 @@ def test_consistency_returns_figures_top_pairs_and_downloads(client: Client) -> 
     assert [row[0] for row in table["data"]][:2] == ["pairs N", "mean |A_I − A_T|"]
     assert downloads is None  # files are written on request, from the view on screen
     names = sorted(Path(path).name for path in client.predict(api_name="/consistency_downloads"))
-    assert names == ["affinities.npz", "consistency.html", "consistency.json", "samples.csv", "top_pairs.csv"]
+    assert names == [
+        "affinities.npz", "consistency.html", "consistency.json", "consistency_figures.zip", "samples.csv", "top_pairs.csv",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -101,7 +103,7 @@ def test_embedding_space_returns_coordinates_and_the_gap(client: Client) -> None
     assert len(picker["choices"]) == 6
     assert downloads is None
     names = sorted(Path(path).name for path in client.predict(api_name="/embedding_downloads"))
-    assert names == ["embedding.csv", "embedding.html", "embedding.json", "embeddings.npz"]
+    assert names == ["embedding.csv", "embedding.html", "embedding.json", "embedding_figures.zip", "embeddings.npz"]
 
 
 def test_embedding_space_closes_the_gap(client: Client) -> None:

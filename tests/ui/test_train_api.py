@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -86,3 +88,20 @@ def test_compare_start_and_trained_models_side_by_side(app_url: str) -> None:
     )
     figures = client.predict([], api_name="/compare_models")
     assert len(figures) == 6 and all(figure is not None for figure in figures)
+
+
+def test_the_lens_and_wise_ft_on_a_trained_run(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    client.predict(*_settings(steps=3, clip=1.0), api_name="/train")
+    files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(4)]
+    captions = "a red circle\na blue square\na white cross\na green triangle"
+    client.predict(files, captions, "vlviz-scenes", "cosine similarity", api_name="/analyze")
+    with pytest.raises(AppError, match="greater than maximum"):
+        client.predict([], 1.5, api_name="/lens")
+    movement, affinity, inconsistency, grounding, moved, curve, summary = client.predict([], 0.5, api_name="/lens")
+    assert all(figure is not None for figure in (movement, affinity, inconsistency, grounding, curve))
+    assert len(moved["data"]) == 4 and "α=0.5" in summary and "bundled scenes" in summary
+    path = json.loads(curve["plot"])["data"]
+    assert all(trace["x"] == [0.0, 0.25, 0.5, 0.75, 1.0] for trace in path)
+    retention = path[2]["y"]
+    assert retention[0] == 1.0  # the start model keeps all it knew

@@ -75,4 +75,5 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
         for word in ("colour", "shape"):  # object accuracy: of the words whose peak lies on an object, on the one named
             figures |= {f"pointing_game_{word}": score[word]["pointing_game"]}
             figures |= {f"object_accuracy_{word}": score[word]["object_accuracy"]}
+            figures |= {f"peak_stability_{word}": score[word]["peak_stability"]}  # 1: the map ignores the image
     return figures

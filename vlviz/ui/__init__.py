@@ -18,15 +18,18 @@ from vlviz.layout_worker import LayoutWorkerError
 from vlviz.models import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
 from vlviz.policy import ModelPolicy
 from vlviz.ui.affinity_tab import analyze, build_affinity_tab
+from vlviz.ui.agents import accept_urls, hide_state_loads, mcp_enabled, open_choices, repair_gradio_mcp
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import LAYOUT_WORKER, build_embedding_tab
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
+from vlviz.ui.figure_export import FIGURE_EXPORT_HEAD
 from vlviz.ui.grounding_tab import TAB as GROUNDING_TAB
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
+from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
@@ -61,6 +64,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     info="open_clip NAME:TAG, hf-hub:org/name, a local folder or file, or vlviz-scenes (offline)",
                     elem_id="model-spec",
                 )
+                open_choices(model)  # any spec, not only the listed ones
                 status = gr.Markdown(f"> {OFFLINE_NOTICE}", elem_id="model-status")
                 with gr.Row():
                     sample = gr.Radio(list(SAMPLE_SETS), value=initial_sample, label="Sample set", scale=2)
@@ -73,6 +77,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     height=220,
                     elem_id="uploads",
                 )
+                accept_urls(files)  # agents (MCP) give files as URLs
                 captions = gr.Textbox(
                     value=initial_captions,
                     lines=8,
@@ -81,6 +86,9 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     elem_id="captions",
                 )
                 analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                with gr.Row():
+                    talk_button = gr.Button("Open as a talk", size="sm", elem_id="open-talk")
+                    talk_link = gr.Markdown(elem_id="talk-link")
             with gr.Column(scale=3), gr.Tabs() as tabs:
                 with gr.Tab("Affinity", id="affinity"):
                     analyze_inputs, analyze_outputs = build_affinity_tab(
@@ -100,7 +108,10 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         if initial_sample is not None:
             demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")
+        talk_button.click(open_as_talk, [analysis, space], talk_link, api_visibility="private")
         demo.unload(SESSIONS.end)
+    build_talk_page(demo, policy)
+    hide_state_loads(demo)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 
@@ -122,9 +133,15 @@ def _warm_up(model_spec: str) -> None:
 
 
 def launch_kwargs() -> dict:
-    """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files.
+    """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files;
+    Gradio's MCP server serves the API endpoints as tools to agents where `vlviz.ui.agents.mcp_enabled`
+    says (a local server, or `VLVIZ_MCP=1`); every plot has SVG and PNG (3x) download buttons
+    (`vlviz.ui.figure_export`).
 
     Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.policy` reads to
     tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
     """
-    return {"allowed_paths": [str(ASSETS_DIR)]}
+    mcp = mcp_enabled()
+    if mcp:
+        repair_gradio_mcp()
+    return {"allowed_paths": [str(ASSETS_DIR)], "mcp_server": mcp, "head": FIGURE_EXPORT_HEAD, "css": TALK_CSS}

@@ -68,10 +68,30 @@ def analyze(
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
-    """Read the pairs, encode them once for every tab, and draw the Affinity view (the `analyze` API).
+    """Read image-caption pairs, encode them once for every view, and draw the Affinity view (the `analyze` API).
 
-    Heatmaps show a page of `HEATMAP_PAGE` pairs (the first); the data holds that page's matrices and
-    every pair's ranks. Files are written on request (`affinity_downloads`).
+    Call it first: every other tool works on the pairs this session analyzed last. The heatmaps and the
+    data's matrices cover the first 300 pairs; ranks and own-pair figures cover all N.
+    Cosines lie in [-1, 1], probabilities in [0, 1]; ranks count from 1 (best). Files are written on
+    request (`affinity_downloads`).
+
+    Args:
+        files: images (PNG, JPEG, WebP, ...), a zip of images, a captions CSV (file,caption) or JSON ({"image.png": "caption"}), webdataset .tar shards or .parquet files, as http(s) URLs (a file uploaded to this server through /gradio_api/upload has the URL SERVER/gradio_api/file=PATH) or uploads; at most 10,000 pairs.
+        captions_text: one caption per line, in the order of the images; empty when a CSV, JSON, .tar or .parquet file holds them.
+        model_spec: 'vlviz-scenes' (built-in, offline, knows only coloured shapes), an open_clip 'NAME:PRETRAINED' such as 'ViT-B-32:laion2b_s34b_b79k', 'hf-hub:ORG/NAME', or 'session run N' (a checkpoint the `train` tool saved).
+        value_kind: what the image-text heatmap's cells show: 'cosine similarity' or 'match probability'.
+
+    Returns:
+        [0] the image-text heatmap (rows images, columns captions) as plotly figure JSON
+        [1] the image-image heatmap A_I (cosine), plotly JSON
+        [2] the text-text heatmap A_T (cosine), plotly JSON
+        [3] a table of every pair: its cos(own pair), P(own caption | image), image-to-text and text-to-image rank
+        [4] a gallery of the first 48 pairs (image files with '#. caption')
+        [5] the data: model, names, captions, notices, shown (0-based pairs of the matrices), image_text, image_image, text_text (S x S cosines), image_to_text_probability and text_to_image_probability (S x S), own_cosine, own_probability, image_to_text_rank, text_to_image_rank (N each), head ('softmax' for CLIP, 'sigmoid' for SigLIP), logit_scale, logit_bias
+        [6] the model's status line (name, device, dtype, notice)
+        [7] notices about the input (skipped or downscaled images, truncated captions)
+        [8] None (the downloads: call affinity_downloads)
+        [9] the heatmap page slider's settings (for the browser)
     """
     progress(0.05, desc="Reading and encoding images and captions")
     SESSIONS.bind(space, request)
@@ -106,7 +126,15 @@ def affinity_downloads(
     value_kind: str, page: float, analysis: EncodedPairs | None, space: SessionSpace,
     figures: KeptFigures | None = None,
 ) -> list[str]:  # fmt: skip
-    """Write the Affinity view's files (the `affinity_downloads` API): HTML of the shown page, JSON, CSV, .npz."""
+    """Write the Affinity view of the pairs last analyzed as files (the `affinity_downloads` API).
+
+    Args:
+        value_kind: what the image-text heatmap's cells show: 'cosine similarity' or 'match probability'.
+        page: the heatmap page, 1-based, of 300 pairs each.
+
+    Returns:
+        the files, each with a URL: affinity.html (the heatmaps), affinity.json (the analyze data), image_text.csv and affinity.npz (the page's matrices), ranks.csv (every pair), affinity_figures.zip (each heatmap's numbers and a script that redraws it).
+    """
     analysis = analyzed(analysis, "the downloads hold the Affinity view of the pairs last analyzed.")
     report, view, _ = _affinity(analysis, value_kind, page, figures)
     pairs = analysis.pairs
@@ -119,7 +147,15 @@ def affinity_downloads(
 def query(
     text: str, analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace
 ) -> list[tuple[Any, str]]:
-    """Rank the analysed images against any text (the `query` API)."""
+    """Rank the images of the pairs last analyzed against any text (the `query` API).
+
+    Args:
+        text: the query, at most 1,000 characters, e.g. 'a small red circle'.
+        model_spec: the model that encodes the text and the images (as in analyze).
+
+    Returns:
+        every image, best match first, each with the caption '#rank. file name  cos COSINE' (cosine in [-1, 1]).
+    """
     pairs = analyzed(analysis, "the query ranks their images.").pairs
     if not text or not text.strip():
         raise gr.Error("Type a query, e.g. 'a red circle'.")
@@ -157,7 +193,7 @@ def build_affinity_tab(
         query_gallery = gr.Gallery(label="Images, best match first", columns=8, height="auto", object_fit="contain")
     with gr.Accordion("Data (JSON): every matrix, probability and rank", open=False):
         data = gr.JSON(label="analyze output")
-    prepare, downloads = downloads_row("affinity", "figures (HTML), numbers (JSON, CSV, .npz)")
+    prepare, downloads = downloads_row("affinity", "figures (HTML; zip: CSV + redraw.py), numbers (JSON, CSV, .npz)")
 
     figures = gr.State(None)  # the analysed pairs' `pair_figures` (ranks over all N), shared by every page
     outputs = [

@@ -42,7 +42,29 @@ def consistency(
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> tuple[Any, ...]:
-    """Draw the Consistency view of the analysed pairs (the `consistency` API)."""
+    """SaCo's affinity consistency of the pairs last analyzed: do images that look alike have captions that read alike? (the `consistency` API)
+
+    A_I = cos(image i, image j) and A_T = cos(caption i, caption j) on L2-normalised embeddings, over every
+    two pairs i != j (at least 2 pairs). Every figure covers all N pairs; the heatmaps show at most 300
+    (a seeded random subset beyond that).
+
+    Args:
+        ordering: the heatmaps' order: 'clustered' (average linkage on 1 - (A_I + A_T) / 2) or 'input order'.
+        view_kind: the inconsistency heatmap: 'absolute |A_I − A_T|' or 'signed A_I − A_T' (positive: the images agree more than their captions).
+        top_k: how many of the most inconsistent pairs to list, 1 to 50.
+        temperature: τ > 0 of the row softmaxes in the symmetric KL (default 0.1).
+
+    Returns:
+        [0] the A_I heatmap, plotly figure JSON
+        [1] the A_T heatmap, plotly JSON
+        [2] the inconsistency heatmap, plotly JSON
+        [3] a scatter of A_T against A_I (one point per pair i < j), plotly JSON
+        [4] a table of the global figures: pairs N, mean |A_I − A_T| (0 = consistent, at most 2), Pearson r and Spearman ρ between A_I and A_T (in [-1, 1]), symmetric KL (≥ 0)
+        [5] HTML of the most inconsistent pairs with their images and captions
+        [6] None (the downloads: call consistency_downloads)
+        [7] the data: model, names, captions, figures (pairs, mean_abs_inconsistency, pearson, spearman, symmetric_kl, temperature, spearman_pairs, spearman_exact), sample_inconsistency (N: each sample's mean |A_I − A_T| over j != i), top_pairs (rank, i, j (1-based), their images and captions, A_I, A_T, |A_I − A_T|), heatmap_samples (0-based), notes
+        [8] notices (e.g. which samples the heatmaps show)
+    """
     SESSIONS.bind(space, request)
     encoded = analyzed(analysis, "the Consistency tab compares the pairs last analyzed.")
     pairs = encoded.pairs
@@ -81,7 +103,11 @@ class Shown:
 
 
 def consistency_downloads(shown: Shown | None, space: SessionSpace) -> list[str]:
-    """Write the Consistency view on screen as files (the `consistency_downloads` API): HTML, JSON, CSV, .npz."""
+    """Write the Consistency view last drawn (by `consistency`) as files (the `consistency_downloads` API).
+
+    Returns:
+        the files, each with a URL: consistency.html (the figures), consistency.json (the consistency data), samples.csv (per-sample inconsistency), top_pairs.csv, consistency_figures.zip (each figure's numbers and a script that redraws it) and, for N up to 4,096, affinities.npz (A_I and A_T).
+    """
     if shown is None:
         raise gr.Error("Draw the Consistency view first: the downloads hold what it shows.")
     encoded, pairs = shown.encoded, shown.encoded.pairs
@@ -123,7 +149,7 @@ def build_consistency_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curr
     scatter_plot = gr.Plot(label="A_T against A_I", elem_id="affinity-scatter-plot")
     gr.Markdown("### Most inconsistent pairs")
     top = gr.HTML(elem_id="inconsistent-pairs", js_on_load=None)
-    prepare, downloads = downloads_row("consistency", "HTML figures, CSV/JSON numbers, .npz matrices")
+    prepare, downloads = downloads_row("consistency", "figures (HTML; zip: CSV + redraw.py), CSV/JSON, .npz matrices")
     with gr.Accordion("Data (JSON): figures, per-sample inconsistency, top pairs", open=False):
         data = gr.JSON(label="consistency output")
 

@@ -99,9 +99,28 @@ def embedding_space(
     request: gr.Request | None = None,  # filled in by Gradio
     progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
 ) -> Iterator[tuple[Any, ...]]:
-    """Lay the analysed pairs out and draw the Embedding-space view (the `embedding_space` API).
+    """Lay the images and captions of the pairs last analyzed out in 2-D, and measure the modality gap (the `embedding_space` API).
 
-    While the process's first UMAP still compiles, a PCA map comes first and the UMAP follows.
+    While the process's first UMAP still compiles, a PCA map comes first and the UMAP follows (a tool
+    call returns the last). The gap figures use the embeddings themselves, not the 2-D layout.
+
+    Args:
+        method: 'umap' or 'pca' (UMAP needs enough points; fewer fall back to PCA with a note).
+        n_neighbors: UMAP's neighbours, 2 to 100.
+        min_dist: UMAP's minimum distance, 0 to 0.99.
+        metric: UMAP's metric: 'cosine', 'euclidean' or 'correlation'.
+        seed: the random seed of the layout (an integer).
+        close_gap: shift each modality halfway towards the other before the layout (Liang et al. 2022), so what remains is alignment.
+        keep_layout: place the embeddings in the layout fitted by this session's previous call instead of fitting anew.
+
+    Returns:
+        [0] the map: images (circles) and captions (diamonds), each image joined to its caption, as plotly figure JSON
+        [1] a table of the modality gap ‖mean image − mean caption‖, the matched cosine (mean cos(image i, caption i)), the unmatched cosine (i != j) and both R@1 (shares in [0, 1]), as trained and with the gap closed
+        [2] notices (e.g. UMAP fell back to PCA)
+        [3] the sample picker's choices (for the browser)
+        [4] an empty gallery (the picked samples, for the browser)
+        [5] None (the downloads: call embedding_downloads)
+        [6] the data: model, gap_closed, names, captions, method, note, axis_titles, image_xy and caption_xy (N x 2 coordinates each, pair i in row i), gap (before and after closing it: gap, matched_cosine, unmatched_cosine, image_to_text_r1, text_to_image_r1)
     """
     SESSIONS.bind(space, request)
     encoded = analyzed(analysis, "the Embedding-space tab lays out the pairs last analyzed.")
@@ -148,7 +167,11 @@ def _outputs(encoded: EncodedPairs, view: EmbeddingView, close_gap: bool, notes:
 
 
 def embedding_downloads(drawn: Drawn | None, space: SessionSpace) -> list[str]:
-    """Write the embedding map on screen as files (the `embedding_downloads` API): HTML, JSON, CSV, .npz."""
+    """Write the embedding map last drawn (by `embedding_space`) as files (the `embedding_downloads` API).
+
+    Returns:
+        the files, each with a URL: embedding.html (the map), embedding.json (the embedding_space data), embedding.csv (2-D coordinates), embeddings.npz (the image and caption embeddings), embedding_figures.zip (the map's numbers and a script that redraws it).
+    """
     if drawn is None:
         raise gr.Error("Draw the embedding space first: the downloads hold what it shows.")
     encoded, pairs = drawn.encoded, drawn.pairs
@@ -230,7 +253,7 @@ def build_embedding_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curren
     picked = gr.Gallery(
         label="Picked samples", columns=6, height="auto", object_fit="contain", elem_id="picked-samples"
     )
-    prepare, downloads = downloads_row("embedding", "HTML figure, CSV/JSON numbers, .npz embeddings")
+    prepare, downloads = downloads_row("embedding", "figure (HTML; zip: CSV + redraw.py), CSV/JSON, .npz embeddings")
     with gr.Accordion("Data (JSON): 2-D coordinates and the gap figures", open=False):
         data = gr.JSON(label="embedding_space output")
     kept_layout = gr.State(None)

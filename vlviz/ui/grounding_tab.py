@@ -20,25 +20,45 @@ from vlviz.viz.tables import grounding_score_markdown
 from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view
 
 TAB = "Grounding"
-OUTPUTS = 10  # `ground` returns the overlay, grid, matrix, pair, words, notice, XMM overlay and notice, score, data
+OUTPUTS = 10  # `grounding` returns the overlay, grid, matrix, pair, words, notice, XMM overlay and notice, score, data
 
 
-def ground(
-    pair: int | None,
-    word: int | None,
-    kind: str,
-    opacity: float,
-    text: str | None,
-    analysis: EncodedPairs | None,
-    model_spec: str | None,
-    space: SessionSpace,
+def grounding(
+    pair: int | None = None,
+    word: int | None = None,
+    kind: str = "sparc",
+    opacity: float = 0.7,
+    text: str | None = None,
+    analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
+    model_spec: str | None = None,
+    space: SessionSpace | None = None,  # this session (gr.State)
 ) -> tuple[Any, ...]:
-    """Ground every word of a pair's caption (or of `text`) in its image (the `grounding` API).
+    """Where each word of a caption lands on its image: SPARC's token-to-patch weights (the `grounding` API).
 
-    `pair` is 1-based (None: the first); `word` indexes the caption's words (None: the first
-    content word). Returns the overlay, the per-word grid, the token x patch matrix, the pair and
-    word choices, a notice, the XMM overlay and its notice (or why there is none), the scenes score
-    and the data (word list and maps).
+    Works on one pair of the pairs last analyzed, with its caption or any other text. Maps cover the
+    model's patch grid (h x w patches, row-major, P = h * w); SPARC weights lie in [0, 1] and each
+    token's row sums to 1, the cosine map in [-1, 1]. Models without patch tokens (ResNets) have no maps
+    and say why in the data.
+
+    Args:
+        pair: the pair, 1-based (empty: the first).
+        word: the word to show, 0-based among the caption's words (empty: the first content word).
+        kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax' or 'cosine'.
+        opacity: the heatmap's opacity over the image, 0 to 1.
+        text: ground this text in the pair's image instead of its caption (empty: the caption), at most 1,000 characters.
+        model_spec: the model (as in analyze).
+
+    Returns:
+        [0] the chosen word's map over the image (as the model sees it), plotly figure JSON
+        [1] every word's map, plotly JSON
+        [2] the token x patch matrix, plotly JSON
+        [3] the pair choices (for the browser)
+        [4] the word choices: the caption's words with their 0-based indices
+        [5] a notice (when a typed text is grounded)
+        [6] the XMM cross-attention map of the chosen word, masked, when the model has a trained XMM head (else hidden), plotly JSON
+        [7] the XMM notice: what the map shows, or why there is none
+        [8] the grounding score on the pairs that are bundled sample scenes, beside an untrained model's (Markdown; empty when none are)
+        [9] the data: model, pair, image, text, kind, grid_size [h, w], words, word (the chosen index), word_maps (words x P), tokens, token_maps (tokens x P), scene_score and untrained_scene_score (per word class, colour and shape: pointing-game and mass-in-mask shares and their chance levels, in [0, 1]; None without scenes), xmm ({available, word_maps (words x P), global_share} or {available, reason}); with no patch tokens: unavailable (the reason)
     """
     pairs = analyzed(analysis, "the Grounding tab shows their words on their images.").pairs
     index = 0 if pair is None else int(pair) - 1
@@ -115,11 +135,11 @@ def _xmm_view(
 
 
 def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
-    """`ground` for a new pair or text: its words change, so the choice goes back to the first content word.
+    """`grounding` for a new pair or text: its words change, so the choice goes back to the first content word.
 
-    `settings` are `ground`'s arguments after `word`: kind, opacity, text, pairs, model spec, session.
+    `settings` are `grounding`'s arguments after `word`: kind, opacity, text, pairs, model spec, session.
     """
-    return ground(pair, None, *settings)
+    return grounding(pair, None, *settings)
 
 
 def _when_in_view(
@@ -127,16 +147,16 @@ def _when_in_view(
     space: SessionSpace, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Ground the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
-    finishes); returns `ground`'s outputs and the serial of the analysis drawn."""
+    finishes); returns `grounding`'s outputs and the serial of the analysis drawn."""
     if not first_view(analysis, drawn, tab == TAB):
         return (gr.skip(),) * (OUTPUTS + 1)
-    return (*ground(None, None, kind, opacity, text, analysis, model_spec, space), analysis.serial)
+    return (*grounding(None, None, kind, opacity, text, analysis, model_spec, space), analysis.serial)
 
 
 def build_grounding_tab(
     model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State
 ) -> None:
-    """Create the tab's components and wire them to `ground`; it grounds the first pair of each new analysis
+    """Create the tab's components and wire them to `grounding`; it grounds the first pair of each new analysis
     the first time the tab shows it."""
     gr.Markdown(
         "Where does each word land? SPARC (Bica et al., ICML 2024) weighs every image patch for every "
@@ -178,15 +198,16 @@ def build_grounding_tab(
     # The API takes the pair and word as plain numbers: the dropdown and the chips only accept the
     # choices currently on screen, which an API client has never seen.
     with gr.Row(visible=False):
-        api_pair, api_word = gr.Number(precision=0), gr.Number(precision=0)
+        api_pair = gr.Number(precision=0, label="Pair (1-based)")
+        api_word = gr.Number(precision=0, label="Word (0-based)")
         api_run = gr.Button()
 
     outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
     common = [kind, opacity, text, analysis, model_spec, space]
-    api_run.click(ground, [api_pair, api_word, *common], **shown, api_name="grounding")
+    api_run.click(grounding, [api_pair, api_word, *common], **shown, api_name="grounding")
     for event in (words.input, kind.input, opacity.release):
-        event(ground, [pair, words, *common], **shown, api_visibility="private")
+        event(grounding, [pair, words, *common], **shown, api_visibility="private")
     # A new pair or text has new words: the choice goes back to the first content word.
     for event in (pair.input, text.submit, ground_button.click):
         event(_ground_first_word, [pair, *common], **shown, api_visibility="private")

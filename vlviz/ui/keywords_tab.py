@@ -18,12 +18,14 @@ from vlviz.keywords import (
     image_concepts,
     rank_concepts,
 )
+from vlviz.models import OFFLINE_SPEC
 from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
     "the captions' words only": (),
 }
+CAPTION_WORDS_ONLY = "the captions' words only"
 IN_CAPTION, MISSING = "in the caption", "missing from the caption"
 KEYWORD = "keyword"
 TAB = "Keywords"
@@ -45,6 +47,12 @@ def concepts_source(concepts: ConceptScores, model: VLModel, template: str) -> s
     )
 
 
+def default_vocabulary(model_name: str) -> str:
+    """The concept vocabulary that makes sense for a model: the offline scenes model has only ever seen its
+    scenes' words, so zero-shot scores of "forest" or "galaxies" are noise for it; other models get both."""
+    return CAPTION_WORDS_ONLY if model_name == OFFLINE_SPEC else next(iter(VOCABULARIES))
+
+
 def _displayed(image: Image.Image) -> Image.Image:
     """Small images (scenes are 64 px) enlarged with crisp pixels for display."""
     scale = DISPLAY_SIDE // max(image.size)
@@ -52,22 +60,39 @@ def _displayed(image: Image.Image) -> Image.Image:
 
 
 def keywords(
-    pair: int | None,
-    template: str | None,
-    vocabulary_choice: str,
-    top_k: float,
-    content_words_only: bool,
-    analysis: EncodedPairs | None,
-    model_spec: str | None,
-    space: SessionSpace,
+    pair: int | None = None,
+    template: str | None = DEFAULT_TEMPLATE,
+    vocabulary_choice: str = next(iter(VOCABULARIES)),
+    top_k: float = 10,
+    content_words_only: bool = True,
+    analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
+    model_spec: str | None = None,
+    space: SessionSpace | None = None,  # this session (gr.State)
     all_positions: bool = False,
 ) -> tuple[Any, ...]:
-    """Keywords and concepts of every loaded pair (the `keywords` API); the view shows pair `pair` (1-based).
+    """SIMLA's keywords of every caption and the concepts the model sees in every image, of the pairs last analyzed (the `keywords` API).
 
-    `all_positions`: every position the pooled token attends to votes (SIMLA), not only real word
-    tokens. Returns the caption with its keywords marked, the image, its concepts marked in or
-    missing, the pair choices, a table of every pair, a notice (with the positions that voted in the
-    pair shown) and the data of every pair.
+    Keywords: the text encoder's last-layer attention from the pooled (end-of-text) token; each head's
+    top 4 words vote and the 5 with the most votes are kept. Concepts: words scored against each image,
+    by a trained PSL concept head when the model has one, else zero-shot cosines with the prompt.
+
+    Args:
+        pair: the pair the view shows, 1-based (empty: the first); the data covers every pair.
+        template: the zero-shot prompt, with {} where the concept goes (at most 200 characters).
+        vocabulary_choice: the concepts scored: 'the captions' words and the default concepts' or 'the captions' words only'.
+        top_k: concepts listed per image, 1 to 30.
+        content_words_only: leave stop words out of the vote.
+        model_spec: the model (as in analyze).
+        all_positions: every position the pooled token attends to votes (SIMLA's own vote), not only real word tokens.
+
+    Returns:
+        [0] the shown pair's caption as [{token, class_or_confidence}], class 'keyword' on its keywords
+        [1] the shown pair's image (an MCP client gets it as image content, then its URL as [2])
+        [3] its top concepts as [{token: 'word score', class_or_confidence: 'in the caption' or 'missing from the caption'}] (zero-shot scores are cosines in [-1, 1], PSL scores probabilities in [0, 1])
+        [4] the pair choices (for the browser)
+        [5] a table of every pair: keywords, top concepts in the caption, top concepts missing from it
+        [6] a notice: the tokens that voted in the shown pair and where the concept scores come from
+        [7] the data: model, pair, candidates, concepts_from, template, pairs (per pair: pair (1-based), image, caption, words, keywords, votes [{token, votes}], concepts [{word, score, in_caption}])
     """
     pairs = analyzed(analysis, "the Keywords tab reads their captions and images.").pairs
     index = 0 if pair is None else int(pair) - 1
@@ -130,18 +155,17 @@ def keywords(
 
 
 def _when_in_view(
-    template: str | None, vocabulary_choice: str, top_k: float, content_words_only: bool,
-    analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace, all_positions: bool,
-    drawn: int | None, tab: str,
+    template: str | None, top_k: float, content_words_only: bool, analysis: EncodedPairs | None,
+    model_spec: str | None, space: SessionSpace, all_positions: bool, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Show the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
-    finishes); returns `keywords`' outputs and the serial of the analysis drawn."""
+    finishes), with the concept vocabulary that suits the analysis' model (`default_vocabulary`); returns
+    `keywords`' outputs, that vocabulary and the serial of the analysis drawn."""
     if not first_view(analysis, drawn, tab == TAB):
-        return (gr.skip(),) * (OUTPUTS + 1)
-    shown = keywords(
-        None, template, vocabulary_choice, top_k, content_words_only, analysis, model_spec, space, all_positions
-    )
-    return (*shown, analysis.serial)
+        return (gr.skip(),) * (OUTPUTS + 2)
+    vocabulary = default_vocabulary(analysis.model_name)
+    shown = keywords(None, template, vocabulary, top_k, content_words_only, analysis, model_spec, space, all_positions)
+    return (*shown, vocabulary, analysis.serial)
 
 
 def build_keywords_tab(
@@ -169,7 +193,7 @@ def build_keywords_tab(
         )  # fmt: skip
     with gr.Row():
         top_k = gr.Slider(1, 30, value=10, step=1, label="Concepts shown", elem_id="keywords-top-k")
-        content_only = gr.Checkbox(value=False, label="Leave stop words out of the vote", elem_id="keywords-content")
+        content_only = gr.Checkbox(value=True, label="Leave stop words out of the vote", elem_id="keywords-content")
         all_positions = gr.Checkbox(value=False, label="All positions vote (SIMLA)", elem_id="keywords-all-positions")
     with gr.Row():
         image = gr.Image(type="pil", label="Image", interactive=False, height=260, scale=1, elem_id="keywords-image")
@@ -188,7 +212,7 @@ def build_keywords_tab(
         data = gr.JSON(label="keywords output")
     # The API takes the pair as a plain number: the dropdown only accepts the choices on screen.
     with gr.Row(visible=False):
-        api_pair = gr.Number(precision=0)
+        api_pair = gr.Number(precision=0, label="Pair (1-based)")
         api_run = gr.Button()
 
     outputs = [caption, image, concepts, pair, table, notice, data]
@@ -200,4 +224,5 @@ def build_keywords_tab(
     for event in changes:
         event(keywords, [pair, *settings], **shown, api_visibility="private")
     drawn = gr.State(None)  # the serial of the analysis drawn
-    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*settings, drawn], [*outputs, drawn], VIEW_EVENT)
+    first = [template, top_k, content_only, analysis, model_spec, space, all_positions, drawn]
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, first, [*outputs, vocabulary, drawn], VIEW_EVENT)

@@ -23,6 +23,7 @@ from vlviz.data.inputs import InputError, pairs_from_uploads
 from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
 from vlviz.policy import ModelPolicy
+from vlviz.ui.agents import fetch
 
 MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
 DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
@@ -178,7 +179,7 @@ def analyze_uploads(
     files: list[str] | None, captions_text: str | None, model_spec: str | None, space: SessionSpace
 ) -> tuple[EncodedPairs, VLModel, str | None]:
     """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice."""
-    paths = [str(f) for f in files or []]
+    paths = [fetch(str(f)) for f in files or []]  # a URL (from an agent) becomes a local file
     try:
         pairs = pairs_from_dataset_uploads(paths, captions_text) or pairs_from_uploads(paths, captions_text)
     except InputError as error:

@@ -10,22 +10,27 @@ wait in Gradio's queue, which shows their position.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from vlviz.data.inputs import InputError
-from vlviz.encoding import EncodedPairs, encode_pair_set
+from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
+from vlviz.data.samples import sample_files
+from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
+from vlviz.interpolation import interpolated_vlmodel, wise_ft_path
 from vlviz.losses import LOSSES, loss_keys
 from vlviz.losses.saco import SACO_DISTANCES
 from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.training.config import TRAINABLE, NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import FRESH, prepare_run
-from vlviz.ui.session import CHECKPOINT_PREFIX, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.agents import open_choices
+from vlviz.ui.session import ANALYSIS_EVENT, CHECKPOINT_PREFIX, SESSIONS, SessionSpace, analyzed
 from vlviz.viz.compare import VIEWS, side_by_side
 from vlviz.viz.figures import compare_runs, training_curves
+from vlviz.viz.lens import lens_view, wise_ft_figure
 from vlviz.viz.views import probe_figures
 
 MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings running at once, all sessions together
@@ -39,6 +44,8 @@ COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SHARE_KEYS]
 DEFAULT_WEIGHTS = {"clip": 1.0, "saco": 0.5}  # the default demo: continual CLIP + SaCo on scenes
 PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # the probe's figures, refreshed at each evaluation
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
+WISE_FT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the points of the lens's R@1-and-retention curve
+WISE_FT_KEPT = 8  # curves kept (per run and analysis): moving the slider redraws the lens, not the curve
 
 
 def _loss_keys(records: list[dict]) -> list[str]:
@@ -63,14 +70,46 @@ def _view(
     )  # fmt: skip
 
 
-def run_training(
+def train(
     start: str, data: str, trainable: str, steps: float, batch_size: float, lr: float, eval_every: float,
     seed: float, saco_distance: str, model_spec: str | None, runs: list[dict] | None, analysis: EncodedPairs | None,
-    space: SessionSpace, request: gr.Request, *weights: float,
+    space: SessionSpace, request: gr.Request, **weights: float,
 ):  # fmt: skip
-    """Stream a training run (the `train` API): figures and records every few steps, the checkpoint at the end."""
+    """Continual pre-training with any mix of losses, streamed: figures and records every few steps, the checkpoint at the end (the `train` API).
+
+    Every parameter after model_spec is a loss weight named after its loss, 0 to 2 (0 leaves the loss
+    out): clip and siglip (contrastive), saco (SaCo affinity consistency), sparc (SPARC's word-patch
+    alignment), psl and xmm (SIMLA's pseudo-labels and masked-token objective). A held-out split is
+    always kept for evaluation. A tool call returns when the run ends (stop_training ends it early);
+    its checkpoint is then a model for every tool, as 'session run N'.
+
+    Args:
+        start: 'offline scenes model', 'the model chosen above' (model_spec) or 'a fresh model (from scratch)'.
+        data: 'scenes', 'photos' or 'uploaded pairs' (the pairs last analyzed).
+        trainable: what trains: 'all', 'last_blocks' or 'projections'.
+        steps: optimiser steps, 1 to 2,000.
+        batch_size: pairs per batch, 2 to 256.
+        lr: the peak learning rate, in (0, 1].
+        eval_every: steps between evaluations on the held-out split.
+        seed: the seed of data order and initialisation (an integer).
+        saco_distance: SaCo's distance: 'l1' (mean |A_I − A_T|), 'l2' or 'kl'.
+        model_spec: the model 'the model chosen above' starts from (as in analyze).
+
+    Returns:
+        [0] the loss terms over the steps, plotly figure JSON
+        [1] R@1 on the held-out split and on a fixed probe set (retention), plotly JSON
+        [2] SaCo inconsistency and the SPARC pointing game on the held-out split, plotly JSON
+        [3] SIMLA's masked-token accuracy and concept precision@3, plotly JSON
+        [4] the probe's grounding of one word, plotly JSON
+        [5] the probe's inconsistency, plotly JSON
+        [6] the probe's embedding space, plotly JSON
+        [7] the status line (the run's name and step, or how it ended and its 'session run N' name)
+        [8] the records: one per streamed step, with step, total_loss, each *_loss and, at evaluations, image_to_text_r1, text_to_image_r1 (shares in [0, 1]), mean_abs_inconsistency and the pointing-game shares
+        [9] the checkpoint file (safetensors) with its URL, or None before the end
+        [10] this session's run names (for the browser)
+    """
     runs = list(runs or [])
-    losses = {name: float(w) for name, w in zip(LOSSES, weights, strict=True) if w and w > 0}
+    losses = {name: float(weights[name]) for name in LOSSES if weights.get(name) and weights[name] > 0}
     SESSIONS.bind(space, request)
     try:
         if not (0 < steps <= MAX_STEPS and 0 < batch_size <= MAX_BATCH_SIZE):
@@ -130,7 +169,11 @@ def run_training(
 
 
 def stop_training(space: SessionSpace) -> str:
-    """Ask this session's runs (and no one else's) to stop after their current step; they keep curves and checkpoint."""
+    """Ask this session's runs (and no one else's) to stop after their current step; they keep curves and checkpoint (the `stop_training` API).
+
+    Returns:
+        what happened: 'Stopping after the current step…' or 'No run is training in this session.'
+    """
     flags = list(space.stop_flags.values())
     for flag in flags:
         flag.set()
@@ -147,23 +190,99 @@ def use_checkpoint(runs: list[dict] | None) -> Any:
 
 
 def compare_models(runs: list[dict] | None, chosen: list[str], analysis: EncodedPairs | None) -> list:
-    """The Affinity, Consistency and Grounding views of a run's start model and its checkpoint, on the analysed pairs."""
+    """A run's start model beside its trained checkpoint on the pairs last analyzed: affinity, inconsistency and grounding (the `compare_models` API).
+
+    Args:
+        chosen: names of this session's runs, as train's status gives them ('run 1: clip×1 + saco×0.5'); the last finished of them is compared (empty: the last finished run).
+
+    Returns:
+        [0] the image-text cosine heatmap of the start model, plotly figure JSON (the heatmap's z holds the matrix)
+        [1] the same for the trained model
+        [2] the |A_I − A_T| heatmap of the start model, plotly JSON
+        [3] the same for the trained model
+        [4] pair 1's word maps (SPARC weights) by the start model, plotly JSON (None for towers without patch tokens)
+        [5] the same for the trained model
+    """
+    _, start, trained = _run_models(runs, chosen)
+    pairs = analyzed(analysis, "the comparison shows both models on the pairs last analyzed.").pairs
+    encodings = [encode_pair_set(model, pairs).encoding for model in (start, trained)]
+    images = tuple(model.input_image(pairs.images[0]) for model in (start, trained))
+    views = side_by_side(*encodings, pairs, images)
+    return [figure for view in VIEWS for figure in views[view]]
+
+
+def _run_models(runs: list[dict] | None, chosen: list[str]) -> tuple[dict, VLModel, VLModel]:
+    """The last finished chosen run (or the last finished run), its start model and its trained model."""
     done = [run for run in runs or [] if run["checkpoint"] and (not chosen or run["name"] in chosen)]
     if not done:
         raise gr.Error("No finished run to compare: train (or stop) a run first.")
     run = done[-1]
     if run["start"] == FRESH:
         raise gr.Error(f"{run['name']} started from random weights: there is no start model to show.")
-    pairs = analyzed(analysis, "the comparison shows both models on the pairs last analyzed.").pairs
     try:
         start = load_model(run["start"], name=run["start_name"])
         trained = load_model(str(Path(run["checkpoint"]).parent), name=run["spec"])
     except (ValueError, ModelUnavailableError) as error:
         raise gr.Error(str(error)) from error
-    encodings = [encode_pair_set(model, pairs).encoding for model in (start, trained)]
-    images = tuple(model.input_image(pairs.images[0]) for model in (start, trained))
-    views = side_by_side(*encodings, pairs, images)
-    return [figure for view in VIEWS for figure in views[view]]
+    return run, start, trained
+
+
+_WISE_FT_CURVES: OrderedDict[tuple[str, int], list[dict[str, float]]] = OrderedDict()
+
+
+def _wise_ft_curve(
+    run: dict, start: VLModel, trained: VLModel, serial: int, pairs: PairSet, reference_name: str
+) -> list[dict[str, float]]:
+    """`wise_ft_path` of a run on the analysis `serial`, computed once (the last `WISE_FT_KEPT` are kept)."""
+    key = (run["checkpoint"], serial)
+    if key not in _WISE_FT_CURVES:
+        reference = pairs_from_uploads(*sample_files(reference_name))
+        _WISE_FT_CURVES[key] = wise_ft_path(start, trained, pairs, reference, WISE_FT_ALPHAS)
+        while len(_WISE_FT_CURVES) > WISE_FT_KEPT:
+            _WISE_FT_CURVES.popitem(last=False)
+    return _WISE_FT_CURVES[key]
+
+
+def lens(runs: list[dict] | None, chosen: list[str], alpha: float, analysis: EncodedPairs | None) -> list:
+    """Before/after lens of a run on the pairs last analyzed: its start model against its weights mixed at
+    `alpha` (WiSE-FT; 1 = the trained model), and R@1 and retention along alpha (the `lens` API).
+
+    Args:
+        chosen: names of this session's runs ('run 1: clip×1 + saco×0.5'); the last finished of them is used.
+        alpha: WiSE-FT's mix, 0 (the start model) to 1 (the trained model).
+
+    Returns:
+        [0] every pair's movement from the start to the mixed model in one PCA frame, plotly JSON
+        [1] after − before of the image-text cosines, plotly heatmap JSON (z: the matrix)
+        [2] after − before of SaCo's |A_I − A_T|, plotly heatmap JSON
+        [3] after − before of pair 1's SPARC word maps, plotly JSON (None without patch tokens)
+        [4] the pairs whose ranks changed most: ranks both ways, own cosine and inconsistency, before → after
+        [5] R@1 on the analysed pairs and on a reference set, and retention, along alpha: plotly JSON
+        [6] a summary: R@1 both ways, mean own cosine and inconsistency, before and after; what the reference is
+    """
+    run, start, trained = _run_models(runs, chosen)
+    pairs = analyzed(analysis, "the lens shows both models on the pairs last analyzed.").pairs
+    try:
+        mixed = interpolated_vlmodel(start, trained, alpha) if 0 < alpha < 1 else (start, trained)[int(alpha)]
+        view = lens_view(
+            start.encode_pairs(pairs.images, pairs.captions), mixed.encode_pairs(pairs.images, pairs.captions),
+            pairs.names, pairs.captions, labels=("start", f"α={alpha:g}"),
+        )  # fmt: skip
+        reference_name = "scenes" if run["start_name"] == OFFLINE_SPEC else "photos"
+        path = _wise_ft_curve(run, start, trained, analysis.serial, pairs, reference_name)
+    except (ValueError, InputError) as error:
+        raise gr.Error(str(error)) from error
+    curve = wise_ft_figure(path, f"the bundled {reference_name}")
+    summary = view.summary
+    text = (
+        f"**{run['name']}**, start → α={alpha:g}: image→text R@1 {summary['image_to_text_r1_before']:.2f} → "
+        f"{summary['image_to_text_r1_after']:.2f}, text→image {summary['text_to_image_r1_before']:.2f} → "
+        f"{summary['text_to_image_r1_after']:.2f}; mean inconsistency {summary['mean_inconsistency_before']:.3f} → "
+        f"{summary['mean_inconsistency_after']:.3f}. Retention is R@1 on the bundled {reference_name} (what the "
+        "start model knew) relative to the start model's." + "".join(f"\n\n> {note}" for note in view.notes)
+    )
+    return [view.movement, view.affinity_difference, view.inconsistency_difference, view.grounding_difference,
+            view.moved_most, curve, text]  # fmt: skip
 
 
 def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
@@ -212,6 +331,7 @@ def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State
             with gr.Accordion("Compare runs of this session", open=False):
                 with gr.Row():
                     chosen = gr.CheckboxGroup([], label="Runs")
+                    open_choices(chosen)  # each session's own runs
                     compare_key = gr.Dropdown(COMPARE_KEYS, value="image_to_text_r1", label="Figure")
                 compare_plot = gr.Plot(label="Runs compared")
                 compare_button = gr.Button(
@@ -221,6 +341,25 @@ def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State
                 for view in VIEWS:
                     with gr.Row():
                         side_plots += [gr.Plot(label=f"{view}: start"), gr.Plot(label=f"{view}: trained")]
+            with gr.Accordion("Before/after lens and WiSE-FT", open=False):
+                gr.Markdown(
+                    "What a run changed on the current pairs: each pair's movement in one PCA frame, difference "
+                    "heatmaps, the pairs that moved most. The slider mixes the start and trained weights "
+                    "(WiSE-FT, Wortsman et al. 2022): θ = (1 − α) θ_start + α θ_trained."
+                )
+                with gr.Row():
+                    alpha = gr.Slider(0, 1, value=1, step=0.05, label="α (0: start model, 1: trained)",
+                                      elem_id="lens-alpha")  # fmt: skip
+                    lens_button = gr.Button("Show the lens", elem_id="lens-button")
+                lens_summary = gr.Markdown(elem_id="lens-summary")
+                lens_plots = [gr.Plot(label="Movement", elem_id="lens-movement")]
+                with gr.Row():
+                    lens_plots += [gr.Plot(label="Δ image-text cosine", elem_id="lens-affinity"),
+                                   gr.Plot(label="Δ inconsistency", elem_id="lens-inconsistency")]  # fmt: skip
+                lens_plots.append(gr.Plot(label="Δ word maps of pair 1", elem_id="lens-grounding"))
+                moved = gr.Dataframe(label="The pairs that moved most", interactive=False, wrap=True,
+                                     elem_id="lens-moved")  # fmt: skip
+                wise_ft_plot = gr.Plot(label="R@1 and retention along α", elem_id="lens-wise-ft")
             with gr.Accordion("Records (JSON)", open=False):
                 records = gr.JSON()
 
@@ -253,11 +392,14 @@ def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State
         chosen,
     ]
     train_button.click(
-        run_training, [*settings, *weights], outputs, api_name="train", concurrency_id="train",
-        concurrency_limit=MAX_TRAININGS, show_progress="minimal",
+        train, settings, outputs, inputs_kwargs=dict(zip(LOSSES, weights, strict=True)), api_name="train",
+        concurrency_id="train", concurrency_limit=MAX_TRAININGS, show_progress="minimal",
     )  # fmt: skip
     stop_button.click(stop_training, space, status, api_name="stop_training", concurrency_limit=None)
     use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
     compare_button.click(compare_models, [runs, chosen, analysis], side_plots, api_name="compare_models")
+    lens_outputs = [*lens_plots, moved, wise_ft_plot, lens_summary]
+    lens_button.click(lens, [runs, chosen, alpha, analysis], lens_outputs, api_name="lens", **ANALYSIS_EVENT)
+    alpha.release(lens, [runs, chosen, alpha, analysis], lens_outputs, api_visibility="private", **ANALYSIS_EVENT)
     for trigger in (chosen.change, compare_key.change):
         trigger(compare, [runs, chosen, compare_key], compare_plot, api_visibility="private")

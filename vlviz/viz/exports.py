@@ -1,7 +1,8 @@
 """Downloadable files of the Affinity, Consistency and Embedding-space views: HTML, CSV, JSON and .npz.
 
 Figures go to one offline HTML page per view (plotly.js inlined; PNG would need kaleido, which
-vlviz does not depend on); numbers to CSV and JSON; embeddings and matrices to .npz.
+vlviz does not depend on) and, each with its numbers and a script that redraws it, to one zip per view
+(`vlviz.viz.figure_data`); numbers to CSV and JSON; embeddings and matrices to .npz.
 Every CSV goes through `write_csv`, which keeps user text from running as a spreadsheet formula.
 """
 
@@ -20,35 +21,11 @@ from PIL import Image
 
 from vlviz.affinity import AffinityReport
 from vlviz.consistency import in_modal_affinities
+from vlviz.viz.figure_data import write_figures_zip
 from vlviz.viz.html import page_html, top_pairs_html
+from vlviz.viz.safe_csv import write_csv
 from vlviz.viz.tables import consistency_table, gap_table, top_pairs_table
 from vlviz.viz.views import ConsistencyView, EmbeddingView
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""Text starting with one of these may run as a formula when a CSV is opened in a spreadsheet (CSV injection)."""
-
-
-def _neutralise(value: object) -> object:
-    """Prefix formula-like text with a quote (OWASP's advice); numbers and other values pass unchanged."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) else value
-
-
-def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = True) -> None:
-    """`frame.to_csv(path, index=index)` with formula-like text in cells, index and column labels neutralised.
-
-    Captions and file names are user text, and exports are opened in spreadsheets. Only strings are
-    escaped, so -0.5 stays a number. The caller's frame is left unchanged. Lines end in CRLF (RFC 4180),
-    which also makes the csv writer quote a caption holding a lone carriage return.
-    """
-    safe = frame.copy(deep=False)
-    for position in range(frame.shape[1]):
-        column = frame.iloc[:, position]
-        if not pd.api.types.is_numeric_dtype(column.dtype):
-            safe.isetitem(position, column.map(_neutralise))
-    safe.columns = frame.columns.map(_neutralise).rename(_neutralise(frame.columns.name))
-    if index:
-        safe.index = frame.index.map(_neutralise).rename(_neutralise(frame.index.name))
-    safe.to_csv(path, index=index, lineterminator="\r\n")
 
 
 def write_affinity_files(
@@ -59,7 +36,8 @@ def write_affinity_files(
     names: Sequence[str],
     captions: Sequence[str],
 ) -> list[Path]:
-    """affinity.html (the heatmaps), affinity.json (`data`), image_text.csv, ranks.csv and affinity.npz.
+    """affinity.html (the heatmaps), affinity.json (`data`), image_text.csv, ranks.csv, affinity.npz and
+    affinity_figures.zip (each heatmap's numbers and redraw script).
 
     The matrices (CSV and .npz) cover the pairs the report holds (`report.shown`); the ranks cover all.
     """
@@ -84,6 +62,7 @@ def write_affinity_files(
     write_csv(ranks, paths[3], index=False)
     arrays = {k: v.numpy() for k, v in report.__dict__.items() if isinstance(v, torch.Tensor)}
     np.savez_compressed(paths[4], **arrays, names=np.array(names), captions=np.array(captions))
+    paths.append(write_figures_zip(folder / "affinity_figures.zip", figures))
     return paths
 
 
@@ -97,7 +76,8 @@ def write_consistency_files(
     names: Sequence[str],
     captions: Sequence[str],
 ) -> list[Path]:
-    """consistency.html, consistency.json, samples.csv, top_pairs.csv and, for N <= 4096, affinities.npz."""
+    """consistency.html, consistency.json, samples.csv, top_pairs.csv, consistency_figures.zip (each figure's
+    numbers and redraw script) and, for N <= 4096, affinities.npz."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     top = view.summary.top_pairs
@@ -125,6 +105,8 @@ def write_consistency_files(
     )
     write_csv(samples, paths[2], index=False)
     write_csv(top_pairs_table(top, names, captions), paths[3], index=False)
+    figures = [view.image_heatmap, view.text_heatmap, view.inconsistency_heatmap, view.scatter]
+    paths.append(write_figures_zip(folder / "consistency_figures.zip", figures))
     if len(names) <= 4096:  # two float32 N x N matrices: 128 MB at 4096
         image_image, text_text = in_modal_affinities(image_features, text_features)
         paths.append(folder / "affinities.npz")
@@ -144,7 +126,8 @@ def write_embedding_files(
     names: Sequence[str],
     captions: Sequence[str],
 ) -> list[Path]:
-    """embedding.html, embedding.json, embedding.csv (2-D coordinates) and embeddings.npz (the features)."""
+    """embedding.html, embedding.json, embedding.csv (2-D coordinates), embeddings.npz (the features) and
+    embedding_figures.zip (the map's numbers and redraw script)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / name for name in ("embedding.html", "embedding.json", "embedding.csv", "embeddings.npz")]
@@ -173,4 +156,5 @@ def write_embedding_files(
         paths[3], image_features=image_features.float().cpu().numpy(), text_features=text_features.float().cpu().numpy(),
         coordinates=coordinates, names=np.array(names), captions=np.array(captions),
     )  # fmt: skip
+    paths.append(write_figures_zip(folder / "embedding_figures.zip", [view.figure]))
     return paths

@@ -11,6 +11,16 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from vlviz.viz.style import (
+    CAPTION_COLOUR,
+    DIVERGING,
+    HIGHLIGHT,
+    IMAGE_COLOUR,
+    SEQUENTIAL,
+    SEQUENTIAL_HOT,
+    TEMPLATE,
+)
+
 LABEL_CHARS = 28
 
 
@@ -32,7 +42,7 @@ def heatmap(
     title: str,
     value_name: str,
     zrange: tuple[float, float] | None = None,
-    colorscale: str = "Viridis",
+    colorscale: str = SEQUENTIAL,
     annotate: bool | None = None,
 ) -> go.Figure:
     """An interactive heatmap whose hover names both items in full, with no string per cell.
@@ -63,6 +73,7 @@ def heatmap(
     )
     ticks = {"automargin": True, "tickfont": {"size": 10}, "tickmode": "array"}
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0.5},
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         height=max(360, min(720, 120 + 26 * n_rows)),
@@ -108,6 +119,7 @@ def _ordered_heatmap(
     )
     n = len(order)
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0.5},
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
         height=max(360, min(720, 120 + 26 * n)),
@@ -128,8 +140,8 @@ def consistency_heatmaps(
     low = float(min(image_image.min(), text_text.min()))
     high = float(max(image_image.max(), text_text.max()))
     return (
-        _ordered_heatmap(image_image, order, image_labels, "Image-image A_I", "cosine", (low, high), "Viridis"),
-        _ordered_heatmap(text_text, order, caption_labels, "Text-text A_T", "cosine", (low, high), "Viridis"),
+        _ordered_heatmap(image_image, order, image_labels, "Image-image A_I", "cosine", (low, high), SEQUENTIAL),
+        _ordered_heatmap(text_text, order, caption_labels, "Text-text A_T", "cosine", (low, high), SEQUENTIAL),
     )
 
 
@@ -143,11 +155,11 @@ def inconsistency_heatmap(
     if signed:
         bound = float(np.abs(difference).max()) or 1.0
         return _ordered_heatmap(
-            difference, order, labels, "Signed inconsistency A_I − A_T", "A_I − A_T", (-bound, bound), "RdBu_r"
+            difference, order, labels, "Signed inconsistency A_I − A_T", "A_I − A_T", (-bound, bound), DIVERGING
         )
     return _ordered_heatmap(
         difference, order, labels, "SaCo inconsistency |A_I − A_T|", "|A_I − A_T|",
-        (0.0, float(difference.max()) or 1.0), "Inferno",
+        (0.0, float(difference.max()) or 1.0), SEQUENTIAL_HOT,
     )  # fmt: skip
 
 
@@ -163,7 +175,7 @@ def affinity_scatter(
     """One point per pair (i, j): x = A_I[i, j], y = A_T[i, j], coloured by |A_I - A_T|.
 
     Points on the dashed diagonal are consistent. Hover names both samples. The first `highlight`
-    points (the caller puts the most inconsistent pairs first) are ringed in red.
+    points (the caller puts the most inconsistent pairs first) are ringed.
     """
     gap = np.abs(image_affinity - text_affinity)
     hover = [f"<b>{labels[i]}</b><br><b>{labels[j]}</b>" for i, j in zip(first.tolist(), second.tolist())]
@@ -183,7 +195,12 @@ def affinity_scatter(
             y=text_affinity,
             mode="markers",
             name="pairs",
-            marker={"color": gap, "colorscale": "Inferno", "size": 6, "colorbar": {"title": {"text": "|A_I − A_T|"}}},
+            marker={
+                "color": gap,
+                "colorscale": SEQUENTIAL_HOT,
+                "size": 6,
+                "colorbar": {"title": {"text": "|A_I − A_T|"}},
+            },
             text=hover,
             hovertemplate="%{text}<br>A_I %{x:.3f} · A_T %{y:.3f}<extra></extra>",
         )
@@ -195,12 +212,13 @@ def affinity_scatter(
                 y=text_affinity[:highlight],
                 mode="markers",
                 name="most inconsistent",
-                marker={"size": 12, "color": "rgba(0,0,0,0)", "line": {"color": "red", "width": 2}},
+                marker={"size": 12, "color": "rgba(0,0,0,0)", "line": {"color": HIGHLIGHT, "width": 2}},
                 text=hover[:highlight],
                 hovertemplate="%{text}<br>A_I %{x:.3f} · A_T %{y:.3f}<extra>most inconsistent</extra>",
             )
         )
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0.5},
         xaxis_title="A_I = cos(image i, image j)",
         yaxis_title="A_T = cos(caption i, caption j)",
@@ -259,8 +277,8 @@ def embedding_scatter(
         "captions": [f"<b>caption {i + 1}</b> ({name})<br>{c}" for i, (name, c) in enumerate(zip(names, wrapped))],
     }
     for trace, points, colour, symbol in (
-        ("images", images, "#1f77b4", "circle"),
-        ("captions", texts, "#ff7f0e", "diamond"),
+        ("images", images, IMAGE_COLOUR, "circle"),
+        ("captions", texts, CAPTION_COLOUR, "diamond"),
     ):
         fig.add_trace(
             scatter(
@@ -278,11 +296,12 @@ def embedding_scatter(
                 y=both[:, 1],
                 mode="markers",
                 name="picked",
-                marker={"size": 16, "color": "rgba(0,0,0,0)", "line": {"color": "red", "width": 2}},
+                marker={"size": 16, "color": "rgba(0,0,0,0)", "line": {"color": HIGHLIGHT, "width": 2}},
                 hoverinfo="skip",
             )
         )
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0.5},
         xaxis_title=axis_titles[0],
         yaxis_title=axis_titles[1],
@@ -378,7 +397,9 @@ def grounding_overlay(
     """One word's (rows, cols) patch map as a smooth heatmap over the (H, W, 3) uint8 image the grid covers."""
     fig = go.Figure(_overlay_traces(image, grid_map, opacity, zrange or _map_range(grid_map), value_name, scale=True))
     _image_axes(fig, *image.shape[:2])
-    fig.update_layout(title={"text": title, "x": 0.5}, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=460)
+    fig.update_layout(
+        template=TEMPLATE, title={"text": title, "x": 0.5}, margin={"l": 10, "r": 10, "t": 50, "b": 10}, height=460
+    )
     return fig
 
 
@@ -400,6 +421,7 @@ def grounding_grid(
     _image_axes(fig, *image.shape[:2])
     fig.update_annotations(font_size=11)
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": "Every word (each map on its own colour range)", "x": 0.5},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=70 + 130 * rows,
@@ -419,7 +441,7 @@ def token_patch_matrix(
     token_hover = [f"token {t + 1} '{token}'" for t, token in enumerate(tokens)]
     return heatmap(
         matrix, patch_labels, token_labels, patch_hover, token_hover, title, value_name,
-        zrange=_map_range(matrix), colorscale="Inferno", annotate=False,
+        zrange=_map_range(matrix), colorscale=SEQUENTIAL_HOT, annotate=False,
     )  # fmt: skip
 
 
@@ -434,6 +456,7 @@ def training_curves(records: Sequence[dict], keys: Sequence[str], title: str, y_
                 go.Scatter(x=steps, y=values, mode="lines+markers" if len(points) < 40 else "lines", name=key)
             )
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0.5},
         xaxis_title="step",
         yaxis_title=y_title,
@@ -453,6 +476,7 @@ def compare_runs(runs: Sequence[dict], key: str) -> go.Figure:
             steps, values = zip(*points, strict=True)
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=run["name"]))
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": f"{key} by run", "x": 0.5},
         xaxis_title="step",
         height=320,

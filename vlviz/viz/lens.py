@@ -28,10 +28,10 @@ from vlviz.lens import (
     shared_layout,
 )
 from vlviz.viz.figures import heatmap, short_labels
+from vlviz.viz.style import DIVERGING, TEMPLATE
 
 LENS_PAIRS = 100  # pairs in the difference heatmaps and arrows; with more, the ones that moved most
 MOVED_ROWS = 10  # rows of the moved-most table
-DIFFERENCE_SCALE = "RdBu_r"  # diverging, centred on 0: red rose, blue fell (colour-blind safe, survives greyscale)
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def movement_figure(
                                  marker={"symbol": symbol, "size": 8}, text=hover, legendgroup=kind,
                                  hovertemplate="%{text}<extra>" + labels[1] + "</extra>"))  # fmt: skip
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": f"Each pair from {labels[0]} (open) to {labels[1]} (filled), one PCA of both", "x": 0.5},
         xaxis={"title": "PC 1", "zeroline": False},
         yaxis={"title": "PC 2", "zeroline": False, "scaleanchor": "x"},
@@ -122,7 +123,7 @@ def difference_heatmap(
         short_labels([row_texts[i] for i in shown], numbers=shown),
         [f"{column_kind} {i + 1}: {column_texts[i]}" for i in shown],
         [f"{row_kind} {i + 1}: {row_texts[i]}" for i in shown], title, value, zrange=(-bound, bound),
-        colorscale=DIFFERENCE_SCALE,
+        colorscale=DIVERGING,
     )  # fmt: skip
 
 
@@ -136,7 +137,7 @@ def grounding_difference_figure(
                         vertical_spacing=min(0.25 / rows, 0.06))  # fmt: skip
     for i, word_map in enumerate(difference):
         fig.add_trace(
-            go.Heatmap(z=word_map, zmin=-bound, zmax=bound, zmid=0, colorscale=DIFFERENCE_SCALE, showscale=i == 0,
+            go.Heatmap(z=word_map, zmin=-bound, zmax=bound, zmid=0, colorscale=DIVERGING, showscale=i == 0,
                        colorbar={"title": {"text": "Δ weight", "side": "right"}, "thickness": 12},
                        hovertemplate=f"{words[i]}: Δ %{{z:.3f}}<extra></extra>"),
             row=i // columns + 1, col=i % columns + 1,
@@ -144,7 +145,7 @@ def grounding_difference_figure(
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed", scaleanchor="x")
     fig.update_annotations(font_size=11)
-    fig.update_layout(title={"text": title, "x": 0.5}, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.5}, margin={"l": 10, "r": 10, "t": 60, "b": 10},
                       height=70 + 130 * rows)  # fmt: skip
     return fig
 
@@ -199,3 +200,21 @@ def lens_view(
         summary=movement_summary(movement),
         notes=notes,
     )
+
+
+def wise_ft_figure(path: Sequence[dict[str, float]], reference: str) -> go.Figure:
+    """R@1 on the target pairs and on the reference set, and retention, along WiSE-FT's alpha (`wise_ft_path`)."""
+    alphas = [row["alpha"] for row in path]
+    fig = go.Figure()
+    for key, name in (("target_r1", "R@1, the analysed pairs"), ("reference_r1", f"R@1, {reference}"),
+                      ("retention", f"retention ({reference} R@1 / the start model's)")):  # fmt: skip
+        fig.add_trace(go.Scatter(x=alphas, y=[row[key] for row in path], mode="lines+markers", name=name))
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": "Along WiSE-FT's line: θ = (1 − α) θ_start + α θ_trained", "x": 0.5},
+        xaxis={"title": "α (0: start model, 1: trained model)", "range": [-0.02, 1.02]},
+        yaxis={"title": "mean R@1 of both directions; retention"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        height=380,
+    )
+    return fig

@@ -74,16 +74,19 @@ def gap_table(report: dict[str, dict[str, float | None]]) -> pd.DataFrame:
 
 
 def ranks_table(report: AffinityReport, names: Sequence[str], captions: Sequence[str]) -> pd.DataFrame:
-    """Every pair's own-pair cosine and probability and the retrieval ranks of its partners (1 = best)."""
+    """Every pair's retrieval ranks of its partners (1 = best), own-pair cosine and probability, then its texts.
+
+    The numbers come first and the long texts last, so that a narrow table still shows the ranks.
+    """
     return pd.DataFrame(
         {
             "#": range(1, len(names) + 1),
-            "image": list(names),
-            "caption": list(captions),
-            "cos(own pair)": report.own_cosine.numpy().round(3),
-            "P(own caption | image)": report.own_probability.numpy().round(3),
             "image→text rank": report.image_to_text_rank.numpy(),
             "text→image rank": report.text_to_image_rank.numpy(),
+            "cos(own pair)": report.own_cosine.numpy().round(3),
+            "P(own caption | image)": report.own_probability.numpy().round(3),
+            "image": list(names),
+            "caption": list(captions),
         }
     )
 

@@ -24,6 +24,7 @@ from vlviz.encoding import PairEncoding
 from vlviz.grounding import CaptionMaps, caption_maps
 from vlviz.viz.figures import display_image, grounding_overlay, training_curves
 from vlviz.viz.lens import lens_view
+from vlviz.viz.style import TEMPLATE
 from vlviz.viz.views import OVERLAY_SIDE, affinity_view, consistency_view, embedding_view
 
 TALK_FONT = 20  # base font size of every talk figure: readable from the back of a room
@@ -78,6 +79,7 @@ def talk_figure(fig: go.Figure, height: int = TALK_HEIGHT) -> go.Figure:
     """Large type and high contrast for a projector: the same figure, restyled (a copy)."""
     big = go.Figure(fig)
     big.update_layout(
+        template=TEMPLATE,
         font={"size": TALK_FONT, "color": "#111"},
         title={"font": {"size": TALK_FONT + 6}},
         height=height,
@@ -194,23 +196,33 @@ def _grounding_step(inputs: TalkInputs) -> TalkStep | None:
     )
 
 
-def _training_step(inputs: TalkInputs) -> TalkStep:
+def training_curves_figure(records: Sequence[dict]) -> go.Figure:
+    """A run's loss (top) and its R@1 and inconsistency (bottom) against the step: one figure for the room."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=["Loss", "Retrieval (R@1) and inconsistency"])  # fmt: skip
+    for row, keys in enumerate(TRAINING_KEYS, start=1):
+        for trace in training_curves(records, keys, "").data:
+            fig.add_trace(trace, row=row, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(title={"text": "Training live", "x": 0.5})
+    return talk_figure(fig)
+
+
+def training_step(inputs: TalkInputs) -> TalkStep:
+    """Step 5: a run's curves (`inputs.records`), or the invitation to start one."""
     note = ("Press t to train: continual CLIP + SaCo on the scenes for about a minute; loss, R@1, inconsistency "
-            "and the probe's maps move live.")  # fmt: skip
+            "and the probe's word map move live.")  # fmt: skip
     if inputs.records:
-        figures = [
-            talk_figure(training_curves(inputs.records, TRAINING_KEYS[0], "Loss", "loss")),
-            talk_figure(training_curves(inputs.records, TRAINING_KEYS[1], "Retrieval and consistency", "")),
-        ]
-        names = ["loss", "R@1 and inconsistency"]
+        figure, name = training_curves_figure(inputs.records), "loss, R@1 and inconsistency"
     else:
-        figures = [talk_figure(go.Figure(layout={"title": {"text": "Press t to train live", "x": 0.5}}))]
-        names = ["waiting for a run"]
+        figure = talk_figure(go.Figure(layout={"title": {"text": "Press t to train live", "x": 0.5}}))
+        name = "waiting for a run"
     return TalkStep("training", "Training it live", "Continual pre-training, watched as it happens.", note,
-                    figures, names)  # fmt: skip
+                    [figure], [name])  # fmt: skip
 
 
-def _lens_step(inputs: TalkInputs) -> TalkStep | None:
+def lens_step(inputs: TalkInputs) -> TalkStep | None:
+    """Step 6: what changed from `inputs.before` to `inputs.encoding` (None without a before)."""
     if inputs.before is None:
         return None
     view = lens_view(inputs.before, inputs.encoding, inputs.names, inputs.captions,
@@ -244,8 +256,8 @@ def talk_steps(inputs: TalkInputs) -> list[TalkStep]:
         _gap_step(inputs),
         _saco_step(inputs),
         _grounding_step(inputs),
-        _training_step(inputs),
-        _lens_step(inputs),
+        training_step(inputs),
+        lens_step(inputs),
     ]
     return [step for step in steps if step is not None]
 

@@ -1,0 +1,103 @@
+"""The talk page in Chromium: walked by keyboard with no network, each step's figure checked; variants,
+notes, the snapshot, and a session's own pairs handed over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
+from vlviz.ui.talk_page import STEP_KEYS
+
+# What each step draws first: the first trace's type and the start of the figure's title.
+FIRST_FIGURES = {
+    "affinity": ("heatmap", "Image-text cosine"),
+    "gap": ("scatter", "PCA"),
+    "saco": ("scatter", ""),
+    "grounding": ("image", "vlviz-scenes"),
+    "training": (None, "Press t to train live"),
+    "before-after": ("scatter", "Each pair from untrained"),
+}
+
+_FIGURE_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    if (!el || !el.layout || el.offsetParent === null) return null;
+    const trace = el._fullData && el._fullData[0];
+    return {type: trace ? trace.type : null, title: (el.layout.title && el.layout.title.text) || ""};
+}"""
+
+
+def _figure(page: object, key: str) -> dict | None:
+    return page.evaluate(_FIGURE_JS, f"talk-{key}-plot")
+
+
+def _wait_for_step(page: object, key: str) -> dict:
+    page.wait_for_function(f"({_FIGURE_JS})('talk-{key}-plot') !== null", timeout=TIMEOUT_MS)
+    return _figure(page, key)
+
+
+@pytest.fixture
+def talk_page(browser: object, app_url: str, tmp_path: Path):
+    """The talk page in a browser context that may reach the app and nothing else."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+
+    def only_the_app(route: object) -> None:
+        if route.request.url.startswith(app_url.rstrip("/")) or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_app)
+    page = context.new_page()
+    yield page, outside
+    context.close()
+
+
+def test_the_talk_walks_by_keyboard_through_every_step(talk_page: tuple, app_url: str, tmp_path: Path) -> None:
+    page, outside = talk_page
+    page.goto(app_url + "talk")
+    for index, key in enumerate(STEP_KEYS):
+        figure = _wait_for_step(page, key)
+        kind, title = FIRST_FIGURES[key]
+        assert figure["title"].startswith(title) or title in figure["title"], (key, figure)
+        if kind is not None:
+            assert figure["type"] == kind, (key, figure)
+        if index < len(STEP_KEYS) - 1:
+            page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    _wait_for_step(page, "training")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    _wait_for_step(page, "gap")
+    page.keyboard.press("g")  # the gap closed
+    page.wait_for_function(f"({_FIGURE_JS})('talk-gap-plot').title.includes('gap closed')", timeout=TIMEOUT_MS)
+    page.keyboard.press("n")
+    assert page.locator("#talk-gap-note").is_visible()
+    page.click("#talk-snapshot")
+    link = page.locator("#talk-snapshot-file a").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    html = Path(download.value.path()).read_text(encoding="utf-8")
+    assert html.count("<section") == len(STEP_KEYS) and "Plotly" in html
+    assert not outside, outside  # nothing was fetched from outside the app
+
+
+def test_a_session_tells_its_own_pairs(talk_page: tuple, app_url: str) -> None:
+    page, _ = talk_page
+    page.goto(app_url)
+    wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
+    page.click("#open-talk")
+    link = page.locator("#talk-link a")
+    link.wait_for()
+    href = link.get_attribute("href")
+    assert href.startswith("talk?story=") and f"{N_SAMPLE_PAIRS} pairs" in link.inner_text()
+    page.goto(app_url + href)
+    _wait_for_step(page, "affinity")
+    page.goto(app_url + "talk?story=not-a-token")  # unknown: the built-in story, said so
+    _wait_for_step(page, "affinity")

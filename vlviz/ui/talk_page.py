@@ -1,0 +1,329 @@
+"""The talk page (`/talk`): vlviz's story of alignment in six steps, large, offline, driven by the keyboard.
+
+Every step's figures are built once when the page loads (`vlviz.viz.talk.talk_steps`), one tab per step,
+so moving between steps is a client-side tab switch; variants (the gap closed, the next word) come from
+the session's kept story without recomputing. Step 5 trains live (continual CLIP + SaCo, about a minute
+on two cores); when it ends, step 6 shows that run's start and end instead of the untrained model's.
+
+By default the story is the bundled scenes on the offline model. From the app, "Open as a talk" stores
+the session's analysed pairs and model under a random token (`STORIES`) and links to `/talk?story=TOKEN`;
+the token is only ever looked up, never used as a path, and stories expire with sessions.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import gradio as gr
+
+from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
+from vlviz.data.samples import sample_files
+from vlviz.encoding import EncodedPairs, encode_pair_set
+from vlviz.grounding import untrained_model
+from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
+from vlviz.policy import ModelPolicy
+from vlviz.training.config import NonFiniteLossError, TrainConfig
+from vlviz.training.evaluation import is_evaluation
+from vlviz.training.runs import prepare_run
+from vlviz.ui.session import SESSION_TTL_S, SESSIONS, SessionSpace, analyzed
+from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
+from vlviz.viz.views import probe_figures
+
+STEP_KEYS = ["affinity", "gap", "saco", "grounding", "training", "before-after"]
+STEP_TITLES = ["1 Affinity", "2 The gap", "3 SaCo", "4 Grounding", "5 Training", "6 Before / after"]
+TALK_TRAINING = TrainConfig(steps=120, batch_size=32, lr=1e-4, eval_every=20, losses={"clip": 1.0, "saco": 0.5})
+"""The live run of step 5: continual CLIP + SaCo (the Train tab's default demo), about a minute on two cores."""
+MAX_STORIES = 64  # stories kept for "Open as a talk" links, all sessions together; the oldest go first
+
+
+@dataclass
+class Talk:
+    """One talk page's story: its steps, the variant each step shows, and what it was built from."""
+
+    steps: list[TalkStep]
+    variants: dict[str, int]
+    inputs: TalkInputs
+    model_spec: str  # what `load_model` loads: a spec, or a session checkpoint's folder (never from a client)
+    pairs: PairSet  # the pairs told; the live run trains on the scenes and step 6 shows these pairs
+
+    def step(self, key: str) -> TalkStep | None:
+        return next((step for step in self.steps if step.key == key), None)
+
+    def replace_step(self, new: TalkStep) -> None:
+        self.steps = [new if step.key == new.key else step for step in self.steps]
+        if new.key not in self.variants:
+            self.steps.append(new)
+        self.variants[new.key] = 0
+
+
+class TalkStories:
+    """Stories handed from an app session to a talk page: token -> (analysis, model spec), bounded, expiring."""
+
+    def __init__(self, capacity: int = MAX_STORIES, ttl_s: float = SESSION_TTL_S) -> None:
+        self._stories: OrderedDict[str, tuple[float, EncodedPairs, str]] = OrderedDict()
+        self._capacity, self._ttl_s = capacity, ttl_s
+        self._lock = threading.Lock()
+
+    def put(self, analysis: EncodedPairs, model_spec: str) -> str:
+        token = secrets.token_urlsafe(16)
+        with self._lock:
+            self._stories[token] = (time.monotonic(), analysis, model_spec)
+            while len(self._stories) > self._capacity:
+                self._stories.popitem(last=False)
+        return token
+
+    def get(self, token: str | None) -> tuple[EncodedPairs, str] | None:
+        """The story under `token`, or None (unknown, expired, or no token): a dictionary lookup, nothing else."""
+        if not token:
+            return None
+        with self._lock:
+            entry = self._stories.get(token)
+            if entry is None or time.monotonic() - entry[0] > self._ttl_s:
+                self._stories.pop(token, None)
+                return None
+            return entry[1], entry[2]
+
+
+STORIES = TalkStories()
+
+
+def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
+    """The talk of `analysis` (or of the bundled scenes on the offline model), every figure computed now.
+
+    Step 6 compares an untrained model of the same architecture with the told one until the live run ends.
+    """
+    model = load_model(model_spec)
+    analysis = analysis or encode_pair_set(model, pairs_from_uploads(*sample_files("scenes")))
+    pairs = analysis.pairs
+    before = untrained_model(model).encode_pairs(pairs.images, pairs.captions) if model.model_cfg else None
+    inputs = TalkInputs(
+        names=pairs.names, captions=pairs.captions, encoding=analysis.encoding, model_name=analysis.model_name,
+        image=model.input_image(pairs.images[0]), before=before, before_name="untrained",
+    )  # fmt: skip
+    steps = talk_steps(inputs)
+    return Talk(steps, {step.key: 0 for step in steps}, inputs, model_spec, pairs)
+
+
+def _step_outputs(talk: Talk) -> list[Any]:
+    """For every step tab: its message, figure, speaker note and variant name (hidden when the step is absent)."""
+    out: list[Any] = []
+    for key in STEP_KEYS:
+        step = talk.step(key)
+        if step is None:
+            out += [gr.update(value="This model has no patch tokens: no grounding to show."), None, "", ""]
+            continue
+        variant = talk.variants[key]
+        name = step.variant_names[variant] if len(step.figures) > 1 else ""
+        out += [f"## {step.message}", step.figures[variant], step.note, f"{variant + 1}/{len(step.figures)}: {name}"
+                if name else ""]  # fmt: skip
+    return out
+
+
+def open_as_talk(analysis: EncodedPairs | None, space: SessionSpace) -> str:
+    """Hand this session's analysed pairs and the model that encoded them to a talk page: a link with a fresh
+    random token (the model by the name the analysis kept, so a later change of the model box does not mix)."""
+    analysis = analyzed(analysis, "the talk tells the story of the pairs last analyzed.")
+    spec = analysis.model_name
+    try:
+        folder = space.checkpoint(spec)  # a run of this session: the talk loads its folder, never a client's path
+        if folder is None:
+            space.policy.check(spec)
+    except ValueError as error:
+        raise gr.Error(str(error)) from error
+    token = STORIES.put(analysis, str(folder) if folder else spec)
+    return f"[Open the talk of these {len(analysis.pairs)} pairs](talk?story={token}) (in a new tab; the link expires)"
+
+
+def open_talk(request: gr.Request) -> list[Any]:
+    """Build the story on page load: the session's pairs when the link carries a known story, else the scenes."""
+    token = request.query_params.get("story") if request else None
+    stored = STORIES.get(token)
+    try:
+        talk = build_story(*stored) if stored else build_story(None, OFFLINE_SPEC)
+    except (ValueError, InputError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+    notice = "" if stored or not token else "That talk link has expired: this is the built-in story on the scenes."
+    if notice:
+        gr.Warning(notice)
+    return [talk, *_step_outputs(talk)]
+
+
+def next_variant(talk: Talk | None, key: str) -> Any:
+    """Show step `key`'s next variant (the gap closed or open, the next word, ...): kept figures, nothing computed."""
+    if talk is None or talk.step(key) is None:
+        return gr.skip(), gr.skip()
+    step = talk.step(key)
+    talk.variants[key] = (talk.variants[key] + 1) % len(step.figures)
+    variant = talk.variants[key]
+    return step.figures[variant], f"{variant + 1}/{len(step.figures)}: {step.variant_names[variant]}"
+
+
+def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> Iterator[tuple]:
+    """Step 5: a short continual run from the told model, its curves and probe map streamed; then step 6
+    shows the told pairs before and after the run."""
+    if talk is None:
+        raise gr.Error("The story is still loading.")
+    SESSIONS.bind(space, request)
+    try:
+        run = prepare_run(talk.model_spec, "scenes", TALK_TRAINING, space.run_folder(0))
+    except (ValueError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+    space.stop_flags["talk"] = run.stop
+    records: list[dict] = []
+    try:
+        for record in run.records():
+            records.append(record)
+            evaluated = is_evaluation(record)
+            if record["step"] % 5 == 0 or evaluated:
+                curves = training_step(replace(talk.inputs, records=records)).figures[0]
+                probe = probe_figures(**vars(run.probe_measurement(record["step"]))) if evaluated else {}
+                status = f"step {record['step']} / {TALK_TRAINING.steps}"
+                yield curves, probe.get("grounding", gr.skip()), status, gr.skip(), gr.skip()
+    except (NonFiniteLossError, ValueError) as error:
+        raise gr.Error(str(error)) from error
+    finally:
+        space.stop_flags.pop("talk", None)
+    talk.replace_step(training_step(replace(talk.inputs, records=records)))
+    try:
+        start = load_model(talk.model_spec)
+        trained = load_model(str(run.checkpoint.parent), name="after the run")
+    except (ValueError, ModelUnavailableError) as error:
+        raise gr.Error(str(error)) from error
+    lens = lens_step(
+        replace(
+            talk.inputs, encoding=encode_pair_set(trained, talk.pairs).encoding, model_name="after the run",
+            before=encode_pair_set(start, talk.pairs).encoding, before_name="before the run",
+        )
+    )  # fmt: skip
+    if lens is None:
+        yield gr.skip(), gr.skip(), f"Done after {records[-1]['step']} steps.", gr.skip(), gr.skip()
+        return
+    talk.replace_step(lens)
+    status = f"Done after {records[-1]['step']} steps: step 6 now shows the pairs before and after this run."
+    yield gr.skip(), gr.skip(), status, lens.figures[0], f"## {lens.message}"
+
+
+def stop_live(space: SessionSpace) -> str:
+    """Stop the talk's run after its current step."""
+    for flag in list(space.stop_flags.values()):
+        flag.set()
+    return "Stopping…"
+
+
+def snapshot(talk: Talk | None, space: SessionSpace) -> str:
+    """The whole talk as one self-contained HTML file (no server, no network), in this session's downloads."""
+    if talk is None:
+        raise gr.Error("The story is still loading.")
+    path = space.export_folder("talk") / "vlviz-talk.html"
+    path.write_text(talk_html(talk.steps), encoding="utf-8")
+    return str(path)
+
+
+KEYS_JS = """
+() => {
+  if (window.vlvizTalkKeys) return;
+  window.vlvizTalkKeys = true;
+  const KEYS = __KEYS__;
+  const tabs = () => {
+    const seen = new Map();
+    document.querySelectorAll('#talk-steps button[role="tab"]').forEach(b => {
+      if (!seen.has(b.dataset.tabId) && b.offsetParent !== null) seen.set(b.dataset.tabId, b);
+    });
+    return Array.from(seen.values());
+  };
+  const current = () => {
+    const all = tabs();
+    return Math.max(0, all.findIndex(b => b.getAttribute('aria-selected') === 'true'));
+  };
+  const go = (i) => { const all = tabs(); if (all[i]) all[i].click(); };
+  const press = (id) => { const b = document.getElementById(id); if (b) b.click(); };
+  document.addEventListener('keydown', (event) => {
+    if (!document.getElementById('talk-steps')) return;
+    if (['INPUT', 'TEXTAREA', 'SELECT'].includes(event.target.tagName)) return;
+    const key = event.key;
+    const step = __STEPS__[current()];
+    if (KEYS.next.includes(key)) { event.preventDefault(); go(current() + 1); }
+    else if (KEYS.previous.includes(key)) { event.preventDefault(); go(current() - 1); }
+    else if (KEYS.variant.includes(key)) { press(`talk-${step}-variant`); }
+    else if (KEYS.notes.includes(key)) { document.getElementById('talk-steps').classList.toggle('talk-notes'); }
+    else if (KEYS.train.includes(key)) { go(__STEPS__.indexOf('training')); press('talk-train'); }
+  });
+}
+"""
+
+PRELOAD_JS = """
+async () => {
+  // Visit every step once so that each figure is drawn before the talk starts: later switches only show them.
+  const buttons = Array.from(document.querySelectorAll('#talk-steps button[role="tab"]'))
+    .filter((b, i, all) => b.offsetParent !== null && all.findIndex(c => c.dataset.tabId === b.dataset.tabId) === i);
+  for (const b of buttons.slice(1)) { b.click(); await new Promise(r => setTimeout(r, 120)); }
+  if (buttons.length) buttons[0].click();
+}
+"""
+
+TALK_CSS = """
+#talk-steps button[role="tab"] { font-size: 20px; }
+.talk-message h2 { font-size: 30px; line-height: 1.25; }
+.talk-note { display: none; font-size: 20px; background: #fff6d5; border-left: 6px solid #e69f00; padding: 8px 14px; }
+#talk-steps.talk-notes .talk-note { display: block; }
+.talk-hidden { display: none !important; }
+.talk-keys { font-size: 18px; }
+"""
+
+
+def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> None:
+    """Add the `/talk` route to `demo`: the six steps, their keys, live training and the snapshot download.
+
+    `policy` is the app's; the talk page loads only the offline model or a story an app session handed over."""
+    keys_js = KEYS_JS.replace("__KEYS__", str(KEYS).replace("'", '"')).replace("__STEPS__", str(STEP_KEYS))
+    with demo.route("Talk", "/talk") as page:
+        talk = gr.State(None)
+        space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
+        gr.Markdown(
+            "# vlviz: how a vision-language model aligns images with text\n"
+            "→ / space next step · ← previous · **g** / **w** / **v** next view of a step (the gap, the next word)"
+            " · **t** train live · **n** speaker notes",
+            elem_classes="talk-keys",
+        )
+        outputs: list[Any] = []
+        variant_buttons = {}
+        with gr.Tabs(elem_id="talk-steps"):
+            for key, title in zip(STEP_KEYS, STEP_TITLES, strict=True):
+                with gr.Tab(title, id=key, elem_id=f"talk-{key}"):
+                    message = gr.Markdown(elem_classes="talk-message", elem_id=f"talk-{key}-message")
+                    variant = gr.Markdown(elem_id=f"talk-{key}-variant-name")
+                    plot = gr.Plot(show_label=False, elem_id=f"talk-{key}-plot")
+                    if key == "training":
+                        with gr.Row():
+                            train = gr.Button("Train (t)", variant="primary", elem_id="talk-train")
+                            stop = gr.Button("Stop", elem_id="talk-stop")
+                        train_status = gr.Markdown(elem_id="talk-train-status")
+                        probe = gr.Plot(show_label=False, elem_id="talk-probe-plot")
+                    note = gr.Markdown(elem_classes="talk-note", elem_id=f"talk-{key}-note")
+                    variant_buttons[key] = gr.Button("Next view", elem_id=f"talk-{key}-variant",
+                                                     elem_classes="talk-hidden")  # fmt: skip
+                    outputs += [message, plot, note, variant]
+        with gr.Row():
+            prepare = gr.Button("Prepare a snapshot of the whole talk", scale=1, elem_id="talk-snapshot")
+            download = gr.File(label="One HTML file: every step, interactive, no server needed", interactive=False,
+                               scale=3, elem_id="talk-snapshot-file")  # fmt: skip
+        plots = {key: outputs[4 * i + 1] for i, key in enumerate(STEP_KEYS)}
+        names = {key: outputs[4 * i + 3] for i, key in enumerate(STEP_KEYS)}
+        page.load(open_talk, None, [talk, *outputs], api_visibility="private").then(None, None, None, js=PRELOAD_JS)
+        page.load(None, None, None, js=keys_js)
+        for key, button in variant_buttons.items():
+            button.click(next_variant, [talk, gr.State(key)], [plots[key], names[key]], api_visibility="private",
+                         show_progress="hidden")  # fmt: skip
+        lens_message = outputs[4 * STEP_KEYS.index("before-after")]
+        train.click(
+            train_live, [talk, space], [plots["training"], probe, train_status, plots["before-after"], lens_message],
+            api_visibility="private", concurrency_id="train",
+        )  # fmt: skip
+        stop.click(stop_live, space, train_status, api_visibility="private", concurrency_limit=None)
+        prepare.click(snapshot, [talk, space], download, api_visibility="private")
