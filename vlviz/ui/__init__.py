@@ -17,7 +17,7 @@ from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
 from vlviz.layout_worker import LayoutWorkerError
 from vlviz.models import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
 from vlviz.policy import ModelPolicy
-from vlviz.ui.affinity_tab import analyze, build_affinity_tab
+from vlviz.ui.affinity_tab import build_affinity_tab
 from vlviz.ui.agents import accept_urls, hide_state_loads, mcp_enabled, open_choices, repair_gradio_mcp
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
@@ -31,6 +31,7 @@ from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
 from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
+from vlviz.ui.view_links import open_view, restore_view, view_link
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
 DEFAULT_CONCURRENCY = 4  # small private events (sample choice, picker, comparisons)
@@ -54,6 +55,8 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
         analysis = gr.State(None)  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
         shown_tab = gr.State("Affinity")  # the label of the tab in view
         space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
+        wanted = gr.State(None)  # the Grounding pair and word a view link asks for (`WantedView`)
+        linked = gr.State(None)  # the analysis a view link hands over (`EncodedPairs`), shown without encoding
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(
@@ -88,7 +91,9 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                 analyze_button = gr.Button("Analyze", variant="primary", elem_id="analyze")
                 with gr.Row():
                     talk_button = gr.Button("Open as a talk", size="sm", elem_id="open-talk")
-                    talk_link = gr.Markdown(elem_id="talk-link")
+                    link_button = gr.Button("Link to this view", size="sm", elem_id="view-link-button")
+                talk_link = gr.Markdown(elem_id="talk-link")
+                view_link_text = gr.Markdown(elem_id="view-link")
             with gr.Column(scale=3), gr.Tabs() as tabs:
                 with gr.Tab("Affinity", id="affinity"):
                     analyze_inputs, analyze_outputs = build_affinity_tab(
@@ -99,15 +104,22 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                 with gr.Tab(EMBEDDING_TAB, id="embedding") as embedding_tab:
                     build_embedding_tab(analysis, space, embedding_tab, shown_tab)
                 with gr.Tab(GROUNDING_TAB, id="grounding") as grounding_tab:
-                    build_grounding_tab(model, analysis, space, grounding_tab, shown_tab)
+                    grounding_pair, grounding_word = build_grounding_tab(
+                        model, analysis, space, grounding_tab, shown_tab, wanted
+                    )
                 with gr.Tab(KEYWORDS_TAB, id="keywords") as keywords_tab:
                     build_keywords_tab(model, analysis, space, keywords_tab, shown_tab)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, analysis, space)
         tabs.select(current_tab, None, shown_tab, api_visibility="private", show_progress="hidden")
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
-        if initial_sample is not None:
-            demo.load(analyze, analyze_inputs, analyze_outputs, api_visibility="private")
+        restored = [model, sample, files, captions, tabs, shown_tab, wanted, linked]
+        demo.load(restore_view, space, restored, api_visibility="private").then(
+            open_view, [*analyze_inputs, linked], analyze_outputs, api_visibility="private"
+        )
+        link_button.click(
+            view_link, [analysis, shown_tab, grounding_pair, grounding_word], view_link_text, api_visibility="private"
+        )
         talk_button.click(open_as_talk, [analysis, space], talk_link, api_visibility="private")
         demo.unload(SESSIONS.end)
     build_talk_page(demo, policy)

@@ -24,6 +24,7 @@ from vlviz.viz.views import AffinityView, affinity_view, heatmap_page, heatmap_p
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 GALLERY_PAIRS = 48  # pairs shown in the gallery (the first ones); the ranks table lists every pair
+ANALYZE_OUTPUTS = 12  # heatmaps (3), ranks, gallery, data, status, notices, downloads, analysis, page, kept figures
 
 
 def _affinity(
@@ -97,6 +98,11 @@ def analyze(
     SESSIONS.bind(space, request)
     analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space)
     progress(0.85, desc="Drawing")
+    return affinity_outputs(analysis, model.name, model_status(model, notice), value_kind)
+
+
+def affinity_outputs(analysis: EncodedPairs, model_name: str, status: str, value_kind: str) -> tuple[Any, ...]:
+    """`analyze`'s outputs for pairs already encoded (an Analyze, or the pairs a view link hands over)."""
     figures = _figures_of(analysis, None)
     report, view, note = _affinity(analysis, value_kind, 1, figures)
     pairs = analysis.pairs
@@ -104,9 +110,8 @@ def analyze(
     message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
     pages = heatmap_pages(len(pairs))
     page = gr.update(maximum=max(pages, 2), value=1, visible=pages > 1)  # a slider needs a range, even when hidden
-    status = model_status(model, notice)
     heatmaps = (view.image_text, view.image_image, view.text_text)
-    data = _data(analysis, report, model.name)
+    data = _data(analysis, report, model_name)
     return (*heatmaps, view.ranks, gallery, data, status, message, None, analysis, page, figures)
 
 

@@ -15,7 +15,15 @@ from PIL import Image
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs, VLModel
 from vlviz.grounding import MIN_COVER, bundled_scene_score, caption_maps, xmm_word_attention
-from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
+from vlviz.ui.session import (
+    VIEW_EVENT,
+    SessionSpace,
+    WantedView,
+    analyzed,
+    draw_on_first_view,
+    first_view,
+    model_for,
+)
 from vlviz.viz.tables import grounding_score_markdown
 from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view
 
@@ -144,20 +152,25 @@ def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
 
 def _when_in_view(
     kind: str, opacity: float, text: str | None, analysis: EncodedPairs | None, model_spec: str | None,
-    space: SessionSpace, drawn: int | None, tab: str,
+    space: SessionSpace, wanted: WantedView | None, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
-    """Ground the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
-    finishes); returns `grounding`'s outputs and the serial of the analysis drawn."""
+    """Ground the first pair once per analysis (or the pair and word a view link asks for), when the tab is
+    in view (selected now, or open when Analyze finishes); returns `grounding`'s outputs and the serial of
+    the analysis drawn."""
     if not first_view(analysis, drawn, tab == TAB):
         return (gr.skip(),) * (OUTPUTS + 1)
-    return (*grounding(None, None, kind, opacity, text, analysis, model_spec, space), analysis.serial)
+    pair, word = (wanted.pair, wanted.word) if wanted else (None, None)
+    if pair is not None and pair > len(analysis.pairs):
+        pair, word = None, None  # a link to a pair these pairs do not have: the first, as always
+    return (*grounding(pair, word, kind, opacity, text, analysis, model_spec, space), analysis.serial)
 
 
 def build_grounding_tab(
-    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State
-) -> None:
+    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State, wanted: gr.State
+) -> tuple[gr.Dropdown, gr.Radio]:
     """Create the tab's components and wire them to `grounding`; it grounds the first pair of each new analysis
-    the first time the tab shows it."""
+    (or the pair and word in `wanted`, a view link's) the first time the tab shows it. Returns the pair and
+    word choices (what a view link records)."""
     gr.Markdown(
         "Where does each word land? SPARC (Bica et al., ICML 2024) weighs every image patch for every "
         "caption token: similarities min-max normalised over the patches, those below 1/P dropped, the "
@@ -212,4 +225,6 @@ def build_grounding_tab(
     for event in (pair.input, text.submit, ground_button.click):
         event(_ground_first_word, [pair, *common], **shown, api_visibility="private")
     drawn = gr.State(None)  # the serial of the analysis drawn
-    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, [*common, drawn], [*outputs, drawn], VIEW_EVENT)
+    first = [*common, wanted, drawn]
+    draw_on_first_view(_when_in_view, tab, TAB, analysis, current, first, [*outputs, drawn], VIEW_EVENT)
+    return pair, words

@@ -13,7 +13,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -153,6 +155,50 @@ class SessionRegistry:
 
 
 SESSIONS = SessionRegistry()
+
+MAX_KEPT_ANALYSES = 64  # analyses kept for links (talks, views), all sessions together; the oldest go first
+
+
+class KeptAnalyses:
+    """Analyses handed from an app session to another page (a talk, a view link): token -> (analysis, model spec).
+
+    The token is made here (random, 128 bits) and only ever looked up; entries are bounded and expire with sessions.
+    """
+
+    def __init__(self, capacity: int = MAX_KEPT_ANALYSES, ttl_s: float = SESSION_TTL_S) -> None:
+        self._kept: OrderedDict[str, tuple[float, EncodedPairs, str]] = OrderedDict()
+        self._capacity, self._ttl_s = capacity, ttl_s
+        self._lock = threading.Lock()
+
+    def put(self, analysis: EncodedPairs, model_spec: str) -> str:
+        token = secrets.token_urlsafe(16)
+        with self._lock:
+            self._kept[token] = (time.monotonic(), analysis, model_spec)
+            while len(self._kept) > self._capacity:
+                self._kept.popitem(last=False)
+        return token
+
+    def get(self, token: str | None) -> tuple[EncodedPairs, str] | None:
+        """The analysis under `token`, or None (unknown, expired, or no token): a dictionary lookup, nothing else."""
+        if not token:
+            return None
+        with self._lock:
+            entry = self._kept.get(token)
+            if entry is None or time.monotonic() - entry[0] > self._ttl_s:
+                self._kept.pop(token, None)
+                return None
+            return entry[1], entry[2]
+
+
+KEPT = KeptAnalyses()  # the analyses handed to talk pages and view links
+
+
+@dataclass(frozen=True)
+class WantedView:
+    """The pair (1-based) and word (0-based) a view link asks the Grounding tab to show first."""
+
+    pair: int | None = None
+    word: int | None = None
 
 
 def model_for(spec: str | None, space: SessionSpace) -> tuple[VLModel, str | None]:

@@ -6,16 +6,12 @@ the session's kept story without recomputing. Step 5 trains live (continual CLIP
 on two cores); when it ends, step 6 shows that run's start and end instead of the untrained model's.
 
 By default the story is the bundled scenes on the offline model. From the app, "Open as a talk" stores
-the session's analysed pairs and model under a random token (`STORIES`) and links to `/talk?story=TOKEN`;
+the session's analysed pairs and model under a random token (`vlviz.ui.session.KEPT`) and links to `/talk?story=TOKEN`;
 the token is only ever looked up, never used as a path, and stories expire with sessions.
 """
 
 from __future__ import annotations
 
-import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +27,7 @@ from vlviz.policy import ModelPolicy
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run
-from vlviz.ui.session import SESSION_TTL_S, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed
 from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
 from vlviz.viz.views import probe_figures
 
@@ -39,7 +35,6 @@ STEP_KEYS = ["affinity", "gap", "saco", "grounding", "training", "before-after"]
 STEP_TITLES = ["1 Affinity", "2 The gap", "3 SaCo", "4 Grounding", "5 Training", "6 Before / after"]
 TALK_TRAINING = TrainConfig(steps=120, batch_size=32, lr=1e-4, eval_every=20, losses={"clip": 1.0, "saco": 0.5})
 """The live run of step 5: continual CLIP + SaCo (the Train tab's default demo), about a minute on two cores."""
-MAX_STORIES = 64  # stories kept for "Open as a talk" links, all sessions together; the oldest go first
 
 
 @dataclass
@@ -60,37 +55,6 @@ class Talk:
         if new.key not in self.variants:
             self.steps.append(new)
         self.variants[new.key] = 0
-
-
-class TalkStories:
-    """Stories handed from an app session to a talk page: token -> (analysis, model spec), bounded, expiring."""
-
-    def __init__(self, capacity: int = MAX_STORIES, ttl_s: float = SESSION_TTL_S) -> None:
-        self._stories: OrderedDict[str, tuple[float, EncodedPairs, str]] = OrderedDict()
-        self._capacity, self._ttl_s = capacity, ttl_s
-        self._lock = threading.Lock()
-
-    def put(self, analysis: EncodedPairs, model_spec: str) -> str:
-        token = secrets.token_urlsafe(16)
-        with self._lock:
-            self._stories[token] = (time.monotonic(), analysis, model_spec)
-            while len(self._stories) > self._capacity:
-                self._stories.popitem(last=False)
-        return token
-
-    def get(self, token: str | None) -> tuple[EncodedPairs, str] | None:
-        """The story under `token`, or None (unknown, expired, or no token): a dictionary lookup, nothing else."""
-        if not token:
-            return None
-        with self._lock:
-            entry = self._stories.get(token)
-            if entry is None or time.monotonic() - entry[0] > self._ttl_s:
-                self._stories.pop(token, None)
-                return None
-            return entry[1], entry[2]
-
-
-STORIES = TalkStories()
 
 
 def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
@@ -136,14 +100,14 @@ def open_as_talk(analysis: EncodedPairs | None, space: SessionSpace) -> str:
             space.policy.check(spec)
     except ValueError as error:
         raise gr.Error(str(error)) from error
-    token = STORIES.put(analysis, str(folder) if folder else spec)
+    token = KEPT.put(analysis, str(folder) if folder else spec)
     return f"[Open the talk of these {len(analysis.pairs)} pairs](talk?story={token}) (in a new tab; the link expires)"
 
 
 def open_talk(request: gr.Request) -> list[Any]:
     """Build the story on page load: the session's pairs when the link carries a known story, else the scenes."""
     token = request.query_params.get("story") if request else None
-    stored = STORIES.get(token)
+    stored = KEPT.get(token)
     try:
         talk = build_story(*stored) if stored else build_story(None, OFFLINE_SPEC)
     except (ValueError, InputError, ModelUnavailableError) as error:

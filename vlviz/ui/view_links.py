@@ -1,0 +1,129 @@
+"""Links that restore a view: the model, the pairs, the tab, and on Grounding the pair and the word.
+
+A link is a query string: `?model=SPEC&sample=scenes&tab=grounding&pair=3&word=2`. Pairs that are a
+bundled sample set are named (the link works for anyone, for ever); other pairs (uploads) are kept
+under a random token, `pairs=TOKEN` (`vlviz.ui.session.KEPT`), for as long as sessions live, so the
+link shares them with whoever holds it and with no one else. Gradio's own `gr.DeepLinkButton` snapshots
+every component's value (heatmaps included) into a new file per click that nothing bounds; these links
+write nothing. Every parameter is untrusted: the model goes through the server's policy, the tab must be
+one of the app's, numbers are bounded, and unknown values are ignored with a notice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import gradio as gr
+
+from vlviz.data.samples import SAMPLE_SETS, sample_files
+from vlviz.encoding import EncodedPairs
+from vlviz.ui.affinity_tab import ANALYZE_OUTPUTS, affinity_outputs, analyze
+from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
+from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
+from vlviz.ui.grounding_tab import TAB as GROUNDING_TAB
+from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
+from vlviz.ui.session import KEPT, SessionSpace, WantedView, analyzed
+
+TABS = {  # a link's tab= value (the tab's id) -> the tab's label
+    "affinity": "Affinity",
+    "consistency": CONSISTENCY_TAB,
+    "embedding": EMBEDDING_TAB,
+    "grounding": GROUNDING_TAB,
+    "keywords": KEYWORDS_TAB,
+    "train": "Train",
+}
+MAX_SPEC_CHARS = 300  # a model spec in a link
+
+
+def _sample_of(analysis: EncodedPairs) -> str | None:
+    """The bundled sample set the analysed pairs are, unchanged, or None."""
+    for name in SAMPLE_SETS:
+        files, captions = sample_files(name)
+        names = [path.rsplit("/", 1)[-1] for path in files]
+        if analysis.pairs.names == names and analysis.pairs.captions == captions.splitlines():
+            return name
+    return None
+
+
+def view_link(analysis: EncodedPairs | None, shown_tab: str, pair: int | None, word: int | None) -> str:
+    """A Markdown link to what this page shows now: the model and pairs analysed, the tab, Grounding's pair and word.
+
+    A model this session trained ('session run N') is named in the link but loads only in this session.
+    """
+    analysis = analyzed(analysis, "a link restores the pairs analysed and the view on them.")
+    params = {"model": analysis.model_name}
+    sample = _sample_of(analysis)
+    if sample:
+        params["sample"] = sample
+    else:
+        params["pairs"] = KEPT.put(analysis, analysis.model_name)  # a name, never a server path
+    tab = next((key for key, label in TABS.items() if label == shown_tab), "affinity")
+    params["tab"] = tab
+    if tab == "grounding":
+        params |= {k: str(int(v)) for k, v in (("pair", pair), ("word", word)) if v is not None}
+    lasting = (
+        "it works as long as the bundled samples do"
+        if sample
+        else "your uploads travel with it; it expires with sessions"
+    )
+    return f"[Link to this view](?{urlencode(params)}) (copy it; {lasting})"
+
+
+def _bounded_int(value: str | None, low: int, high: int) -> int | None:
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and low <= number <= high else None
+
+
+def restore_view(space: SessionSpace, request: gr.Request) -> tuple[Any, ...]:
+    """On page load: what a link asks for, as updates of the model box, the sample set, the uploads and
+    captions, the tabs, the tab in view and Grounding's first pair and word, plus the linked analysis.
+
+    With no link parameters every output is skipped: the page opens as it always does.
+    """
+    params = request.query_params if request else {}
+    if not any(key in params for key in ("model", "sample", "pairs", "tab")):
+        return (gr.skip(),) * 8
+    notices = []
+    linked = KEPT.get(params.get("pairs"))
+    if params.get("pairs") and linked is None:
+        notices.append("The link's uploaded pairs have expired (links to uploads last as long as sessions do).")
+    model = gr.skip()
+    spec = (linked[1] if linked else params.get("model", "")).strip()[:MAX_SPEC_CHARS]
+    if spec:
+        try:
+            if space.checkpoint(spec) is None:
+                space.policy.check(spec)
+            model = gr.update(value=spec)
+        except ValueError as error:
+            notices.append(f"The link's model is not available here: {error}")
+    sample, files, captions = gr.skip(), gr.skip(), gr.skip()
+    if linked is None and params.get("sample") in SAMPLE_SETS:
+        name = params["sample"]
+        sample_paths, sample_captions = sample_files(name)
+        sample, files, captions = gr.update(value=name), sample_paths, sample_captions
+    tab = params.get("tab") if params.get("tab") in TABS else "affinity"
+    wanted = WantedView(
+        pair=_bounded_int(params.get("pair"), 1, 1_000_000), word=_bounded_int(params.get("word"), 0, 10_000)
+    )
+    for notice in notices:
+        gr.Warning(notice)
+    analysis = linked[0] if linked else None
+    return model, sample, files, captions, gr.Tabs(selected=tab), TABS[tab], wanted, analysis
+
+
+def open_view(
+    files: list[str] | None, captions: str | None, model_spec: str | None, value_kind: str,
+    space: SessionSpace, linked: EncodedPairs | None, request: gr.Request, progress: gr.Progress = gr.Progress(),  # noqa: B008
+) -> tuple[Any, ...]:  # fmt: skip
+    """After `restore_view`: the Affinity view of the linked pairs (no encoding), else an Analyze of the
+    page's files (the sample set analysed on load, or the one the link names)."""
+    if linked is not None:
+        status = f"**Model:** `{linked.model_name}` (the pairs and encoding a link handed over)"
+        return affinity_outputs(linked, linked.model_name, status, value_kind)
+    if not files:
+        return (gr.skip(),) * ANALYZE_OUTPUTS
+    return analyze(files, captions, model_spec, value_kind, space, request, progress)
