@@ -28,6 +28,7 @@ from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run
 from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.train_tab import MAX_TRAININGS
 from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
 from vlviz.viz.views import probe_figures
 
@@ -287,7 +288,7 @@ def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> None:
         lens_message = outputs[4 * STEP_KEYS.index("before-after")]
         train.click(
             train_live, [talk, space], [plots["training"], probe, train_status, plots["before-after"], lens_message],
-            api_visibility="private", concurrency_id="train",
+            api_visibility="private", concurrency_id="train", concurrency_limit=MAX_TRAININGS,
         )  # fmt: skip
         stop.click(stop_live, space, train_status, api_visibility="private", concurrency_limit=None)
         prepare.click(snapshot, [talk, space], download, api_visibility="private")
