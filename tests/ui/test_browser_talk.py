@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
 from vlviz.ui.talk_page import STEP_KEYS
@@ -101,3 +102,18 @@ def test_a_session_tells_its_own_pairs(talk_page: tuple, app_url: str) -> None:
     _wait_for_step(page, "affinity")
     page.goto(app_url + "talk?story=not-a-token")  # unknown: the built-in story, said so
     _wait_for_step(page, "affinity")
+
+
+def test_t_trains_live_and_step_six_then_shows_that_run(talk_page: tuple, app_url: str) -> None:
+    page, _ = talk_page
+    page.goto(app_url + "talk")
+    _wait_for_step(page, "affinity")
+    page.keyboard.press("t")  # goes to step 5 and starts the run
+    status = page.locator("#talk-train-status")
+    expect(status).to_contain_text("step 5 /", timeout=3 * TIMEOUT_MS)
+    assert _figure(page, "training")["title"].startswith("Training live")
+    page.click("#talk-stop")
+    expect(status).to_contain_text("step 6 now shows", timeout=3 * TIMEOUT_MS)
+    page.keyboard.press("ArrowRight")
+    figure = _wait_for_step(page, "before-after")
+    assert figure["title"].startswith("Each pair from before the run")
