@@ -15,6 +15,7 @@ already there is not trained again: the grid resumes where a stopped session lef
     python -m bench.grounding --readme      # the main grid: 2 starts x 2 caption styles x 4 settings x 3 seeds
     python -m bench.grounding --starts scratch --captions varied \\
         --settings "SPARC, mean pooling" "SPARC, mean pooling, λf 5" --readme    # SPARC's open options
+    python -m bench.grounding --table-only --readme     # the table of the runs done so far, nothing trained
     python -m bench.grounding --steps 5 --seeds 0 --settings CLIP --starts scratch --results /tmp/smoke.jsonl
 """
 
@@ -125,9 +126,14 @@ def main() -> None:
     parser.add_argument("--captions", nargs="+", default=list(CAPTIONS), choices=list(CAPTIONS))
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines of finished runs (resumed)")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs in --results")
     args = parser.parse_args()
 
-    markdown = table(run_all(args), args)
+    if args.table_only:
+        rows = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
+    else:
+        rows = run_all(args)
+    markdown = table(rows, args)
     print(markdown)
     if args.readme:
         write_readme_block("grounding", markdown)
