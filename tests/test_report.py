@@ -89,7 +89,7 @@ def test_report_ranks_csv_neutralises_formula_captions(tmp_path: Path) -> None:
     texts = F.normalize(torch.randn(3, 8, generator=generator), dim=-1)
     captions = ["=1+2", "@cmd", "a cat"]
     pairs = PairSet([Image.new("RGB", (4, 4))] * 3, captions, ["+a.png", "b.png", "c.png"])
-    report_module._affinity_section(images, texts, pairs, [0, 1, 2], tmp_path)
+    report_module._affinity_section(images, texts, pairs.names, pairs.captions, [0, 1, 2], tmp_path)
     with (tmp_path / "ranks.csv").open(newline="", encoding="utf-8") as file:
         rows = list(csv.reader(file))
     assert [row[:2] for row in rows[1:]] == [["'+a.png", "'=1+2"], ["b.png", "'@cmd"], ["c.png", "a cat"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -142,17 +143,29 @@ def _print_grounding_table(
 
 def _report(args: argparse.Namespace) -> int:
     from vlviz.data.inputs import InputError
-    from vlviz.models import ModelUnavailableError
-    from vlviz.report import write_report
+    from vlviz.models import OFFLINE_SPEC, ModelUnavailableError
+    from vlviz.report import REPORT_MAX_PAIRS, write_embeddings_report, write_report
 
+    views = {"top_k": args.top_k, "method": args.method, "seed": args.seed, "temperature": args.temperature}
+    source_options = {"image_column": args.image_column, "caption_column": args.caption_column,
+                      "images_dir": args.images, "all_captions": args.all_captions}  # fmt: skip
     try:
-        path = write_report(
-            args.pairs, args.model, args.out, top_k=args.top_k, method=args.method, seed=args.seed,
-            temperature=args.temperature, device=args.device,
-            **({"max_pairs": args.max_pairs} if args.max_pairs else {}),
-            source_options={"image_column": args.image_column, "caption_column": args.caption_column,
-                            "images_dir": args.images, "all_captions": args.all_captions},
-        )  # fmt: skip
+        if args.embeddings:
+            pairs_only = ("model", "device", "max_pairs", "image_column", "caption_column", "images", "all_captions")
+            unused = [f"--{name.replace('_', '-')}" for name in pairs_only if getattr(args, name)]
+            if unused:
+                raise ValueError(
+                    f"--embeddings reads precomputed embeddings (their model is in the folder's index): "
+                    f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply."
+                )
+            path = write_embeddings_report(args.embeddings, args.out, sample=args.sample or REPORT_MAX_PAIRS, **views)
+        elif args.sample:
+            raise ValueError("--sample applies to --embeddings folders; --pairs are reported whole (see --max-pairs).")
+        else:
+            path = write_report(
+                args.pairs, args.model or OFFLINE_SPEC, args.out, device=args.device,
+                **({"max_pairs": args.max_pairs} if args.max_pairs else {}), source_options=source_options, **views,
+            )  # fmt: skip
     except (InputError, ValueError, ModelUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -160,9 +173,68 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    """Embed a source into a shard folder (under torchrun, this rank's share); bad input ends with its message."""
+    import torch.distributed as dist
+
+    from vlviz.data.inputs import InputError
+    from vlviz.models import ModelUnavailableError
+
+    try:
+        return _embed_run(args)
+    except (InputError, ValueError, ModelUnavailableError, OSError, dist.DistError) as error:
+        message = str(error)
+        if isinstance(error, dist.DistError):
+            message = "another rank stopped (its message says why)"
+        elif isinstance(error, OSError):
+            message = f"cannot write to {args.out} ({error.strerror or error})"
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""
+        print(f"error: {rank}{message}", file=sys.stderr)
+        return 2
+
+
+def _embed_run(args: argparse.Namespace) -> int:
+    import time
+
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from vlviz.data.formats import stream_pairs
+    from vlviz.embeddings_store import EmbedSettings, embed_to_folder
+    from vlviz.models import load_model, resolve_device
+    from vlviz.training.distributed import init_distributed
+
+    settings = EmbedSettings(
+        shard_size=args.shard_size, file_format=args.format, dtype=args.dtype, patches=args.patches,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    stream = stream_pairs(
+        args.data, image_column=args.image_column, caption_column=args.caption_column, images_dir=args.images,
+        all_captions=args.all_captions,
+    )  # fmt: skip
+    context = init_distributed(resolve_device(args.device))
+    model = load_model(args.model, context.device)
+    start = time.perf_counter()
+    with tqdm(desc="pairs read", unit="pair", disable=not context.is_main) as bar:
+        summary = embed_to_folder(model, stream, args.out, settings, context.rank, context.world_size, bar.update)
+    if context.is_main:
+        for notice in stream.notices:
+            print(f"notice: {notice}", file=sys.stderr)
+        print(json.dumps({
+            "out": args.out, "model": args.model, "pairs": summary.pairs, "shards": summary.shards,
+            "world_size": context.world_size, "rank_0_wrote": summary.written, "rank_0_found_done": summary.skipped,
+            "seconds": round(time.perf_counter() - start, 1),
+        }))  # fmt: skip
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vlviz.consistency import DEFAULT_TEMPERATURE
+    from vlviz.data.formats import SOURCES_HELP
     from vlviz.data.scenes import CAPTION_STYLES
+    from vlviz.embeddings_store import DEFAULT_BATCH, DEFAULT_SHARD_SIZE, DTYPES, FILE_FORMATS
 
     captions = {
         "choices": list(CAPTION_STYLES),
@@ -225,11 +297,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     grounding.set_defaults(run=_eval_grounding)
 
+    embed = commands.add_parser(
+        "embed",
+        help="embed a pair set into npz/parquet shards with an index (resumable; torchrun splits the shards)",
+    )
+    embed.add_argument("--model", default="vlviz-scenes")
+    embed.add_argument("--data", required=True, help=f"any source report --pairs reads ({SOURCES_HELP}) but a zip")
+    embed.add_argument("--out", required=True, help="folder for index.json and the shards; a rerun resumes it")
+    embed.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="pairs decoded and encoded at once")
+    embed.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+        help="pairs per shard (lower it with --patches: a ViT-B/16 stores about 200 KB of patches a pair)",
+    )  # fmt: skip
+    embed.add_argument("--patches", action="store_true", help="also store projected patch and token features")
+    embed.add_argument(
+        "--format", default="npz", choices=FILE_FORMATS, help="npz (numpy, default) or parquet (fixed-size lists)"
+    )
+    embed.add_argument("--dtype", default="float16", choices=DTYPES, help="of the stored features")
+    embed.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
+    embed.add_argument(
+        "--caption-column", default=None, help="parquet, imagefolder: the caption column; webdataset: the .json field"
+    )
+    embed.add_argument(
+        "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
+    )
+    embed.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
+    embed.add_argument("--device", default=None)
+    embed.set_defaults(run=_embed)
+
     report = commands.add_parser(
         "report", help="self-contained HTML report of the Affinity, Consistency and Embedding views"
     )
-    report.add_argument(
-        "--pairs", required=True, help="a folder of images with captions.csv/json or metadata.jsonl/csv, a .zip, a "
+    given = report.add_mutually_exclusive_group(required=True)
+    given.add_argument(
+        "--embeddings", default=None, help="a folder `embed` wrote: report from its embeddings, without a model"
+    )
+    given.add_argument(
+        "--pairs", help="a folder of images with captions.csv/json or metadata.jsonl/csv, a .zip, a "
         "caption table, a COCO captions .json, a .parquet, or webdataset shards ('shards/{000..009}.tar', quoted)",
     )  # fmt: skip
     report.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
@@ -240,13 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
     )
     report.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
-    report.add_argument("--model", default="vlviz-scenes")
+    report.add_argument("--model", default=None, help="model spec (default: vlviz-scenes)")
     report.add_argument("--out", required=True, help="folder for report.html and its CSV/JSON/.npz files")
     report.add_argument("--top-k", type=int, default=10, help="most inconsistent pairs to show")
     report.add_argument("--method", default="umap", choices=["umap", "pca"], help="2-D layout of the embeddings")
     report.add_argument("--seed", type=int, default=0)
     report.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature of the KL")
     report.add_argument("--max-pairs", type=int, default=None, help="refuse more pairs (20,000; images stay in memory)")
+    report.add_argument(
+        "--sample", type=int, default=None,
+        help="--embeddings: pairs analysed; a larger folder is sampled, seeded by --seed (default 20,000)",
+    )  # fmt: skip
     report.add_argument("--device", default=None)
     report.set_defaults(run=_report)
 

@@ -399,3 +399,26 @@ def test_uploaded_shards_are_read_in_one_budget_and_never_name_files_on_disk(
     paths = write_parquet(tmp_path / "paths.parquet", pa.array(files), pa.array(CAPTIONS))
     with pytest.raises(InputError, match="path"):
         formats.pairs_from_dataset_uploads([str(paths)])
+
+
+# ----------------------------------------------------------------------------------------- streams
+
+
+def test_a_stream_gives_the_pairs_of_read_pairs_without_decoding_or_bounds(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = write_images(tmp_path / "folder")
+    with (tmp_path / "folder" / "captions.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([("file", "caption"), *zip(files, CAPTIONS)])
+    monkeypatch.setattr(inputs, "MAX_PAIRS", 2)  # an upload's bounds do not apply to a stream
+    monkeypatch.setattr(formats._Pairs, "decode", None)  # and no image is opened
+    webdataset = list(formats.stream_pairs(str(shards / "{000..001}.tar")).pairs)
+    assert [p.caption for p in webdataset] == CAPTIONS and [p.image for p in webdataset] == [png(i) for i in IMAGES]
+    assert [p.name for p in webdataset] == [f"{i:04d}.png" for i in range(6)]
+    for source in (tmp_path / "folder", tmp_path / "folder" / "captions.csv"):
+        listed = list(formats.stream_pairs(source).pairs)
+        assert [p.caption for p in listed] == CAPTIONS and [p.name for p in listed] == files
+        assert [p.image for p in listed] == [tmp_path / "folder" / f for f in files]
+    (tmp_path / "pairs.zip").write_bytes(b"PK")
+    with pytest.raises(InputError, match=r"pairs.zip is a zip, which vlviz reads whole"):
+        formats.stream_pairs(tmp_path / "pairs.zip")

@@ -8,6 +8,9 @@ pairs, MAX_IMAGE_PIXELS per image, a pixel budget per call) and decodes every im
 `load_image`, so the pixels and the messages are the same whichever way pairs arrive. Tar shards and
 parquet files are streamed (members and row batches one at a time, never unpacked to disk), and every
 problem is an `InputError` naming the file, sample, row or columns involved.
+
+`stream_pairs` hands the same sources over one pair at a time with the images still encoded, for
+sets too large to hold (`vlviz.embeddings_store` embeds a million pairs from it in bounded memory).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from vlviz.data.inputs import (
     _clip,
     _find_column,
     _list_names,
+    _match_table,
     _natural_key,
     _pixels_in_header,
     _plural,
@@ -82,6 +86,8 @@ _OPTIONS: dict[str, frozenset[str]] = {
     "table": frozenset(),
 }
 """The options of `read_pairs` each format uses; any other option given is refused rather than silently ignored."""
+STREAMED_FORMATS = ("webdataset", "parquet", "coco", "imagefolder")
+"""Formats whose readers yield pairs one at a time (`_format_pairs`); the others are read by `vlviz.data.inputs`."""
 _DESCRIPTIONS = {
     "webdataset": "webdataset tar shards",
     "parquet": "a parquet source",
@@ -139,20 +145,49 @@ class _Pairs:
             )
         return load_image(image, label, notices=self.notices)
 
-    def add(self, image: Image.Image, caption: str, name: str, label: str) -> None:
-        """Keep one pair; its caption must be non-empty and not too long."""
-        caption = caption.strip()
-        if not caption:
-            raise InputError(f"The caption of {label} is empty; write one.")
-        _check_caption(caption, f"The caption of {label}")
-        self.images.append(image)
-        self.captions.append(caption)
-        self.names.append(name)
+    def collect(self, pairs: Iterator[RawPair], what: str) -> PairSet:
+        """Decode and keep every pair of a stream; `what` says what an empty source lacks.
 
-    def result(self, what: str) -> PairSet:
+        An image that follows itself (a COCO image with several captions) is decoded once.
+        """
+        held: tuple[bytes | Path, Image.Image] | None = None
+        for pair in pairs:
+            if held is None or held[0] is not pair.image:
+                held = (pair.image, self.decode(pair.image, pair.label))
+            self.images.append(held[1])
+            self.captions.append(pair.caption)
+            self.names.append(pair.name)
         if not self.images:
             raise InputError(f"{self.source} holds no image-caption pairs; {what}.")
         return PairSet(self.images, self.captions, self.names, self.notices)
+
+
+@dataclass(frozen=True)
+class RawPair:
+    """One pair as its source holds it, the image still encoded: what the readers yield, one at a time."""
+
+    image: bytes | Path  # the encoded image, or the file holding it
+    caption: str  # stripped, non-empty and within MAX_CAPTION_CHARS
+    name: str  # the image's name as views show it (a file name, never a server path)
+    label: str  # where the pair comes from, for messages
+
+
+def _pair(image: bytes | Path, caption: str, name: str, label: str, caption_label: str | None = None) -> RawPair:
+    """A RawPair whose caption is checked (non-empty, not too long); `caption_label` names it (default: `label`)."""
+    caption, where = caption.strip(), caption_label or label
+    if not caption:
+        raise InputError(f"The caption of {where} is empty; write one.")
+    _check_caption(caption, f"The caption of {where}")
+    return RawPair(image, caption, name, label)
+
+
+@dataclass
+class PairStream:
+    """A source's pairs one at a time, never all held: `pairs` is read once; `notices` fill in as it is read."""
+
+    source: str  # the path or pattern as given
+    pairs: Iterator[RawPair]
+    notices: list[str]
 
 
 def _first_caption(value: Any) -> str | None:
@@ -292,7 +327,7 @@ def _shard_caption(
     return caption
 
 
-def _read_webdataset(shards: list[Path], pairs: _Pairs, caption_column: str | None) -> PairSet:
+def _webdataset_pairs(shards: list[Path], caption_column: str | None, notices: list[str]) -> Iterator[RawPair]:
     """Pairs from webdataset tar shards, streamed member by member: {key}.jpg/png/... with {key}.txt or {key}.json."""
     without_image: list[str] = []
     for shard in shards:
@@ -305,15 +340,14 @@ def _read_webdataset(shards: list[Path], pairs: _Pairs, caption_column: str | No
                         continue
                     label = f"{shard.name}: {image[0]}"
                     caption = _shard_caption(key, image[0], files, shard.name, caption_column)
-                    pairs.add(pairs.decode(image[1], label), caption, image[0], label)
+                    yield _pair(image[1], caption, image[0], label)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             raise InputError(f"{shard.name} is not a readable tar archive ({reason}); write the shard again.") from exc
     if without_image:
-        pairs.notices.append(
+        notices.append(
             f"Skipped {_plural(len(without_image), 'sample')} without an image: {_list_names(without_image)}"
         )
-    return pairs.result("its samples need an image ({key}.jpg, .png, .webp, ...) and {key}.txt or {key}.json")
 
 
 # ----------------------------------------------------------------------------------------- parquet
@@ -363,14 +397,14 @@ def _parquet_image(
     return base / path, os.path.basename(path)
 
 
-def _read_parquet(
+def _parquet_pairs(
     files: list[Path],
-    pairs: _Pairs,
     image_column: str | None,
     caption_column: str | None,
     images_dir: Path | None,
     allow_paths: bool,
-) -> PairSet:
+    expect: Callable[[int], None],
+) -> Iterator[RawPair]:
     """Pairs from parquet files, read in row batches: an image column (bytes, path or struct) and a caption column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -384,7 +418,7 @@ def _read_parquet(
         image_col = _pick_column(schema.names, image_column, IMAGE_COLUMNS, "image", path.name)
         caption_col = _pick_column(schema.names, caption_column, CAPTION_COLUMNS, "caption", path.name)
         kind = _parquet_image_kind(image_col, schema.field(image_col).type, path.name)
-        pairs.expect(parquet.metadata.num_rows)
+        expect(parquet.metadata.num_rows)
         base = images_dir or path.parent
         row = 0
         try:
@@ -403,11 +437,10 @@ def _read_parquet(
                             "fill it in or drop the row."
                         )
                     label = f"{where} ({image[1]})" if image[1] else where
-                    pairs.add(pairs.decode(image[0], label), caption, image[1] or where, label)
+                    yield _pair(image[0], caption, image[1] or where, label)
                     row += 1
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path.name} could not be read past row {row} ({exc}); write the file again.") from exc
-    return pairs.result("it has no rows")
 
 
 # -------------------------------------------------------------------------------------------- COCO
@@ -421,7 +454,9 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int | str) and not isinstance(value, bool)
 
 
-def _read_coco(data: dict[str, Any], name: str, pairs: _Pairs, images_dir: Path, all_captions: bool) -> PairSet:
+def _coco_pairs(
+    data: dict[str, Any], name: str, images_dir: Path, all_captions: bool, expect: Callable[[int], None]
+) -> Iterator[RawPair]:
     """Pairs from COCO captions: `images` ({id, file_name}) and `annotations` ({image_id, caption}), in image order."""
     if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
         raise InputError(f'{name}: "images" and "annotations" must both be lists, as in COCO captions files.')
@@ -446,14 +481,15 @@ def _read_coco(data: dict[str, Any], name: str, pairs: _Pairs, images_dir: Path,
             f"{name}: {_plural(len(uncaptioned), 'image')} {'has' if len(uncaptioned) == 1 else 'have'} no caption: "
             f"{_list_names(uncaptioned)}. Add an annotation for each, or remove them from images."
         )
-    pairs.expect(sum(len(c) if all_captions else 1 for c in captions.values()))
+    expect(sum(len(c) if all_captions else 1 for c in captions.values()))
     for image_id, file in files.items():
-        label = f"{name}: {file}"
-        image = pairs.decode(images_dir / file, label)
+        image = images_dir / file  # one object for all its captions: decoded once
         chosen = captions[image_id] if all_captions else captions[image_id][:1]
+        label = f"{name}: {file}"
         for number, caption in enumerate(chosen, start=1):
-            pairs.add(image, caption, file if number == 1 else f"{file} ({number})", f"{label} (caption {number})")
-    return pairs.result('its "images" list is empty')
+            yield _pair(
+                image, caption, file if number == 1 else f"{file} ({number})", label, f"{label} (caption {number})"
+            )
 
 
 # ------------------------------------------------------------------------------------- imagefolder
@@ -484,17 +520,23 @@ def _metadata_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return list(columns), rows
 
 
-def _read_imagefolder(folder: Path, pairs: _Pairs, caption_column: str | None) -> PairSet:
-    """Pairs from a Hugging Face imagefolder: images beside metadata.jsonl/csv naming each by file_name."""
+def _imagefolder_metadata(folder: Path) -> Path:
+    """The metadata file of an imagefolder: metadata.jsonl or metadata.csv, not both."""
     found = [folder / name for name in IMAGEFOLDER_METADATA if (folder / name).is_file()]
     if len(found) > 1:
         raise InputError(f"{folder.name} holds both {' and '.join(m.name for m in found)}; keep one.")
-    metadata = found[0]
+    return found[0]
+
+
+def _imagefolder_pairs(
+    folder: Path, metadata: Path, caption_column: str | None, notices: list[str], expect: Callable[[int], None]
+) -> Iterator[RawPair]:
+    """Pairs from a Hugging Face imagefolder: images beside metadata.jsonl/csv naming each by file_name."""
     columns, rows = _metadata_rows(metadata)
     where = f"{folder.name}/{metadata.name}"
     file_col = _pick_column(columns, None, FILE_NAME_COLUMNS, "file name", where, option=False)
     caption_col = _pick_column(columns, caption_column, CAPTION_COLUMNS, "caption", where)
-    pairs.expect(len(rows))
+    expect(len(rows))
     listed = set()
     for number, row in enumerate(rows, start=1):
         file, caption = row.get(file_col), _first_caption(row.get(caption_col))
@@ -504,16 +546,13 @@ def _read_imagefolder(folder: Path, pairs: _Pairs, caption_column: str | None) -
             raise InputError(f"{where}: row {number} ({file}) has no caption in its {caption_col} column.")
         listed.add(os.path.normpath(file))
         label = f"{folder.name}/{file}"
-        pairs.add(pairs.decode(folder / file, label), caption, file, label)
+        yield _pair(folder / file, caption, file, label)
     unlisted = sorted(
         (e.name for e in folder.iterdir() if e.suffix.lower() in IMAGE_EXTENSIONS and e.name not in listed),
         key=_natural_key,
     )
     if unlisted:
-        pairs.notices.append(
-            f"{where} does not list {_plural(len(unlisted), 'image')}, so skipped: {_list_names(unlisted)}"
-        )
-    return pairs.result(f"{metadata.name} has no rows")
+        notices.append(f"{where} does not list {_plural(len(unlisted), 'image')}, so skipped: {_list_names(unlisted)}")
 
 
 # ------------------------------------------------------------------------------------ the entry point
@@ -572,6 +611,45 @@ def _check_options(kind: str, label: str, given: dict[str, Any]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The format options of a source (see `read_pairs`)."""
+
+    image_column: str | None
+    caption_column: str | None
+    images_dir: Path | None
+    all_captions: bool
+
+
+def _format_pairs(
+    kind: str,
+    files: list[Path],
+    coco: Any,
+    options: _Options,
+    allow_paths: bool,
+    expect: Callable[[int], None],
+    notices: list[str],
+) -> tuple[Iterator[RawPair], str]:
+    """The pair stream of a streamed format, and what the source lacks when it yields no pair.
+
+    `expect(count)` hears the pair count of a source that states it up front (parquet, COCO, imagefolder).
+    """
+    path = files[0]
+    if kind == "webdataset":
+        what = "its samples need an image ({key}.jpg, .png, .webp, ...) and {key}.txt or {key}.json"
+        return _webdataset_pairs(files, options.caption_column, notices), what
+    if kind == "parquet":
+        stream = _parquet_pairs(
+            files, options.image_column, options.caption_column, options.images_dir, allow_paths, expect
+        )
+        return stream, "it has no rows"
+    if kind == "coco":
+        stream = _coco_pairs(coco, path.name, options.images_dir or path.parent, options.all_captions, expect)
+        return stream, 'its "images" list is empty'
+    metadata = _imagefolder_metadata(path)
+    return _imagefolder_pairs(path, metadata, options.caption_column, notices, expect), f"{metadata.name} has no rows"
+
+
 def read_pairs(
     source: str | os.PathLike[str],
     *,
@@ -622,15 +700,10 @@ def read_pairs(
     limit = inputs.MAX_PAIRS if max_pairs is None else max_pairs
     budget = inputs.MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
     pairs = _Pairs(name if len(files) == 1 else text, limit, budget)
-    images_folder = Path(images_dir) if images_dir else None
-    if kind == "webdataset":
-        return _read_webdataset(files, pairs, caption_column)
-    if kind == "parquet":
-        return _read_parquet(files, pairs, image_column, caption_column, images_folder, allow_paths)
-    if kind == "coco":
-        return _read_coco(coco, name, pairs, images_folder or path.parent, all_captions)
-    if kind == "imagefolder":
-        return _read_imagefolder(path, pairs, caption_column)
+    if kind in STREAMED_FORMATS:
+        options = _Options(image_column, caption_column, Path(images_dir) if images_dir else None, all_captions)
+        stream, what = _format_pairs(kind, files, coco, options, allow_paths, pairs.expect, pairs.notices)
+        return pairs.collect(stream, what)
     if kind == "folder":
         return load_pairs_folder(path, max_pairs=limit, max_request_pixels=budget)
     if kind == "zip":
@@ -638,6 +711,55 @@ def read_pairs(
     # a caption table: the images it names, beside it
     images = [str(path.parent / file) for file in load_caption_table(str(path), name)]
     return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=limit, max_request_pixels=budget)
+
+
+def stream_pairs(
+    source: str | os.PathLike[str],
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    images_dir: str | os.PathLike[str] | None = None,
+    all_captions: bool = False,
+) -> PairStream:
+    """The pairs of a source on disk one at a time, images undecoded, in `read_pairs`' order, without its bounds.
+
+    For sets too large to hold: webdataset shards, parquet, COCO captions, imagefolders, folders of
+    images with a caption table and caption tables are streamed (a folder's or table's captions are
+    matched to the images up front, as `read_pairs` does; no image is opened). A zip is refused: it
+    is an upload format, read whole. Options and detection are `read_pairs`'.
+
+    Raises:
+        InputError: As `read_pairs`, when the stream is made or (bad rows, missing files) while it is read.
+    """
+    text = os.fspath(source)
+    files = _expand(text)
+    path, name = files[0], files[0].name or text
+    kind, coco = _detect(files, text)
+    _check_options(kind, name, {"image_column": image_column, "caption_column": caption_column,
+                                "images_dir": images_dir, "all_captions": all_captions})  # fmt: skip
+    notices: list[str] = []
+    if kind in STREAMED_FORMATS:
+        options = _Options(image_column, caption_column, Path(images_dir) if images_dir else None, all_captions)
+        stream, _ = _format_pairs(kind, files, coco, options, True, lambda count: None, notices)
+    elif kind == "folder":
+        stream = _listed_pairs(*inputs.folder_contents(path))
+    elif kind == "table":
+        stream = _listed_pairs([str(path.parent / file) for file in load_caption_table(str(path), name)], str(path))
+    else:
+        raise InputError(
+            f"{name} is a zip, which vlviz reads whole, as an upload; unpack it into a folder (images with "
+            "captions.csv) or write webdataset .tar shards to stream it."
+        )
+    return PairStream(text, stream, notices)
+
+
+def _listed_pairs(images: list[str], table: str) -> Iterator[RawPair]:
+    """Image files with the captions a caption table gives them, matched by base name as uploads are."""
+    label = os.path.basename(table)
+    names = [os.path.basename(image) for image in images]
+    captions = _match_table(names, load_caption_table(table, label), label)
+    for image, name, caption in zip(images, names, captions):
+        yield _pair(Path(image), caption, name, name, f"{name} in {label}")
 
 
 def pairs_from_dataset_uploads(files: list[str], captions_text: str | None = None) -> PairSet | None:

@@ -716,6 +716,18 @@ def load_pairs_folder(
         InputError: The folder is missing, holds no images, has no (or several) caption tables, or any
             of the problems `pairs_from_uploads` reports.
     """
+    images, table = folder_contents(path)
+    return pairs_from_uploads(
+        images, caption_table_path=table, max_pairs=max_pairs, max_request_pixels=max_request_pixels
+    )
+
+
+def folder_contents(path: str | os.PathLike[str]) -> tuple[list[str], str]:
+    """A pairs folder's image files (top level, in name order, dotfiles ignored) and its one caption table.
+
+    Raises:
+        InputError: The folder is missing, holds no images, or has no (or several) caption tables.
+    """
     folder = os.fspath(path)
     if not os.path.isdir(folder):
         raise InputError(f"{folder} is not a folder.")
@@ -733,7 +745,4 @@ def load_pairs_folder(
             f"{folder} needs exactly one caption table, named captions.csv or captions.json "
             f"(found {_list_names(preferred or tables) if tables else 'none'})."
         )
-    table = os.path.join(folder, (preferred or tables)[0])
-    return pairs_from_uploads(
-        images, caption_table_path=table, max_pairs=max_pairs, max_request_pixels=max_request_pixels
-    )
+    return images, os.path.join(folder, (preferred or tables)[0])
