@@ -7,6 +7,7 @@ import ast
 import asyncio
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gradio as gr
@@ -25,7 +26,7 @@ from vlviz.ui.agents import fetch, mcp_enabled
 
 TOOLS = {
     "analyze", "affinity_downloads", "query", "consistency", "consistency_downloads", "embedding_space",
-    "embedding_downloads", "grounding", "keywords", "train", "stop_training", "compare_models",
+    "embedding_downloads", "grounding", "keywords", "train", "stop_training", "compare_models", "lens",
 }  # fmt: skip
 ANALYZE_DATA, CONSISTENCY_DATA = 5, 7  # the data output's place among each tool's outputs (States left out)
 
@@ -99,7 +100,9 @@ def _data(result: CallToolResult, index: int) -> dict[str, Any]:
 
 def test_an_agent_analyzes_uploaded_urls_then_reads_their_consistency(app_url: str) -> None:
     urls, captions = _uploaded_urls(app_url, 3)
-    analyzed, consistency = asyncio.run(_analyze_then_consistency(app_url, urls, captions))
+    # In a thread of its own: the browser tests' session-wide Playwright keeps an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        analyzed, consistency = pool.submit(asyncio.run, _analyze_then_consistency(app_url, urls, captions)).result()
     data = _data(analyzed, ANALYZE_DATA)
     assert data["model"] == OFFLINE_SPEC and data["captions"] == captions.split("\n")
     assert data["names"] == ["scene_00.png", "scene_01.png", "scene_02.png"]
