@@ -230,6 +230,18 @@ def _embed_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    """The format options of `vlviz.data.formats.read_pairs` and `stream_pairs`, shared by embed and report."""
+    parser.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
+    parser.add_argument(
+        "--caption-column", default=None, help="parquet, imagefolder: the caption column; webdataset: the .json field"
+    )
+    parser.add_argument(
+        "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
+    )
+    parser.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from vlviz.consistency import DEFAULT_TEMPERATURE
     from vlviz.data.formats import SOURCES_HELP
@@ -314,14 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--format", default="npz", choices=FILE_FORMATS, help="npz (numpy, default) or parquet (fixed-size lists)"
     )
     embed.add_argument("--dtype", default="float16", choices=DTYPES, help="of the stored features")
-    embed.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
-    embed.add_argument(
-        "--caption-column", default=None, help="parquet, imagefolder: the caption column; webdataset: the .json field"
-    )
-    embed.add_argument(
-        "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
-    )
-    embed.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
+    _add_source_options(embed)
     embed.add_argument("--device", default=None)
     embed.set_defaults(run=_embed)
 
@@ -336,14 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pairs", help="a folder of images with captions.csv/json or metadata.jsonl/csv, a .zip, a "
         "caption table, a COCO captions .json, a .parquet, or webdataset shards ('shards/{000..009}.tar', quoted)",
     )  # fmt: skip
-    report.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
-    report.add_argument(
-        "--caption-column", default=None, help="parquet, imagefolder: the caption column; webdataset: the .json field"
-    )
-    report.add_argument(
-        "--images", default=None, help="COCO: the images folder (default: the JSON's); parquet: where paths start"
-    )
-    report.add_argument("--all-captions", action="store_true", help="COCO: every caption a pair (default: the first)")
+    _add_source_options(report)
     report.add_argument("--model", default=None, help="model spec (default: vlviz-scenes)")
     report.add_argument("--out", required=True, help="folder for report.html and its CSV/JSON/.npz files")
     report.add_argument("--top-k", type=int, default=10, help="most inconsistent pairs to show")
