@@ -17,6 +17,7 @@ from vlviz.losses.psl import PslLoss
 from vlviz.losses.saco import SacoLoss
 from vlviz.losses.siglip import SiglipLoss
 from vlviz.losses.sparc import SparcLoss
+from vlviz.losses.word_region import WordRegionLoss
 from vlviz.losses.xmm import XmmLoss
 
 LOSSES: dict[str, type[Loss]] = {
@@ -26,6 +27,7 @@ LOSSES: dict[str, type[Loss]] = {
     "sparc": SparcLoss,
     "psl": PslLoss,
     "xmm": XmmLoss,
+    "word_region": WordRegionLoss,  # vlviz's own, not a paper's: see vlviz.losses.word_region
 }
 
 
