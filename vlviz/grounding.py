@@ -284,7 +284,31 @@ def select_pairs(encoding: PairEncoding, rows: list[int]) -> PairEncoding:
 
 
 _UNTRAINED_BUNDLED: dict[tuple, PairEncoding] = {}
+_UNTRAINED_MODELS: dict[tuple, VLModel] = {}  # the newest few, oldest first
+MAX_UNTRAINED_MODELS = 2  # an untrained copy weighs what its model weighs
 _UNTRAINED_LOCK = threading.Lock()
+
+
+def _architecture_key(model: VLModel) -> tuple:
+    return (
+        type(model.model).__name__, json.dumps(model.model_cfg, sort_keys=True), str(model.device),
+        str(model.dtype), preprocess_stats(model.model),
+    )  # fmt: skip
+
+
+def shared_untrained_model(model: VLModel) -> VLModel:
+    """`untrained_model(model)`, built once per architecture and device and kept for the next call.
+
+    The Grounding tab compares a model with its untrained twin on every click; building one costs
+    about a second for a ViT-B. At most `MAX_UNTRAINED_MODELS` are kept, the oldest dropped first.
+    """
+    key = _architecture_key(model)
+    with _UNTRAINED_LOCK:  # held while building, so that concurrent first calls build once
+        if key not in _UNTRAINED_MODELS:
+            _UNTRAINED_MODELS[key] = untrained_model(model)
+            while len(_UNTRAINED_MODELS) > MAX_UNTRAINED_MODELS:
+                _UNTRAINED_MODELS.pop(next(iter(_UNTRAINED_MODELS)))
+        return _UNTRAINED_MODELS[key]
 
 
 def untrained_bundled_encoding(model: VLModel) -> PairEncoding:
@@ -293,14 +317,11 @@ def untrained_bundled_encoding(model: VLModel) -> PairEncoding:
     The Grounding tab shows the untrained baseline beside each score; building a model and encoding the
     scenes on every call would cost seconds, while scoring a cached encoding costs milliseconds.
     """
-    key = (
-        type(model.model).__name__, json.dumps(model.model_cfg, sort_keys=True), str(model.device),
-        str(model.dtype), preprocess_stats(model.model),
-    )  # fmt: skip
-    with _UNTRAINED_LOCK:  # held while building, so that concurrent first calls build once
+    key = _architecture_key(model)
+    fresh = shared_untrained_model(model)
+    with _UNTRAINED_LOCK:  # held while encoding, so that concurrent first calls encode once
         if key not in _UNTRAINED_BUNDLED:
             scenes, _ = bundled_scenes()
-            fresh = untrained_model(model)
             _UNTRAINED_BUNDLED[key] = fresh.encode_pairs(scenes.pil_images(), scenes.captions)
         return _UNTRAINED_BUNDLED[key]
 

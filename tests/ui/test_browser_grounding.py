@@ -62,3 +62,17 @@ def test_the_switch_redraws_the_dense_cosine_map(page: Page) -> None:
     page.locator("#grounding-kind").get_by_label("dense cosine map").check()
     wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': dense cosine map")
     wait_for_title(page, "grounding-matrix", "Token x patch: dense cosine map")
+
+
+def test_the_untrained_model_is_drawn_beside_on_the_same_word(page: Page) -> None:
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}'")
+    expect(page.locator("#grounding-compare")).to_be_hidden()
+    page.locator("#grounding-compare-with input").click()
+    page.get_by_role("option", name="the untrained model (same architecture)").click()
+    wait_for_title(page, "grounding-compare", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights (vlviz-scenes (untrained")
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights (vlviz-scenes)")
+    assert figure(page, "grounding-compare")["shapes"] == [[8, 8]]
+
+    word = FIRST_CAPTION_WORDS[3]  # a new word redraws both
+    page.locator("#grounding-words").get_by_label(word, exact=True).check()
+    wait_for_title(page, "grounding-compare", f"'{word}': SPARC weights (vlviz-scenes (untrained")

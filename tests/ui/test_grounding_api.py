@@ -23,8 +23,8 @@ def client(app_url: str) -> Client:
 
 
 def _ground(client: Client, pair: int | None = 2, word: int | None = None, kind: str = "sparc", text: str = "",
-            model: str = OFFLINE_SPEC) -> dict:  # fmt: skip
-    return client.predict(pair, word, kind, 0.6, text, model, api_name="/grounding")[-1]
+            model: str = OFFLINE_SPEC, compare: str = "") -> dict:  # fmt: skip
+    return client.predict(pair, word, kind, 0.6, text, model, compare, api_name="/grounding")[-1]
 
 
 def test_grounding_returns_the_words_and_their_weights(client: Client) -> None:
@@ -45,7 +45,7 @@ def test_the_default_word_is_the_first_content_word(client: Client) -> None:
 
 def test_bundled_scenes_get_a_grounding_score(client: Client) -> None:
     result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, api_name="/grounding")
-    score, data = result[-2], result[-1]
+    score, data = result[8], result[-1]
     assert "pointing game" in score and "4 loaded bundled scenes" in score
     for name in ("colour", "shape"):
         entry = data["scene_score"][name]
@@ -81,3 +81,22 @@ def test_bad_requests_are_named(client: Client, pair: int, kind: str, message: s
 def test_grounding_needs_analyzed_pairs(app_url: str) -> None:
     with pytest.raises(AppError, match="Analyze a set of pairs first"):
         _ground(Client(app_url, verbose=False))
+
+
+def test_the_untrained_model_is_drawn_beside_on_the_same_word(client: Client) -> None:
+    data = _ground(client, pair=2, word=3, compare="untrained")
+    other = data["compare"]
+    assert "untrained" in other["model"] and other["words"] == data["words"] and other["word"] == 3
+    assert len(other["word_maps"]) == len(data["words"]) and other["word_maps"] != data["word_maps"]
+    assert all(abs(sum(row) - 1) < 1e-4 for row in other["word_maps"])
+
+
+def test_a_model_compared_with_itself_draws_the_same_maps(client: Client) -> None:
+    data = _ground(client, pair=1, compare=OFFLINE_SPEC)
+    assert data["compare"]["word_maps"] == data["word_maps"] and data["compare"]["word"] == data["word"]
+
+
+def test_no_comparison_by_default_and_a_resnet_comparison_says_why(client: Client, tiny_resnet_dir: Path) -> None:
+    assert _ground(client, pair=1)["compare"] is None
+    result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, str(tiny_resnet_dir), api_name="/grounding")
+    assert "No map to compare" in result[5] and "ModifiedResNet" in result[-1]["compare"]["reason"]

@@ -14,8 +14,17 @@ from PIL import Image
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs, VLModel
-from vlviz.grounding import MIN_COVER, bundled_scene_score, caption_maps, xmm_word_attention
+from vlviz.grounding import (
+    MIN_COVER,
+    CaptionMaps,
+    bundled_scene_score,
+    caption_maps,
+    shared_untrained_model,
+    xmm_word_attention,
+)
+from vlviz.ui.agents import open_choices
 from vlviz.ui.session import (
+    MODEL_CHOICES,
     VIEW_EVENT,
     SessionSpace,
     WantedView,
@@ -25,10 +34,12 @@ from vlviz.ui.session import (
     model_for,
 )
 from vlviz.viz.tables import grounding_score_markdown
-from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view
+from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view, word_overlay
 
 TAB = "Grounding"
-OUTPUTS = 10  # `grounding` returns the overlay, grid, matrix, pair, words, notice, XMM overlay and notice, score, data
+OUTPUTS = 11  # `grounding`: overlay, grid, matrix, pair, words, notice, XMM overlay and notice, score, comparison, data
+UNTRAINED = "untrained"  # `compare`: the untrained model of the same architecture (`shared_untrained_model`)
+COMPARE_CHOICES = [("nothing", ""), ("the untrained model (same architecture)", UNTRAINED)]
 
 
 def grounding(
@@ -40,6 +51,7 @@ def grounding(
     analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
     model_spec: str | None = None,
     space: SessionSpace | None = None,  # this session (gr.State)
+    compare: str | None = None,
 ) -> tuple[Any, ...]:
     """Where each word of a caption lands on its image: SPARC's token-to-patch weights (the `grounding` API).
 
@@ -55,6 +67,7 @@ def grounding(
         opacity: the heatmap's opacity over the image, 0 to 1.
         text: ground this text in the pair's image instead of its caption (empty: the caption), at most 1,000 characters.
         model_spec: the model (as in analyze).
+        compare: draw the chosen word's map of a second model beside it, on the same pair, text and word: 'untrained' (the same architecture freshly initialised, seed 0: the baseline a trained model's map must beat) or a model spec; empty: none.
 
     Returns:
         [0] the chosen word's map over the image (as the model sees it), plotly figure JSON
@@ -66,7 +79,8 @@ def grounding(
         [6] the XMM cross-attention map of the chosen word, masked, when the model has a trained XMM head (else hidden), plotly JSON
         [7] the XMM notice: what the map shows, or why there is none
         [8] the grounding score on the pairs that are bundled sample scenes, beside an untrained model's (Markdown; empty when none are)
-        [9] the data: model, pair, image, text, kind, grid_size [h, w], words, word (the chosen index), word_maps (words x P), tokens, token_maps (tokens x P), scene_score and untrained_scene_score (per word class, colour and shape: pointing-game and mass-in-mask shares and their chance levels, in [0, 1]; None without scenes), xmm ({available, word_maps (words x P), global_share} or {available, reason}); with no patch tokens: unavailable (the reason)
+        [9] the comparison: the chosen word's map by the `compare` model (hidden when none), plotly JSON
+        [10] the data: model, pair, image, text, kind, grid_size [h, w], words, word (the chosen index), word_maps (words x P), tokens, token_maps (tokens x P), scene_score and untrained_scene_score (per word class, colour and shape: pointing-game and mass-in-mask shares and their chance levels, in [0, 1]; None without scenes), xmm ({available, word_maps (words x P), global_share} or {available, reason}), compare (None, or {model, words, word, word_maps (words x P)} or {model, reason}); with no patch tokens: unavailable (the reason)
     """
     pairs = analyzed(analysis, "the Grounding tab shows their words on their images.").pairs
     index = 0 if pair is None else int(pair) - 1
@@ -83,8 +97,20 @@ def grounding(
     if model.patches_unavailable:
         reason = f"No grounding maps for `{model.name}`: {model.patches_unavailable}."
         no_words = gr.Radio(choices=[], value=None)
-        no_xmm = gr.Plot(value=None, visible=False)
-        return None, None, None, pair_choices, no_words, reason, no_xmm, "", "", data | {"unavailable": reason}
+        no_plot = gr.Plot(value=None, visible=False)
+        return (
+            None,
+            None,
+            None,
+            pair_choices,
+            no_words,
+            reason,
+            no_plot,
+            "",
+            "",
+            no_plot,
+            data | {"unavailable": reason},
+        )
     maps = caption_maps(model.encode_pairs([pairs.images[index]], [caption]), kind=kind)
     words = maps.words
     if not words:
@@ -92,6 +118,7 @@ def grounding(
     chosen = word if word is not None and 0 <= int(word) < len(words) else maps.first_word
     image = model.input_image(pairs.images[index])  # as the model sees it: its preprocessing's crop
     view = grounding_view(maps, image, chosen, opacity)
+    overlay = word_overlay(maps, image, chosen, opacity, model=model.name) if compare else view.overlay
     xmm_overlay, xmm_notice, xmm_data = _xmm_view(model, image, pairs.images[index], caption, chosen, opacity)
     score = bundled_scene_score(model, pairs, kind)
     score_text = (
@@ -100,6 +127,11 @@ def grounding(
         else ""
     )
     notice = "" if caption == pairs.captions[index] else f"Grounding the typed text {caption!r} in image {index + 1}."
+    comparison, compare_data = _compare_view(
+        model, compare, space, pairs.images[index], caption, kind, maps, chosen, opacity
+    )
+    if compare_data and "reason" in compare_data:
+        notice = f"{notice}\n\n{compare_data['reason']}".strip()
     data |= {
         "kind": kind,
         "grid_size": list(maps.grid_size),
@@ -111,12 +143,46 @@ def grounding(
         "scene_score": score.scores if score else None,
         "untrained_scene_score": score.untrained if score else None,
         "xmm": xmm_data,
+        "compare": compare_data,
     }
     word_choices = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=chosen)
     return (
-        view.overlay, view.grid, view.matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice,
-        score_text, data,
+        overlay, view.grid, view.matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice,
+        score_text, comparison, data,
     )  # fmt: skip
+
+
+def _compare_view(
+    model: VLModel, compare: str | None, space: SessionSpace | None, original: Image.Image, caption: str, kind: str,
+    maps: CaptionMaps, chosen: int, opacity: float,
+) -> tuple[Any, dict[str, Any] | None]:  # fmt: skip
+    """The chosen word's map by the `compare` model on the same image and text, and its data (None: no comparison).
+
+    The other model's tokenizer may split the text into other words; the word is then found by its
+    text, and when it is missing the data says why instead of drawing another word.
+    """
+    hidden = gr.Plot(value=None, visible=False)
+    if not compare:
+        return hidden, None
+    other = shared_untrained_model(model) if compare == UNTRAINED else model_for(compare, space)[0]
+    if other.patches_unavailable:
+        return hidden, {"model": other.name, "reason": f"No map to compare: {other.patches_unavailable}."}
+    other_maps = caption_maps(other.encode_pairs([original], [caption]), kind=kind)
+    word = maps.words[chosen]
+    if other_maps.words == maps.words:
+        index = chosen
+    elif word in other_maps.words:
+        index = other_maps.words.index(word)
+    else:
+        return hidden, {"model": other.name, "reason": f"`{other.name}` reads no word '{word}' in this text."}
+    figure = word_overlay(other_maps, other.input_image(original), index, opacity, model=other.name)
+    data = {
+        "model": other.name,
+        "words": other_maps.words,
+        "word": index,
+        "word_maps": other_maps.word_maps.flatten(1).tolist(),
+    }
+    return gr.Plot(value=figure, visible=True), data
 
 
 def _xmm_view(
@@ -145,14 +211,14 @@ def _xmm_view(
 def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
     """`grounding` for a new pair or text: its words change, so the choice goes back to the first content word.
 
-    `settings` are `grounding`'s arguments after `word`: kind, opacity, text, pairs, model spec, session.
+    `settings` are `grounding`'s arguments after `word`: kind, opacity, text, pairs, model spec, session, compare.
     """
     return grounding(pair, None, *settings)
 
 
 def _when_in_view(
     kind: str, opacity: float, text: str | None, analysis: EncodedPairs | None, model_spec: str | None,
-    space: SessionSpace, wanted: WantedView | None, drawn: int | None, tab: str,
+    space: SessionSpace, compare: str | None, wanted: WantedView | None, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Ground the first pair once per analysis (or the pair and word a view link asks for), when the tab is
     in view (selected now, or open when Analyze finishes); returns `grounding`'s outputs and the serial of
@@ -162,7 +228,7 @@ def _when_in_view(
     pair, word = (wanted.pair, wanted.word) if wanted else (None, None)
     if pair is not None and pair > len(analysis.pairs):
         pair, word = None, None  # a link to a pair these pairs do not have: the first, as always
-    return (*grounding(pair, word, kind, opacity, text, analysis, model_spec, space), analysis.serial)
+    return (*grounding(pair, word, kind, opacity, text, analysis, model_spec, space, compare), analysis.serial)
 
 
 def build_grounding_tab(
@@ -198,10 +264,23 @@ def build_grounding_tab(
         with gr.Column(scale=3):
             overlay = gr.Plot(label="The chosen word", elem_id="grounding-overlay")
         with gr.Column(scale=3):
+            comparison = gr.Plot(
+                label="The chosen word, by the other model", visible=False, elem_id="grounding-compare"
+            )
+        with gr.Column(scale=3):
             xmm_overlay = gr.Plot(label="The chosen word, masked: XMM cross-attention", elem_id="grounding-xmm")
             xmm_notice = gr.Markdown(elem_id="grounding-xmm-notice")
         with gr.Column(scale=2):
             opacity = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Heatmap opacity", elem_id="grounding-opacity")
+            compare = gr.Dropdown(
+                [*COMPARE_CHOICES, *((spec, spec) for spec in MODEL_CHOICES)],
+                value="",
+                allow_custom_value=True,
+                label="Compare with",
+                info="the same pair and word, drawn by a second model: the untrained one is the baseline to beat",
+                elem_id="grounding-compare-with",
+            )
+            open_choices(compare)  # any model spec, not only the listed ones
             notice = gr.Markdown(elem_id="grounding-notice")
     score = gr.Markdown(elem_id="grounding-score")
     grid = gr.Plot(label="Every word", elem_id="grounding-grid")
@@ -215,11 +294,11 @@ def build_grounding_tab(
         api_word = gr.Number(precision=0, label="Word (0-based)")
         api_run = gr.Button()
 
-    outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, data]
+    outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, comparison, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
-    common = [kind, opacity, text, analysis, model_spec, space]
+    common = [kind, opacity, text, analysis, model_spec, space, compare]
     api_run.click(grounding, [api_pair, api_word, *common], **shown, api_name="grounding")
-    for event in (words.input, kind.input, opacity.release):
+    for event in (words.input, kind.input, opacity.release, compare.input):
         event(grounding, [pair, words, *common], **shown, api_visibility="private")
     # A new pair or text has new words: the choice goes back to the first content word.
     for event in (pair.input, text.submit, ground_button.click):

@@ -327,14 +327,21 @@ def grounding_view(maps: CaptionMaps, image: np.ndarray, word: int, opacity: flo
     label = MAP_LABELS[maps.kind]
     value_name = "cosine" if maps.kind == "cosine" else "weight"
     words, grid_maps = maps.words, maps.word_maps.numpy()
-    overlay = grounding_overlay(
-        display_image(image, OVERLAY_SIDE), grid_maps[word], f"'{words[word]}': {label}", opacity, value_name
-    )
+    overlay = word_overlay(maps, image, word, opacity)
     grid = grounding_grid(display_image(image, GRID_SIDE), grid_maps, words, opacity)
     matrix = token_patch_matrix(
         maps.token_maps.numpy(), maps.tokens, maps.grid_size, f"Token x patch: {label}", value_name
     )
     return GroundingView(overlay, grid, matrix)
+
+
+def word_overlay(maps: CaptionMaps, image: np.ndarray, word: int, opacity: float = 0.7, model: str = "") -> go.Figure:
+    """One word's map over the image as the model sees it, titled with the word, the map kind and `model` if given."""
+    title = f"'{maps.words[word]}': {MAP_LABELS[maps.kind]}" + (f" ({model})" if model else "")
+    value_name = "cosine" if maps.kind == "cosine" else "weight"
+    return grounding_overlay(
+        display_image(image, OVERLAY_SIDE), maps.word_maps.numpy()[word], title, opacity, value_name
+    )
 
 
 def attention_overlay(
