@@ -39,6 +39,8 @@ SETTINGS: dict[str, tuple[dict[str, float], dict[str, dict]]] = {
     # SPARC's options where the paper is silent: the global term on mean-pooled patch and token embeddings
     "SPARC, mean pooling": ({"sparc": 1.0}, {"sparc": {"global_pooling": "mean"}}),
     "SPARC, mean pooling, λf 5": ({"sparc": 1.0}, {"sparc": {"global_pooling": "mean", "fine_weight": 5.0}}),
+    # vlviz's own cross-image variant (vlviz.losses.word_region), not SPARC
+    "word-region (vlviz)": ({"word_region": 1.0}, {}),
 }
 MAIN_SETTINGS = list(SETTINGS)[:4]
 RESULTS = Path(__file__).with_name("results") / "grounding.jsonl"
