@@ -24,6 +24,7 @@ from vlviz.grounding import (
     scene_grounding_score,
     score_scenes,
     select_scenes,
+    shared_untrained_model,
     untrained_model,
 )
 from vlviz.models import OFFLINE_SPEC, load_model, model_config
@@ -146,6 +147,19 @@ def test_the_shipped_models_baseline_has_its_shapes_and_dtypes_but_not_its_weigh
     assert all(fresh[k].shape == trained[k].shape and fresh[k].dtype == trained[k].dtype for k in trained)
     assert not torch.equal(fresh["visual.conv1.weight"], trained["visual.conv1.weight"])
     assert fresh["visual.conv1.weight"].device == model.device
+
+
+def test_the_shared_untrained_model_is_built_once_per_architecture_and_bounded(
+    tiny_vit_dir: Path, tiny_resnet_dir: Path
+) -> None:
+    model = load_model(OFFLINE_SPEC, device="cpu")
+    shared = shared_untrained_model(model)
+    assert shared_untrained_model(model) is shared
+    fresh = untrained_model(model).model.state_dict()
+    assert all(torch.equal(tensor, fresh[name]) for name, tensor in shared.model.state_dict().items())
+    for folder in (tiny_vit_dir, tiny_resnet_dir):  # two more architectures push the first out
+        shared_untrained_model(load_model(str(folder), device="cpu"))
+    assert shared_untrained_model(model) is not shared
 
 
 def test_the_bundled_score_has_the_untrained_baseline_on_the_same_scenes_cached() -> None:

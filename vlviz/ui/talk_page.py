@@ -21,7 +21,7 @@ import gradio as gr
 from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.data.samples import sample_files
 from vlviz.encoding import EncodedPairs, encode_pair_set
-from vlviz.grounding import untrained_model
+from vlviz.grounding import shared_untrained_model
 from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.policy import ModelPolicy
 from vlviz.training.config import NonFiniteLossError, TrainConfig
@@ -66,7 +66,7 @@ def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
     model = load_model(model_spec)
     analysis = analysis or encode_pair_set(model, pairs_from_uploads(*sample_files("scenes")))
     pairs = analysis.pairs
-    before = untrained_model(model).encode_pairs(pairs.images, pairs.captions) if model.model_cfg else None
+    before = shared_untrained_model(model).encode_pairs(pairs.images, pairs.captions) if model.model_cfg else None
     inputs = TalkInputs(
         names=pairs.names, captions=pairs.captions, encoding=analysis.encoding, model_name=analysis.model_name,
         image=model.input_image(pairs.images[0]), before=before, before_name="untrained",
