@@ -54,6 +54,15 @@ FIGURES = {
     "object_accuracy_shape": "object acc. (shape)",
     "peak_stability_colour": "peak stability (colour)",  # 1: colour words peak where they would on any image
 }
+# Derived from a record, not measured again: pointing = (share of words peaking on some object) x object accuracy
+COLUMNS = {**FIGURES, "on_object_colour": "peak on an object (colour)"}
+
+
+def with_derived(figures: dict) -> dict:
+    """A record's figures plus the share of colour words whose peak patch lies on some object (pointing / object acc.)."""
+    pointing, accuracy = figures.get("pointing_game_colour"), figures.get("object_accuracy_colour")
+    share = pointing / accuracy if pointing is not None and accuracy else None  # no word on an object: unknown
+    return figures | {"on_object_colour": share}
 
 
 def run_one(start: str, captions: str, losses: dict, options: dict, args: argparse.Namespace, seed: int) -> list[dict]:
@@ -101,17 +110,17 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     groups: dict[tuple[str, str, str], dict[int, dict]] = {}  # (start, captions, setting) -> seed -> figures
     for row in (r for r in rows if _same_budget(r, args)):
         start, captions, seed = row["start"], row["captions"], row["seed"]
-        groups.setdefault((start, captions, "step 0"), {})[seed] = row["step0"]
-        groups.setdefault((start, captions, row["setting"]), {})[seed] = row["last"]
+        groups.setdefault((start, captions, "step 0"), {})[seed] = with_derived(row["step0"])
+        groups.setdefault((start, captions, row["setting"]), {})[seed] = with_derived(row["last"])
     order = {name: i for i, name in enumerate(["step 0", *SETTINGS])}
     keys = sorted(groups, key=lambda k: (list(STARTS).index(k[0]), CAPTIONS.index(k[1]), order[k[2]]))
     header = f"| start | captions | setting ({args.steps} steps, batch {args.batch_size}, seeds) | " + " | ".join(
-        FIGURES.values()
+        COLUMNS.values()
     )
-    lines = [header + " |", "|---" * (len(FIGURES) + 3) + "|"]
+    lines = [header + " |", "|---" * (len(COLUMNS) + 3) + "|"]
     for start, captions, name in keys:
         records = list(groups[(start, captions, name)].values())
-        cells = [mean_and_spread([r[key] for r in records if r.get(key) is not None]) for key in FIGURES]
+        cells = [mean_and_spread([r[key] for r in records if r.get(key) is not None]) for key in COLUMNS]
         label = ("untrained" if start == "scratch" else "vlviz-scenes") if name == "step 0" else name
         lines.append(f"| {start} | {captions} | {label} ({len(records)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

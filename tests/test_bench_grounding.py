@@ -40,3 +40,13 @@ def test_runs_in_the_results_file_are_not_trained_again(tmp_path: Path, monkeypa
     table = grounding.table(rows, _args(results))
     assert "| scratch | varied | untrained (2) |" in table  # step 0 of both seeds at this budget
     assert "| scratch | varied | CLIP (2) | 0.200 ± 0.141 |" in table  # 0.1 and 0.3; the 5-step run left out
+
+
+def test_the_share_of_peaks_on_an_object_is_pointing_over_object_accuracy() -> None:
+    assert (
+        grounding.with_derived({"pointing_game_colour": 0.2, "object_accuracy_colour": 0.8})["on_object_colour"] == 0.25
+    )
+    assert (
+        grounding.with_derived({"pointing_game_colour": 0.0, "object_accuracy_colour": None})["on_object_colour"]
+        is None
+    )
