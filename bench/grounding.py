@@ -41,6 +41,7 @@ SETTINGS: dict[str, tuple[dict[str, float], dict[str, dict]]] = {
     "SPARC, mean pooling, λf 5": ({"sparc": 1.0}, {"sparc": {"global_pooling": "mean", "fine_weight": 5.0}}),
     # vlviz's own cross-image variant (vlviz.losses.word_region), not SPARC
     "word-region (vlviz)": ({"word_region": 1.0}, {}),
+    "word-region, threshold 0.5": ({"word_region": 1.0}, {"word_region": {"threshold": 0.5}}),
 }
 MAIN_SETTINGS = list(SETTINGS)[:4]
 RESULTS = Path(__file__).with_name("results") / "grounding.jsonl"

@@ -93,3 +93,14 @@ def test_the_registered_loss_weights_its_two_terms() -> None:
     doubled = create_loss("word_region", global_weight=1.0, fine_weight=2.0)(**features)
     torch.testing.assert_close(doubled["global_loss"], 2 * halves["global_loss"])
     torch.testing.assert_close(doubled["word_region_loss"], 2 * halves["word_region_loss"])
+
+
+def test_a_higher_threshold_groups_only_the_patches_near_the_peak() -> None:
+    tokens = torch.tensor([[[1.0, 0.0]]])
+    patches = torch.tensor([[[3.0, 0.0], [2.0, 1.0], [0.0, 1.0]]])  # sims 3, 2, 0 -> min-max 1, 2/3, 0
+    loose = cross_image_grouped_embeddings(tokens, patches)[0, 0, 0]  # keeps 1 and 2/3
+    torch.testing.assert_close(loose, (3 * patches[0, 0] + 2 * patches[0, 1]) / 5)
+    sharp = cross_image_grouped_embeddings(tokens, patches, threshold=0.9)[0, 0, 0]  # only the peak
+    torch.testing.assert_close(sharp, patches[0, 0])
+    with pytest.raises(ValueError, match="threshold"):
+        create_loss("word_region", threshold=2.0)

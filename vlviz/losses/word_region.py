@@ -21,18 +21,20 @@ from vlviz.losses.clip import clip_contrastive_loss
 from vlviz.sparc import alignment_weights, grouped_embeddings
 
 
-def cross_image_grouped_embeddings(token_emb: torch.Tensor, patch_emb: torch.Tensor) -> torch.Tensor:
+def cross_image_grouped_embeddings(
+    token_emb: torch.Tensor, patch_emb: torch.Tensor, threshold: float | None = None
+) -> torch.Tensor:
     """c[i, j, l] = sum_p a_lp v_jp: token l of caption i grouped over image j's patches, (B, B, T, D).
 
     The weights a are SPARC's alignment weights of caption i's tokens against image j's patches
-    (min-max over patches, zero below 1/P, rows renormalised), so the diagonal i == j is exactly
-    `grouped_embeddings(alignment_weights(token_emb, patch_emb), patch_emb)`.
+    (min-max over patches, zero below `threshold`, 1/P by default, rows renormalised), so the diagonal
+    i == j is exactly `grouped_embeddings(alignment_weights(token_emb, patch_emb), patch_emb)`.
     """
     batch, length, dim = token_emb.shape
     n_patches = patch_emb.shape[1]
     tokens = token_emb[:, None].expand(batch, batch, length, dim).reshape(batch * batch, length, dim)
     patches = patch_emb[None].expand(batch, batch, n_patches, dim).reshape(batch * batch, n_patches, dim)
-    grouped = grouped_embeddings(alignment_weights(tokens, patches), patches)  # (B * B, T, D)
+    grouped = grouped_embeddings(alignment_weights(tokens, patches, threshold), patches)  # (B * B, T, D)
     return grouped.reshape(batch, batch, length, dim)
 
 
@@ -41,6 +43,7 @@ def word_region_loss(
     patch_emb: torch.Tensor,
     token_mask: torch.Tensor,
     inverse_temperature: torch.Tensor | float,
+    threshold: float | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of each real token of caption i over the batch's images j, target j == i.
 
@@ -54,8 +57,9 @@ def word_region_loss(
         patch_emb: (B, P, D) projected patch embeddings, not normalised.
         token_mask: (B, T), 1 (True) at real tokens, 0 at padding.
         inverse_temperature: 1 / tau, e.g. open_clip's `logit_scale` (already exponentiated).
+        threshold: the alignment weights' sparsity threshold sigma in [0, 1]; None for SPARC's 1/P.
     """
-    grouped = F.normalize(cross_image_grouped_embeddings(token_emb, patch_emb), dim=-1)  # (B, B, T, D)
+    grouped = F.normalize(cross_image_grouped_embeddings(token_emb, patch_emb, threshold), dim=-1)  # (B, B, T, D)
     tokens = F.normalize(token_emb, dim=-1)
     logits = torch.einsum("ild,ijld->ilj", tokens, grouped).float() * inverse_temperature  # (B, T, B)
     batch, length = token_mask.shape
@@ -69,6 +73,13 @@ def word_region_loss(
 class WordRegionConfig:
     global_weight: float = 0.5  # as SPARC's lambda_g, so the two compare at equal weights
     fine_weight: float = 1.0  # as SPARC's lambda_f default in vlviz
+    # The alignment weights' sparsity threshold on min-max values; None: SPARC's 1/P (keeps most patches).
+    # A higher one (e.g. 0.5) groups only the patches near the peak, so the peak itself must hold the word.
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1] (min-max values do), got {self.threshold}")
 
 
 class WordRegionLoss(Loss):
@@ -93,7 +104,7 @@ class WordRegionLoss(Loss):
         **_: object,
     ) -> dict[str, torch.Tensor]:
         global_term = clip_contrastive_loss(image_features, text_features, logit_scale)
-        fine_term = word_region_loss(token_features, patch_features, token_mask, logit_scale)
+        fine_term = word_region_loss(token_features, patch_features, token_mask, logit_scale, self.config.threshold)
         return {
             "global_loss": self.config.global_weight * global_term,
             "word_region_loss": self.config.fine_weight * fine_term,
