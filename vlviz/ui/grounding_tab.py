@@ -98,19 +98,8 @@ def grounding(
         reason = f"No grounding maps for `{model.name}`: {model.patches_unavailable}."
         no_words = gr.Radio(choices=[], value=None)
         no_plot = gr.Plot(value=None, visible=False)
-        return (
-            None,
-            None,
-            None,
-            pair_choices,
-            no_words,
-            reason,
-            no_plot,
-            "",
-            "",
-            no_plot,
-            data | {"unavailable": reason},
-        )
+        unavailable = data | {"unavailable": reason}
+        return None, None, None, pair_choices, no_words, reason, no_plot, "", "", no_plot, unavailable
     maps = caption_maps(model.encode_pairs([pairs.images[index]], [caption]), kind=kind)
     words = maps.words
     if not words:
@@ -164,7 +153,10 @@ def _compare_view(
     hidden = gr.Plot(value=None, visible=False)
     if not compare:
         return hidden, None
-    other = shared_untrained_model(model) if compare == UNTRAINED else model_for(compare, space)[0]
+    try:
+        other = shared_untrained_model(model) if compare == UNTRAINED else model_for(compare, space)[0]
+    except ValueError as error:  # an architecture without a known config has no untrained twin
+        raise gr.Error(str(error)) from error
     if other.patches_unavailable:
         return hidden, {"model": other.name, "reason": f"No map to compare: {other.patches_unavailable}."}
     other_maps = caption_maps(other.encode_pairs([original], [caption]), kind=kind)
