@@ -82,3 +82,14 @@ def test_bad_input_ends_with_a_message(
     (out / "embeddings-00000.npz").unlink()
     assert main(["report", "--embeddings", str(out), "--out", str(tmp_path / "r")]) == 2
     assert "is not finished (0 shards written so far)" in capsys.readouterr().err
+
+
+def test_embed_names_the_pairs_it_left_out_and_goes_on(
+    tiny_vit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = write_scene_shards(tmp_path / "data", n=4, corrupt=(1,))
+    assert main(["embed", "--model", str(tiny_vit_dir), "--data", source, "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert "left out: pair 1 (0001.png):" in captured.err and str(tmp_path) not in captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert (summary["pairs"], summary["left_out"]) == (4, 1)

@@ -220,8 +220,15 @@ def _embed_run(args: argparse.Namespace) -> int:
     if context.is_main:
         for notice in stream.notices:
             print(f"notice: {notice}", file=sys.stderr)
+        for left_out in summary.left_out[:5]:
+            print(f"left out: pair {left_out['position']} ({left_out['name']}): {left_out['reason']}", file=sys.stderr)
+        if summary.left_out_count > 5:
+            print(
+                f"left out: {summary.left_out_count - 5} more pairs (index.json lists the first 100)", file=sys.stderr
+            )
         print(json.dumps({
-            "out": args.out, "model": args.model, "pairs": summary.pairs, "shards": summary.shards,
+            "out": args.out, "model": args.model, "pairs": summary.pairs, "left_out": summary.left_out_count,
+            "shards": summary.shards,
             "world_size": context.world_size, "rank_0_wrote": summary.written, "rank_0_found_done": summary.skipped,
             "seconds": round(time.perf_counter() - start, 1),
         }))  # fmt: skip

@@ -11,11 +11,16 @@ A folder holds:
                             source, shard size, file format, dtype, patches), the model's dim, logit_scale
                             and logit_bias, and the shards with their first pair, count and complete flag
     embeddings-00000.npz    pairs [0, shard_size) of the source (or .parquet); the next shard the next ones
+    embeddings-00000.npz.skipped.json   beside a shard whose images did not all decode: the pairs left
+                            out (position, name, reason); the index counts them and lists the first few
 
 Each shard holds `index` (each pair's position in the source), `names` (image file names, never paths),
 `captions`, L2-normalised `image_features` and `text_features` (n, D) and, with patches,
 `patch_features` (n, P, D), `token_features` (n, T, D) (projected, not normalised, as
 `vlviz.encoding.PairEncoding`'s) and `token_ids` (n, T).
+
+An image that does not decode (corrupt, truncated, too many pixels) is left out with its reason, not
+the end of the run: a million-pair crawl always holds a few.
 
 Resumable: a shard is written to a temporary file and renamed, so a shard file that exists is whole, and
 a rerun skips it without decoding its images. Under torchrun rank r of W writes shards r, r + W, ... (as
@@ -54,6 +59,8 @@ DEFAULT_SHARD_SIZE = 10_000  # pairs per shard: 5 MB of fp16 global features at 
 DEFAULT_BATCH = 256  # pairs decoded and encoded at once
 GLOBAL_KEYS = ("index", "names", "captions", "image_features", "text_features")
 PATCH_KEYS = ("patch_features", "token_features", "token_ids")
+MAX_LISTED_SKIPS = 100  # pairs left out that the index names (all are counted)
+SKIPPED_SUFFIX = ".skipped.json"
 _SETTINGS = {"source": "--data", "shard_size": "--shard-size", "file_format": "--format", "dtype": "--dtype",
              "patches": "--patches"}  # fmt: skip
 """Header fields a rerun must repeat, with the command-line option that sets each."""
@@ -88,6 +95,8 @@ class EmbedSummary:
     shards: int
     written: int  # shards this rank encoded and wrote
     skipped: int  # shards of this rank already complete on disk (a resumed run)
+    left_out: list[dict[str, Any]]  # on rank 0, the first pairs of the folder whose image did not decode, with why
+    left_out_count: int  # on rank 0, how many there are in all (0 on other ranks)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -214,9 +223,16 @@ def _done(folder: Path, index: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _encode_batch(model: VLModel, pairs: list[RawPair], patches: bool) -> dict[str, torch.Tensor]:
-    """Decode and encode one batch: global features (B, D), and patch (B, P, D) / token (B, T, D) ones with ids."""
-    pixels = torch.stack([model.preprocess(load_image(pair.image, pair.label)) for pair in pairs])
+def _decode(model: VLModel, pair: RawPair) -> torch.Tensor | str:
+    """The pair's preprocessed pixels, or why its image cannot be read (the pair is then left out)."""
+    try:
+        return model.preprocess(load_image(pair.image, pair.label))
+    except InputError as error:
+        return str(error)
+
+
+def _encode_batch(model: VLModel, pairs: list[RawPair], pixels: torch.Tensor, patches: bool) -> dict[str, torch.Tensor]:
+    """Encode one decoded batch: global features (B, D), and patch (B, P, D) / token (B, T, D) ones with ids."""
     ids = model.tokenizer([pair.caption for pair in pairs])  # (B, T)
     pixels, on_device = pixels.to(model.device, model.dtype), ids.to(model.device)
     with torch.inference_mode():
@@ -234,26 +250,45 @@ def _encode_shard(
     pairs: Iterator[tuple[int, RawPair]],
     settings: EmbedSettings,
     progress: Callable[[int], None] | None,
-) -> dict[str, np.ndarray]:
-    """Every array of one shard, batch by batch: only `batch_size` decoded images are held at a time."""
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Every array of one shard, batch by batch (only `batch_size` decoded images are held at a time), and
+    the pairs left out because their image does not decode: position, name and reason."""
     parts: dict[str, list[np.ndarray]] = {}
     index: list[int] = []
     names: list[str] = []
     captions: list[str] = []
+    skipped: list[dict[str, Any]] = []
     dtype = np.dtype(settings.dtype)
     while batch := list(itertools.islice(pairs, settings.batch_size)):
-        positions, raw = zip(*batch)
-        index += positions
-        names += [pair.name for pair in raw]
-        captions += [pair.caption for pair in raw]
-        for key, value in _encode_batch(model, list(raw), settings.patches).items():
-            array = value.cpu().numpy() if value.dtype == torch.int32 else value.float().cpu().numpy().astype(dtype)
-            parts.setdefault(key, []).append(array)
+        decoded = [(position, pair, _decode(model, pair)) for position, pair in batch]
+        skipped += [{"position": p, "name": pair.name, "reason": x} for p, pair, x in decoded if isinstance(x, str)]
+        kept = [(p, pair, x) for p, pair, x in decoded if not isinstance(x, str)]
+        if kept:
+            positions, raw, pixels = zip(*kept)
+            index += positions
+            names += [pair.name for pair in raw]
+            captions += [pair.caption for pair in raw]
+            for key, value in _encode_batch(model, list(raw), torch.stack(pixels), settings.patches).items():
+                array = value.cpu().numpy() if value.dtype == torch.int32 else value.float().cpu().numpy().astype(dtype)
+                parts.setdefault(key, []).append(array)
         if progress:
             progress(len(batch))
+    if not parts:  # no image of the shard decodes: an empty shard, so the folder still completes
+        parts = {key: [array] for key, array in _empty_features(model, settings).items()}
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
     return {"index": np.asarray(index, dtype=np.int64), "names": np.asarray(names, dtype=str),
-            "captions": np.asarray(captions, dtype=str), **arrays}  # fmt: skip
+            "captions": np.asarray(captions, dtype=str), **arrays}, skipped  # fmt: skip
+
+
+def _empty_features(model: VLModel, settings: EmbedSettings) -> dict[str, np.ndarray]:
+    """The feature arrays of a shard with no pair, shaped as a full one's."""
+    dim, dtype = joint_dim(model.model), np.dtype(settings.dtype)
+    arrays = {"image_features": np.zeros((0, dim), dtype), "text_features": np.zeros((0, dim), dtype)}
+    if settings.patches:
+        patches, length = int(np.prod(model.grid_size)), model.context_length
+        arrays |= {"patch_features": np.zeros((0, patches, dim), dtype), "token_features": np.zeros((0, length, dim), dtype),
+                   "token_ids": np.zeros((0, length), np.int32)}  # fmt: skip
+    return arrays
 
 
 def _write_shard(path: Path, arrays: dict[str, np.ndarray], file_format: str) -> None:
@@ -273,7 +308,9 @@ def _write_shard(path: Path, arrays: dict[str, np.ndarray], file_format: str) ->
         }
         for key, value in arrays.items():
             if value.ndim > 1:  # (n, ...) -> a fixed-size list of its flattened rows
-                columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), value[0].size)
+                columns[key] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(value.reshape(-1)), int(np.prod(value.shape[1:]))
+                )
         pq.write_table(pa.table(columns), temporary)
     os.replace(temporary, path)
 
@@ -288,20 +325,45 @@ def _shard_count(path: Path) -> int:
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
+def _write_skipped(path: Path, skipped: list[dict[str, Any]]) -> None:
+    """The pairs a shard left out, beside it (atomically); no file when none was."""
+    listed = path.with_name(path.name + SKIPPED_SUFFIX)
+    if skipped:
+        temporary = listed.with_name(f".{listed.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(skipped), encoding="utf-8")
+        os.replace(temporary, listed)
+    else:
+        listed.unlink(missing_ok=True)
+
+
+def _read_skipped(path: Path) -> list[dict[str, Any]]:
+    listed = path.with_name(path.name + SKIPPED_SUFFIX)
+    return json.loads(listed.read_text(encoding="utf-8")) if listed.is_file() else []
+
+
 def _final_index(folder: Path, header: dict[str, Any], total: int) -> dict[str, Any]:
-    """The index of a folder whose source holds `total` pairs, from the shard files on disk."""
-    size, shards = header["shard_size"], []
+    """The index of a folder whose source holds `total` pairs, from the shard files on disk.
+
+    `pairs` is the source's pairs, `held` those stored (the others' images did not decode): `skipped`
+    counts them and `skipped_pairs` names the first `MAX_LISTED_SKIPS`.
+    """
+    size, shards, skipped = header["shard_size"], [], []
     for number in range(-(-total // size)):
         first, count = number * size, min(size, total - number * size)
         path = folder / shard_name(number, header["file_format"])
-        complete = path.is_file()
-        if complete and (held := _shard_count(path)) != count:
-            raise InputError(
-                f"{path.name} holds {held} pairs where the source now has {count}: the source changed since it was "
-                "written. Embed it into a new --out folder."
-            )
-        shards.append({"file": path.name, "first": first, "count": count, "complete": complete})
-    return {**header, "pairs": total, "complete": all(s["complete"] for s in shards), "shards": shards}
+        complete, held, left_out = path.is_file(), 0, []
+        if complete:
+            held, left_out = _shard_count(path), _read_skipped(path)
+            if held + len(left_out) != count:
+                raise InputError(
+                    f"{path.name} holds {held + len(left_out)} pairs where the source now has {count}: the source "
+                    "changed since it was written. Embed it into a new --out folder."
+                )
+        skipped += left_out
+        shards.append({"file": path.name, "first": first, "count": count, "held": held, "complete": complete})
+    return {**header, "pairs": total, "held": sum(s["held"] for s in shards), "skipped": len(skipped),
+            "skipped_pairs": skipped[:MAX_LISTED_SKIPS], "complete": all(s["complete"] for s in shards),
+            "shards": shards}  # fmt: skip
 
 
 def embed_to_folder(
@@ -334,14 +396,16 @@ def embed_to_folder(
     index = index or read_index(folder)
     if _done(folder, index):
         shards = len(index["shards"])
-        return EmbedSummary(index["pairs"], shards, 0, len(range(rank, shards, world_size)))
+        done = len(range(rank, shards, world_size))
+        return EmbedSummary(index["pairs"], shards, 0, done, index.get("skipped_pairs", []), index.get("skipped", 0))
     total = written = skipped = 0
     for number, group in itertools.groupby(enumerate(stream.pairs), key=lambda item: item[0] // settings.shard_size):
         path = folder / shard_name(number, settings.file_format)
         if number % world_size == rank and not path.is_file():
-            arrays = _encode_shard(model, group, settings, progress)
+            arrays, left_out = _encode_shard(model, group, settings, progress)
+            _write_skipped(path, left_out)  # before the shard: a shard file that exists has its list beside it
             _write_shard(path, arrays, settings.file_format)
-            total, written = total + len(arrays["index"]), written + 1
+            total, written = total + len(arrays["index"]) + len(left_out), written + 1
         else:  # another rank's pairs, or a shard an earlier run wrote: read past, never decoded
             count = sum(1 for _ in group)
             total, skipped = total + count, skipped + (number % world_size == rank)
@@ -350,9 +414,11 @@ def embed_to_folder(
     if total == 0:
         raise InputError(f"{stream.source} holds no image-caption pairs.")
     _barrier(world_size)  # every rank's shards are on disk
+    final = _final_index(folder, header, total) if rank == 0 else {}
     if rank == 0:
-        _write_index(folder, _final_index(folder, header, total))
-    return EmbedSummary(total, -(-total // settings.shard_size), written, skipped)
+        _write_index(folder, final)
+    left_out = final.get("skipped_pairs", [])
+    return EmbedSummary(total, -(-total // settings.shard_size), written, skipped, left_out, final.get("skipped", 0))
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -413,7 +479,7 @@ class StoredEmbeddings:
     text_features: torch.Tensor  # (S, D)
     names: list[str]
     captions: list[str]
-    positions: torch.Tensor  # (S,) long: each row's place among the folder's N pairs, ascending
+    positions: torch.Tensor  # (S,) long: each row's place in the source, ascending (pairs left out leave gaps)
     pairs: int  # N: all pairs of the folder
     seed: int  # of the sample (when S < N)
     model: str
@@ -440,7 +506,7 @@ def sample_positions(pairs: int, max_pairs: int, seed: int) -> np.ndarray:
 def load_embeddings(folder: str | os.PathLike[str], max_pairs: int | None = None, seed: int = 0) -> StoredEmbeddings:
     """The global embeddings of a finished folder: all N pairs, or when N > `max_pairs` a seeded uniform sample.
 
-    No model is loaded. Shards are read one at a time, in order: memory is one shard plus the rows kept.
+    N counts the pairs stored (a pair whose image did not decode was left out when it was written). No model is loaded. Shards are read one at a time, in order: memory is one shard plus the rows kept.
     The modality gap and the mean own-pair cosine cover all N pairs whatever the sample (float64 sums as
     the shards pass); the sample is `sample_positions(N, max_pairs, seed)`.
 
@@ -449,27 +515,34 @@ def load_embeddings(folder: str | os.PathLike[str], max_pairs: int | None = None
     """
     folder = Path(folder)
     index = read_index(folder)
-    shards, total = index["shards"], index["pairs"]
+    shards = index["shards"]
+    total = index.get("held", index["pairs"])  # folders written before pairs could be left out hold them all
     if not index["complete"] or not all((folder / shard["file"]).is_file() for shard in shards):
         written = len(list(folder.glob(f"embeddings-*.{index['file_format']}")))
         raise InputError(
             f"{folder.name} is not finished ({written} shard{'' if written == 1 else 's'} written so far). Run the "
             "same `python -m vlviz embed` command again to finish it: written shards are kept."
         )
+    if total == 0:
+        raise InputError(
+            f"{folder.name} holds no pair: no image of its source could be read ({index['skipped']} left out)."
+        )
     keep = sample_positions(total, max_pairs, seed) if max_pairs is not None and total > max_pairs else None
     image_sum, text_sum = np.zeros(index["dim"]), np.zeros(index["dim"])
     own = 0.0
     parts: list[dict[str, np.ndarray]] = []
+    first = 0  # the first stored pair of this shard, counted over the folder's stored pairs
     for shard in shards:
         arrays = read_shard(folder / shard["file"])
         images, texts = arrays["image_features"].astype(np.float32), arrays["text_features"].astype(np.float32)
-        if len(images) != shard["count"] or images.shape[1] != index["dim"]:
-            raise InputError(f"{shard['file']} does not hold the {shard['count']} pairs its index lists; embed again.")
+        held = shard.get("held", shard["count"])
+        if len(images) != held or images.shape[1] != index["dim"]:
+            raise InputError(f"{shard['file']} does not hold the {held} pairs its index lists; embed again.")
         image_sum += images.sum(axis=0, dtype=np.float64)
         text_sum += texts.sum(axis=0, dtype=np.float64)
         own += float(np.einsum("nd,nd->", images, texts, dtype=np.float64))
-        first = shard["first"]
         rows = np.arange(len(images)) if keep is None else keep[(keep >= first) & (keep < first + len(images))] - first
+        first += len(images)
         parts.append({"images": images[rows], "texts": texts[rows], "positions": arrays["index"][rows],
                       "names": arrays["names"][rows], "captions": arrays["captions"][rows]})  # fmt: skip
     return StoredEmbeddings(

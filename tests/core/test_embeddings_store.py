@@ -25,8 +25,9 @@ from vlviz.models import load_model
 N = 10  # pairs in the test source: shards of 3 give 3, 3, 3 and 1
 
 
-def write_scene_shards(folder: Path, n: int = N, per_tar: int = 4, seed: int = 5) -> str:
-    """`n` scenes as webdataset tar shards of `per_tar` samples; returns their brace pattern."""
+def write_scene_shards(folder: Path, n: int = N, per_tar: int = 4, seed: int = 5, corrupt: tuple[int, ...] = ()) -> str:
+    """`n` scenes as webdataset tar shards of `per_tar` samples (those in `corrupt` with bytes that are no
+    image); returns their brace pattern."""
     scenes = generate_scenes(n, seed=seed, image_size=32)
     folder.mkdir(parents=True, exist_ok=True)
     tars = -(-n // per_tar)
@@ -35,6 +36,8 @@ def write_scene_shards(folder: Path, n: int = N, per_tar: int = 4, seed: int = 5
             for i in range(number * per_tar, min(n, (number + 1) * per_tar)):
                 png = io.BytesIO()
                 scenes.pil_images()[i].save(png, format="PNG")
+                if i in corrupt:
+                    png = io.BytesIO(png.getvalue()[:40])  # a truncated file: the header, no pixels
                 for name, data in ((f"{i:04d}.png", png.getvalue()), (f"{i:04d}.txt", scenes.captions[i].encode())):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
@@ -125,9 +128,9 @@ def test_a_rerun_resumes_and_encodes_only_missing_shards(
     encoded: list[int] = []
     encode = store._encode_batch
 
-    def counting(model, pairs: list[RawPair], patches: bool):
+    def counting(model, pairs: list[RawPair], pixels: torch.Tensor, patches: bool):
         encoded.extend(int(pair.name[:4]) for pair in pairs)
-        return encode(model, pairs, patches)
+        return encode(model, pairs, pixels, patches)
 
     monkeypatch.setattr(store, "_encode_batch", counting)
     settings = EmbedSettings(shard_size=3, batch_size=2)
@@ -148,6 +151,37 @@ def test_a_rerun_resumes_and_encodes_only_missing_shards(
     encoded.clear()
     assert embed_to_folder(model, stream_pairs(source), out, settings).skipped == 4  # complete: nothing read
     assert encoded == [] and len(load_embeddings(out).names) == N
+
+
+@pytest.mark.parametrize("file_format", ["npz", "parquet"])
+def test_an_image_that_does_not_decode_is_left_out_with_its_reason(
+    tiny_vit_dir: Path, tmp_path: Path, file_format: str
+) -> None:
+    source = write_scene_shards(tmp_path / "data", corrupt=(4, 5))  # shard 1 (pairs 3-5 at size 3) loses two
+    model = load_model(str(tiny_vit_dir), device="cpu")
+    settings = EmbedSettings(shard_size=3, file_format=file_format, patches=True, batch_size=2)
+    out = tmp_path / "out"
+    summary = embed_to_folder(model, stream_pairs(source), out, settings)
+    assert summary.left_out_count == 2 and [s["position"] for s in summary.left_out] == [4, 5]
+    assert summary.left_out[0]["name"] == "0004.png" and "0004.png" in summary.left_out[0]["reason"]
+    assert str(tmp_path) not in json.dumps(summary.left_out)  # names, never paths
+    index = read_index(out)
+    assert index["complete"] and (index["pairs"], index["held"], index["skipped"]) == (N, N - 2, 2)
+    assert [s["held"] for s in index["shards"]] == [3, 1, 3, 1]
+    stored = load_embeddings(out)
+    kept = [i for i in range(N) if i not in (4, 5)]
+    assert stored.positions.tolist() == kept and stored.pairs == N - 2 and len(stored.names) == N - 2
+    _, reference = _reference(model, write_scene_shards(tmp_path / "clean"))
+    assert torch.allclose(stored.image_features, reference.image_features[kept], atol=2e-3)
+    sample = load_embeddings(out, max_pairs=3, seed=1)  # a sample of the stored pairs
+    expected = torch.randperm(N - 2, generator=torch.Generator().manual_seed(1))[:3].sort().values
+    assert sample.positions.tolist() == [kept[i] for i in expected.tolist()]
+    assert embed_to_folder(model, stream_pairs(source), out, settings).skipped == 4  # a rerun finds it done
+
+    lost = write_scene_shards(tmp_path / "bad", n=2, corrupt=(0, 1))  # nothing decodes: empty shards, a clear end
+    assert embed_to_folder(model, stream_pairs(lost), tmp_path / "none", settings).left_out_count == 2
+    with pytest.raises(InputError, match="holds no pair: no image of its source could be read"):
+        load_embeddings(tmp_path / "none")
 
 
 def test_another_model_or_other_settings_are_refused(
