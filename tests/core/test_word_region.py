@@ -104,3 +104,15 @@ def test_a_higher_threshold_groups_only_the_patches_near_the_peak() -> None:
     torch.testing.assert_close(sharp, patches[0, 0])
     with pytest.raises(ValueError, match="threshold"):
         create_loss("word_region", threshold=2.0)
+
+
+def test_a_batch_too_large_for_the_cross_image_grouping_is_refused_with_the_largest_that_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import vlviz.losses.word_region as word_region
+
+    monkeypatch.setattr(word_region, "MAX_CROSS_CELLS", 4 * 4 * 3 * 9)  # batch 4 of 3 tokens and 9 patches, D 8
+    tokens, patches = torch.randn(5, 3, 8), torch.randn(5, 9, 8)
+    with pytest.raises(ValueError, match="Use a batch of at most 4"):
+        word_region_loss(tokens, patches, torch.ones(5, 3), 1.0)
+    assert torch.isfinite(word_region_loss(tokens[:4], patches[:4], torch.ones(4, 3), 1.0))

@@ -11,6 +11,7 @@ named content lowers the loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,10 @@ import torch.nn.functional as F
 from vlviz.losses.base import Loss
 from vlviz.losses.clip import clip_contrastive_loss
 from vlviz.sparc import alignment_weights, grouped_embeddings
+
+# The largest B x B x T x max(P, D) tensor a step may build (each such tensor is 1 GiB in float32); the
+# offline model (T 32, P 64, D 128) fits batch 256 under it, a ViT-B/16 (T 77, P 196, D 512) batch 82.
+MAX_CROSS_CELLS = 2**28
 
 
 def cross_image_grouped_embeddings(
@@ -59,10 +64,18 @@ def word_region_loss(
         inverse_temperature: 1 / tau, e.g. open_clip's `logit_scale` (already exponentiated).
         threshold: the alignment weights' sparsity threshold sigma in [0, 1]; None for SPARC's 1/P.
     """
+    batch, length = token_mask.shape
+    cells = batch * batch * length * max(patch_emb.shape[1], token_emb.shape[-1])
+    if cells > MAX_CROSS_CELLS:
+        largest = math.isqrt(MAX_CROSS_CELLS // (length * max(patch_emb.shape[1], token_emb.shape[-1])))
+        raise ValueError(
+            f"The word-region loss compares every caption with every image of the batch: at batch {batch} with "
+            f"{length} tokens and {patch_emb.shape[1]} patches that is more memory than a run may take. Use a "
+            f"batch of at most {largest}."
+        )
     grouped = F.normalize(cross_image_grouped_embeddings(token_emb, patch_emb, threshold), dim=-1)  # (B, B, T, D)
     tokens = F.normalize(token_emb, dim=-1)
     logits = torch.einsum("ild,ijld->ilj", tokens, grouped).float() * inverse_temperature  # (B, T, B)
-    batch, length = token_mask.shape
     labels = torch.arange(batch, device=logits.device).repeat_interleave(length)  # row (i, l) -> image i
     loss = F.cross_entropy(logits.reshape(batch * length, batch), labels, reduction="none")
     weight = token_mask.reshape(-1).to(loss.dtype)

@@ -79,7 +79,8 @@ def train(
 
     Every parameter after model_spec is a loss weight named after its loss, 0 to 2 (0 leaves the loss
     out): clip and siglip (contrastive), saco (SaCo affinity consistency), sparc (SPARC's word-patch
-    alignment), psl and xmm (SIMLA's pseudo-labels and masked-token objective). A held-out split is
+    alignment), psl and xmm (SIMLA's pseudo-labels and masked-token objective), word_region (vlviz's own
+    cross-image word-patch contrast, not a paper's; its memory grows with batch size squared). A held-out split is
     always kept for evaluation. A tool call returns when the run ends (stop_training ends it early);
     its checkpoint is then a model for every tool, as 'session run N'.
 
