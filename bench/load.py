@@ -50,6 +50,7 @@ LOSS_NAMES = (
     "sparc",
     "psl",
     "xmm",
+    "word_region",
 )  # vlviz.losses.LOSSES order (not imported: no torch here)
 ZERO_SHOT = "the captions' words and the default concepts"
 CAPTIONS_ONLY = "the captions' words only"
