@@ -106,8 +106,7 @@ def grounding(
         raise gr.Error(f"{caption!r} has no words to ground: type a word or a phrase.")
     chosen = word if word is not None and 0 <= int(word) < len(words) else maps.first_word
     image = model.input_image(pairs.images[index])  # as the model sees it: its preprocessing's crop
-    view = grounding_view(maps, image, chosen, opacity)
-    overlay = word_overlay(maps, image, chosen, opacity, model=model.name) if compare else view.overlay
+    view = grounding_view(maps, image, chosen, opacity, model=model.name if compare else "")
     xmm_overlay, xmm_notice, xmm_data = _xmm_view(model, image, pairs.images[index], caption, chosen, opacity)
     score = bundled_scene_score(model, pairs, kind)
     score_text = (
@@ -136,7 +135,7 @@ def grounding(
     }
     word_choices = gr.Radio(choices=[(w, i) for i, w in enumerate(words)], value=chosen)
     return (
-        overlay, view.grid, view.matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice,
+        view.overlay, view.grid, view.matrix, pair_choices, word_choices, notice, xmm_overlay, xmm_notice,
         score_text, comparison, data,
     )  # fmt: skip
 

@@ -322,12 +322,15 @@ class GroundingView:
     matrix: go.Figure
 
 
-def grounding_view(maps: CaptionMaps, image: np.ndarray, word: int, opacity: float = 0.7) -> GroundingView:
-    """Draw `caption_maps`' maps over the image as the model sees it (`VLModel.input_image`), word `word` large."""
+def grounding_view(
+    maps: CaptionMaps, image: np.ndarray, word: int, opacity: float = 0.7, model: str = ""
+) -> GroundingView:
+    """Draw `caption_maps`' maps over the image as the model sees it (`VLModel.input_image`), word `word` large
+    (its title naming `model` if given, as when it is compared with another model's)."""
     label = MAP_LABELS[maps.kind]
     value_name = "cosine" if maps.kind == "cosine" else "weight"
     words, grid_maps = maps.words, maps.word_maps.numpy()
-    overlay = word_overlay(maps, image, word, opacity)
+    overlay = word_overlay(maps, image, word, opacity, model)
     grid = grounding_grid(display_image(image, GRID_SIDE), grid_maps, words, opacity)
     matrix = token_patch_matrix(
         maps.token_maps.numpy(), maps.tokens, maps.grid_size, f"Token x patch: {label}", value_name
