@@ -257,11 +257,11 @@ def _encode_shard(
     index: list[int] = []
     names: list[str] = []
     captions: list[str] = []
-    skipped: list[dict[str, Any]] = []
+    left_out: list[dict[str, Any]] = []
     dtype = np.dtype(settings.dtype)
     while batch := list(itertools.islice(pairs, settings.batch_size)):
         decoded = [(position, pair, _decode(model, pair)) for position, pair in batch]
-        skipped += [{"position": p, "name": pair.name, "reason": x} for p, pair, x in decoded if isinstance(x, str)]
+        left_out += [{"position": p, "name": pair.name, "reason": x} for p, pair, x in decoded if isinstance(x, str)]
         kept = [(p, pair, x) for p, pair, x in decoded if not isinstance(x, str)]
         if kept:
             positions, raw, pixels = zip(*kept)
@@ -277,7 +277,7 @@ def _encode_shard(
         parts = {key: [array] for key, array in _empty_features(model, settings).items()}
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
     return {"index": np.asarray(index, dtype=np.int64), "names": np.asarray(names, dtype=str),
-            "captions": np.asarray(captions, dtype=str), **arrays}, skipped  # fmt: skip
+            "captions": np.asarray(captions, dtype=str), **arrays}, left_out  # fmt: skip
 
 
 def _empty_features(model: VLModel, settings: EmbedSettings) -> dict[str, np.ndarray]:

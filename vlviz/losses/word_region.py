@@ -65,9 +65,9 @@ def word_region_loss(
         threshold: the alignment weights' sparsity threshold sigma in [0, 1]; None for SPARC's 1/P.
     """
     batch, length = token_mask.shape
-    cells = batch * batch * length * max(patch_emb.shape[1], token_emb.shape[-1])
-    if cells > MAX_CROSS_CELLS:
-        largest = math.isqrt(MAX_CROSS_CELLS // (length * max(patch_emb.shape[1], token_emb.shape[-1])))
+    per_pair = length * max(patch_emb.shape[1], token_emb.shape[-1])  # cells of one (caption, image) pair
+    if batch * batch * per_pair > MAX_CROSS_CELLS:
+        largest = math.isqrt(MAX_CROSS_CELLS // per_pair)
         raise ValueError(
             f"The word-region loss compares every caption with every image of the batch: at batch {batch} with "
             f"{length} tokens and {patch_emb.shape[1]} patches that is more memory than a run may take. Use a "
