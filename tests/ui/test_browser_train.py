@@ -16,7 +16,19 @@ _LINES_JS = """(id) => {
 }"""
 
 
-def lines(page: Page, elem_id: str) -> dict[str, int]:
+def lines(page: Page, elem_id: str, points: dict[str, int] | None = None) -> dict[str, int]:
+    """The traces of `#elem_id` once it draws any, and each named in `points` with at least that many points.
+
+    Plotly redraws after the status text has changed, so reading the figure at once can see the last one.
+    """
+    page.wait_for_function(
+        f"""([id, points]) => {{
+            const drawn = Object.fromEntries(({_LINES_JS})(id));
+            return Object.keys(drawn).length > 0 && Object.entries(points).every(([n, k]) => (drawn[n] ?? -1) >= k);
+        }}""",
+        arg=[elem_id, points or {}],
+        timeout=TIMEOUT_MS,
+    )
     return dict(page.evaluate(_LINES_JS, elem_id))
 
 
@@ -32,11 +44,11 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     set_slider(page, "train-eval-every", 3)
     page.locator("#train").click()
     expect(page.locator("#train-status")).to_contain_text("finished after 6 steps", timeout=3 * TIMEOUT_MS)
-    losses = lines(page, "loss-plot")
+    losses = lines(page, "loss-plot", {"clip/contrastive_loss": 6})
     assert losses.get("clip/contrastive_loss", 0) == 6 and losses.get("saco/saco_loss", 0) == 6  # the default demo
-    retrieval = lines(page, "metric-plot")
+    retrieval = lines(page, "metric-plot", {"image_to_text_r1": 3})
     assert retrieval["image_to_text_r1"] == 3  # steps 0 (the start model), 3 and 6
-    assert lines(page, "alignment-plot")["mean_abs_inconsistency"] == 3
+    assert lines(page, "alignment-plot", {"mean_abs_inconsistency": 3})["mean_abs_inconsistency"] == 3
     expect(page.locator('#train-checkpoint [aria-label="checkpoint.safetensors"]')).to_be_visible()  # a download
     expect(page.locator("#train-status")).to_contain_text("load it as session run 1")  # a name, not a server path
     for probe in ("probe-grounding-plot", "probe-inconsistency-plot", "probe-embedding-plot"):
@@ -47,8 +59,8 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     page.get_by_text("Before/after lens and WiSE-FT").click()
     page.locator("#lens-button").click()
     expect(page.locator("#lens-summary")).to_contain_text("start → α=1", timeout=3 * TIMEOUT_MS)
-    assert set(lines(page, "lens-movement")) >= {"images, start", "images, α=1", "captions moved"}
-    assert [n for n, _ in lines(page, "lens-wise-ft").items() if _ == 5]  # R@1 and retention at 5 alphas
+    lines(page, "lens-movement", {"images, start": 0, "images, α=1": 0, "captions moved": 0})
+    assert [n for n, k in lines(page, "lens-wise-ft").items() if k == 5]  # R@1 and retention at 5 alphas
     expect(page.locator("#lens-moved")).to_contain_text("→")
     set_slider(page, "lens-alpha", 0.5)
     page.locator("#lens-alpha input[type=range]").dispatch_event("pointerup")  # the slider's release
