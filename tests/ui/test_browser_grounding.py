@@ -52,9 +52,10 @@ def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:
     assert overlay["sources"] == ["data:image/png;base64,"] and overlay["drawn"] == 2  # the scene, then the map
     expect(page.locator("#grounding-overlay .js-plotly-plot")).to_be_visible()
 
-    grid = figure(page, "grounding-grid")
-    assert grid["types"] == ["image", "heatmap"] * len(FIRST_CAPTION_WORDS)
-    assert "pointing game" in page.locator("#grounding-score").inner_text()
+    grid_types = ["image", "heatmap"] * len(FIRST_CAPTION_WORDS)
+    page.wait_for_function(f"({_FIGURE_JS})('grounding-grid')?.types.length === {len(grid_types)}")
+    assert figure(page, "grounding-grid")["types"] == grid_types
+    expect(page.locator("#grounding-score")).to_contain_text("pointing game")
 
 
 def test_the_switch_redraws_the_dense_cosine_map(page: Page) -> None:
