@@ -312,7 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument("--model", default="vlviz-scenes")
     grounding.add_argument("--n", type=int, default=200)
     grounding.add_argument("--captions", **captions)
-    grounding.add_argument("--kind", action="append", help="sparc, no-sparsity, softmax, cosine (default: all)")
+    grounding.add_argument(
+        "--kind",
+        action="append",
+        help="sparc, no-sparsity, softmax, cosine or occlusion (default: all but occlusion, which runs the tower once per patch)",
+    )
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     grounding.set_defaults(run=_eval_grounding)
 

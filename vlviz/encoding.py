@@ -21,6 +21,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from vlviz.data.inputs import PairSet
+from vlviz.occlusion import occlusion_maps
 from vlviz.tokens import TokenLayout, token_layout
 from vlviz.towers import (
     grid_size,
@@ -32,6 +33,7 @@ from vlviz.towers import (
 )
 
 CACHE_ENTRIES = 4096
+OCCLUSION_CACHE_ENTRIES = 256  # pairs whose occlusion maps are kept: (T, P) floats each, tens of kB
 ENCODE_BATCH = 64
 
 
@@ -132,6 +134,7 @@ class VLModel:
         self.dtype = input_dtype(model)
         self._image_cache = _LRU(CACHE_ENTRIES)
         self._text_cache = _LRU(CACHE_ENTRIES)
+        self._occlusion_cache = _LRU(OCCLUSION_CACHE_ENTRIES)
 
     # --- properties -------------------------------------------------------------------------
     @property
@@ -189,6 +192,29 @@ class VLModel:
             truncated=self.truncated_captions(captions),
             patches_unavailable=self.patches_unavailable,
         )
+
+    def occlusion_maps(self, images: Sequence[Image.Image], captions: Sequence[str]) -> torch.Tensor:
+        """(N, T, P) occlusion maps of each caption's tokens on its own image (`vlviz.occlusion`), on the CPU.
+
+        One tower pass per patch and image, so each pair's maps are kept (by content) for the next call.
+        Raises ValueError for towers without patch tokens.
+        """
+        encoding = self.encode_pairs(images, captions)
+        if encoding.token_features is None or encoding.patch_features is None or encoding.grid_size is None:
+            raise ValueError(f"No occlusion maps for this model: {self.patches_unavailable}.")
+        keys = [f"{content_key(image)}:{content_key(caption)}" for image, caption in zip(images, captions)]
+        found = {key: self._occlusion_cache.get(key) for key in keys}
+        missing = [i for i, key in enumerate(keys) if found[key] is None and keys.index(key) == i]
+        if missing:
+            pixels = torch.stack([self.preprocess(images[i]) for i in missing]).to(self.device, self.dtype)
+            maps = occlusion_maps(
+                lambda x: image_embeddings(self.model, x)[1], pixels,
+                encoding.token_features[missing].float(), encoding.grid_size,
+            ).cpu()  # fmt: skip
+            for row, i in enumerate(missing):
+                found[keys[i]] = (maps[row], None)
+                self._occlusion_cache.put(keys[i], found[keys[i]])
+        return torch.stack([found[key][0] for key in keys])
 
     def truncated_captions(self, captions: Sequence[str]) -> list[int]:
         """Indices of captions longer than the context length (the tokenizer cuts them)."""

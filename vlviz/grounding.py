@@ -46,6 +46,10 @@ from vlviz.towers import preprocess_stats
 
 MIN_COVER = 0.25
 UNTRAINED_SEED = 0  # the untrained baseline's initialisation
+# Where the evidence comes from, not where the tower keeps it (`vlviz.occlusion`): maps that need the model
+# and the pixels, not only the encodings, so they are not in GROUNDING_MAPS.
+OCCLUSION = "occlusion"
+MAP_KINDS = [*GROUNDING_MAPS, OCCLUSION]
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,24 @@ class CaptionMaps:
     first_word: int  # the word worth showing first: neither a stop word nor a size (`first_content_word`)
 
 
-def caption_maps(encoding: PairEncoding, row: int = 0, kind: str = "sparc") -> CaptionMaps:
+def caption_maps(
+    encoding: PairEncoding, row: int = 0, kind: str = "sparc", token_maps: torch.Tensor | None = None
+) -> CaptionMaps:
     """The grounding maps of pair `row`'s caption in its image: SPARC's weights (Eqs. 2-4) or an alternative.
 
     The one place the app's Grounding view, the trainer's probe and the model comparison get word
-    maps from. Raises ValueError for towers without patch tokens.
+    maps from. `token_maps` (1, T, P) are the row's maps when they need more than the encoding
+    (occlusion: `model_caption_maps`). Raises ValueError for towers without patch tokens.
     """
     if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
         raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
     layout = encoding.tokens
-    tokens = encoding.token_features[row : row + 1].float()  # (1, T, D)
-    patches = encoding.patch_features[row : row + 1].float()  # (1, P, D)
-    token_maps = grounding_maps(tokens, patches, kind)  # (1, T, P)
+    if token_maps is None:
+        if kind not in GROUNDING_MAPS:
+            raise ValueError(f"{kind!r} maps need the model, not only its encodings: see model_caption_maps.")
+        tokens = encoding.token_features[row : row + 1].float()  # (1, T, D)
+        patches = encoding.patch_features[row : row + 1].float()  # (1, P, D)
+        token_maps = grounding_maps(tokens, patches, kind)  # (1, T, P)
     words = layout.words[row]
     per_word = word_maps(token_maps, layout.word_index[row : row + 1].to(token_maps.device))[0, : len(words)]
     real = layout.word_mask[row]
@@ -85,6 +95,24 @@ def caption_maps(encoding: PairEncoding, row: int = 0, kind: str = "sparc") -> C
         token_maps=token_maps[0, real.to(token_maps.device)].cpu(),
         first_word=first_content_word(words),
     )
+
+
+def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: str = "sparc") -> CaptionMaps:
+    """`caption_maps` of one pair by `model`, for any of `MAP_KINDS` (occlusion runs the tower once per patch)."""
+    encoding = model.encode_pairs([image], [caption])
+    if kind != OCCLUSION or encoding.patch_features is None:
+        return caption_maps(encoding, kind=kind)
+    return caption_maps(encoding, kind=kind, token_maps=model.occlusion_maps([image], [caption]))
+
+
+def occlusion_scene_maps(
+    model: VLModel, images: list[Image.Image], captions: list[str], swapped: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Occlusion maps (N, T, P) of each caption on its image, and (for `peak_stability`) on the previous image."""
+    maps = model.occlusion_maps(images, captions)
+    if not swapped or len(images) < 2:
+        return maps, None
+    return maps, model.occlusion_maps(images[-1:] + images[:-1], captions)  # caption n on image n - 1
 
 
 def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatch:
@@ -190,13 +218,18 @@ def peak_stability(word_map: torch.Tensor, swapped_map: torch.Tensor, valid: tor
 
 
 def scene_grounding_score(
-    encoding: PairEncoding, scenes: SceneBatch, kinds: list[str] | None = None, min_cover: float = MIN_COVER
+    encoding: PairEncoding,
+    scenes: SceneBatch,
+    kinds: list[str] | None = None,
+    min_cover: float = MIN_COVER,
+    token_maps: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Scores per map kind and word class: {kind: {"colour": {...}, "shape": {...}}}.
 
     Each holds `pointing_and_mass`'s and `object_level_scores`'s figures. `encoding` holds the scenes'
     own images and captions, in order. A word cut off by the model's context length is not scored.
-    Raises ValueError for towers without patch tokens.
+    `token_maps` gives a kind's (N, T, P) maps and those on the previous scene's image (or None) where
+    the encoding cannot make them (`occlusion_scene_maps`). Raises ValueError for towers without patch tokens.
     """
     if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
         raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
@@ -208,12 +241,15 @@ def scene_grounding_score(
     targets = {name: index.to(word_index.device) for name, index in scene_word_positions(scenes).items()}
     tokens, patches = encoding.token_features.float(), encoding.patch_features.float()
     scores: dict[str, dict[str, dict[str, float]]] = {}
+    given = token_maps or {}
     for kind in kinds:  # a handful of map kinds; each is batched over scenes, objects and patches
-        maps = word_maps(grounding_maps(tokens, patches, kind), word_index)  # (N, W, P)
-        # every caption against the next scene's image (`peak_stability`); one scene has no other
-        swapped = (
-            word_maps(grounding_maps(tokens, patches.roll(1, dims=0), kind), word_index) if len(scenes) > 1 else None
-        )
+        if kind in given:
+            drawn, on_previous = given[kind]
+        else:  # every caption also against the previous scene's image (`peak_stability`); one scene has no other
+            drawn = grounding_maps(tokens, patches, kind)
+            on_previous = grounding_maps(tokens, patches.roll(1, dims=0), kind) if len(scenes) > 1 else None
+        maps = word_maps(drawn.to(word_index.device), word_index)  # (N, W, P)
+        swapped = None if on_previous is None else word_maps(on_previous.to(word_index.device), word_index)
         scores[kind] = {}
         for name, target in targets.items():
             valid = (target >= 0) & (target < maps.shape[1])
@@ -230,8 +266,10 @@ def scene_grounding_score(
 def score_scenes(
     model: VLModel, scenes: SceneBatch, kinds: list[str] | None = None, min_cover: float = MIN_COVER
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Encode `scenes` with `model` and score its grounding maps (see `scene_grounding_score`)."""
-    return scene_grounding_score(model.encode_pairs(scenes.pil_images(), scenes.captions), scenes, kinds, min_cover)
+    """Encode `scenes` with `model` and score its grounding maps (see `scene_grounding_score`); occlusion too if asked."""
+    images = scenes.pil_images()
+    given = {OCCLUSION: occlusion_scene_maps(model, images, scenes.captions)} if OCCLUSION in (kinds or []) else None
+    return scene_grounding_score(model.encode_pairs(images, scenes.captions), scenes, kinds, min_cover, given)
 
 
 def untrained_model(model: VLModel, seed: int = UNTRAINED_SEED) -> VLModel:
@@ -344,12 +382,18 @@ def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> 
     if not matched:
         return None
     rows, truth = zip(*matched)
-    encoding = model.encode_pairs([pairs.images[i] for i in rows], [pairs.captions[i] for i in rows])
+    images, captions = [pairs.images[i] for i in rows], [pairs.captions[i] for i in rows]
+    encoding = model.encode_pairs(images, captions)
     picked = select_scenes(scenes, list(truth))
     untrained = select_pairs(untrained_bundled_encoding(model), list(truth))
+    given = untrained_given = None
+    if kind == OCCLUSION:  # the score shows no peak stability, so the maps on other images are not made
+        given = {kind: occlusion_scene_maps(model, images, captions, swapped=False)}
+        fresh = shared_untrained_model(model)
+        untrained_given = {kind: occlusion_scene_maps(fresh, images, captions, swapped=False)}
     return BundledScore(
-        scores=scene_grounding_score(encoding, picked, kinds=[kind])[kind],
-        untrained=scene_grounding_score(untrained, picked, kinds=[kind])[kind],
+        scores=scene_grounding_score(encoding, picked, kinds=[kind], token_maps=given)[kind],
+        untrained=scene_grounding_score(untrained, picked, kinds=[kind], token_maps=untrained_given)[kind],
         scenes=len(rows),
     )
 

@@ -58,11 +58,14 @@ def test_choosing_a_word_draws_its_map_over_the_image(page: Page) -> None:
     expect(page.locator("#grounding-score")).to_contain_text("pointing game")
 
 
-def test_the_switch_redraws_the_dense_cosine_map(page: Page) -> None:
+def test_the_switch_redraws_the_dense_cosine_map_and_the_occlusion_map(page: Page) -> None:
     wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}'")
     page.locator("#grounding-kind").get_by_label("dense cosine map").check()
     wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': dense cosine map")
     wait_for_title(page, "grounding-matrix", "Token x patch: dense cosine map")
+    page.locator("#grounding-kind").get_by_label("occlusion: where the evidence comes from").check()
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': occlusion: where the evidence comes from")
+    expect(page.locator("#grounding-score")).to_contain_text("occlusion")
 
 
 def test_the_untrained_model_is_drawn_beside_on_the_same_word(page: Page) -> None:

@@ -58,6 +58,15 @@ def test_the_dense_cosine_map_lies_in_the_unit_interval(client: Client) -> None:
     assert all(-1 <= v <= 1 for v in values) and min(values) < 0.999
 
 
+def test_the_occlusion_map_shows_where_evidence_comes_from_with_its_score(client: Client) -> None:
+    result = client.predict(2, 3, "occlusion", 0.6, "", OFFLINE_SPEC, "untrained", api_name="/grounding")
+    score, data = result[8], result[-1]
+    assert data["kind"] == "occlusion" and len(data["word_maps"]) == len(data["words"])
+    assert all(len(row) == 64 for row in data["word_maps"]) and any(v < 0 for row in data["token_maps"] for v in row)
+    assert "occlusion" in score and data["scene_score"]["colour"]["words"] > 0
+    assert data["compare"]["word_maps"] != data["word_maps"]  # the untrained twin's own occlusion map
+
+
 def test_any_typed_text_is_grounded(client: Client) -> None:
     data = _ground(client, text="blue square")
     assert data["words"] == ["blue", "square"] and data["text"] == "blue square" and data["word"] == 0

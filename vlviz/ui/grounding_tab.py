@@ -18,7 +18,7 @@ from vlviz.grounding import (
     MIN_COVER,
     CaptionMaps,
     bundled_scene_score,
-    caption_maps,
+    model_caption_maps,
     shared_untrained_model,
     xmm_word_attention,
 )
@@ -63,7 +63,7 @@ def grounding(
     Args:
         pair: the pair, 1-based (empty: the first).
         word: the word to show, 0-based among the caption's words (empty: the first content word).
-        kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax' or 'cosine'.
+        kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax', 'cosine', or 'occlusion' (how much each token's SPARC fine similarity falls when each patch is hidden: where the evidence comes from; one tower pass per patch).
         opacity: the heatmap's opacity over the image, 0 to 1.
         text: ground this text in the pair's image instead of its caption (empty: the caption), at most 1,000 characters.
         model_spec: the model (as in analyze).
@@ -100,7 +100,7 @@ def grounding(
         no_plot = gr.Plot(value=None, visible=False)
         unavailable = data | {"unavailable": reason}
         return None, None, None, pair_choices, no_words, reason, no_plot, "", "", no_plot, unavailable
-    maps = caption_maps(model.encode_pairs([pairs.images[index]], [caption]), kind=kind)
+    maps = model_caption_maps(model, pairs.images[index], caption, kind)
     words = maps.words
     if not words:
         raise gr.Error(f"{caption!r} has no words to ground: type a word or a phrase.")
@@ -158,7 +158,7 @@ def _compare_view(
         raise gr.Error(str(error)) from error
     if other.patches_unavailable:
         return hidden, {"model": other.name, "reason": f"No map to compare: {other.patches_unavailable}."}
-    other_maps = caption_maps(other.encode_pairs([original], [caption]), kind=kind)
+    other_maps = model_caption_maps(other, original, caption, kind)
     word = maps.words[chosen]
     if other_maps.words == maps.words:
         index = chosen
@@ -231,7 +231,10 @@ def build_grounding_tab(
     gr.Markdown(
         "Where does each word land? SPARC (Bica et al., ICML 2024) weighs every image patch for every "
         "caption token: similarities min-max normalised over the patches, those below 1/P dropped, the "
-        "rest renormalised. Switch to softmax weights or the dense cosine map to see what sparsity changes."
+        "rest renormalised. Switch to softmax weights or the dense cosine map to see what sparsity changes. "
+        "These maps read the tower's last patch tokens, which hold evidence attention gathered from elsewhere; "
+        "the occlusion map hides one patch at a time instead and shows where a word's evidence comes from "
+        "(one tower pass per patch: slower on large models)."
     )
     with gr.Row():
         pair = gr.Dropdown(choices=[], label="Pair", scale=2, elem_id="grounding-pair")

@@ -50,7 +50,9 @@ MAP_LABELS = {
     "no-sparsity": "min-max weights without sparsity",
     "softmax": "softmax weights (the paper's ablation)",
     "cosine": "dense cosine map",
+    "occlusion": "occlusion: where the evidence comes from",
 }
+MAP_VALUES = {"cosine": "cosine", "occlusion": "drop"}  # what a map's values are (hover and colour bar); else weights
 OVERLAY_SIDE = 224  # pixels of the image under a large grounding overlay
 GRID_SIDE = 72  # pixels of the image under each small overlay
 
@@ -328,7 +330,7 @@ def grounding_view(
     """Draw `caption_maps`' maps over the image as the model sees it (`VLModel.input_image`), word `word` large
     (its title naming `model` if given, as when it is compared with another model's)."""
     label = MAP_LABELS[maps.kind]
-    value_name = "cosine" if maps.kind == "cosine" else "weight"
+    value_name = MAP_VALUES.get(maps.kind, "weight")
     words, grid_maps = maps.words, maps.word_maps.numpy()
     overlay = word_overlay(maps, image, word, opacity, model)
     grid = grounding_grid(display_image(image, GRID_SIDE), grid_maps, words, opacity)
@@ -341,7 +343,7 @@ def grounding_view(
 def word_overlay(maps: CaptionMaps, image: np.ndarray, word: int, opacity: float = 0.7, model: str = "") -> go.Figure:
     """One word's map over the image as the model sees it, titled with the word, the map kind and `model` if given."""
     title = f"'{maps.words[word]}': {MAP_LABELS[maps.kind]}" + (f" ({model})" if model else "")
-    value_name = "cosine" if maps.kind == "cosine" else "weight"
+    value_name = MAP_VALUES.get(maps.kind, "weight")
     return grounding_overlay(
         display_image(image, OVERLAY_SIDE), maps.word_maps.numpy()[word], title, opacity, value_name
     )
