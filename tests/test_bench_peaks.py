@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from bench.peaks import PLACES, evidence_figures, patch_lens, peak_place, place_shares
+from bench.peaks import OCCLUDED, PLACES, diagnose, evidence_figures, patch_lens, peak_place, place_shares
+from vlviz.data.scenes import generate_scenes
 from vlviz.encoding import image_embeddings
 from vlviz.models import OFFLINE_SPEC, load_model
 
@@ -68,3 +70,14 @@ def test_a_scene_with_one_object_has_nothing_to_compare() -> None:
     figures = evidence_figures(drops, torch.zeros(1, 3, dtype=torch.long), torch.tensor([[True, False, False]]),
                                torch.tensor([[True, False, False]]))  # fmt: skip
     assert figures["words, named object"] == 0
+
+
+def test_diagnose_reads_every_block_and_the_occlusion_map() -> None:
+    model = load_model(OFFLINE_SPEC, device="cpu")
+    results = diagnose(model, generate_scenes(4, seed=5, image_size=64, captions="varied"))
+    blocks = [f"after block {i + 1}" for i in range(len(model.model.visual.transformer.resblocks))]
+    assert list(results) == [*blocks, "last block, value path", OCCLUDED]
+    for reading, words in results.items():
+        for figures in words.values():
+            assert sum(figures[place] for place in PLACES) == pytest.approx(1.0)
+            assert ("own object matters most, background" in figures) == (reading == blocks[-1])
