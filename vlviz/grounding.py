@@ -49,7 +49,6 @@ UNTRAINED_SEED = 0  # the untrained baseline's initialisation
 # Where the evidence comes from, not where the tower keeps it (`vlviz.occlusion`): maps that need the model
 # and the pixels, not only the encodings, so they are not in GROUNDING_MAPS.
 OCCLUSION = "occlusion"
-MAP_KINDS = [*GROUNDING_MAPS, OCCLUSION]
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def caption_maps(
 
 
 def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: str = "sparc") -> CaptionMaps:
-    """`caption_maps` of one pair by `model`, for any of `MAP_KINDS` (occlusion runs the tower once per patch)."""
+    """`caption_maps` of one pair by `model`, for any of `GROUNDING_MAPS` or `OCCLUSION` (one tower pass per patch)."""
     encoding = model.encode_pairs([image], [caption])
     if kind != OCCLUSION or encoding.patch_features is None:
         return caption_maps(encoding, kind=kind)

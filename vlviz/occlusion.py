@@ -63,7 +63,13 @@ def occlusion_maps(
         pixels: (B, C, H, W) the images as the model sees them.
         token_emb: (B, T, D) each image's caption tokens, projected (`vlviz.encoding.text_embeddings`).
         grid: the tower's patch grid (rows, cols); P = rows * cols.
+        batch: at most this many images per tower pass (memory), however many pairs and patches.
     """
+    if len(pixels) > batch:  # a pass holds at most `batch` images: chunk the images too
+        return torch.cat([
+            occlusion_maps(patch_features, chunk, tokens, grid, batch)
+            for chunk, tokens in zip(pixels.split(batch), token_emb.split(batch))
+        ])  # fmt: skip
     n_patches = grid[0] * grid[1]
     base = fine_similarity(token_emb, patch_features(pixels).float())  # (B, T)
     drops = torch.empty(*token_emb.shape[:2], n_patches, device=token_emb.device)

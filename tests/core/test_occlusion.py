@@ -66,6 +66,7 @@ def test_each_drop_is_the_fine_similarity_before_minus_after() -> None:
         expected = fine_similarity(tokens, colour_tower(pixels)) - fine_similarity(tokens, colour_tower(hidden))
         torch.testing.assert_close(maps[..., patch], expected)
     torch.testing.assert_close(occlusion_maps(colour_tower, pixels, tokens, (3, 3), batch=3), maps)
+    torch.testing.assert_close(occlusion_maps(colour_tower, pixels, tokens, (3, 3), batch=1), maps)  # images chunked
 
 
 def test_fine_similarity_is_the_cosine_of_a_token_and_its_grouped_patches() -> None:
