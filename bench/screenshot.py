@@ -5,7 +5,11 @@ Debian `chromium` package), waits for the heatmaps of the bundled scenes analyze
 saves the top of the page: the model panel, the inputs and the image-text heatmap. With `--talk`
 (`--out assets/talk.png`) it shows the talk page's grounding step with its speaker note instead; with
 `--compare` (`--out assets/grounding_compare.png`) the Grounding tab's chosen word drawn by the offline
-model beside its untrained twin ("Compare with").
+model beside its untrained twin ("Compare with"); `--model SPEC` and `--map LABEL` choose another model
+and map there, e.g. the occlusion map of a word-region run (README, "Where the peaks go"):
+
+    python -m bench.screenshot --compare --model runs/peaks/word_region --map "occlusion map" \
+        --pair 2 --word 9 --out assets/grounding_occlusion.png      # 'blue' of the second bundled scene
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from playwright.sync_api import sync_playwright
 
@@ -50,13 +55,24 @@ def _talk(page: object, url: str, timeout_s: float) -> None:
     page.keyboard.press("n")
 
 
-def _compare(page: object, url: str, timeout_s: float) -> dict[str, float]:
-    """The Grounding tab of pair 1 with the untrained model beside; returns the clip around both maps."""
-    page.goto(url + "?tab=grounding&pair=1&word=3")
+def _compare(
+    page: object, url: str, timeout_s: float, model: str, map_label: str | None, pair: int, word: int
+) -> dict[str, float]:
+    """The Grounding tab of `pair` and `word` with the untrained model beside; returns the clip around both maps."""
+    page.goto(url + "?" + urlencode({"model": model, "tab": "grounding", "pair": pair, "word": word}))
     page.wait_for_function(TALK_STEP_JS, arg="grounding-overlay", timeout=timeout_s * 1000)
     page.locator("#grounding-compare-with input").click()
     page.get_by_role("option", name="the untrained model (same architecture)").click()
     page.wait_for_function(TALK_STEP_JS, arg="grounding-compare", timeout=timeout_s * 1000)
+    if map_label:
+        page.locator("#grounding-kind").get_by_label(map_label, exact=True).check()
+        for plot in ("grounding-overlay", "grounding-compare"):
+            page.wait_for_function(
+                "([id, label]) => (document.querySelector(`#${id} .js-plotly-plot`)?.layout.title?.text || '')"
+                ".includes(label)",
+                arg=[plot, map_label],
+                timeout=timeout_s * 1000,
+            )
     boxes = [page.locator(f"#{id}").bounding_box() for id in ("grounding-overlay", "grounding-compare")]
     scroll_x, scroll_y = page.evaluate("[window.scrollX, window.scrollY]")  # boxes are in viewport coordinates
     left, top = min(b["x"] for b in boxes) + scroll_x, min(b["y"] for b in boxes) + scroll_y
@@ -65,7 +81,10 @@ def _compare(page: object, url: str, timeout_s: float) -> dict[str, float]:
     return {"x": left, "y": top, "width": right - left, "height": bottom - top}
 
 
-def screenshot(out: Path, width: int, height: int, timeout_s: float, talk: bool = False, compare: bool = False) -> None:
+def screenshot(
+    out: Path, width: int, height: int, timeout_s: float, talk: bool = False, compare: bool = False,
+    model: str = OFFLINE_SPEC, map_label: str | None = None, pair: int = 1, word: int = 3,
+) -> None:  # fmt: skip
     """Launch the app, wait for the page-load heatmaps (or the talk's step 4), save a clip of the page's top."""
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -82,7 +101,7 @@ def screenshot(out: Path, width: int, height: int, timeout_s: float, talk: bool 
             if talk:
                 _talk(page, f"http://127.0.0.1:{port}/", timeout_s)
             elif compare:
-                clip = _compare(page, f"http://127.0.0.1:{port}/", timeout_s)
+                clip = _compare(page, f"http://127.0.0.1:{port}/", timeout_s, model, map_label, pair, word)
             else:
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
@@ -104,8 +123,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the heatmaps")
     parser.add_argument("--talk", action="store_true", help="the talk page's grounding step instead")
     parser.add_argument("--compare", action="store_true", help="the Grounding tab beside the untrained model instead")
+    parser.add_argument("--model", default=OFFLINE_SPEC, help="with --compare: the model to show")
+    parser.add_argument("--map", dest="map_label", help="with --compare: the map's label in the tab's switch")
+    parser.add_argument("--pair", type=int, default=1, help="with --compare: the bundled pair, 1-based")
+    parser.add_argument("--word", type=int, default=3, help="with --compare: the caption's word, 0-based")
     args = parser.parse_args()
-    screenshot(args.out, args.width, args.height, args.timeout, args.talk, args.compare)
+    screenshot(
+        args.out, args.width, args.height, args.timeout, args.talk, args.compare, args.model, args.map_label,
+        args.pair, args.word,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def test_the_switch_redraws_the_dense_cosine_map_and_the_occlusion_map(page: Pag
     page.locator("#grounding-kind").get_by_label("dense cosine map").check()
     wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': dense cosine map")
     wait_for_title(page, "grounding-matrix", "Token x patch: dense cosine map")
-    page.locator("#grounding-kind").get_by_label("occlusion: where the evidence comes from").check()
-    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': occlusion: where the evidence comes from")
+    page.locator("#grounding-kind").get_by_label("occlusion map").check()
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': occlusion map")
     expect(page.locator("#grounding-score")).to_contain_text("occlusion")
 
 
@@ -73,10 +73,12 @@ def test_the_untrained_model_is_drawn_beside_on_the_same_word(page: Page) -> Non
     expect(page.locator("#grounding-compare")).to_be_hidden()
     page.locator("#grounding-compare-with input").click()
     page.get_by_role("option", name="the untrained model (same architecture)").click()
-    wait_for_title(page, "grounding-compare", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights (vlviz-scenes (untrained")
-    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights (vlviz-scenes)")
+    wait_for_title(
+        page, "grounding-compare", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights<br><sup>vlviz-scenes (untrained"
+    )
+    wait_for_title(page, "grounding-overlay", f"'{FIRST_CAPTION_WORDS[2]}': SPARC weights<br><sup>vlviz-scenes</sup>")
     assert figure(page, "grounding-compare")["shapes"] == [[8, 8]]
 
     word = FIRST_CAPTION_WORDS[3]  # a new word redraws both
     page.locator("#grounding-words").get_by_label(word, exact=True).check()
-    wait_for_title(page, "grounding-compare", f"'{word}': SPARC weights (vlviz-scenes (untrained")
+    wait_for_title(page, "grounding-compare", f"'{word}': SPARC weights<br><sup>vlviz-scenes (untrained")

@@ -50,7 +50,7 @@ MAP_LABELS = {
     "no-sparsity": "min-max weights without sparsity",
     "softmax": "softmax weights (the paper's ablation)",
     "cosine": "dense cosine map",
-    "occlusion": "occlusion: where the evidence comes from",
+    "occlusion": "occlusion map",
 }
 MAP_VALUES = {"cosine": "cosine", "occlusion": "drop"}  # what a map's values are (hover and colour bar); else weights
 OVERLAY_SIDE = 224  # pixels of the image under a large grounding overlay
@@ -342,7 +342,8 @@ def grounding_view(
 
 def word_overlay(maps: CaptionMaps, image: np.ndarray, word: int, opacity: float = 0.7, model: str = "") -> go.Figure:
     """One word's map over the image as the model sees it, titled with the word, the map kind and `model` if given."""
-    title = f"'{maps.words[word]}': {MAP_LABELS[maps.kind]}" + (f" ({model})" if model else "")
+    # the model on a line of its own: a run's or an untrained twin's name is long, and a title is one plot wide
+    title = f"'{maps.words[word]}': {MAP_LABELS[maps.kind]}" + (f"<br><sup>{model}</sup>" if model else "")
     value_name = MAP_VALUES.get(maps.kind, "weight")
     return grounding_overlay(
         display_image(image, OVERLAY_SIDE), maps.word_maps.numpy()[word], title, opacity, value_name
