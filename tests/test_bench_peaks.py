@@ -12,7 +12,7 @@ from vlviz.models import OFFLINE_SPEC, load_model
 
 
 def test_the_lens_ends_where_sparcs_maps_read_the_tower() -> None:
-    model = load_model(OFFLINE_SPEC).model
+    model = load_model(OFFLINE_SPEC, device="cpu").model
     pixels = torch.randn(3, 3, 64, 64)
     readings = patch_lens(model.visual, pixels)
     blocks = len(model.visual.transformer.resblocks)
@@ -22,7 +22,7 @@ def test_the_lens_ends_where_sparcs_maps_read_the_tower() -> None:
 
 
 def test_the_value_path_is_the_last_block_attending_to_itself_only() -> None:
-    visual = load_model(OFFLINE_SPEC).model.visual
+    visual = load_model(OFFLINE_SPEC, device="cpu").model.visual
     pixels = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         x = visual._embeds(pixels)
