@@ -128,19 +128,25 @@ def evidence_drops(model: VLModel, scenes: SceneBatch, word_index: torch.Tensor,
     images = torch.from_numpy(scenes.images)
     targets = scene_word_positions(scenes)
 
-    def similarity_maps(pixels: torch.Tensor) -> torch.Tensor:
-        _, patches = image_embeddings(model.model, normalise_uint8(pixels, mean, std).to(model.device, model.dtype))
-        return word_maps(similarities(tokens, patches.float()), word_index).cpu()  # (N, W, P)
+    def patch_embeddings(pixels: torch.Tensor) -> torch.Tensor:
+        return image_embeddings(model.model, normalise_uint8(pixels, mean, std).to(model.device, model.dtype))[
+            1
+        ].float()
 
-    drawn = similarity_maps(images)
-    _, patches = image_embeddings(model.model, normalise_uint8(images, mean, std).to(model.device, model.dtype))
-    weights = word_maps(grounding_maps(tokens, patches.float(), "sparc"), word_index).cpu()
+    def similarity_maps(patches: torch.Tensor) -> torch.Tensor:
+        return word_maps(similarities(tokens, patches), word_index).cpu()  # (N, W, P)
+
+    patches = patch_embeddings(images)
+    drawn = similarity_maps(patches)
+    weights = word_maps(grounding_maps(tokens, patches, "sparc"), word_index).cpu()
     peaks = {word: named_maps(weights, target).argmax(-1, keepdim=True) for word, target in targets.items()}
     rng = torch.Generator().manual_seed(0)
     drops: dict[str, list[torch.Tensor]] = {word: [] for word in targets}
     for k in range(scenes.masks.shape[1]):  # a handful of object slots; each is one batched pass
         noise = (BACKGROUND + 5 * torch.randn(images.shape, generator=rng)).clamp(0, 255).to(torch.uint8)
-        painted = similarity_maps(torch.where(torch.from_numpy(scenes.masks[:, k])[..., None], noise, images))
+        painted = similarity_maps(
+            patch_embeddings(torch.where(torch.from_numpy(scenes.masks[:, k])[..., None], noise, images))
+        )
         for word, target in targets.items():
             before = named_maps(drawn, target).gather(-1, peaks[word]).squeeze(-1)
             after = named_maps(painted, target).gather(-1, peaks[word]).squeeze(-1)

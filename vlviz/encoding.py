@@ -204,7 +204,8 @@ class VLModel:
             raise ValueError(f"No occlusion maps for this model: {self.patches_unavailable}.")
         keys = [f"{content_key(image)}:{content_key(caption)}" for image, caption in zip(images, captions)]
         found = {key: self._occlusion_cache.get(key) for key in keys}
-        missing = [i for i, key in enumerate(keys) if found[key] is None and keys.index(key) == i]
+        first_row = {key: keys.index(key) for key in found}  # a pair given twice is computed once
+        missing = [row for key, row in first_row.items() if found[key] is None]
         if missing:
             pixels = torch.stack([self.preprocess(images[i]) for i in missing]).to(self.device, self.dtype)
             maps = occlusion_maps(
