@@ -47,10 +47,12 @@ from vlviz.encoding import VLModel, image_embeddings
 from vlviz.grounding import (
     MIN_COVER,
     OCCLUSION,
+    named_maps,
     object_patch_masks,
     occlusion_scene_maps,
     scene_grounding_score,
     scene_word_positions,
+    scored_words,
     untrained_model,
 )
 from vlviz.models import load_model
@@ -110,11 +112,6 @@ def place_shares(place: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     """The share of valid words whose peak lies on each of `PLACES`."""
     counts = torch.bincount(place[valid], minlength=len(PLACES)).float() / max(int(valid.sum()), 1)
     return dict(zip(PLACES, counts.tolist()))
-
-
-def named_maps(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Word maps (N, W, P) -> the maps (N, K, P) of the words naming each object (`scene_word_positions`)."""
-    return maps.gather(1, target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1]))
 
 
 @torch.inference_mode()
@@ -185,7 +182,7 @@ def diagnose(model: VLModel, scenes: SceneBatch) -> dict[str, dict[str, dict[str
     word_index = encoding.tokens.word_index.to(encoding.token_features.device)
     tokens = encoding.token_features.float()
     targets = scene_word_positions(scenes)
-    valid = {word: (t >= 0) & (word_index[:, None, :].cpu() == t[..., None]).any(-1) for word, t in targets.items()}
+    valid = {word: scored_words(t, word_index.cpu()) for word, t in targets.items()}
     readings = patch_lens(model.model.visual, pixels)
     final = f"after block {len(model.model.visual.transformer.resblocks)}"
     drops = evidence_drops(model, scenes, word_index, tokens)

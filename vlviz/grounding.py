@@ -133,6 +133,23 @@ def scene_word_positions(scenes: SceneBatch) -> dict[str, torch.Tensor]:
     return {"colour": torch.tensor(scenes.colour_word), "shape": torch.tensor(scenes.shape_word)}
 
 
+def scored_words(target: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """(N, K) bool: which objects' words are scored, (N, K) word indices and (N, T) `TokenLayout.word_index` in.
+
+    An empty slot has no word (-1), and a caption cut at the context length loses its last words: only
+    words that kept a token count.
+    """
+    return (target >= 0) & (word_index[:, None, :] == target[..., None]).any(-1)
+
+
+def named_maps(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Word maps (N, W, P) -> the maps (N, K, P) of the words naming each object (`scene_word_positions`).
+
+    Empty slots and words past W get some word's map; `scored_words` leaves them out.
+    """
+    return maps.gather(1, target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1]))
+
+
 def object_patch_masks(
     masks: np.ndarray | torch.Tensor, grid_size: tuple[int, int], min_cover: float = MIN_COVER
 ) -> torch.Tensor:
@@ -251,13 +268,11 @@ def scene_grounding_score(
         swapped = None if on_previous is None else word_maps(on_previous.to(word_index.device), word_index)
         scores[kind] = {}
         for name, target in targets.items():
-            valid = (target >= 0) & (target < maps.shape[1])
-            # Truncated captions lose their last words: score only words that kept a token.
-            valid &= (word_index[:, None, :] == target[..., None]).any(-1)
-            index = target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1])
-            picked, valid = maps.gather(1, index).cpu(), valid.cpu()
+            picked, valid = named_maps(maps, target).cpu(), scored_words(target, word_index).cpu()
             scores[kind][name] = pointing_and_mass(picked, inside, valid) | object_level_scores(picked, inside, valid)
-            stable = float("nan") if swapped is None else peak_stability(picked, swapped.gather(1, index).cpu(), valid)
+            stable = (
+                float("nan") if swapped is None else peak_stability(picked, named_maps(swapped, target).cpu(), valid)
+            )
             scores[kind][name]["peak_stability"] = stable
     return scores
 
