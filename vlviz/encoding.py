@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,9 @@ from vlviz.towers import (
 )
 
 CACHE_ENTRIES = 4096
+CACHE_BYTES = 256 * 2**20
+"""Most bytes each of a model's caches (images, captions, occlusion maps) keeps: ViT-B-16's patch tokens are 0.4 MB
+an image, so 4,096 of them alone would take 1.6 GB of a server shared by every visitor."""
 OCCLUSION_CACHE_ENTRIES = 256  # pairs whose occlusion maps are kept: (T, P) floats each, tens of kB
 ENCODE_BATCH = 64
 
@@ -85,12 +89,18 @@ def content_key(item: Image.Image | str) -> str:
     return digest.hexdigest()
 
 
-class _LRU:
-    """A small thread-safe least-recently-used map from content keys to tensors."""
+def _nbytes(value: torch.Tensor | tuple[torch.Tensor | None, ...]) -> int:
+    tensors = value if isinstance(value, tuple) else (value,)
+    return sum(t.nbytes for t in tensors if t is not None)
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+
+class _LRU:
+    """A small thread-safe least-recently-used map from content keys to tensors, bounded in entries and bytes."""
+
+    def __init__(self, capacity: int, max_bytes: int = CACHE_BYTES) -> None:
+        self.capacity, self.max_bytes = capacity, max_bytes
         self._items: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -102,10 +112,11 @@ class _LRU:
 
     def put(self, key: str, value: tuple[torch.Tensor, torch.Tensor | None]) -> None:
         with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes += _nbytes(value) - (_nbytes(old) if old is not None else 0)
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            while self._items and (len(self._items) > self.capacity or self._bytes > self.max_bytes):
+                self._bytes -= _nbytes(self._items.popitem(last=False)[1])
 
 
 class VLModel:
@@ -193,6 +204,14 @@ class VLModel:
             patches_unavailable=self.patches_unavailable,
         )
 
+    def encoded_bytes(self, pairs: int) -> int:
+        """The bytes `encode_pairs` returns for this many pairs (global, patch and token features), known before
+        encoding them: a server checks its memory budget first (one caption is encoded once to learn the width)."""
+        probe = self.encode_texts(["a"])
+        patches = math.prod(self.grid_size) if self.grid_size and self.patches_unavailable is None else 0
+        tokens = self.context_length if self.patches_unavailable is None else 0
+        return pairs * probe.shape[-1] * probe.element_size() * (2 + patches + tokens)
+
     def occlusion_maps(self, images: Sequence[Image.Image], captions: Sequence[str]) -> torch.Tensor:
         """(N, T, P) occlusion maps of each caption's tokens on its own image (`vlviz.occlusion`), on the CPU.
 
@@ -276,6 +295,14 @@ class EncodedPairs:
     model_name: str  # what views call the model (`VLModel.name`)
     notices: list[str]  # the pairs' notices, and each caption cut at the model's context length
     serial: int = field(default_factory=itertools.count(1).__next__)  # which analysis of this process it is
+
+    @property
+    def nbytes(self) -> int:
+        """What holding this analysis costs: its decoded images and its feature tensors (a server's memory budget)."""
+        images = sum(image.width * image.height * len(image.getbands()) for image in self.pairs.images)
+        encoding = self.encoding
+        tensors = (encoding.image_features, encoding.text_features, encoding.patch_features, encoding.token_features)
+        return images + sum(t.nbytes for t in tensors if t is not None)
 
     @property
     def image_features(self) -> torch.Tensor:

@@ -144,6 +144,68 @@ def test_shard_members_are_bounded(shards: Path, monkeypatch: pytest.MonkeyPatch
         read_pairs(shards / "000.tar")
 
 
+def huge_member_tar(path: Path, size: int) -> Path:
+    """A .tar.gz whose first member declares `size` bytes (a zero-filled "bomb") but whose data is cut short.
+
+    A reader that decompresses the member to skip it fails late; one that checks the header refuses first.
+    """
+    info = tarfile.TarInfo("0000.bin")
+    info.size = size
+    with tarfile.open(path, "w:gz") as archive:
+        archive.fileobj.write(info.tobuf())  # the header alone: nothing follows
+    return path
+
+
+def test_a_huge_member_is_refused_from_its_header_even_when_it_would_be_skipped(tmp_path: Path) -> None:
+    bomb = huge_member_tar(tmp_path / "bomb.tar.gz", 4 * 2**30)
+    with pytest.raises(InputError, match=r"bomb.tar.gz: 0000.bin is 4,096.0 MB, more than the 64 MB a member"):
+        read_pairs(bomb)
+
+
+def test_tar_members_are_bounded_in_bytes_and_count_over_every_shard(
+    shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = [str(shards / "000.tar"), str(shards / "001.tar")]
+    with tarfile.open(shards / "000.tar") as archive:
+        first_shard = sum(m.size for m in archive)
+    monkeypatch.setattr(formats, "MAX_TAR_BYTES", first_shard + 1)  # the second shard passes the total
+    with pytest.raises(InputError, match=r"The shards up to 001.tar hold more than 0 MB of members"):
+        formats.pairs_from_dataset_uploads(uploads)
+    monkeypatch.setattr(formats, "MAX_TAR_BYTES", 2**30)
+    monkeypatch.setattr(formats, "MAX_TAR_MEMBERS", 7)  # 6 members a shard
+    with pytest.raises(InputError, match=r"The shards up to 001.tar hold more than 7 members"):
+        formats.pairs_from_dataset_uploads(uploads)
+    assert len(list(formats.stream_pairs(str(shards / "{000..001}.tar")).pairs)) == 6  # a stream has no total
+
+
+def test_a_name_sent_by_a_client_is_never_a_brace_pattern(shards: Path, tmp_path: Path) -> None:
+    """`{..,..}` passes a check that the path lies in the upload folder, then expands out of it (issue 21)."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    escaping = str(uploads / "{..,..}" / "shards" / "000.tar")  # expands to tmp_path/shards/000.tar (and more)
+    assert len(read_pairs(str(shards / "{000..001}.tar"))) == 6  # the command line keeps its patterns
+    with pytest.raises(InputError, match=r"000.tar is not a readable tar archive \(No such file") as refused:
+        formats.pairs_from_dataset_uploads([escaping])
+    assert CAPTIONS[0] not in str(refused.value)
+
+
+def test_decoded_bytes_are_budgeted_from_the_headers_before_decoding(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = inputs.decoded_bytes(*IMAGES[0].size)
+    assert one == 3 * IMAGES[0].width * IMAGES[0].height
+    assert inputs.decoded_bytes(4000, 2000) == 3 * 1024 * 512  # held at MAX_SIDE on the longer side
+    decoded = []
+    monkeypatch.setattr(formats, "load_image", lambda image, label, notices: decoded.append(label) or IMAGES[0])
+    with pytest.raises(InputError, match=r"up to 000.tar: 0002.png take .* MB in memory, more than"):
+        formats.pairs_from_dataset_uploads([str(shards / "000.tar")], max_decoded_bytes=2 * one)
+    assert len(decoded) == 2  # the third image was never decoded
+    files = write_images(tmp_path / "loose")
+    with pytest.raises(InputError, match=r"The 6 images uploaded take .* in memory"):
+        inputs.pairs_from_uploads([str(tmp_path / "loose" / f) for f in files], "\n".join(CAPTIONS),
+                                  max_decoded_bytes=5 * one)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------- parquet
 
 
@@ -168,6 +230,41 @@ def test_parquet_read_in_small_batches(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
     assert read_pairs(path).captions == CAPTIONS
     assert max(seen) <= 4 and sum(seen) == 6
+
+
+def test_parquet_row_groups_are_bounded_before_their_cells_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few KB of parquet can declare a huge caption (issue 21): its row group's size refuses it unread."""
+    long = "a" * (3 * formats.MAX_CAPTION_BYTES)
+    bomb = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"image": [png(IMAGES[0])], "caption": [long]}), bomb, compression="zstd")
+    assert bomb.stat().st_size < 20_000
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", None)  # nothing may be read
+    with pytest.raises(InputError, match=r'row group 0 of column "caption" holds 3.0 MB uncompressed, more than'):
+        read_pairs(bomb)
+
+
+def test_a_dictionary_repeated_cell_is_read_a_few_rows_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dictionary encoding stores one big value once for every row; expanded, a batch must stay within its bytes."""
+    value = png(IMAGES[0]) + b"\0" * 2**20  # a valid PNG with 1 MB of trailing bytes, in every row
+    path = tmp_path / "repeated.parquet"
+    pq.write_table(pa.table({"image": [value] * 16, "caption": CAPTIONS[:1] * 16}), path, use_dictionary=True)
+    assert path.stat().st_size < 200_000
+    monkeypatch.setattr(formats, "PARQUET_BATCH_BYTES", 3 * 2**20)
+    seen = []
+    original = pq.ParquetFile.iter_batches
+
+    def spy(self: pq.ParquetFile, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        for batch in original(self, *args, **kwargs):
+            seen.append(batch.nbytes)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    assert len(read_pairs(path)) == 16
+    assert max(seen) <= 3 * 2**20 and len(seen) >= 8
 
 
 def test_parquet_with_a_hugging_face_image_struct(tmp_path: Path) -> None:

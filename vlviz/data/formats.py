@@ -42,12 +42,12 @@ from vlviz.data.inputs import (
     _list_names,
     _match_table,
     _natural_key,
-    _pixels_in_header,
     _plural,
     _read_text,
+    _size_in_header,
+    check_decoded_bytes,
     load_caption_table,
     load_image,
-    load_pairs_folder,
     pairs_from_uploads,
 )
 
@@ -59,8 +59,18 @@ MAX_CAPTION_BYTES = 2**20
 """Largest .txt or .json member of a tar shard read for a caption."""
 MAX_ANNOTATION_BYTES = 256 * 2**20
 """Largest COCO captions JSON we parse (COCO 2017 train captions is about 90 MB)."""
+MAX_TAR_MEMBER_BYTES = MAX_IMAGE_BYTES
+"""Largest tar member of any kind: a member vlviz skips must still be decompressed to reach the next one."""
+MAX_TAR_BYTES = 2 * 2**30
+"""Most member bytes, read or skipped, that one `read_pairs` call decompresses from its tar shards (CPU time)."""
+MAX_TAR_MEMBERS = 100_000
+"""Most tar members one `read_pairs` call walks (headers of empty members compress to almost nothing)."""
 PARQUET_BATCH_ROWS = 64
-"""Rows read from a parquet file at a time: a batch of encoded images stays a few MB."""
+"""Most rows read from a parquet file at a time: a batch of encoded images stays a few MB."""
+PARQUET_BATCH_BYTES = 256 * 2**20
+"""Most uncompressed bytes a parquet batch may hold, from the row group's sizes: fewer rows a batch when cells are big."""
+MAX_PARQUET_CHUNK_BYTES = 2**30
+"""Largest uncompressed column chunk (one column of one row group) read: one cell can be as large as its chunk."""
 
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIX = ".parquet"
@@ -108,14 +118,16 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 class _Pairs:
     """Pairs gathered one at a time under the bounds of an upload, so a stream is refused as soon as it oversteps.
 
-    The pair count is checked before each image is decoded and the pixel budget from each image's
-    header, so nothing past a bound is ever decoded.
+    The pair count is checked before each image is decoded, and the pixel and byte budgets from each
+    image's header, so nothing past a bound is ever decoded.
     """
 
     source: str
     limit: int
     budget: int
+    byte_budget: int | None = None  # most bytes the decoded images may take (`inputs.decoded_bytes`); None: no bound
     pixels: int = 0
+    decoded: int = 0
     images: list[Image.Image] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
@@ -136,7 +148,11 @@ class _Pairs:
                 f"{self.source} holds more than {self.limit} pairs, but at most {self.limit} can be compared at "
                 "once; use a smaller part of it."
             )
-        self.pixels += _pixels_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
+        width, height = _size_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
+        self.pixels += width * height
+        self.decoded += inputs.decoded_bytes(width, height)
+        if self.byte_budget is not None:
+            check_decoded_bytes(self.decoded, self.byte_budget, f"The images of {self.source} up to {label}")
         if self.pixels > self.budget:
             raise InputError(
                 f"The images of {self.source} up to {label} hold {self.pixels / 1e6:,.0f} megapixels together, more "
@@ -267,14 +283,50 @@ def _split_key(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
 
 
-def _samples(archive: tarfile.TarFile, shard: str) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
+@dataclass
+class _TarBudget:
+    """What the tar shards of one call may cost: members walked and bytes decompressed, read or skipped.
+
+    Checked from each member's header before its data is touched, so a small .tar.gz holding a huge
+    member (which must be decompressed even to be skipped) is refused before it costs any CPU.
+    """
+
+    max_bytes: int | None  # None: no total (streaming a dataset, `stream_pairs`)
+    max_members: int | None
+    bytes: int = 0
+    members: int = 0
+
+    def admit(self, member: tarfile.TarInfo, shard: str) -> None:
+        if member.size > MAX_TAR_MEMBER_BYTES:
+            raise InputError(
+                f"{shard}: {member.name} is {member.size / 2**20:,.1f} MB, more than the "
+                f"{MAX_TAR_MEMBER_BYTES // 2**20} MB a member of a shard may be (vlviz reads images, .txt and "
+                ".json members); leave it out of the shard."
+            )
+        self.bytes, self.members = self.bytes + member.size, self.members + 1
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            raise InputError(
+                f"The shards up to {shard} hold more than {self.max_bytes // 2**20:,} MB of members; read fewer "
+                "shards at once."
+            )
+        if self.max_members is not None and self.members > self.max_members:
+            raise InputError(
+                f"The shards up to {shard} hold more than {self.max_members:,} members; read fewer shards at once."
+            )
+
+
+def _samples(
+    archive: tarfile.TarFile, shard: str, budget: _TarBudget
+) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     """(key, {extension: (member name, bytes)}) for each run of members sharing a key, in the tar's order.
 
-    Only image, .txt and .json members are read, one at a time, each under its size bound.
+    Only image, .txt and .json members are read, one at a time, each under its size bound; every
+    member, read or skipped, counts against `budget` first.
     """
     key: str | None = None
     files: dict[str, tuple[str, bytes]] = {}
     for member in archive:
+        budget.admit(member, shard)
         split = _split_key(member.name) if member.isfile() else None
         if split is None:
             continue
@@ -327,13 +379,15 @@ def _shard_caption(
     return caption
 
 
-def _webdataset_pairs(shards: list[Path], caption_column: str | None, notices: list[str]) -> Iterator[RawPair]:
+def _webdataset_pairs(
+    shards: list[Path], caption_column: str | None, notices: list[str], budget: _TarBudget
+) -> Iterator[RawPair]:
     """Pairs from webdataset tar shards, streamed member by member: {key}.jpg/png/... with {key}.txt or {key}.json."""
     without_image: list[str] = []
     for shard in shards:
         try:
             with tarfile.open(shard, mode="r|*") as archive:
-                for key, files in _samples(archive, shard.name):
+                for key, files in _samples(archive, shard.name, budget):
                     image = next(((n, d) for e, (n, d) in files.items() if "." + e in IMAGE_EXTENSIONS), None)
                     if image is None:
                         without_image.append(f"{shard.name}: {key}")
@@ -397,6 +451,31 @@ def _parquet_image(
     return base / path, os.path.basename(path)
 
 
+def _parquet_batch_rows(parquet: Any, group: int, columns: dict[str, int], where: str) -> int:
+    """Rows per batch for one row group, from the uncompressed sizes of its chunks, before any cell is read.
+
+    `columns` maps each column read to the most bytes one of its cells may hold. A chunk larger than
+    its rows' cells may be together is refused (a few KB of parquet can declare a 400 MB caption); a
+    dictionary-encoded chunk can repeat one large value in every row, so rows a batch are as few as
+    the largest chunk needs for a batch to stay within PARQUET_BATCH_BYTES, whatever its encoding.
+    """
+    row_group = parquet.metadata.row_group(group)
+    sizes = dict.fromkeys(columns, 0)
+    for index in range(row_group.num_columns):
+        chunk = row_group.column(index)
+        top = chunk.path_in_schema.split(".", 1)[0]
+        if top in sizes:
+            sizes[top] += chunk.total_uncompressed_size
+    for column, size in sizes.items():
+        if size > min(MAX_PARQUET_CHUNK_BYTES, max(row_group.num_rows, 1) * columns[column]):
+            raise InputError(
+                f'{where}: row group {group} of column "{column}" holds {size / 2**20:,.1f} MB uncompressed, more '
+                f"than its {row_group.num_rows} rows may (at most {columns[column] // 2**20} MB a cell, "
+                f"{MAX_PARQUET_CHUNK_BYTES // 2**20} MB a row group); write the file with smaller row groups."
+            )
+    return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // max(1, *sizes.values())))
+
+
 def _parquet_pairs(
     files: list[Path],
     image_column: str | None,
@@ -405,7 +484,11 @@ def _parquet_pairs(
     allow_paths: bool,
     expect: Callable[[int], None],
 ) -> Iterator[RawPair]:
-    """Pairs from parquet files, read in row batches: an image column (bytes, path or struct) and a caption column."""
+    """Pairs from parquet files, read in row batches: an image column (bytes, path or struct) and a caption column.
+
+    Each row group's sizes are checked before it is read, and a batch is turned into Python values one row at
+    a time, so memory stays within PARQUET_BATCH_BYTES whatever the file declares or compresses.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -420,25 +503,32 @@ def _parquet_pairs(
         kind = _parquet_image_kind(image_col, schema.field(image_col).type, path.name)
         expect(parquet.metadata.num_rows)
         base = images_dir or path.parent
+        cell_bytes = {image_col: MAX_IMAGE_BYTES, caption_col: MAX_CAPTION_BYTES}
         row = 0
         try:
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[image_col, caption_col]):
-                for value, caption_value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                    where = f"{path.name} row {row}"
-                    image = _parquet_image(value, kind, base, where, allow_paths)
-                    caption = _first_caption(caption_value)
-                    if image is None:
-                        raise InputError(
-                            f'{where} has no image in its "{image_col}" column; fill it in or drop the row.'
-                        )
-                    if caption is None:
-                        raise InputError(
-                            f'{where} has no caption: its "{caption_col}" is {_clip(repr(caption_value))}; '
-                            "fill it in or drop the row."
-                        )
-                    label = f"{where} ({image[1]})" if image[1] else where
-                    yield _pair(image[0], caption, image[1] or where, label)
-                    row += 1
+            for group in range(parquet.metadata.num_row_groups):
+                rows = _parquet_batch_rows(parquet, group, cell_bytes, path.name)
+                for batch in parquet.iter_batches(
+                    batch_size=rows, row_groups=[group], columns=[image_col, caption_col]
+                ):
+                    images, captions = batch.column(0), batch.column(1)
+                    for index in range(batch.num_rows):
+                        where = f"{path.name} row {row}"
+                        value, caption_value = images[index].as_py(), captions[index].as_py()
+                        image = _parquet_image(value, kind, base, where, allow_paths)
+                        caption = _first_caption(caption_value)
+                        if image is None:
+                            raise InputError(
+                                f'{where} has no image in its "{image_col}" column; fill it in or drop the row.'
+                            )
+                        if caption is None:
+                            raise InputError(
+                                f'{where} has no caption: its "{caption_col}" is {_clip(repr(caption_value))}; '
+                                "fill it in or drop the row."
+                            )
+                        label = f"{where} ({image[1]})" if image[1] else where
+                        yield _pair(image[0], caption, image[1] or where, label)
+                        row += 1
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path.name} could not be read past row {row} ({exc}); write the file again.") from exc
 
@@ -558,9 +648,9 @@ def _imagefolder_pairs(
 # ------------------------------------------------------------------------------------ the entry point
 
 
-def _expand(source: str) -> list[Path]:
-    """The files a source names: itself, or the files of its brace pattern (each must exist)."""
-    if os.path.exists(source) or not _BRACES.search(source):
+def _expand(source: str, patterns: bool) -> list[Path]:
+    """The files a source names: itself, or (where `patterns`) the files of its brace pattern (each must exist)."""
+    if not patterns or os.path.exists(source) or not _BRACES.search(source):
         return [Path(source)]
     paths = [Path(p) for p in expand_braces(source)]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -629,6 +719,7 @@ def _format_pairs(
     allow_paths: bool,
     expect: Callable[[int], None],
     notices: list[str],
+    tar_budget: _TarBudget,
 ) -> tuple[Iterator[RawPair], str]:
     """The pair stream of a streamed format, and what the source lacks when it yields no pair.
 
@@ -637,7 +728,7 @@ def _format_pairs(
     path = files[0]
     if kind == "webdataset":
         what = "its samples need an image ({key}.jpg, .png, .webp, ...) and {key}.txt or {key}.json"
-        return _webdataset_pairs(files, options.caption_column, notices), what
+        return _webdataset_pairs(files, options.caption_column, notices, tar_budget), what
     if kind == "parquet":
         stream = _parquet_pairs(
             files, options.image_column, options.caption_column, options.images_dir, allow_paths, expect
@@ -659,7 +750,9 @@ def read_pairs(
     all_captions: bool = False,
     max_pairs: int | None = None,
     max_request_pixels: int | None = None,
+    max_decoded_bytes: int | None = None,
     allow_paths: bool = True,
+    patterns: bool = True,
 ) -> PairSet:
     """Image-caption pairs from a data source on disk, its format detected from the path.
 
@@ -679,15 +772,19 @@ def read_pairs(
         all_captions: COCO: every caption of an image is a pair of its own (default: its first caption).
         max_pairs: Most pairs accepted; None means MAX_PAIRS.
         max_request_pixels: Most pixels, summed over all images, decoded; None means MAX_REQUEST_PIXELS.
+        max_decoded_bytes: Most bytes the decoded images may take (`inputs.decoded_bytes`), checked from
+            each header before decoding; None means no bound.
         allow_paths: False refuses sources that name image files on disk rather than holding them
             (folders, tables, COCO, imagefolder, parquet path columns): for files a user uploaded.
+        patterns: False reads `source` as one file name, braces included: brace patterns are for
+            people at the command line, never for a name a client sent (`{..,..}` would leave its folder).
 
     Raises:
         InputError: The source is missing, of no known format, or bad in any way `read_pairs` or
             `pairs_from_uploads` reports; an option that does not apply to the format was given.
     """
     text = os.fspath(source)
-    files = _expand(text)
+    files = _expand(text, patterns)
     path, name = files[0], files[0].name or text
     kind, coco = _detect(files, text)
     _check_options(kind, name, {"image_column": image_column, "caption_column": caption_column,
@@ -699,18 +796,29 @@ def read_pairs(
         )
     limit = inputs.MAX_PAIRS if max_pairs is None else max_pairs
     budget = inputs.MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
-    pairs = _Pairs(name if len(files) == 1 else text, limit, budget)
+    pairs = _Pairs(name if len(files) == 1 else text, limit, budget, max_decoded_bytes)
     if kind in STREAMED_FORMATS:
         options = _Options(image_column, caption_column, Path(images_dir) if images_dir else None, all_captions)
-        stream, what = _format_pairs(kind, files, coco, options, allow_paths, pairs.expect, pairs.notices)
+        stream, what = _format_pairs(
+            kind,
+            files,
+            coco,
+            options,
+            allow_paths,
+            pairs.expect,
+            pairs.notices,
+            _TarBudget(MAX_TAR_BYTES, MAX_TAR_MEMBERS),
+        )
         return pairs.collect(stream, what)
+    bounds = {"max_pairs": limit, "max_request_pixels": budget, "max_decoded_bytes": max_decoded_bytes}
     if kind == "folder":
-        return load_pairs_folder(path, max_pairs=limit, max_request_pixels=budget)
+        images, table = inputs.folder_contents(path)
+        return pairs_from_uploads(images, caption_table_path=table, **bounds)
     if kind == "zip":
-        return pairs_from_uploads([str(path)], max_pairs=limit, max_request_pixels=budget)
+        return pairs_from_uploads([str(path)], **bounds)
     # a caption table: the images it names, beside it
     images = [str(path.parent / file) for file in load_caption_table(str(path), name)]
-    return pairs_from_uploads(images, caption_table_path=str(path), max_pairs=limit, max_request_pixels=budget)
+    return pairs_from_uploads(images, caption_table_path=str(path), **bounds)
 
 
 def stream_pairs(
@@ -732,7 +840,7 @@ def stream_pairs(
         InputError: As `read_pairs`, when the stream is made or (bad rows, missing files) while it is read.
     """
     text = os.fspath(source)
-    files = _expand(text)
+    files = _expand(text, patterns=True)
     path, name = files[0], files[0].name or text
     kind, coco = _detect(files, text)
     _check_options(kind, name, {"image_column": image_column, "caption_column": caption_column,
@@ -740,7 +848,8 @@ def stream_pairs(
     notices: list[str] = []
     if kind in STREAMED_FORMATS:
         options = _Options(image_column, caption_column, Path(images_dir) if images_dir else None, all_captions)
-        stream, _ = _format_pairs(kind, files, coco, options, True, lambda count: None, notices)
+        unbounded = _TarBudget(None, None)  # a million pairs: each member still bounded
+        stream, _ = _format_pairs(kind, files, coco, options, True, lambda count: None, notices, unbounded)
     elif kind == "folder":
         stream = _listed_pairs(*inputs.folder_contents(path))
     elif kind == "table":
@@ -762,12 +871,15 @@ def _listed_pairs(images: list[str], table: str) -> Iterator[RawPair]:
         yield _pair(Path(image), caption, name, name, f"{name} in {label}")
 
 
-def pairs_from_dataset_uploads(files: list[str], captions_text: str | None = None) -> PairSet | None:
+def pairs_from_dataset_uploads(
+    files: list[str], captions_text: str | None = None, max_decoded_bytes: int | None = None
+) -> PairSet | None:
     """Uploaded webdataset shards or parquet files as pairs; None when the uploads are images, zips or tables.
 
-    Several shards are read in turn within one budget of pairs and pixels, as one upload of images
-    is. Uploaded files may only hold their images (`allow_paths=False`): a parquet column of paths
-    must not make the server open files named by a client.
+    All of them are read as one source, within one budget of pairs, pixels, decoded bytes and tar
+    members, as one upload of images is. Uploaded files may only hold their images (no parquet column
+    of paths: a client must not make the server open files it names), and a name is never a brace
+    pattern: each is opened as the one file it names.
     """
     datasets = [file for file in files if file.lower().endswith((*TAR_SUFFIXES, PARQUET_SUFFIX))]
     if not datasets:
@@ -777,21 +889,16 @@ def pairs_from_dataset_uploads(files: list[str], captions_text: str | None = Non
             "Upload either dataset files (.tar shards, .parquet) or images with their captions, not both: "
             f"{len(datasets)} of the {len(files)} files are dataset files."
         )
-    images: list[Image.Image] = []
-    captions: list[str] = []
-    names: list[str] = []
-    notices: list[str] = []
-    pixels = 0
-    for file in datasets:
-        part = read_pairs(
-            file, allow_paths=False, max_pairs=inputs.MAX_PAIRS - len(images),
-            max_request_pixels=inputs.MAX_REQUEST_PIXELS - pixels,
-        )  # fmt: skip
-        images += part.images
-        captions += part.captions
-        names += part.names
-        notices += part.notices
-        pixels += sum(image.width * image.height for image in part.images)
+    label = os.path.basename(datasets[0]) if len(datasets) == 1 else f"the {len(datasets)} dataset files"
+    pairs = _Pairs(label, inputs.MAX_PAIRS, inputs.MAX_REQUEST_PIXELS, max_decoded_bytes)
+    tar_budget, options = _TarBudget(MAX_TAR_BYTES, MAX_TAR_MEMBERS), _Options(None, None, None, False)
+    streams = (
+        _format_pairs(_file_format(path) or "", [path], None, options, False, pairs.expect, pairs.notices, tar_budget)[
+            0
+        ]
+        for path in map(Path, datasets)
+    )  # in upload order, one file at a time
+    result = pairs.collect(itertools.chain.from_iterable(streams), "they need images with captions")
     if captions_text and captions_text.strip():
-        notices.append("The captions box was not used: the dataset files carry their own captions.")
-    return PairSet(images, captions, names, notices)
+        result.notices.append("The captions box was not used: the dataset files carry their own captions.")
+    return result

@@ -522,8 +522,8 @@ def _megapixels(pixels: int) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def _pixels_in_header(fp: str | IO[bytes]) -> int:
-    """Width x height from an image's header only (nothing is decoded); 0 when the header is unreadable.
+def _size_in_header(fp: str | IO[bytes]) -> tuple[int, int]:
+    """(width, height) from an image's header only (nothing is decoded); (0, 0) when the header is unreadable.
 
     An unreadable file is left for `load_image` to report with its usual message.
     """
@@ -532,31 +532,68 @@ def _pixels_in_header(fp: str | IO[bytes]) -> int:
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as im:
-                width, height = im.size
+                return im.size
     except Exception:  # anything unreadable: the decode that follows names the problem
-        return 0
+        return 0, 0
+
+
+def _pixels_in_header(fp: str | IO[bytes]) -> int:
+    """Width x height from an image's header only; 0 when the header is unreadable."""
+    width, height = _size_in_header(fp)
     return width * height
 
 
-def _header_pixels(item: _Item) -> int:
-    """Width x height from the item's image header, reading only the start of a zip member."""
+def decoded_bytes(width: int, height: int) -> int:
+    """The bytes an image of this size holds once `load_image` has decoded it: RGB, downscaled to MAX_SIDE.
+
+    Known from the header alone, so a memory budget is checked before any pixel is decoded.
+    """
+    if width <= 0 or height <= 0:
+        return 0
+    if max(width, height) > MAX_SIDE:
+        width, height = _fit_size(width, height, MAX_SIDE)
+    return 3 * width * height
+
+
+def _header_size(item: _Item) -> tuple[int, int]:
+    """(width, height) from the item's image header, reading only the start of a zip member."""
     try:
         with contextlib.ExitStack() as stack:
             if item.archive is not None and item.member is not None:
-                return _pixels_in_header(stack.enter_context(item.archive.open(item.member)))  # a stream
-            return _pixels_in_header(item.path or "")
+                return _size_in_header(stack.enter_context(item.archive.open(item.member)))  # a stream
+            return _size_in_header(item.path or "")
     except Exception:  # a member that cannot be opened: the decode that follows names the problem
-        return 0
+        return 0, 0
 
 
-def _check_pixel_budget(items: list[_Item], budget: int) -> None:
-    total = sum(_header_pixels(item) for item in items)
+def _mb(size: int) -> str:
+    """Bytes as MB for a message."""
+    return f"{size / 2**20:,.0f} MB" if size >= 10 * 2**20 else f"{size / 2**20:.3g} MB"
+
+
+def check_decoded_bytes(total: int, budget: int, what: str) -> None:
+    """Refuse pairs whose decoded images would take more than `budget` bytes (a memory budget, see `decoded_bytes`)."""
     if total > budget:
         raise InputError(
+            f"{what} take {_mb(total)} in memory, more than the {_mb(budget)} this server keeps for one set of "
+            f"pairs now. Use fewer or smaller images (every image is held at most {MAX_SIDE} pixels on its longer "
+            "side), or analyze again once this session's earlier views are gone."
+        )
+
+
+def _check_budgets(items: list[_Item], pixel_budget: int, byte_budget: int | None) -> None:
+    """The pixels to decode and the bytes to keep, both from the headers, before any image is decoded."""
+    sizes = [_header_size(item) for item in items]
+    total = sum(width * height for width, height in sizes)
+    if total > pixel_budget:
+        raise InputError(
             f"The {_plural(len(items), 'image')} uploaded hold {_megapixels(total)} megapixels together, more "
-            f"than the {_megapixels(budget)} megapixels one upload may decode. Upload fewer images, or resize "
+            f"than the {_megapixels(pixel_budget)} megapixels one upload may decode. Upload fewer images, or resize "
             f"large photos first (to {MAX_SIDE} pixels on the longer side: they are downscaled to that anyway)."
         )
+    if byte_budget is not None:
+        kept = sum(decoded_bytes(width, height) for width, height in sizes)
+        check_decoded_bytes(kept, byte_budget, f"The {_plural(len(items), 'image')} uploaded")
 
 
 def _match_table(names: list[str], table: dict[str, str], table_label: str) -> list[str]:
@@ -613,6 +650,7 @@ def pairs_from_uploads(
     max_pairs: int | None = None,
     *,
     max_request_pixels: int | None = None,
+    max_decoded_bytes: int | None = None,
 ) -> PairSet:
     """Build the image-caption pairs from what the user uploaded; the one entry point of the UI.
 
@@ -631,6 +669,8 @@ def pairs_from_uploads(
         max_pairs: Most images accepted; None means MAX_PAIRS (the command line allows more).
         max_request_pixels: Most pixels, summed over all images, decoded for this call; None means
             MAX_REQUEST_PIXELS.
+        max_decoded_bytes: Most bytes the decoded images may take together (`decoded_bytes`), checked
+            from the headers before decoding; None means no bound (a server passes its memory budget).
 
     Raises:
         InputError: Anything wrong with the uploads, with a message for the user.
@@ -698,7 +738,8 @@ def pairs_from_uploads(
         if empty:
             raise InputError(f"The caption for {_list_names(empty)} is empty {where}; write one.")
 
-        _check_pixel_budget(items, MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels)
+        pixel_budget = MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
+        _check_budgets(items, pixel_budget, max_decoded_bytes)
         images = [load_image(item.read(), item.label, notices=notices) for item in items]
     return PairSet(images=images, captions=captions, names=names, notices=notices)
 
