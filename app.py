@@ -4,7 +4,8 @@ The model is `VLVIZ_MODEL` if set, else a pretrained ViT-B-32 when the Hugging F
 reachable, else the built-in offline model. Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 choose the address (127.0.0.1:7860 by default); a non-loopback address makes the app public
 (README, "Hosting"). Agents connect to /gradio_api/mcp/ (README, "Agents (MCP)"): on for a local
-app, off for a public one; VLVIZ_MCP=1 or 0 decides.
+app, off for a public one; VLVIZ_MCP=1 or 0 decides. A local app answers only its own Host and Origin
+(loopback names, or those in VLVIZ_ALLOWED_HOSTS), so a web page elsewhere cannot drive it.
 """
 
 import contextlib

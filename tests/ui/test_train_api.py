@@ -9,8 +9,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
+import vlviz.ui.session as session
 from tests.browser import SCENES
 from vlviz.losses import LOSSES
+from vlviz.training.runs import WEIGHTS_NAME
 
 
 def _settings(steps: int, batch_size: int = 8, data: str = "scenes", **weights: float) -> list:
@@ -105,3 +107,61 @@ def test_the_lens_and_wise_ft_on_a_trained_run(app_url: str) -> None:
     assert all(trace["x"] == [0.0, 0.25, 0.5, 0.75, 1.0] for trace in path)
     retention = path[2]["y"]
     assert retention[0] == 1.0  # the start model keeps all it knew
+
+
+def _train_until_it_streams(client: Client, steps: int = 400):
+    """A long run of this client's session, once it trains (its records stream)."""
+    job = client.submit(*_settings(steps=steps, clip=1.0), api_name="/train")
+    for update in job:
+        if update[-3]:
+            return job
+    pytest.fail(f"the run ended before it streamed: {job.result()[-4]}")
+
+
+def test_a_session_trains_one_run_at_a_time_each_with_its_own_number(app_url: str) -> None:
+    """Main numbered runs from the event's copy of the run list: two at once were both 'run 1', in one folder."""
+    client = Client(app_url, verbose=False)
+    job = _train_until_it_streams(client)
+    with pytest.raises(AppError, match="This session is already training run 1; stop it or wait for it to end"):
+        client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
+    assert client.predict(api_name="/stop_training") == "Stopping after the current step…"
+    assert "**run 1: clip×1** stopped after" in job.result()[-4]
+    status = client.predict(*_settings(steps=1, clip=1.0), api_name="/train")[-4]
+    assert "**run 2: clip×1** finished after 1 steps" in status and "`session run 2`" in status
+    runs = session.SESSIONS._by_hash[client.session_hash].folder / "runs"
+    configs = [json.loads((runs / f"run-{n}" / "run_config.json").read_text())["config"] for n in (1, 2)]
+    assert [config["steps"] for config in configs] == [400, 1]  # each run wrote its own folder
+    assert all((runs / f"run-{n}" / WEIGHTS_NAME).is_file() for n in (1, 2))
+
+
+def test_a_new_run_removes_the_sessions_oldest_runs_beyond_its_disk_budget(
+    app_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Main kept every run until the session's TTL: 74 one-step runs wrote 1.2 GB in two minutes."""
+    client = Client(app_url, verbose=False)
+    client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
+    runs = session.SESSIONS._by_hash[client.session_hash].folder / "runs"
+    one_run = session.folder_bytes(runs)
+    monkeypatch.setattr(session, "SESSION_DISK_BYTES", one_run * 3 // 2)  # room for one run, not two
+    updates = list(client.submit(*_settings(steps=1, clip=1.0), api_name="/train"))
+    assert "the files of run 1 were removed" in updates[0][-4] and "VLVIZ_SESSION_DISK_MB" in updates[0][-4]
+    assert "`session run 2`" in updates[-1][-4]
+    assert not (runs / "run-1").exists() and (runs / "run-2" / WEIGHTS_NAME).is_file()
+    assert session.folder_bytes(runs) <= one_run * 3 // 2
+    files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(2)]
+    with pytest.raises(AppError, match=r"session run 1 is no longer stored: .*VLVIZ_SESSION_DISK_MB"):
+        client.predict(files, "a red circle\na blue square", "session run 1", "cosine similarity", api_name="/analyze")
+    monkeypatch.setattr(session, "SESSION_DISK_BYTES", one_run // 2)  # less than one run: refused, nothing removed
+    with pytest.raises(AppError, match=r"This run needs about \d+ MB of disk; a session keeps at most"):
+        client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
+    assert (runs / "run-2" / WEIGHTS_NAME).is_file()
+
+
+def test_new_runs_are_refused_when_every_sessions_runs_fill_the_servers_budget(
+    app_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "RUNS_DISK_BYTES", 2**20)  # less than any run
+    client = Client(app_url, verbose=False)
+    with pytest.raises(AppError, match=r"all sessions together.*VLVIZ_RUNS_DISK_MB"):
+        client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
+    assert not (session.SESSIONS._by_hash[client.session_hash].folder / "runs").exists()

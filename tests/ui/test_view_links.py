@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -13,6 +15,7 @@ from vlviz.encoding import EncodedPairs, encode_pair_set
 from vlviz.models import OFFLINE_SPEC, load_model
 from vlviz.policy import ModelPolicy
 from vlviz.ui.session import KEPT, SessionSpace, WantedView
+from vlviz.ui.talk_page import open_as_talk
 from vlviz.ui.view_links import restore_view, view_link
 
 PUBLIC = ModelPolicy(public=True, allowed=(OFFLINE_SPEC,))
@@ -47,15 +50,55 @@ def test_a_public_server_refuses_a_link_to_another_model_and_bounds_every_number
 
 
 def test_links_name_sample_sets_and_keep_other_pairs_under_a_token(scenes: EncodedPairs) -> None:
-    assert view_link(scenes, "Grounding", 2, 1).startswith(
+    space = SessionSpace(PUBLIC)
+    assert view_link(scenes, "Grounding", 2, 1, space).startswith(
         "[Link to this view](?model=vlviz-scenes&sample=scenes&tab=grounding&pair=2&word=1)"
     )
     edited = EncodedPairs(scenes.pairs.__class__(scenes.pairs.images, ["mine", *scenes.pairs.captions[1:]],
                                                  scenes.pairs.names), scenes.encoding, scenes.model_name, [])  # fmt: skip
-    link = view_link(edited, "Affinity", None, None)
+    link = view_link(edited, "Affinity", None, None, space)
     token = link.split("pairs=")[1].split("&")[0]
     assert "sample=" not in link and KEPT.get(token)[0] is edited
     *_, linked = restore_view(SessionSpace(PUBLIC), _request(pairs=token, tab="affinity"))
     assert linked is edited
     with pytest.raises(gr.Error, match="Analyze a set of pairs first"):
-        view_link(None, "Affinity", None, None)
+        view_link(None, "Affinity", None, None, space)
+
+
+def _restored(space: SessionSpace, **params: str) -> tuple[tuple, list[str]]:
+    """`restore_view`'s outputs and its notices (outside a page, Gradio's toasts are Python warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = restore_view(space, _request(**params))
+    return out, [str(warning.message) for warning in caught]
+
+
+def test_a_talk_token_brings_its_model_by_name_never_its_folder(scenes: EncodedPairs, tmp_path: Path) -> None:
+    folder = tmp_path / "sessions" / ("a" * 32) / "runs" / "run-1"
+    folder.mkdir(parents=True)
+    trainer = SessionSpace(PUBLIC)
+    trainer.checkpoints["session run 1"] = folder
+    told = EncodedPairs(scenes.pairs, scenes.encoding, "session run 1", [])
+    token = open_as_talk(told, trainer).split("story=")[1].split(")")[0]  # a talk keeps the run's folder
+    (model, *_, linked), notices = _restored(SessionSpace(PUBLIC), pairs=token)
+    assert linked is told and model == gr.skip()  # another session has no 'session run 1'
+    assert len(notices) == 1 and "session run 1" in notices[0] and str(tmp_path) not in notices[0]
+    (model, *_), notices = _restored(trainer, pairs=token)  # the session that trained it gets its run back
+    assert model["value"] == "session run 1" and not notices
+
+
+def test_unknown_parameters_and_values_are_ignored_with_a_notice() -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    (*_, tabs, _, wanted, _), notices = _restored(
+        SessionSpace(PUBLIC), tab="../evil", pair="abc", word="7", **{"paír": "3", hostile: "1"}
+    )
+    assert tabs.selected == "affinity" and wanted == WantedView(None, 7)
+    assert len(notices) == 1 and "'tab', 'pair', 'paír', '&lt;img" in notices[0] and "<img" not in notices[0]
+    assert _restored(SessionSpace(PUBLIC), foo="1")[1]  # a link of unknown parameters only: still told
+    assert not _restored(SessionSpace(PUBLIC), tab="grounding", view="api", __theme="dark")[1]  # Gradio's own
+
+
+def test_a_refused_model_is_quoted_escaped() -> None:
+    _, notices = _restored(SessionSpace(PUBLIC), model="<img src=x onerror=alert(1)>")
+    assert len(notices) == 1 and "not one of the models" in notices[0]
+    assert "<img" not in notices[0] and "&lt;img src=x" in notices[0]  # Gradio's toasts show HTML

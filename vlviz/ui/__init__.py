@@ -23,11 +23,13 @@ from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
 from vlviz.ui.embedding_tab import LAYOUT_WORKER, build_embedding_tab
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
+from vlviz.ui.fair_share import QUEUE_SHARE, QUEUE_SHARE_PER_ADDRESS, share_queue
 from vlviz.ui.figure_export import FIGURE_EXPORT_HEAD
 from vlviz.ui.grounding_tab import TAB as GROUNDING_TAB
 from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
+from vlviz.ui.origins import host_guard
 from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
 from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
@@ -118,13 +120,17 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
             open_view, [*analyze_inputs, linked], analyze_outputs, api_visibility="private"
         )
         link_button.click(
-            view_link, [analysis, shown_tab, grounding_pair, grounding_word], view_link_text, api_visibility="private"
+            view_link,
+            [analysis, shown_tab, grounding_pair, grounding_word, space],
+            view_link_text,
+            api_visibility="private",
         )
         talk_button.click(open_as_talk, [analysis, space], talk_link, api_visibility="private")
         demo.unload(SESSIONS.end)
     build_talk_page(demo, policy)
     hide_state_loads(demo)
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_SIZE)
+    share_queue(demo, QUEUE_SHARE, QUEUE_SHARE_PER_ADDRESS if policy.public else None)  # a local app: one address
     return demo
 
 
@@ -148,7 +154,7 @@ def launch_kwargs() -> dict:
     """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files;
     Gradio's MCP server serves the API endpoints as tools to agents where `vlviz.ui.agents.mcp_enabled`
     says (a local server, or `VLVIZ_MCP=1`); every plot has SVG and PNG (3x) download buttons
-    (`vlviz.ui.figure_export`).
+    (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`).
 
     Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.policy` reads to
     tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
@@ -156,4 +162,10 @@ def launch_kwargs() -> dict:
     mcp = mcp_enabled()
     if mcp:
         repair_gradio_mcp()
-    return {"allowed_paths": [str(ASSETS_DIR)], "mcp_server": mcp, "head": FIGURE_EXPORT_HEAD, "css": TALK_CSS}
+    return {
+        "allowed_paths": [str(ASSETS_DIR)],
+        "mcp_server": mcp,
+        "head": FIGURE_EXPORT_HEAD,
+        "css": TALK_CSS,
+        "app_kwargs": {"middleware": host_guard()},
+    }

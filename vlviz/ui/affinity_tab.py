@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from vlviz.affinity import AffinityReport, PairFigures, affinity_report, pair_figures, rank_images_by_text
 from vlviz.data.inputs import MAX_CAPTION_CHARS
 from vlviz.encoding import EncodedPairs
+from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,
     SESSIONS,
@@ -20,10 +22,13 @@ from vlviz.ui.session import (
     model_status,
 )
 from vlviz.viz.exports import write_affinity_files
+from vlviz.viz.html import markdown_list
 from vlviz.viz.views import AffinityView, affinity_view, heatmap_page, heatmap_pages
 
 VALUE_KINDS = ["cosine similarity", "match probability"]
 GALLERY_PAIRS = 48  # pairs shown in the gallery (the first ones); the ranks table lists every pair
+QUERY_TOP_K = 24  # images a query returns, best first: every image, re-encoded per call, let one visitor stall others
+THUMBNAIL_SIDE = 256
 ANALYZE_OUTPUTS = 12  # heatmaps (3), ranks, gallery, data, status, notices, downloads, analysis, page, kept figures
 
 
@@ -94,11 +99,13 @@ def analyze(
         [8] None (the downloads: call affinity_downloads)
         [9] the heatmap page slider's settings (for the browser)
     """
-    progress(0.05, desc="Reading and encoding images and captions")
-    SESSIONS.bind(space, request)
-    analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space)
-    progress(0.85, desc="Drawing")
-    return affinity_outputs(analysis, model.name, model_status(model, notice), value_kind)
+    with space.exclusive("analysis"):  # a second one of this session is refused, not queued
+        progress(0.05, desc="Reading and encoding images and captions")
+        SESSIONS.bind(space, request)
+        own_host = request.headers.get("host") if request is not None else None
+        analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space, own_host)
+        progress(0.85, desc="Drawing")
+        return affinity_outputs(analysis, model.name, model_status(model, notice), value_kind)
 
 
 def affinity_outputs(analysis: EncodedPairs, model_name: str, status: str, value_kind: str) -> tuple[Any, ...]:
@@ -107,7 +114,7 @@ def affinity_outputs(analysis: EncodedPairs, model_name: str, status: str, value
     report, view, note = _affinity(analysis, value_kind, 1, figures)
     pairs = analysis.pairs
     gallery = [(pairs.images[i], f"{i + 1}. {pairs.captions[i]}") for i in range(min(len(pairs), GALLERY_PAIRS))]
-    message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
+    message = markdown_list([*analysis.notices, *([note] if note else [])])
     pages = heatmap_pages(len(pairs))
     page = gr.update(maximum=max(pages, 2), value=1, visible=pages > 1)  # a slider needs a range, even when hidden
     heatmaps = (view.image_text, view.image_image, view.text_text)
@@ -123,7 +130,7 @@ def redraw(
     if analysis is None:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     _, view, note = _affinity(analysis, value_kind, page, figures)
-    message = "\n".join(f"- {n}" for n in [*analysis.notices, *([note] if note else [])])
+    message = markdown_list([*analysis.notices, *([note] if note else [])])
     return view.image_text, view.image_image, view.text_text, message
 
 
@@ -149,30 +156,38 @@ def affinity_downloads(
     return [str(path) for path in paths]
 
 
-def query(
-    text: str, analysis: EncodedPairs | None, model_spec: str | None, space: SessionSpace
-) -> list[tuple[Any, str]]:
+def query(text: str, analysis: EncodedPairs | None, space: SessionSpace) -> list[tuple[Image.Image, str]]:
     """Rank the images of the pairs last analyzed against any text (the `query` API).
+
+    The text is encoded by the model that analyzed the pairs, and ranked against their kept image
+    embeddings (nothing is re-encoded); the best QUERY_TOP_K come back as thumbnails.
 
     Args:
         text: the query, at most 1,000 characters, e.g. 'a small red circle'.
-        model_spec: the model that encodes the text and the images (as in analyze).
 
     Returns:
-        every image, best match first, each with the caption '#rank. file name  cos COSINE' (cosine in [-1, 1]).
+        the best 24 images, best match first, as thumbnails of at most 256 pixels a side, each with the caption '#rank. file name  cos COSINE' (cosine in [-1, 1]).
     """
-    pairs = analyzed(analysis, "the query ranks their images.").pairs
+    analysis = analyzed(analysis, "the query ranks their images.")
     if not text or not text.strip():
-        raise gr.Error("Type a query, e.g. 'a red circle'.")
+        raise refusal("Type a query, e.g. 'a red circle'.")
     if len(text) > MAX_CAPTION_CHARS:
-        raise gr.Error(f"The query is {len(text)} characters long; queries have at most {MAX_CAPTION_CHARS}.")
-    model, _ = model_for(model_spec, space)
-    image_features = model.encode_images(pairs.images)
-    order, scores = rank_images_by_text(model.encode_texts([text.strip()])[0], image_features)
+        raise refusal(f"The query is {len(text)} characters long; queries have at most {MAX_CAPTION_CHARS}.")
+    model, _ = model_for(analysis.model_name, space)
+    text_features = model.encode_texts([text.strip()])[0]
+    order, scores = rank_images_by_text(text_features, analysis.image_features.to(text_features.device))
+    pairs = analysis.pairs
     return [
-        (pairs.images[i], f"{rank + 1}. {pairs.names[i]}  cos {score:.3f}")
-        for rank, (i, score) in enumerate(zip(order, scores))
+        (_thumbnail(pairs.images[i]), f"{rank + 1}. {pairs.names[i]}  cos {score:.3f}")
+        for rank, (i, score) in enumerate(zip(order[:QUERY_TOP_K], scores[:QUERY_TOP_K]))
     ]
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    """A copy at most THUMBNAIL_SIDE a side: what the gallery shows, a few kB to encode and send."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return small
 
 
 def build_affinity_tab(
@@ -195,7 +210,9 @@ def build_affinity_tab(
         with gr.Row():
             query_text = gr.Textbox(label="Query", placeholder="a small red circle", scale=4, elem_id="query-text")
             query_button = gr.Button("Rank images", scale=1)
-        query_gallery = gr.Gallery(label="Images, best match first", columns=8, height="auto", object_fit="contain")
+        query_gallery = gr.Gallery(
+            label=f"The best {QUERY_TOP_K} images, best match first", columns=8, height="auto", object_fit="contain"
+        )
     with gr.Accordion("Data (JSON): every matrix, probability and rank", open=False):
         data = gr.JSON(label="analyze output")
     prepare, downloads = downloads_row("affinity", "figures (HTML; zip: CSV + redraw.py), numbers (JSON, CSV, .npz)")
@@ -214,7 +231,7 @@ def build_affinity_tab(
         affinity_downloads, [value_kind, page, analysis, space, figures], downloads, api_name="affinity_downloads",
         **ANALYSIS_EVENT,
     )  # fmt: skip
-    query_event = dict(fn=query, inputs=[query_text, analysis, model_spec, space], outputs=query_gallery)
+    query_event = dict(fn=query, inputs=[query_text, analysis, space], outputs=query_gallery)
     query_button.click(**query_event, api_name="query")
     query_text.submit(**query_event, api_visibility="private")
     return inputs, outputs

@@ -13,23 +13,34 @@ Hence the default: on for a local server, off for a public one (`vlviz.policy`) 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import gradio as gr
+import httpx
+import safehttpx
 from anyio.to_thread import run_sync
 from gradio import processing_utils, utils
 from gradio.data_classes import ListFiles
 from gradio.mcp import GradioMCPServer
+from gradio_client import utils as client_utils
 from pydantic import model_validator
 
+from vlviz.data.samples import ASSETS_DIR
 from vlviz.policy import is_public
+from vlviz.ui.messages import refusal
 
 ON, OFF = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 FILE_ROUTE = "/gradio_api/file="  # where Gradio serves its files; `/gradio_api/upload` answers with such paths
+MAX_DOWNLOAD_BYTES = 512 * 2**20
+"""Largest file downloaded from a URL an agent gives (the size of the largest upload format's budget)."""
+MAX_REDIRECTS = 5
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def mcp_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -102,10 +113,14 @@ class FilesOrURLs(ListFiles):
 
 
 def _url_as_file(url: str) -> dict[str, Any]:
-    """A FileData for a URL string: only http(s) URLs, never a path on the server."""
-    if urlparse(url).scheme not in {"http", "https"}:
-        raise ValueError(f"Give files as uploads or http(s) URLs, not {url[:80]!r}.")
-    return {"path": url, "orig_name": Path(urlparse(url).path).name, "meta": {"_type": "gradio.FileData"}}
+    """A FileData for a string: an http(s) URL, or anything else as a path that `fetch` then refuses with its
+    message unless it is one of this server's uploads.
+
+    Refusing here would not reach the client: pydantic wraps every ValueError (gr.Error included) in a
+    validation error, which Gradio answers with `error: null`.
+    """
+    name = Path(urlparse(url).path).name if urlparse(url).scheme in {"http", "https"} else Path(url).name
+    return {"path": url, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 
 
 def accept_urls(files: gr.File) -> gr.File:
@@ -116,23 +131,94 @@ def accept_urls(files: gr.File) -> gr.File:
     return files
 
 
-def fetch(path_or_url: str) -> str:
-    """A local path for one item of a `FilesOrURLs` input: a path as it is; a URL of this server's own
-    uploads (`…/gradio_api/file=…`, what `/gradio_api/upload` answers) read in place; any other URL
-    downloaded as Gradio downloads URLs (public hosts only)."""
-    if urlparse(path_or_url).scheme not in {"http", "https"}:
-        return path_or_url
-    route = urlparse(path_or_url).path
-    if FILE_ROUTE in route:
-        path = Path(unquote(route.split(FILE_ROUTE, 1)[1]))
-        if path.is_file() and utils.is_in_or_equal(path, utils.get_upload_folder()):
-            return str(path)
+def uploaded_file(path: str) -> str:
+    """The real path of a file a client named, when it is one of this server's uploads (or a bundled sample).
+
+    Gradio checks that a FileData path lies in its upload folder by its text, so a name that resolves
+    elsewhere (a link, or `{..,..}` which a reader might expand) could pass; here the path is resolved
+    first, links and all. The message is the same whether or not such a file exists: nothing to probe.
+    """
+    real = Path(os.path.realpath(path))
+    roots = [Path(os.path.realpath(utils.get_upload_folder())), ASSETS_DIR.resolve()]
+    if real.is_file() and any(root in real.parents for root in roots):
+        return str(real)
+    raise refusal(f"{Path(path).name[:100]} is not a file uploaded to this server; upload it again.")
+
+
+def _same_server(netloc: str, own_host: str | None) -> bool:
+    """Whether a URL's host:port names this server: the request's own Host, or loopback when both are local."""
+    if not own_host:
+        return False
+    theirs, ours = urlparse(f"//{netloc}"), urlparse(f"//{own_host}")
+    if netloc.lower() == own_host.lower():
+        return True
+    return theirs.port == ours.port and {theirs.hostname, ours.hostname} <= LOOPBACK_NAMES
+
+
+def fetch(path_or_url: str, own_host: str | None = None) -> str:
+    """A local path for one item of a `FilesOrURLs` input.
+
+    A path must be one of this server's uploads (`uploaded_file`); a URL of this server's own uploads
+    (`…/gradio_api/file=…` on `own_host`, the request's Host, as `/gradio_api/upload` answers) is read in
+    place, with the same check; any other URL is downloaded from a public host (`download`).
+    """
+    parsed = urlparse(path_or_url)
+    if parsed.scheme not in {"http", "https"}:
+        return uploaded_file(path_or_url)
+    if FILE_ROUTE in parsed.path and _same_server(parsed.netloc, own_host):
+        return uploaded_file(unquote(parsed.path.split(FILE_ROUTE, 1)[1]))
     try:
-        return processing_utils.ssrf_protected_download(path_or_url, utils.get_upload_folder())
+        return download(path_or_url)
     except OSError as error:  # storing it failed: the message would name server paths
-        raise gr.Error(f"Could not store the file at {path_or_url[:200]}.") from error
-    except Exception as error:  # refused host, HTTP status, network: safehttpx and httpx raise many kinds
-        raise gr.Error(f"Could not download {path_or_url[:200]}: {error}") from error
+        raise refusal(f"Could not store the file at {path_or_url[:200]}.") from error
+    except Exception as error:  # refused host, HTTP status, size, network: httpx and safehttpx raise many kinds
+        raise refusal(f"Could not download {path_or_url[:200]}: {error}") from error
+
+
+def download(url: str, limit: int = MAX_DOWNLOAD_BYTES) -> str:
+    """Download a URL into a new folder of Gradio's upload folder, as Gradio's SSRF-protected download does
+    (public addresses only, each redirect checked again), but streamed and refused past `limit` bytes.
+
+    The folder is made only once the server answers with a file, and removed when anything fails.
+    """
+    return client_utils.synchronize_async(_download, url, limit)
+
+
+async def _download(url: str, limit: int) -> str:
+    for _ in range(MAX_REDIRECTS + 1):
+        host = httpx.URL(url).host
+        if not host:
+            raise ValueError("the URL has no host")
+        public = safehttpx.matches_domain_whitelist(host, processing_utils.PUBLIC_HOSTNAME_WHITELIST)
+        transport = None if public else safehttpx.AsyncSecureTransport(await safehttpx.async_validate_url(host))
+        async with httpx.AsyncClient(transport=transport) as client, client.stream("GET", url) as response:
+            if response.has_redirect_location:
+                url = urljoin(url, response.headers["Location"])  # response.url names the pinned IP
+                continue
+            if response.status_code != 200:
+                raise ValueError(f"the server answered HTTP {response.status_code}")
+            if int(response.headers.get("content-length") or 0) > limit:
+                raise ValueError(f"the file is larger than {limit // 2**20} MB")
+            return await _store(response, Path(urlparse(url).path).name, limit)
+    raise ValueError(f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _store(response: httpx.Response, name: str, limit: int) -> str:
+    os.makedirs(utils.get_upload_folder(), exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=utils.get_upload_folder()))
+    path = folder / (client_utils.strip_invalid_filename_characters(name) or "file")
+    try:
+        size = 0
+        with path.open("wb") as file:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"the file is larger than {limit // 2**20} MB")
+                file.write(chunk)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return str(path)
 
 
 def open_choices(component: gr.Dropdown | gr.CheckboxGroup) -> None:

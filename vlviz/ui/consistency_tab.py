@@ -9,6 +9,7 @@ import gradio as gr
 
 from vlviz.consistency import DEFAULT_TEMPERATURE
 from vlviz.encoding import EncodedPairs
+from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,
     SESSIONS,
@@ -19,7 +20,7 @@ from vlviz.ui.session import (
     first_view,
 )
 from vlviz.viz.exports import write_consistency_files
-from vlviz.viz.html import top_pairs_html
+from vlviz.viz.html import markdown_list, top_pairs_html
 from vlviz.viz.tables import consistency_table
 from vlviz.viz.views import HEATMAP_PAGE, ConsistencyView, consistency_view
 
@@ -65,32 +66,33 @@ def consistency(
         [7] the data: model, names, captions, figures (pairs, mean_abs_inconsistency, pearson, spearman, symmetric_kl, temperature, spearman_pairs, spearman_exact), sample_inconsistency (N: each sample's mean |A_I − A_T| over j != i), top_pairs (rank, i, j (1-based), their images and captions, A_I, A_T, |A_I − A_T|), heatmap_samples (0-based), notes
         [8] notices (e.g. which samples the heatmaps show)
     """
-    SESSIONS.bind(space, request)
-    encoded = analyzed(analysis, "the Consistency tab compares the pairs last analyzed.")
-    pairs = encoded.pairs
-    if len(pairs) < 2:
-        raise gr.Error("Consistency compares samples with each other: give at least 2 image-caption pairs.")
-    if temperature is None or temperature <= 0:
-        raise gr.Error(f"The KL temperature must be positive, got {temperature}.")
-    progress(0.6, desc="Comparing affinities")
-    view = consistency_view(
-        encoded.image_features,
-        encoded.text_features,
-        pairs.names,
-        pairs.captions,
-        k=int(top_k),
-        temperature=float(temperature),
-        clustered=ordering == ORDERINGS[0],
-        signed=view_kind == VIEWS[1],
-        max_heatmap=HEATMAP_PAGE,
-    )
-    data = {"model": encoded.model_name, **view.to_dict(pairs.names, pairs.captions)}
-    top = top_pairs_html(view.summary.top_pairs, pairs.images, pairs.names, pairs.captions)
-    message = "\n".join(f"- {note}" for note in [*encoded.notices, *view.notes])
-    return (
-        view.image_heatmap, view.text_heatmap, view.inconsistency_heatmap, view.scatter,
-        consistency_table(view.summary.figures), top, None, data, message, Shown(view, data, encoded),
-    )  # fmt: skip
+    with space.exclusive("analysis"):  # a second one of this session is refused, not queued
+        SESSIONS.bind(space, request)
+        encoded = analyzed(analysis, "the Consistency tab compares the pairs last analyzed.")
+        pairs = encoded.pairs
+        if len(pairs) < 2:
+            raise refusal("Consistency compares samples with each other: give at least 2 image-caption pairs.")
+        if temperature is None or temperature <= 0:
+            raise refusal(f"The KL temperature must be positive, got {temperature}.")
+        progress(0.6, desc="Comparing affinities")
+        view = consistency_view(
+            encoded.image_features,
+            encoded.text_features,
+            pairs.names,
+            pairs.captions,
+            k=int(top_k),
+            temperature=float(temperature),
+            clustered=ordering == ORDERINGS[0],
+            signed=view_kind == VIEWS[1],
+            max_heatmap=HEATMAP_PAGE,
+        )
+        data = {"model": encoded.model_name, **view.to_dict(pairs.names, pairs.captions)}
+        top = top_pairs_html(view.summary.top_pairs, pairs.images, pairs.names, pairs.captions)
+        message = markdown_list([*encoded.notices, *view.notes])
+        return (
+            view.image_heatmap, view.text_heatmap, view.inconsistency_heatmap, view.scatter,
+            consistency_table(view.summary.figures), top, None, data, message, Shown(view, data, encoded),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +111,7 @@ def consistency_downloads(shown: Shown | None, space: SessionSpace) -> list[str]
         the files, each with a URL: consistency.html (the figures), consistency.json (the consistency data), samples.csv (per-sample inconsistency), top_pairs.csv, consistency_figures.zip (each figure's numbers and a script that redraws it) and, for N up to 4,096, affinities.npz (A_I and A_T).
     """
     if shown is None:
-        raise gr.Error("Draw the Consistency view first: the downloads hold what it shows.")
+        raise refusal("Draw the Consistency view first: the downloads hold what it shows.")
     encoded, pairs = shown.encoded, shown.encoded.pairs
     paths = write_consistency_files(
         space.export_folder("consistency"), shown.view, shown.data, encoded.image_features, encoded.text_features,

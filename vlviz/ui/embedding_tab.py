@@ -19,6 +19,7 @@ from vlviz.data.inputs import PairSet
 from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
 from vlviz.encoding import EncodedPairs
 from vlviz.layout_worker import LayoutWorker, LayoutWorkerError
+from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,
     SESSIONS,
@@ -30,6 +31,7 @@ from vlviz.ui.session import (
 )
 from vlviz.viz.exports import write_embedding_files
 from vlviz.viz.figures import embedding_scatter
+from vlviz.viz.html import markdown_list
 from vlviz.viz.tables import gap_table
 from vlviz.viz.views import EmbeddingView, embedding_view
 
@@ -122,36 +124,39 @@ def embedding_space(
         [5] None (the downloads: call embedding_downloads)
         [6] the data: model, gap_closed, names, captions, method, note, axis_titles, image_xy and caption_xy (N x 2 coordinates each, pair i in row i), gap (before and after closing it: gap, matched_cosine, unmatched_cosine, image_to_text_r1, text_to_image_r1)
     """
-    SESSIONS.bind(space, request)
-    encoded = analyzed(analysis, "the Embedding-space tab lays out the pairs last analyzed.")
-    pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
-    notes = list(encoded.notices)
-    layout = kept if keep_layout else None
-    if layout is not None and layout.dimension != images.shape[1]:
-        notes.append(f"The kept layout was fitted on {layout.dimension}-d embeddings; this model gives {images.shape[1]}-d, so it was refitted.")  # fmt: skip
-        layout = None
-    settings = dict(
-        n_neighbors=int(n_neighbors), min_dist=float(min_dist), metric=metric, seed=int(seed), close_gap=close_gap,
-        layout=layout,
-    )  # fmt: skip
-    try:
-        if (
-            method == "umap"
-            and layout is None
-            and 2 * len(pairs) >= MIN_UMAP_POINTS
-            and not LAYOUT_WORKER.ready.is_set()
-        ):
-            # The first UMAP of the process still compiles: show PCA at once, then UMAP when it is ready.
-            first = embedding_view(images, texts, pairs.names, pairs.captions, method="pca", **settings)
-            waiting = "UMAP is compiling its code (the first map since the app started): PCA shown until it is ready."
-            yield _outputs(encoded, first, close_gap, [*notes, waiting])
-            progress(0.4, desc="Fitting the UMAP layout (the first one compiles numba code)")
-        view = embedding_view(
-            images, texts, pairs.names, pairs.captions, method=method, fit=LAYOUT_WORKER.fit_layout, **settings
-        )
-    except (ValueError, LayoutWorkerError) as error:
-        raise gr.Error(str(error)) from error
-    yield _outputs(encoded, view, close_gap, notes)
+    with space.exclusive("analysis"):  # a second one of this session is refused, not queued
+        SESSIONS.bind(space, request)
+        encoded = analyzed(analysis, "the Embedding-space tab lays out the pairs last analyzed.")
+        pairs, images, texts = encoded.pairs, encoded.image_features, encoded.text_features
+        notes = list(encoded.notices)
+        layout = kept if keep_layout else None
+        if layout is not None and layout.dimension != images.shape[1]:
+            notes.append(f"The kept layout was fitted on {layout.dimension}-d embeddings; this model gives {images.shape[1]}-d, so it was refitted.")  # fmt: skip
+            layout = None
+        settings = dict(
+            n_neighbors=int(n_neighbors), min_dist=float(min_dist), metric=metric, seed=int(seed), close_gap=close_gap,
+            layout=layout,
+        )  # fmt: skip
+        try:
+            if (
+                method == "umap"
+                and layout is None
+                and 2 * len(pairs) >= MIN_UMAP_POINTS
+                and not LAYOUT_WORKER.ready.is_set()
+            ):
+                # The first UMAP of the process still compiles: show PCA at once, then UMAP when it is ready.
+                first = embedding_view(images, texts, pairs.names, pairs.captions, method="pca", **settings)
+                waiting = (
+                    "UMAP is compiling its code (the first map since the app started): PCA shown until it is ready."
+                )
+                yield _outputs(encoded, first, close_gap, [*notes, waiting])
+                progress(0.4, desc="Fitting the UMAP layout (the first one compiles numba code)")
+            view = embedding_view(
+                images, texts, pairs.names, pairs.captions, method=method, fit=LAYOUT_WORKER.fit_layout, **settings
+            )
+        except (ValueError, LayoutWorkerError) as error:
+            raise refusal(error) from error
+        yield _outputs(encoded, view, close_gap, notes)
 
 
 def _outputs(encoded: EncodedPairs, view: EmbeddingView, close_gap: bool, notes: list[str]) -> tuple[Any, ...]:
@@ -161,7 +166,7 @@ def _outputs(encoded: EncodedPairs, view: EmbeddingView, close_gap: bool, notes:
     data = {"model": encoded.model_name, "gap_closed": close_gap, **view.to_dict(pairs.names, pairs.captions)}
     matched = (encoded.image_features * encoded.text_features).sum(dim=1).cpu().tolist()
     picker = gr.update(choices=sample_labels(pairs), value=[])
-    message = "\n".join(f"- {note}" for note in notes)
+    message = markdown_list(notes)
     drawn = Drawn(encoded, view, data, matched)
     return view.figure, gap_table(view.gap), message, picker, [], None, data, view.layout, drawn
 
@@ -173,7 +178,7 @@ def embedding_downloads(drawn: Drawn | None, space: SessionSpace) -> list[str]:
         the files, each with a URL: embedding.html (the map), embedding.json (the embedding_space data), embedding.csv (2-D coordinates), embeddings.npz (the image and caption embeddings), embedding_figures.zip (the map's numbers and a script that redraws it).
     """
     if drawn is None:
-        raise gr.Error("Draw the embedding space first: the downloads hold what it shows.")
+        raise refusal("Draw the embedding space first: the downloads hold what it shows.")
     encoded, pairs = drawn.encoded, drawn.pairs
     paths = write_embedding_files(
         space.export_folder("embedding"), drawn.view, drawn.data, encoded.image_features, encoded.text_features,
@@ -199,7 +204,7 @@ def _when_in_view(
 def pick(picked: list[str] | None, drawn: Drawn | None) -> tuple[Any, list[tuple[Any, str]]]:
     """Ring the picked samples in the plot and list them with their captions."""
     if drawn is None:
-        raise gr.Error("Draw the embedding space first.")
+        raise refusal("Draw the embedding space first.")
     indices = [int(label.split(".", 1)[0]) - 1 for label in picked or []]
     pairs = drawn.pairs
     view = drawn.view

@@ -23,6 +23,7 @@ from vlviz.grounding import (
     xmm_word_attention,
 )
 from vlviz.ui.agents import open_choices
+from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     MODEL_CHOICES,
     VIEW_EVENT,
@@ -33,6 +34,7 @@ from vlviz.ui.session import (
     first_view,
     model_for,
 )
+from vlviz.viz.html import markdown_text
 from vlviz.viz.tables import grounding_score_markdown
 from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view, word_overlay
 
@@ -85,9 +87,9 @@ def grounding(
     pairs = analyzed(analysis, "the Grounding tab shows their words on their images.").pairs
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
-        raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
+        raise refusal(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
     if text and len(text) > MAX_CAPTION_CHARS:
-        raise gr.Error(f"The text is {len(text)} characters long; texts have at most {MAX_CAPTION_CHARS}.")
+        raise refusal(f"The text is {len(text)} characters long; texts have at most {MAX_CAPTION_CHARS}.")
     model, _ = model_for(model_spec, space)
     caption = text.strip() if text and text.strip() else pairs.captions[index]
     pair_choices = gr.Dropdown(
@@ -103,7 +105,7 @@ def grounding(
     maps = model_caption_maps(model, pairs.images[index], caption, kind)
     words = maps.words
     if not words:
-        raise gr.Error(f"{caption!r} has no words to ground: type a word or a phrase.")
+        raise refusal(f"{caption!r} has no words to ground: type a word or a phrase.")
     chosen = word if word is not None and 0 <= int(word) < len(words) else maps.first_word
     image = model.input_image(pairs.images[index])  # as the model sees it: its preprocessing's crop
     view = grounding_view(maps, image, chosen, opacity, model=model.name if compare else "")
@@ -114,7 +116,11 @@ def grounding(
         if score
         else ""
     )
-    notice = "" if caption == pairs.captions[index] else f"Grounding the typed text {caption!r} in image {index + 1}."
+    notice = (
+        ""
+        if caption == pairs.captions[index]
+        else f"Grounding the typed text {markdown_text(repr(caption))} in image {index + 1}."
+    )
     comparison, compare_data = _compare_view(
         model, compare, space, pairs.images[index], caption, kind, maps, chosen, opacity
     )
@@ -155,7 +161,7 @@ def _compare_view(
     try:
         other = shared_untrained_model(model) if compare == UNTRAINED else model_for(compare, space)[0]
     except ValueError as error:  # an architecture without a known config has no untrained twin
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     if other.patches_unavailable:
         return hidden, {"model": other.name, "reason": f"No map to compare: {other.patches_unavailable}."}
     other_maps = model_caption_maps(other, original, caption, kind)
@@ -191,7 +197,7 @@ def _xmm_view(
     chosen = found.layout.words[0][word]
     figure = attention_overlay(image, maps[word], model.grid_size, chosen, opacity)
     notice = (
-        f"Where the trained XMM fusion head looks for '{chosen}' when it is masked (the last fusion layer's "
+        f"Where the trained XMM fusion head looks for '{markdown_text(chosen)}' when it is masked (the last fusion layer's "
         f"cross-attention, heads averaged); {float(found.global_share[word]):.0%} of it goes to the global image "
         "embedding, the rest to the patches shown."
     )

@@ -19,7 +19,9 @@ from vlviz.keywords import (
     rank_concepts,
 )
 from vlviz.models import OFFLINE_SPEC
+from vlviz.ui.messages import refusal
 from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
+from vlviz.viz.html import markdown_text
 
 VOCABULARIES = {
     "the captions' words and the default concepts": None,
@@ -41,7 +43,7 @@ def concepts_source(concepts: ConceptScores, model: VLModel, template: str) -> s
             f"{len(concepts.vocabulary)}-word vocabulary: SIMLA's pseudo-labels)"
         )
     return (
-        f"zero-shot: the cosine of each image with '{template.format('…')}' for each of {len(concepts.vocabulary)} "
+        f"zero-shot: the cosine of each image with '{markdown_text(template.format('…'))}' for each of {len(concepts.vocabulary)} "
         "concepts (words a model never learned score unpredictably: the offline scenes model knows only the "
         "words of its scenes, so choose the captions' words for it)"
     )
@@ -97,12 +99,12 @@ def keywords(
     pairs = analyzed(analysis, "the Keywords tab reads their captions and images.").pairs
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
-        raise gr.Error(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
+        raise refusal(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
     template = (template or "").strip() or DEFAULT_TEMPLATE
     try:
         check_concept_template(template)
     except ValueError as error:
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     model, _ = model_for(model_spec, space)
     try:
         found = caption_keywords(
@@ -110,12 +112,12 @@ def keywords(
             all_positions=all_positions,
         )  # fmt: skip
     except ValueError as error:
-        raise gr.Error(f"No keywords for `{model.name}`: {error}") from error
+        raise refusal(f"No keywords for `{model.name}`: {error}") from error
     words = found.layout.words
     try:
         concepts = image_concepts(model, pairs.images, words, template, VOCABULARIES[vocabulary_choice])
     except ValueError as error:
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     source = concepts_source(concepts, model, template)
     ranked = rank_concepts(concepts.scores, concepts.vocabulary, words, top_k=int(top_k))
     per_pair = [
@@ -145,7 +147,7 @@ def keywords(
     )
     choices = gr.Dropdown(choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1)
     rule = candidate_rule(content_words_only, all_positions)
-    voted = ", ".join(f"'{token}' ×{votes}" for token, votes in found.voted(index)) or "none"
+    voted = ", ".join(f"'{markdown_text(token)}' ×{votes}" for token, votes in found.voted(index)) or "none"
     notice = f"**Voted** (candidates: {rule}): {voted}.\n\n**Concepts from** {source}."
     data = {
         "model": model.name, "pair": index + 1, "candidates": rule, "concepts_from": source, "template": template,

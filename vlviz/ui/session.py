@@ -7,25 +7,32 @@ already on screen.
 
 from __future__ import annotations
 
+import functools
+import html
+import inspect
 import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import gradio as gr
 
 from vlviz.data.formats import pairs_from_dataset_uploads
-from vlviz.data.inputs import InputError, pairs_from_uploads
+from vlviz.data.inputs import InputError, check_decoded_bytes, decoded_bytes, pairs_from_uploads
 from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
 from vlviz.policy import ModelPolicy
 from vlviz.ui.agents import fetch
+from vlviz.ui.memory import LEDGER, KeptAnalyses
+from vlviz.ui.messages import refusal
+from vlviz.viz.html import markdown_code, markdown_text
 
 MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
 DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
@@ -43,6 +50,14 @@ ANALYSIS_EVENT = {"show_progress": "minimal", "concurrency_id": "analysis", "con
 """Event settings of the views that encode whole pair sets: one queue, a large set holds one slot."""
 VIEW_EVENT = {"show_progress": "minimal", "concurrency_id": "views", "concurrency_limit": VIEW_CONCURRENCY}
 CHECKPOINT_PREFIX = "session run "  # the model spec of a checkpoint this session trained: "session run 2"
+SESSION_DISK_BYTES = int(float(os.environ.get("VLVIZ_SESSION_DISK_MB", 256)) * 2**20)
+"""A session's runs folder at most; a new run first removes the session's oldest runs (`SessionSpace.make_room`)."""
+RUNS_DISK_BYTES = int(float(os.environ.get("VLVIZ_RUNS_DISK_MB", 4096)) * 2**20)
+"""Every session's runs together at most; past it new runs are refused, never made room for with others' files."""
+ANALYSIS_BUSY = (
+    "This session is already running an analysis (Analyze, Consistency, Embedding space, a comparison or the "
+    "lens): wait for it to end, then try again."
+)
 
 
 def check_data_dir(data_dir: Path = DATA_DIR) -> None:
@@ -56,13 +71,37 @@ def check_data_dir(data_dir: Path = DATA_DIR) -> None:
         raise ValueError(f"VLVIZ_DATA_DIR ({folder}) must lie inside {roots[0]} or the working directory.")
 
 
+class SessionBusy(gr.Error):
+    """A second call of a kind a session runs one at a time (`SessionSpace.exclusive`, `training`)."""
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder` (0 when it does not exist); files removed meanwhile count 0."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.0f} MB"
+
+
 class SessionSpace:
     """One browser session's server-side identity: a random token, made here, names its folder.
 
     Kept in a `gr.State`, so nothing the client sends (its session hash included) ever names a
     path; it also holds the session's trained checkpoints (the only paths it may load in public
     mode) and the stop flags of its running trainings.
+
+    It also keeps the session to its share: one training and one heavy analysis at a time
+    (`training`, `exclusive`), and its runs within a disk budget (`make_room`).
     """
+
+    _disk_lock = threading.Lock()  # one run at a time, process-wide, measures the disk and reserves its room
+    _reserved: ClassVar[dict[str, int]] = {}  # session token -> the bytes its run in progress will write
 
     def __init__(self, policy: ModelPolicy) -> None:
         self.token = secrets.token_hex(16)
@@ -72,6 +111,10 @@ class SessionSpace:
         self.stop_flags: dict[str, threading.Event] = {}  # run name -> its stop event, while it trains
         self.last_used = time.monotonic()
         self.closed = False
+        self._lock = threading.Lock()
+        self._busy: dict[str, str] = {}  # "training", "analysis" -> the message a second such call gets
+        self._runs = 0  # the number of the session's last run
+        self.evicted: set[str] = set()  # "session run N" removed to make room for newer runs
 
     def __deepcopy__(self, memo: dict) -> SessionSpace:
         return self  # gr.State deep-copies values; a session is one object, shared by its events
@@ -90,14 +133,103 @@ class SessionSpace:
 
     def checkpoint(self, spec: str) -> Path | None:
         """The folder of this session's checkpoint named `spec`, or None when `spec` names none."""
+        if spec in self.evicted:
+            raise ValueError(
+                f"{spec} is no longer stored: it made room for this session's newer runs (a session keeps "
+                f"{_megabytes(SESSION_DISK_BYTES)} of runs, VLVIZ_SESSION_DISK_MB)."
+            )
         folder = self.checkpoints.get(spec)
         if folder is not None and not folder.is_dir():
             raise ValueError(f"{spec} is no longer stored: sessions' files are removed after some hours unused.")
         return folder
 
+    @contextmanager
+    def exclusive(self, kind: str, busy: str = ANALYSIS_BUSY) -> Iterator[None]:
+        """Hold this session's one slot of `kind` (e.g. "analysis") for the block. Meanwhile another call of
+        that kind from this session is refused at once with `busy`, instead of taking a second worker (or
+        waiting place) from everyone else."""
+        with self._lock:
+            self._claim(kind, busy)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._busy[kind]
+
+    @contextmanager
+    def training(self) -> Iterator[int]:
+        """Hold this session's one training slot and the next run number for the block.
+
+        The number comes from here, not from the client's copy of the run list, which a second start can
+        read before the first one adds to it: two runs would share a name, a folder and a stop flag. A run
+        that wrote no folder (its preparation failed) gives its number back.
+        """
+        with self._lock:
+            number = self._runs + 1
+            self._claim("training", f"This session is already training run {number}; stop it or wait for it to end.")
+            self._runs = number
+        try:
+            yield number
+        finally:
+            with self._lock:
+                del self._busy["training"]
+                if not (self.folder / "runs" / f"run-{number}").exists():
+                    self._runs = number - 1
+            with SessionSpace._disk_lock:
+                SessionSpace._reserved.pop(self.token, None)
+
+    def _claim(self, kind: str, busy: str) -> None:
+        """Under `_lock`: take the slot `kind`, or refuse with the message its holder left."""
+        if kind in self._busy:
+            raise SessionBusy(html.escape(self._busy[kind], quote=False))
+        self._busy[kind] = busy
+
+    def make_room(self, needed: int) -> str | None:
+        """Reserve `needed` bytes for the run about to start (inside `training`), removing this session's
+        oldest runs while its runs would pass `SESSION_DISK_BYTES`; a notice of what went, or None.
+
+        Removing beats refusing: a session cannot delete runs itself, so a refusal would end its training
+        until its files expire (hours), while the old runs' curves stay on screen and a checkpoint can be
+        downloaded before the next run. A run larger than the whole budget, or one that would take every
+        session's runs past `RUNS_DISK_BYTES`, is refused (ValueError) and nothing is removed: one session
+        never makes room with another's files. Every folder here is a finished run: one trains at a time.
+        """
+        if needed > SESSION_DISK_BYTES:
+            raise ValueError(
+                f"This run needs about {_megabytes(needed)} of disk; a session keeps at most "
+                f"{_megabytes(SESSION_DISK_BYTES)} of runs (VLVIZ_SESSION_DISK_MB)."
+            )
+        runs = self.folder / "runs"
+        with SessionSpace._disk_lock:
+            old = sorted(runs.glob("run-*"), key=lambda folder: int(folder.name.removeprefix("run-")))
+            sizes = [folder_bytes(folder) for folder in old]
+            kept = len(old)
+            while sum(sizes[len(old) - kept :]) + needed > SESSION_DISK_BYTES:
+                kept -= 1
+            everyone = sum(folder_bytes(folder) for folder in (DATA_DIR / "sessions").glob("*/runs"))
+            others = everyone - sum(sizes) + sum(b for t, b in SessionSpace._reserved.items() if t != self.token)
+            if others + sum(sizes[len(old) - kept :]) + needed > RUNS_DISK_BYTES:
+                raise ValueError(
+                    f"The server's disk for training runs is full (all sessions together keep at most "
+                    f"{_megabytes(RUNS_DISK_BYTES)}, VLVIZ_RUNS_DISK_MB): try again when other sessions' runs expire."
+                )
+            removed = old[: len(old) - kept]
+            for folder in removed:
+                shutil.rmtree(folder, ignore_errors=True)
+                self.evicted.add(CHECKPOINT_PREFIX + folder.name.removeprefix("run-"))
+            SessionSpace._reserved[self.token] = needed
+        if not removed:
+            return None
+        names = ", ".join(folder.name.replace("-", " ") for folder in removed)
+        return (
+            f"To keep this session's runs within {_megabytes(SESSION_DISK_BYTES)} (VLVIZ_SESSION_DISK_MB), the "
+            f"files of {names} were removed; the curves stay, the checkpoints are gone."
+        )
+
     def close(self) -> None:
         """Stop this session's trainings and delete its files."""
         self.closed = True
+        LEDGER.release(self.token)  # its analysis (gr.State drops it too); links it kept stay until evicted
         for flag in list(self.stop_flags.values()):
             flag.set()
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -156,41 +288,8 @@ class SessionRegistry:
 
 SESSIONS = SessionRegistry()
 
-MAX_KEPT_ANALYSES = 64  # analyses kept for links (talks, views), all sessions together; the oldest go first
 
-
-class KeptAnalyses:
-    """Analyses handed from an app session to another page (a talk, a view link): token -> (analysis, model spec).
-
-    The token is made here (random, 128 bits) and only ever looked up; entries are bounded and expire with sessions.
-    """
-
-    def __init__(self, capacity: int = MAX_KEPT_ANALYSES, ttl_s: float = SESSION_TTL_S) -> None:
-        self._kept: OrderedDict[str, tuple[float, EncodedPairs, str]] = OrderedDict()
-        self._capacity, self._ttl_s = capacity, ttl_s
-        self._lock = threading.Lock()
-
-    def put(self, analysis: EncodedPairs, model_spec: str) -> str:
-        token = secrets.token_urlsafe(16)
-        with self._lock:
-            self._kept[token] = (time.monotonic(), analysis, model_spec)
-            while len(self._kept) > self._capacity:
-                self._kept.popitem(last=False)
-        return token
-
-    def get(self, token: str | None) -> tuple[EncodedPairs, str] | None:
-        """The analysis under `token`, or None (unknown, expired, or no token): a dictionary lookup, nothing else."""
-        if not token:
-            return None
-        with self._lock:
-            entry = self._kept.get(token)
-            if entry is None or time.monotonic() - entry[0] > self._ttl_s:
-                self._kept.pop(token, None)
-                return None
-            return entry[1], entry[2]
-
-
-KEPT = KeptAnalyses()  # the analyses handed to talk pages and view links
+KEPT = KeptAnalyses(LEDGER, SESSION_TTL_S)  # the analyses handed to talk pages and view links
 
 
 @dataclass(frozen=True)
@@ -212,32 +311,50 @@ def model_for(spec: str | None, space: SessionSpace) -> tuple[VLModel, str | Non
         space.policy.check(spec)
         return load_model_or_offline(spec)
     except (ValueError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
 
 
 def model_status(model: VLModel, notice: str | None) -> str:
     """One line saying which model runs where, plus any notice."""
-    line = f"**Model:** `{model.name}` on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
-    return line + (f"\n\n> {notice}" if notice else "")
+    line = f"**Model:** {markdown_code(model.name)} on `{model.device}` ({str(model.dtype).removeprefix('torch.')})"
+    return line + (f"\n\n> {markdown_text(notice)}" if notice else "")
 
 
 def analyze_uploads(
-    files: list[str] | None, captions_text: str | None, model_spec: str | None, space: SessionSpace
+    files: list[str] | None,
+    captions_text: str | None,
+    model_spec: str | None,
+    space: SessionSpace,
+    own_host: str | None = None,
 ) -> tuple[EncodedPairs, VLModel, str | None]:
-    """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice."""
-    paths = [fetch(str(f)) for f in files or []]  # a URL (from an agent) becomes a local file
-    try:
-        pairs = pairs_from_dataset_uploads(paths, captions_text) or pairs_from_uploads(paths, captions_text)
-    except InputError as error:
-        raise gr.Error(str(error)) from error
+    """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice.
+
+    Every file must be one of this server's uploads (a URL is downloaded, or read in place when it names
+    this server, `own_host`); the decoded images and their embeddings must fit the room the memory ledger
+    reserves for this session, checked from the image headers before decoding and from the model's
+    widths before encoding.
+    """
     model, notice = model_for(model_spec, space)
-    return encode_pair_set(model, pairs), model, notice
+    paths = [fetch(str(f), own_host) for f in files or []]  # a URL (from an agent) becomes a local file
+    with LEDGER.reserve(space.token) as room:
+        try:
+            pairs = pairs_from_dataset_uploads(paths, captions_text, room.allowed) or pairs_from_uploads(
+                paths, captions_text, max_decoded_bytes=room.allowed
+            )
+            decoded = sum(decoded_bytes(*image.size) for image in pairs.images)
+            check_decoded_bytes(decoded + model.encoded_bytes(len(pairs)), room.allowed,
+                                f"These {len(pairs)} pairs with {model.name}'s embeddings")  # fmt: skip
+        except InputError as error:
+            raise refusal(error) from error
+        analysis = encode_pair_set(model, pairs)
+        LEDGER.hold(space.token, analysis)
+    return analysis, model, notice
 
 
 def analyzed(analysis: EncodedPairs | None, why: str) -> EncodedPairs:
     """The pairs Analyze encoded in this session; when there are none yet, a message ending in `why`."""
     if analysis is None:
-        raise gr.Error(f"Analyze a set of pairs first: {why}")
+        raise refusal(f"Analyze a set of pairs first: {why}")
     return analysis
 
 
@@ -270,6 +387,31 @@ def draw_on_first_view(
     finishes while the tab is in view; `draw` skips when it already shows the pairs last analyzed.
 
     `event`: the queue settings (default `ANALYSIS_EVENT`, for views over the whole pair set)."""
-    settings = event or ANALYSIS_EVENT
-    tab.select(draw, [*inputs, gr.State(label)], outputs, api_visibility="private", **settings)
-    analysis.change(draw, [*inputs, current], outputs, api_visibility="private", **settings)
+    settings, quiet = event or ANALYSIS_EVENT, _quiet_when_busy(draw, len(outputs))
+    tab.select(quiet, [*inputs, gr.State(label)], outputs, api_visibility="private", **settings)
+    analysis.change(quiet, [*inputs, current], outputs, api_visibility="private", **settings)
+
+
+def _quiet_when_busy(draw: Callable[..., Any], outputs: int) -> Callable[..., Any]:
+    """`draw`, drawing nothing instead of a refusal when its session is busy: a tab shown while an Analyze
+    runs would otherwise toast a refusal, and the Analyze's end draws the tab anyway."""
+    skipped = tuple(gr.skip() for _ in range(outputs))
+    if inspect.isgeneratorfunction(draw):
+
+        @functools.wraps(draw)
+        def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from draw(*args, **kwargs)
+            except SessionBusy:
+                yield skipped
+
+        return stream
+
+    @functools.wraps(draw)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return draw(*args, **kwargs)
+        except SessionBusy:
+            return skipped
+
+    return call

@@ -12,6 +12,7 @@ the token is only ever looked up, never used as a path, and stories expire with 
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,8 +28,10 @@ from vlviz.policy import ModelPolicy
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run
+from vlviz.ui.messages import refusal, warn
 from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed
 from vlviz.ui.train_tab import MAX_TRAININGS
+from vlviz.viz.html import markdown_text
 from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
 from vlviz.viz.views import probe_figures
 
@@ -76,7 +79,10 @@ def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
 
 
 def _step_outputs(talk: Talk) -> list[Any]:
-    """For every step tab: its message, figure, speaker note and variant name (hidden when the step is absent)."""
+    """For every step tab: its message, figure, speaker note and variant name (hidden when the step is absent).
+
+    The texts carry captions, words and model names, so they go into Markdown escaped (`markdown_text`).
+    """
     out: list[Any] = []
     for key in STEP_KEYS:
         step = talk.step(key)
@@ -85,8 +91,8 @@ def _step_outputs(talk: Talk) -> list[Any]:
             continue
         variant = talk.variants[key]
         name = step.variant_names[variant] if len(step.figures) > 1 else ""
-        out += [f"## {step.message}", step.figures[variant], step.note, f"{variant + 1}/{len(step.figures)}: {name}"
-                if name else ""]  # fmt: skip
+        out += [f"## {markdown_text(step.message)}", step.figures[variant], markdown_text(step.note),
+                _variant_name(step, variant) if name else ""]  # fmt: skip
     return out
 
 
@@ -100,8 +106,8 @@ def open_as_talk(analysis: EncodedPairs | None, space: SessionSpace) -> str:
         if folder is None:
             space.policy.check(spec)
     except ValueError as error:
-        raise gr.Error(str(error)) from error
-    token = KEPT.put(analysis, str(folder) if folder else spec)
+        raise refusal(error) from error
+    token = KEPT.put(analysis, str(folder) if folder else spec, space.token)
     return f"[Open the talk of these {len(analysis.pairs)} pairs](talk?story={token}) (in a new tab; the link expires)"
 
 
@@ -109,14 +115,21 @@ def open_talk(request: gr.Request) -> list[Any]:
     """Build the story on page load: the session's pairs when the link carries a known story, else the scenes."""
     token = request.query_params.get("story") if request else None
     stored = KEPT.get(token)
+    analysis, spec = stored or (None, OFFLINE_SPEC)
     try:
-        talk = build_story(*stored) if stored else build_story(None, OFFLINE_SPEC)
+        talk = build_story(analysis, spec)
     except (ValueError, InputError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
+        raise _page_error(error, spec, analysis.model_name if analysis else spec) from error
     notice = "" if stored or not token else "That talk link has expired: this is the built-in story on the scenes."
     if notice:
-        gr.Warning(notice)
+        warn(notice)
     return [talk, *_step_outputs(talk)]
+
+
+def _page_error(error: Exception, model_spec: str, model_name: str) -> gr.Error:
+    """`error` for the page: a session checkpoint's folder (the spec a talk loads) by its public name ('session
+    run 2'), never its path, since whoever holds the link may be another person; escaped, as toasts show HTML."""
+    return refusal(html.escape(str(error).replace(model_spec, model_name), quote=False))
 
 
 def next_variant(talk: Talk | None, key: str) -> Any:
@@ -126,19 +139,24 @@ def next_variant(talk: Talk | None, key: str) -> Any:
     step = talk.step(key)
     talk.variants[key] = (talk.variants[key] + 1) % len(step.figures)
     variant = talk.variants[key]
-    return step.figures[variant], f"{variant + 1}/{len(step.figures)}: {step.variant_names[variant]}"
+    return step.figures[variant], _variant_name(step, variant)
+
+
+def _variant_name(step: TalkStep, variant: int) -> str:
+    """'2/5: 'red'' as Markdown: a word of a caption, escaped."""
+    return f"{variant + 1}/{len(step.figures)}: {markdown_text(step.variant_names[variant])}"
 
 
 def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> Iterator[tuple]:
     """Step 5: a short continual run from the told model, its curves and probe map streamed; then step 6
     shows the told pairs before and after the run."""
     if talk is None:
-        raise gr.Error("The story is still loading.")
+        raise refusal("The story is still loading.")
     SESSIONS.bind(space, request)
     try:
         run = prepare_run(talk.model_spec, "scenes", TALK_TRAINING, space.run_folder(0))
     except (ValueError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
+        raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
     space.stop_flags["talk"] = run.stop
     records: list[dict] = []
     try:
@@ -151,7 +169,7 @@ def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> I
                 status = f"step {record['step']} / {TALK_TRAINING.steps}"
                 yield curves, probe.get("grounding", gr.skip()), status, gr.skip(), gr.skip()
     except (NonFiniteLossError, ValueError) as error:
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     finally:
         space.stop_flags.pop("talk", None)
     talk.replace_step(training_step(replace(talk.inputs, records=records)))
@@ -159,7 +177,7 @@ def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> I
         start = load_model(talk.model_spec)
         trained = load_model(str(run.checkpoint.parent), name="after the run")
     except (ValueError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
+        raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
     lens = lens_step(
         replace(
             talk.inputs, encoding=encode_pair_set(trained, talk.pairs).encoding, model_name="after the run",
@@ -171,7 +189,7 @@ def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> I
         return
     talk.replace_step(lens)
     status = f"Done after {records[-1]['step']} steps: step 6 now shows the pairs before and after this run."
-    yield gr.skip(), gr.skip(), status, lens.figures[0], f"## {lens.message}"
+    yield gr.skip(), gr.skip(), status, lens.figures[0], f"## {markdown_text(lens.message)}"
 
 
 def stop_live(space: SessionSpace) -> str:
@@ -184,7 +202,7 @@ def stop_live(space: SessionSpace) -> str:
 def snapshot(talk: Talk | None, space: SessionSpace) -> str:
     """The whole talk as one self-contained HTML file (no server, no network), in this session's downloads."""
     if talk is None:
-        raise gr.Error("The story is still loading.")
+        raise refusal("The story is still loading.")
     path = space.export_folder("talk") / "vlviz-talk.html"
     path.write_text(talk_html(talk.steps), encoding="utf-8")
     return str(path)

@@ -3,14 +3,16 @@
 The callback drives `vlviz.training.runs.Run.records()` as a generator and turns records into figures
 every few steps. Each browser session has its own runs (in `gr.State`), writes them under its own
 server-made folder and keeps their stop flags in its `SessionSpace`, so two people training at once
-never see, stop or overwrite each other's runs. At most `MAX_TRAININGS` train at once; the others
-wait in Gradio's queue, which shows their position.
+never see, stop or overwrite each other's runs. A session trains one run at a time, numbered by its
+`SessionSpace`, and keeps its runs within a disk budget (`SessionSpace.make_room`). At most
+`MAX_TRAININGS` train at once; the others wait in Gradio's queue, which shows their position.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,9 @@ from vlviz.losses.saco import SACO_DISTANCES
 from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.training.config import TRAINABLE, NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
-from vlviz.training.runs import FRESH, prepare_run
+from vlviz.training.runs import FRESH, Run, prepare_run
 from vlviz.ui.agents import open_choices
+from vlviz.ui.messages import inform, refusal, warn
 from vlviz.ui.session import ANALYSIS_EVENT, CHECKPOINT_PREFIX, SESSIONS, SessionSpace, analyzed
 from vlviz.viz.compare import VIEWS, side_by_side
 from vlviz.viz.figures import compare_runs, training_curves
@@ -46,6 +49,7 @@ PROBE_KEYS = ["grounding", "inconsistency", "embedding"]  # the probe's figures,
 STREAM_EVERY = 5  # steps between live updates (evaluations always update)
 WISE_FT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the points of the lens's R@1-and-retention curve
 WISE_FT_KEPT = 8  # curves kept (per run and analysis): moving the slider redraws the lens, not the curve
+METRICS_LINE_BYTES = 4096  # an evaluation's line in metrics.jsonl, with room to spare (about 0.8 KB)
 
 
 def _loss_keys(records: list[dict]) -> list[str]:
@@ -125,35 +129,57 @@ def train(
         if start_path is None and start_spec != FRESH:
             space.policy.check(start_spec)
         source = analyzed(analysis, "the run trains on the pairs last analyzed.").pairs if data == DATA[2] else data
-        number = len(runs) + 1
-        name = f"run {number}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
-        run = prepare_run(str(start_path or start_spec), source, config, space.run_folder(number))
-        for notice in run.notices:
-            gr.Warning(notice)
     except (ValueError, InputError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
-    entry = {
-        "name": name, "records": [], "checkpoint": None, "data": run.data,
-        "start": str(start_path or start_spec), "start_name": start_spec,  # what loads, what it is called
-    }  # fmt: skip
-    runs.append(entry)
+        raise refusal(error) from error
+    with space.training() as number:  # one run at a time per session, numbered by it (the run list may be stale)
+        name = f"run {number}: " + " + ".join(f"{k}×{v:g}" for k, v in losses.items())
+        try:
+            run = prepare_run(str(start_path or start_spec), source, config, space.run_folder(number))
+            removed = space.make_room(_run_bytes(run))
+        except (ValueError, InputError, ModelUnavailableError) as error:
+            raise refusal(error) from error
+        for notice in [*run.notices, *([removed] if removed else [])]:
+            warn(notice)
+        for old in runs:  # runs removed to make room keep their curves, not their checkpoints
+            if old.get("spec") in space.evicted:
+                old["checkpoint"] = None
+        entry = {
+            "name": name, "records": [], "checkpoint": None, "data": run.data, "spec": f"{CHECKPOINT_PREFIX}{number}",
+            "start": str(start_path or start_spec), "start_name": start_spec,  # what loads, what it is called
+        }  # fmt: skip
+        runs.append(entry)
+        preparing = f"**{name}**: preparing on `{run.context.device}`…" + (f"\n\n> {removed}" if removed else "")
+        yield _view([], runs, preparing)
+        yield from _stream(run, entry, runs, space)
+
+
+def _run_bytes(run: Run) -> int:
+    """About what a run writes: its fp32 weights, its losses' heads, and a metrics line per evaluation."""
+    tensors = [*run.model.state_dict().values()]
+    tensors += [value for loss in (run.losses or {}).values() for value in loss.state_dict().values()]
+    evaluations = run.config.steps // run.config.eval_every + 2
+    return sum(t.numel() * t.element_size() for t in tensors) + evaluations * METRICS_LINE_BYTES
+
+
+def _stream(run: Run, entry: dict, runs: list[dict], space: SessionSpace) -> Iterator[tuple[Any, ...]]:
+    """Train `run`, streaming `_view`s every few steps; the run's checkpoint joins the session at the end."""
+    name, steps = entry["name"], run.config.steps
     space.stop_flags[name] = run.stop
-    yield _view([], runs, f"**{name}**: preparing on `{run.context.device}`…")
     try:
         for record in run.records():
             entry["records"].append(record)
             evaluated = is_evaluation(record)
             if record["step"] % STREAM_EVERY == 0 or evaluated:
                 loss = f", loss {record['total_loss']:.3f}" if "total_loss" in record else ""
-                status = f"**{name}**: step {record['step']} / {config.steps}{loss}"
+                status = f"**{name}**: step {record['step']} / {steps}{loss}"
                 probe = probe_figures(**vars(run.probe_measurement(record["step"]))) if evaluated else None
                 yield _view(entry["records"], runs, status, probe=probe)
     except NonFiniteLossError as error:
-        gr.Warning(str(error))
+        warn(str(error))
         yield _view(entry["records"], runs, f"**{name}** stopped: {error} No checkpoint was saved.")
         return
     except ValueError as error:  # e.g. weights that turned non-finite are never saved
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     finally:
         space.stop_flags.pop(name, None)
         if space.closed:  # the tab closed while this run trained: its files go too
@@ -161,7 +187,6 @@ def train(
     if space.closed:
         return
     entry["checkpoint"] = str(run.checkpoint)
-    entry["spec"] = f"{CHECKPOINT_PREFIX}{number}"
     space.checkpoints[entry["spec"]] = run.checkpoint.parent
     done = entry["records"][-1]["step"]
     verb = "stopped" if run.stop.is_set() else "finished"
@@ -185,12 +210,14 @@ def use_checkpoint(runs: list[dict] | None) -> Any:
     """Make the last finished run's checkpoint the model of the other tabs (by its session name, not its path)."""
     done = [run for run in runs or [] if run["checkpoint"]]
     if not done:
-        raise gr.Error("No checkpoint yet: train (or stop) a run first.")
-    gr.Info(f"The other tabs now use {done[-1]['name']} (`{done[-1]['spec']}`).")
+        raise refusal("No checkpoint yet: train (or stop) a run first.")
+    inform(f"The other tabs now use {done[-1]['name']} (`{done[-1]['spec']}`).")
     return gr.update(value=done[-1]["spec"])
 
 
-def compare_models(runs: list[dict] | None, chosen: list[str], analysis: EncodedPairs | None) -> list:
+def compare_models(
+    runs: list[dict] | None, chosen: list[str], analysis: EncodedPairs | None, space: SessionSpace
+) -> list:
     """A run's start model beside its trained checkpoint on the pairs last analyzed: affinity, inconsistency and grounding (the `compare_models` API).
 
     Args:
@@ -204,27 +231,28 @@ def compare_models(runs: list[dict] | None, chosen: list[str], analysis: Encoded
         [4] pair 1's word maps (SPARC weights) by the start model, plotly JSON (None for towers without patch tokens)
         [5] the same for the trained model
     """
-    _, start, trained = _run_models(runs, chosen)
-    pairs = analyzed(analysis, "the comparison shows both models on the pairs last analyzed.").pairs
-    encodings = [encode_pair_set(model, pairs).encoding for model in (start, trained)]
-    images = tuple(model.input_image(pairs.images[0]) for model in (start, trained))
-    views = side_by_side(*encodings, pairs, images)
-    return [figure for view in VIEWS for figure in views[view]]
+    with space.exclusive("analysis"):  # it encodes the pairs twice
+        _, start, trained = _run_models(runs, chosen)
+        pairs = analyzed(analysis, "the comparison shows both models on the pairs last analyzed.").pairs
+        encodings = [encode_pair_set(model, pairs).encoding for model in (start, trained)]
+        images = tuple(model.input_image(pairs.images[0]) for model in (start, trained))
+        views = side_by_side(*encodings, pairs, images)
+        return [figure for view in VIEWS for figure in views[view]]
 
 
 def _run_models(runs: list[dict] | None, chosen: list[str]) -> tuple[dict, VLModel, VLModel]:
     """The last finished chosen run (or the last finished run), its start model and its trained model."""
     done = [run for run in runs or [] if run["checkpoint"] and (not chosen or run["name"] in chosen)]
     if not done:
-        raise gr.Error("No finished run to compare: train (or stop) a run first.")
+        raise refusal("No finished run to compare: train (or stop) a run first.")
     run = done[-1]
     if run["start"] == FRESH:
-        raise gr.Error(f"{run['name']} started from random weights: there is no start model to show.")
+        raise refusal(f"{run['name']} started from random weights: there is no start model to show.")
     try:
         start = load_model(run["start"], name=run["start_name"])
         trained = load_model(str(Path(run["checkpoint"]).parent), name=run["spec"])
     except (ValueError, ModelUnavailableError) as error:
-        raise gr.Error(str(error)) from error
+        raise refusal(error) from error
     return run, start, trained
 
 
@@ -244,7 +272,9 @@ def _wise_ft_curve(
     return _WISE_FT_CURVES[key]
 
 
-def lens(runs: list[dict] | None, chosen: list[str], alpha: float, analysis: EncodedPairs | None) -> list:
+def lens(
+    runs: list[dict] | None, chosen: list[str], alpha: float, analysis: EncodedPairs | None, space: SessionSpace
+) -> list:
     """Before/after lens of a run on the pairs last analyzed: its start model against its weights mixed at
     `alpha` (WiSE-FT; 1 = the trained model), and R@1 and retention along alpha (the `lens` API).
 
@@ -261,29 +291,31 @@ def lens(runs: list[dict] | None, chosen: list[str], alpha: float, analysis: Enc
         [5] R@1 on the analysed pairs and on a reference set, and retention, along alpha: plotly JSON
         [6] a summary: R@1 both ways, mean own cosine and inconsistency, before and after; what the reference is
     """
-    run, start, trained = _run_models(runs, chosen)
-    pairs = analyzed(analysis, "the lens shows both models on the pairs last analyzed.").pairs
-    try:
-        mixed = interpolated_vlmodel(start, trained, alpha) if 0 < alpha < 1 else (start, trained)[int(alpha)]
-        view = lens_view(
-            start.encode_pairs(pairs.images, pairs.captions), mixed.encode_pairs(pairs.images, pairs.captions),
-            pairs.names, pairs.captions, labels=("start", f"α={alpha:g}"),
-        )  # fmt: skip
-        reference_name = "scenes" if run["start_name"] == OFFLINE_SPEC else "photos"
-        path = _wise_ft_curve(run, start, trained, analysis.serial, pairs, reference_name)
-    except (ValueError, InputError) as error:
-        raise gr.Error(str(error)) from error
-    curve = wise_ft_figure(path, f"the bundled {reference_name}")
-    summary = view.summary
-    text = (
-        f"**{run['name']}**, start → α={alpha:g}: image→text R@1 {summary['image_to_text_r1_before']:.2f} → "
-        f"{summary['image_to_text_r1_after']:.2f}, text→image {summary['text_to_image_r1_before']:.2f} → "
-        f"{summary['text_to_image_r1_after']:.2f}; mean inconsistency {summary['mean_inconsistency_before']:.3f} → "
-        f"{summary['mean_inconsistency_after']:.3f}. Retention is R@1 on the bundled {reference_name} (what the "
-        "start model knew) relative to the start model's." + "".join(f"\n\n> {note}" for note in view.notes)
-    )
-    return [view.movement, view.affinity_difference, view.inconsistency_difference, view.grounding_difference,
-            view.moved_most, curve, text]  # fmt: skip
+    with space.exclusive("analysis"):  # two encodings and a WiSE-FT curve
+        run, start, trained = _run_models(runs, chosen)
+        pairs = analyzed(analysis, "the lens shows both models on the pairs last analyzed.").pairs
+        try:
+            mixed = interpolated_vlmodel(start, trained, alpha) if 0 < alpha < 1 else (start, trained)[int(alpha)]
+            view = lens_view(
+                start.encode_pairs(pairs.images, pairs.captions), mixed.encode_pairs(pairs.images, pairs.captions),
+                pairs.names, pairs.captions, labels=("start", f"α={alpha:g}"),
+            )  # fmt: skip
+            reference_name = "scenes" if run["start_name"] == OFFLINE_SPEC else "photos"
+            path = _wise_ft_curve(run, start, trained, analysis.serial, pairs, reference_name)
+        except (ValueError, InputError) as error:
+            raise refusal(error) from error
+        curve = wise_ft_figure(path, f"the bundled {reference_name}")
+        summary = view.summary
+        text = (
+            f"**{run['name']}**, start → α={alpha:g}: image→text R@1 {summary['image_to_text_r1_before']:.2f} → "
+            f"{summary['image_to_text_r1_after']:.2f}, text→image {summary['text_to_image_r1_before']:.2f} → "
+            f"{summary['text_to_image_r1_after']:.2f}; mean inconsistency "
+            f"{summary['mean_inconsistency_before']:.3f} → {summary['mean_inconsistency_after']:.3f}. Retention is "
+            f"R@1 on the bundled {reference_name} (what the start model knew) relative to the start model's."
+            + "".join(f"\n\n> {note}" for note in view.notes)
+        )
+        return [view.movement, view.affinity_difference, view.inconsistency_difference, view.grounding_difference,
+                view.moved_most, curve, text]  # fmt: skip
 
 
 def compare(runs: list[dict] | None, chosen: list[str], key: str) -> Any:
@@ -398,9 +430,10 @@ def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State
     )  # fmt: skip
     stop_button.click(stop_training, space, status, api_name="stop_training", concurrency_limit=None)
     use_button.click(use_checkpoint, runs, model_spec, api_visibility="private")
-    compare_button.click(compare_models, [runs, chosen, analysis], side_plots, api_name="compare_models")
+    compare_button.click(compare_models, [runs, chosen, analysis, space], side_plots, api_name="compare_models")
     lens_outputs = [*lens_plots, moved, wise_ft_plot, lens_summary]
-    lens_button.click(lens, [runs, chosen, alpha, analysis], lens_outputs, api_name="lens", **ANALYSIS_EVENT)
-    alpha.release(lens, [runs, chosen, alpha, analysis], lens_outputs, api_visibility="private", **ANALYSIS_EVENT)
+    lens_inputs = [runs, chosen, alpha, analysis, space]
+    lens_button.click(lens, lens_inputs, lens_outputs, api_name="lens", **ANALYSIS_EVENT)
+    alpha.release(lens, lens_inputs, lens_outputs, api_visibility="private", **ANALYSIS_EVENT)
     for trigger in (chosen.change, compare_key.change):
         trigger(compare, [runs, chosen, compare_key], compare_plot, api_visibility="private")

@@ -6,7 +6,8 @@ under a random token, `pairs=TOKEN` (`vlviz.ui.session.KEPT`), for as long as se
 link shares them with whoever holds it and with no one else. Gradio's own `gr.DeepLinkButton` snapshots
 every component's value (heatmaps included) into a new file per click that nothing bounds; these links
 write nothing. Every parameter is untrusted: the model goes through the server's policy, the tab must be
-one of the app's, numbers are bounded, and unknown values are ignored with a notice.
+one of the app's, numbers are bounded, and unknown parameters and values are ignored with a notice that
+names the parameters (never their values). Linked pairs bring their model by its public name, never a path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
 from vlviz.ui.grounding_tab import TAB as GROUNDING_TAB
 from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
+from vlviz.ui.messages import warn
 from vlviz.ui.session import KEPT, SessionSpace, WantedView, analyzed
+from vlviz.viz.html import markdown_text
 
 TABS = {  # a link's tab= value (the tab's id) -> the tab's label
     "affinity": "Affinity",
@@ -34,6 +37,9 @@ TABS = {  # a link's tab= value (the tab's id) -> the tab's label
     "train": "Train",
 }
 MAX_SPEC_CHARS = 300  # a model spec in a link
+LINK_PARAMS = ("model", "sample", "pairs", "tab", "pair", "word")
+GRADIO_PARAMS = frozenset({"view", "deep_link", "ui", "write_token"})  # read by Gradio's page, as `__theme` is
+PAIR_RANGE, WORD_RANGE = (1, 1_000_000), (0, 10_000)
 
 
 def _sample_of(analysis: EncodedPairs) -> str | None:
@@ -46,7 +52,9 @@ def _sample_of(analysis: EncodedPairs) -> str | None:
     return None
 
 
-def view_link(analysis: EncodedPairs | None, shown_tab: str, pair: int | None, word: int | None) -> str:
+def view_link(
+    analysis: EncodedPairs | None, shown_tab: str, pair: int | None, word: int | None, space: SessionSpace
+) -> str:
     """A Markdown link to what this page shows now: the model and pairs analysed, the tab, Grounding's pair and word.
 
     A model this session trained ('session run N') is named in the link but loads only in this session.
@@ -57,7 +65,7 @@ def view_link(analysis: EncodedPairs | None, shown_tab: str, pair: int | None, w
     if sample:
         params["sample"] = sample
     else:
-        params["pairs"] = KEPT.put(analysis, analysis.model_name)  # a name, never a server path
+        params["pairs"] = KEPT.put(analysis, analysis.model_name, space.token)  # a name, never a server path
     tab = next((key for key, label in TABS.items() if label == shown_tab), "affinity")
     params["tab"] = tab
     if tab == "grounding":
@@ -78,6 +86,32 @@ def _bounded_int(value: str | None, low: int, high: int) -> int | None:
     return number if number is not None and low <= number <= high else None
 
 
+def _ignored(params: Any) -> str | None:
+    """The notice naming the link's parameters this page ignores: unknown ones, and known ones whose value is
+    not one of theirs (Gradio's own, such as `view` and `__theme`, are not the link's); None when there are none."""
+    unknown = [
+        key for key in params if key not in LINK_PARAMS and key not in GRADIO_PARAMS and not key.startswith("__")
+    ]
+    bad = [
+        key
+        for key, valid in (
+            ("sample", params.get("sample") in SAMPLE_SETS),
+            ("tab", params.get("tab") in TABS),
+            ("pair", _bounded_int(params.get("pair"), *PAIR_RANGE) is not None),
+            ("word", _bounded_int(params.get("word"), *WORD_RANGE) is not None),
+        )
+        if key in params and not valid
+    ]
+    ignored = [f"'{key[:40]}'" for key in [*bad, *unknown]]
+    if not ignored:
+        return None
+    names = ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+    return (
+        f"Ignored in this link: {names} (a link has model, sample ({', '.join(SAMPLE_SETS)}), pairs, "
+        f"tab ({', '.join(TABS)}), pair (from 1) and word (from 0))."
+    )
+
+
 def restore_view(space: SessionSpace, request: gr.Request) -> tuple[Any, ...]:
     """On page load: what a link asks for, as updates of the model box, the sample set, the uploads and
     captions, the tabs, the tab in view and Grounding's first pair and word, plus the linked analysis.
@@ -85,14 +119,17 @@ def restore_view(space: SessionSpace, request: gr.Request) -> tuple[Any, ...]:
     With no link parameters every output is skipped: the page opens as it always does.
     """
     params = request.query_params if request else {}
+    ignored = _ignored(params)
+    notices = [ignored] if ignored else []
     if not any(key in params for key in ("model", "sample", "pairs", "tab")):
+        _warn(notices)
         return (gr.skip(),) * 8
-    notices = []
     linked = KEPT.get(params.get("pairs"))
     if params.get("pairs") and linked is None:
         notices.append("The link's uploaded pairs have expired (links to uploads last as long as sessions do).")
     model = gr.skip()
-    spec = (linked[1] if linked else params.get("model", "")).strip()[:MAX_SPEC_CHARS]
+    # linked pairs name their model as the views do (a session's run is 'session run N', never its folder)
+    spec = (linked[0].model_name if linked else params.get("model", "")).strip()[:MAX_SPEC_CHARS]
     if spec:
         try:
             if space.checkpoint(spec) is None:
@@ -107,12 +144,17 @@ def restore_view(space: SessionSpace, request: gr.Request) -> tuple[Any, ...]:
         sample, files, captions = gr.update(value=name), sample_paths, sample_captions
     tab = params.get("tab") if params.get("tab") in TABS else "affinity"
     wanted = WantedView(
-        pair=_bounded_int(params.get("pair"), 1, 1_000_000), word=_bounded_int(params.get("word"), 0, 10_000)
+        pair=_bounded_int(params.get("pair"), *PAIR_RANGE), word=_bounded_int(params.get("word"), *WORD_RANGE)
     )
-    for notice in notices:
-        gr.Warning(notice)
+    _warn(notices)
     analysis = linked[0] if linked else None
     return model, sample, files, captions, gr.Tabs(selected=tab), TABS[tab], wanted, analysis
+
+
+def _warn(notices: list[str]) -> None:
+    """Each notice as a toast, escaped: Gradio shows a toast's message as HTML."""
+    for notice in notices:
+        warn(notice)
 
 
 def open_view(
@@ -122,7 +164,7 @@ def open_view(
     """After `restore_view`: the Affinity view of the linked pairs (no encoding), else an Analyze of the
     page's files (the sample set analysed on load, or the one the link names)."""
     if linked is not None:
-        status = f"**Model:** `{linked.model_name}` (the pairs and encoding a link handed over)"
+        status = f"**Model:** {markdown_text(linked.model_name)} (the pairs and encoding a link handed over)"
         return affinity_outputs(linked, linked.model_name, status, value_kind)
     if not files:
         return (gr.skip(),) * ANALYZE_OUTPUTS

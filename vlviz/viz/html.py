@@ -1,10 +1,12 @@
-"""Self-contained HTML: offline pages of figures (plotly.js inlined once) and cards of image pairs."""
+"""Self-contained HTML: offline pages of figures (plotly.js inlined once) and cards of image pairs; user
+text made safe for Markdown."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import re
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -14,6 +16,41 @@ from plotly.offline import get_plotlyjs
 from vlviz.consistency import InconsistentPairs
 
 THUMBNAIL_SIDE = 128
+_INLINE_ACTIVE = re.compile(r"[\\`*_\[\]|~$]|:(?=//)|(?<=www)\.")
+"""Active anywhere in a line: emphasis, code, links and images, GFM's tables, strike-through and autolinks
+(`http://`, `www.`), KaTeX's $. `<` and `&` become entities (`markdown_text`)."""
+_LINE_START = re.compile(r"^([ \t]*)([#+=-]|\d+(?=[.)]))", re.MULTILINE)
+"""Active at the start of a line only: headings, lists (an ordered one's digits kept apart from their dot); a quote's `>` is an entity."""
+
+
+def markdown_text(text: str) -> str:
+    """`text` (a caption, a file name, a model name, a notice) as Markdown that shows it literally.
+
+    Gradio's Markdown renders HTML (`<img src>` and `<video autoplay>` fetch when the page opens, `<form>`
+    draws a form), so `<` and `&` become entities; what starts emphasis, code, links, autolinks, tables or
+    math is backslash-escaped, and headings, quotes and lists only at a line's start, so names and notices
+    stay readable to API clients (`hf-hub:org/name`, `scene_01.png` keeps only its `_` escaped).
+    Not for code spans, where escapes show.
+    """
+    inline = _INLINE_ACTIVE.sub(r"\\\g<0>", text)
+    return html.escape(_LINE_START.sub(_escape_line_start, inline), quote=False)
+
+
+def _escape_line_start(match: re.Match[str]) -> str:
+    indent, mark = match.groups()
+    return f"{indent}{mark}\\" if mark[0].isdigit() else f"{indent}\\{mark}"
+
+
+def markdown_code(text: str) -> str:
+    """`text` as a Markdown code span (nothing inside one is rendered), fenced by more backticks than it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_list(items: Sequence[str]) -> str:
+    """Notices as a Markdown list, each item shown literally (`markdown_text`)."""
+    return "\n".join(f"- {markdown_text(item)}" for item in items)
 
 
 def page_html(title: str, blocks: Sequence[go.Figure | str]) -> str:
