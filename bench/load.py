@@ -7,11 +7,16 @@ its own tagged pairs (file names `cN_scene_XX.png`, captions ending in ` cN`): a
 consistency, embedding space (PCA; one UMAP call, timed apart),
 grounding, keywords, query, two short trainings (one stopped by its own session), and bad inputs
 that must be refused with a clear message. Every response is checked for another session's pairs.
+With `--attacker` (the default) the load runs twice, `--seconds` each: first without, then beside a
+hostile visitor (`bench.attacks`: every attack of issue 21), so a well-behaved visitor's Analyze p95
+with the attacker is compared with its own baseline; the server's RSS is sampled against
+`VLVIZ_MEMORY_BUDGET_MB` when set, and well-behaved requests refused with HTTP 503 are counted.
 At the end each session closes its heartbeat stream like a browser tab does (the app's
 `demo.unload` then deletes its files), and the run waits for the data dir and Gradio's cache
 (`delete_cache`, every `--ttl` s) to drain. Prints one JSON object; always exits 0.
 
     python -m bench.load --clients 8 --seconds 60 --ttl 60
+    python -m bench.load --no-attacker  # the load alone, one phase
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ ZERO_SHOT = "the captions' words and the default concepts"
 CAPTIONS_ONLY = "the captions' words only"
 UMAP = "embedding_space_umap"
 SAMPLES_KEPT = 8  # unexpected-error samples and server-log lines kept in the report
+BUDGET_SLACK_MB = 500  # the server's RSS may exceed its warm level + its memory budget by this much (issue 21)
+MEMORY_BUDGET_MB = 2048  # the server's VLVIZ_MEMORY_BUDGET_MB unless --server-env sets it
+QUERY_TOP_K = 24  # vlviz.ui.affinity_tab.QUERY_TOP_K (not imported: no torch here)
+SLOWDOWN_LIMIT = 3.0  # a well-behaved Analyze p95 beside the attacker, at most this many times its baseline
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -133,6 +142,35 @@ def is_refusal(exception_line: str) -> bool:
     return exception_line.startswith("gradio.exceptions.Error")
 
 
+def memory_budget_mb(server_env: dict[str, str], env: dict[str, str]) -> float | None:
+    """The server's configured memory budget (`VLVIZ_MEMORY_BUDGET_MB`, given to the server or inherited), or None."""
+    value = server_env.get("VLVIZ_MEMORY_BUDGET_MB", env.get("VLVIZ_MEMORY_BUDGET_MB"))
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def budget_report(rss_samples: Sequence[int], budget_mb: float | None, warm_mb: float = 0.0) -> dict[str, Any]:
+    """Every RSS sample against the warm level + the budget + BUDGET_SLACK_MB: how many went over, and the highest.
+
+    The budget counts what visitors make the server hold (their pairs, kept links); the warm level is the
+    process before any visitor (runtime, models, one analysis), which no visitor can grow.
+    """
+    peak = max(rss_samples, default=0) / 2**20
+    limit = None if budget_mb is None else round(warm_mb + budget_mb + BUDGET_SLACK_MB, 1)
+    over = None if limit is None else sum(rss / 2**20 > limit for rss in rss_samples)
+    return {"budget_mb": budget_mb, "limit_mb": limit, "peak_mb": round(peak, 1), "samples": len(rss_samples),
+            "samples_over_limit": over}  # fmt: skip
+
+
+def p95_ratio(with_attacker: float | None, baseline: float | None) -> float | None:
+    """How many times slower a p95 got beside the attacker (None without both figures)."""
+    if with_attacker is None or not baseline:
+        return None
+    return round(with_attacker / baseline, 2)
+
+
 def tree_pids(pid: int) -> list[int]:
     """`pid` and all its descendants (from /proc/PID/task/TID/children)."""
     found, todo = [], [pid]
@@ -204,6 +242,7 @@ class Stats:
         self.leaks: list[str] = []
         self.unexpected: list[dict[str, str]] = []
         self.refusals: dict[str, str] = {}  # bad input -> the message it got (first seen)
+        self.http_503 = 0  # requests the queue refused as full ("Queue is full", HTTP 503)
         self._lock = threading.Lock()
 
     def _get(self, endpoint: str) -> EndpointStats:
@@ -225,6 +264,7 @@ class Stats:
     def unexpected_error(self, endpoint: str, tag: str, reason: str) -> None:
         with self._lock:
             self._get(endpoint).unexpected_errors += 1
+            self.http_503 += "queue is full" in reason.lower()
             self.unexpected.append({"endpoint": endpoint, "client": tag, "reason": reason[:300]})
 
     def leak(self, endpoint: str, tag: str, items: list[str]) -> None:
@@ -249,6 +289,11 @@ class Monitor(threading.Thread):
         self.peak_cache = max(self.peak_cache, cache)
         self.timeline.append((time.monotonic() - self.t0, rss, data, cache))
         return rss, data, cache
+
+    def peak_rss_between(self, start: float, end: float) -> int:
+        """The highest RSS sampled between two `time.monotonic()` times (0 if none was)."""
+        window = (start - self.t0, end - self.t0)
+        return max((rss for t, rss, _, _ in list(self.timeline) if window[0] <= t <= window[1]), default=0)
 
     def every_n_seconds(self, n: float) -> list[dict[str, float]]:
         """The samples thinned to one per `n` seconds, in MB: how memory and disk moved, for the report."""
@@ -497,10 +542,11 @@ class Session:
         def check(result: Any) -> list[str]:
             # each item's caption reads "1. c3_scene_04.png  cos 0.812"
             names = [item["caption"].split()[1] for item in result]
-            return foreign_items([], names, self.tag) + ([] if len(result) == len(self.files) else ["wrong count"])
+            wanted = min(len(self.files), QUERY_TOP_K)
+            return foreign_items([], names, self.tag) + ([] if len(result) == wanted else ["wrong count"])
 
         text = self.captions[self.rng.randrange(len(self.captions))].rsplit(" ", 1)[0]
-        self.request("query", check, text, OFFLINE_SPEC)
+        self.request("query", check, text)
 
     def stop_nothing(self) -> None:
         """Stop with no run of its own: must not stop another session's training."""
@@ -618,12 +664,47 @@ def image_windows(n_clients: int, size: int, names: list[str]) -> list[list[str]
 # ------------------------------------------------------------------------------------------ main
 
 
+def load_phase(
+    sessions: list[Session], roles: list[str], args: argparse.Namespace, umap: tuple[list[Path], list[str]],
+    stats: Stats, attacker: Any = None,
+) -> float:  # fmt: skip
+    """Drive every session (and the attacker, a `bench.attacks.Attacker`) for `args.seconds`, their figures
+    going to `stats`; the seconds the phase took, waits for late answers included."""
+    for session in sessions:
+        session.stats = stats
+    start = time.monotonic()
+    deadline = start + args.seconds
+    threads = [
+        threading.Thread(target=drive, args=(s, deadline, role, *umap), daemon=True) for s, role in zip(sessions, roles)
+    ]
+    for thread in threads:
+        thread.start()
+    attack_threads = attacker.start(deadline) if attacker else []
+    for thread in threads + attack_threads:
+        thread.join(max(1.0, deadline + args.request_timeout * 3 - time.monotonic()))
+    stuck = [s.tag for s, t in zip(sessions, threads) if t.is_alive()]
+    for tag in stuck:
+        stats.unexpected_error("bench", tag, "client still waiting long after the deadline")
+    return time.monotonic() - start
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio_client's telemetry thread reads this
     work = Path(tempfile.mkdtemp(prefix="vlviz-load-"))
+    server_env = {"VLVIZ_MEMORY_BUDGET_MB": str(MEMORY_BUDGET_MB)} | dict(
+        item.split("=", 1) for item in args.server_env
+    )
+    arsenal_ready = None
+    if args.attacker:
+        from bench import attacks  # imports this module: not at the top
+
+        arsenal_ready = attacks.start_arsenal(work, int(args.tar_bomb_gib * 2**30))  # written while the server warms up
     stats = Stats()
-    server = Server(work, args.ttl, dict(item.split("=", 1) for item in args.server_env))
+    server = Server(work, args.ttl, server_env)
     timeline: dict[str, float] = {}
+    phase_stats: dict[str, Stats] = {}
+    phases_s: dict[str, list[float]] = {}
+    attacker = None
     try:
         timeline["server_ready_s"] = server.wait_ready()
         monitor = Monitor(server.process.pid, server.data_dir, server.cache_dir)
@@ -666,23 +747,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             umap_files.append(copy)
         umap_captions = [tagged_caption(scene_captions()[n], umap_session.tag) for n in umap_names]
 
-        load_start = time.monotonic()
-        deadline = load_start + args.seconds
-        threads = [
-            threading.Thread(target=drive, args=(s, deadline, role, umap_files, umap_captions), daemon=True)
-            for s, role in zip(sessions, roles)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(1.0, deadline + args.request_timeout * 3 - time.monotonic()))
-        stuck = [s.tag for s, t in zip(sessions, threads) if t.is_alive()]
-        for tag in stuck:
-            stats.unexpected_error("bench", tag, "client still waiting long after the deadline")
-        timeline["load_s"] = time.monotonic() - load_start
+        for phase in ["baseline", "attacker"] if args.attacker else ["load"]:
+            phase_stats[phase] = stats if not phase_stats else Stats()  # the first phase keeps the warm-up's samples
+            if phase == "attacker":
+                attacker = attacks.Attacker(
+                    server.url, server.cache_dir, server.data_dir, arsenal_ready(), args.request_timeout,
+                    args.attack_rounds, server.process.pid, monitor.peak_rss_between,
+                )  # fmt: skip
+            phase_start = time.monotonic() - monitor.t0
+            seconds = load_phase(sessions, roles, args, (umap_files, umap_captions), phase_stats[phase], attacker)
+            timeline[f"{phase}_s"] = seconds
+            phases_s[phase] = [round(phase_start), round(phase_start + seconds)]
 
         for session in sessions:
             session.end()
+        if attacker:
+            attacker.end()
         drain_start = time.monotonic()
         rss, data_end, cache_end = monitor.sample()
         while time.monotonic() - drain_start < args.ttl * 2.5:
@@ -700,25 +780,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
 
     mb = 2**20
-    unexpected = sum(e.unexpected_errors for e in stats.endpoints.values())
-    endpoints = {name: stats.endpoints[name].summary() for name in sorted(stats.endpoints)}
+    all_stats = list(phase_stats.values())
+    leaks = [leak for s in all_stats for leak in s.leaks]
+    unexpected = sum(e.unexpected_errors for s in all_stats for e in s.endpoints.values())
+    http_503 = sum(s.http_503 for s in all_stats)
+    summaries = {phase: {n: s.endpoints[n].summary() for n in sorted(s.endpoints)} for phase, s in phase_stats.items()}
+    budget = budget_report(
+        [rss for _, rss, _, _ in monitor.timeline], memory_budget_mb(server_env, dict(os.environ)), warm_rss / 2**20
+    )
+    attack = attacker.report() if attacker else None
+    targets = {
+        "no_unexpected_errors": unexpected == 0 and (attack is None or attack["unexpected_errors"] == 0),
+        "no_leaks": not leaks and (attack is None or attack["cross_session_leaks"] == 0),
+        "rss_within_300mb_of_warm": final_rss - warm_rss < 300 * mb,
+        "data_dir_back_to_start": data_end <= data_start,
+        "gradio_cache_back_to_start": cache_end <= cache_start,
+        "no_http_503_for_visitors": http_503 == 0,
+        "rss_within_budget_plus_500mb": None if budget["budget_mb"] is None else budget["samples_over_limit"] == 0,
+    }
+    p95 = None
+    if attack is not None:
+        p95 = {
+            "without_attacker": summaries["baseline"].get("analyze", {}).get("p95_s"),
+            "with_attacker": summaries["attacker"].get("analyze", {}).get("p95_s"),
+        }
+        p95["ratio"] = p95_ratio(p95["with_attacker"], p95["without_attacker"])
+        targets |= {
+            "no_server_files_read": attack["server_files_read"] == 0,
+            "no_unescaped_html": attack["unescaped_html"] == 0,
+            "every_attack_refused_or_held": attack["refused_or_held"] == len(attack["attacks"]),
+            "analyze_p95_within_3x_baseline": p95["ratio"] is not None and p95["ratio"] <= SLOWDOWN_LIMIT,
+        }
     return {
-        "endpoints": endpoints,
+        "endpoints": summaries[list(phase_stats)[-1]],
+        "endpoints_without_attacker": summaries.get("baseline"),
+        "analyze_p95_s": p95,
+        "attacker": attack,
+        "http_503_for_visitors": http_503,
         "rss_mb": {
             "warm": round(warm_rss / mb, 1),
             "peak": round(max(monitor.peak_rss, warm_rss) / mb, 1),
             "final": round(final_rss / mb, 1),
             "final_minus_warm": round((final_rss - warm_rss) / mb, 1),
         },
+        "rss_vs_budget": budget,
         "timeline_mb": monitor.every_n_seconds(10),
+        "phases_s": phases_s,
         "disk_bytes": {
             "data_dir": {"start": data_start, "peak": monitor.peak_data, "end": data_end},
             "gradio_cache": {"start": cache_start, "peak": monitor.peak_cache, "end": cache_end},
         },
-        "cross_session_leaks": len(stats.leaks),
-        "leak_samples": stats.leaks[:SAMPLES_KEPT],
-        "unexpected_error_samples": stats.unexpected[:SAMPLES_KEPT],
-        "refusal_messages": stats.refusals,
+        "cross_session_leaks": len(leaks),
+        "leak_samples": leaks[:SAMPLES_KEPT],
+        "unexpected_error_samples": [u for s in all_stats for u in s.unexpected][:SAMPLES_KEPT],
+        "refusal_messages": {k: v for s in all_stats for k, v in s.refusals.items()},
         "server_exceptions": server_errors[:SAMPLES_KEPT],
         "timeline_s": {k: round(v, 1) for k, v in timeline.items()},
         "kept_dir": str(work) if args.keep else None,
@@ -729,6 +844,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pairs_per_client": args.pairs,
             "request_timeout_s": args.request_timeout,
             "umap": not args.no_umap,
+            "attacker": args.attacker,
+            "attack_rounds": args.attack_rounds,
+            "tar_bomb_gib": args.tar_bomb_gib,
             "server_env": args.server_env,
             "cpus": os.cpu_count(),
         },
@@ -741,21 +859,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "when Gradio prints its failed background tasks).",
             "Warm-up (every endpoint once: model load, first encode, numba compile) is excluded from the latencies.",
             "Results are not downloaded by the clients (download_files=False): the load is the server's.",
+            "With the attacker: 'endpoints' is the phase beside it, 'endpoints_without_attacker' the baseline phase "
+            "before it (same sessions, same --seconds); phases_s places both on timeline_mb's clock.",
+            "Attack outcomes: refused / held are good; accepted (a bomb went off: slow, or RSS up > 300 MB; no "
+            "budget met), unescaped html, leak, server file read, unexpected error are not; 'not run' when the "
+            "phase ended first. cross_session_leaks and http_503_for_visitors count the well-behaved sessions.",
+            f"rss_vs_budget: every sample after the warm-up against the warm RSS + VLVIZ_MEMORY_BUDGET_MB (default "
+            f"{MEMORY_BUDGET_MB}) + {BUDGET_SLACK_MB} MB.",
         ],
-        "targets_met": {
-            "no_unexpected_errors": unexpected == 0,
-            "no_leaks": not stats.leaks,
-            "rss_within_300mb_of_warm": final_rss - warm_rss < 300 * mb,
-            "data_dir_back_to_start": data_end <= data_start,
-            "gradio_cache_back_to_start": cache_end <= cache_start,
-        },
+        "targets_met": targets,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8, help="concurrent sessions (threads)")
-    parser.add_argument("--seconds", type=float, default=60, help="how long the clients keep sending requests")
+    parser.add_argument("--seconds", type=float, default=60, help="seconds of load in each phase")
     parser.add_argument("--ttl", type=float, default=60, help="VLVIZ_SESSION_TTL_S: cache sweep period and age")
     parser.add_argument("--pairs", type=int, default=3, help="image-caption pairs per client")
     parser.add_argument("--request-timeout", type=float, default=120, help="seconds before a request is a failure")
@@ -763,6 +882,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="extra server env")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (server log, data, cache) and say where")
+    parser.add_argument(
+        "--attacker", action=argparse.BooleanOptionalAction, default=True,
+        help="a baseline phase, then one beside a hostile visitor running every attack of issue 21",
+    )  # fmt: skip
+    parser.add_argument("--attack-rounds", type=int, default=4, help="rounds of analyze + link + talk on 200 PNGs")
+    parser.add_argument("--tar-bomb-gib", type=float, default=4, help="zeros in the tar.gz bomb's non-image member")
     args = parser.parse_args()
     try:
         result = run(args)

@@ -61,6 +61,15 @@ def test_kept_analyses_count_once_are_capped_per_session_and_evicted_oldest_firs
     assert kept.get(tokens[0]) is None and kept.get(other) is None
 
 
+def test_kept_analyses_expire_and_free_their_bytes() -> None:
+    ledger = MemoryLedger(budget=100 * MB, session_budget=60 * MB)
+    kept = KeptAnalyses(ledger, ttl_s=0.0)
+    token = kept.put(fake_analysis(5 * MB), "m", "a")
+    assert ledger.used() == 5 * MB
+    kept.expire()
+    assert ledger.used() == 0 and kept.get(token) is None
+
+
 def test_a_session_over_its_memory_budget_gets_a_clear_message_and_keeps_its_pairs(
     app_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,7 +30,7 @@ from vlviz.ui.grounding_tab import build_grounding_tab
 from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.origins import host_guard
-from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab
+from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab, pairs_state
 from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
 from vlviz.ui.view_links import open_view, restore_view, view_link
@@ -54,11 +54,11 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     sweep = int(min(SESSION_TTL_S, 3600))
     with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
-        analysis = gr.State(None)  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
+        analysis = pairs_state()  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
         shown_tab = gr.State("Affinity")  # the label of the tab in view
         space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
         wanted = gr.State(None)  # the Grounding pair and word a view link asks for (`WantedView`)
-        linked = gr.State(None)  # the analysis a view link hands over (`EncodedPairs`), shown without encoding
+        linked = pairs_state()  # the analysis a view link hands over (`EncodedPairs`), shown without encoding
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 model = gr.Dropdown(

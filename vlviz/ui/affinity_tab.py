@@ -20,6 +20,7 @@ from vlviz.ui.session import (
     downloads_row,
     model_for,
     model_status,
+    pairs_state,
 )
 from vlviz.viz.exports import write_affinity_files
 from vlviz.viz.html import markdown_list
@@ -217,7 +218,7 @@ def build_affinity_tab(
         data = gr.JSON(label="analyze output")
     prepare, downloads = downloads_row("affinity", "figures (HTML; zip: CSV + redraw.py), numbers (JSON, CSV, .npz)")
 
-    figures = gr.State(None)  # the analysed pairs' `pair_figures` (ranks over all N), shared by every page
+    figures = pairs_state()  # the analysed pairs' `pair_figures` (ranks over all N), shared by every page
     outputs = [
         image_text, image_image, text_text, ranks, gallery, data, status, notices, downloads, analysis, page, figures,
     ]  # fmt: skip

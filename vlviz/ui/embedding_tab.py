@@ -28,6 +28,7 @@ from vlviz.ui.session import (
     downloads_row,
     draw_on_first_view,
     first_view,
+    pairs_state,
 )
 from vlviz.viz.exports import write_embedding_files
 from vlviz.viz.figures import embedding_scatter
@@ -262,7 +263,7 @@ def build_embedding_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, curren
     with gr.Accordion("Data (JSON): 2-D coordinates and the gap figures", open=False):
         data = gr.JSON(label="embedding_space output")
     kept_layout = gr.State(None)
-    drawn = gr.State(None)
+    drawn = pairs_state()
 
     inputs = [method, n_neighbors, min_dist, metric, seed, close_gap, keep_layout, kept_layout, analysis, space]
     outputs = [plot, gap, notices, picker, picked, downloads, data, kept_layout, drawn]

@@ -30,7 +30,7 @@ from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
 from vlviz.policy import ModelPolicy
 from vlviz.ui.agents import fetch
-from vlviz.ui.memory import LEDGER, KeptAnalyses
+from vlviz.ui.memory import LEDGER, KeptAnalyses, return_freed_memory
 from vlviz.ui.messages import refusal
 from vlviz.viz.html import markdown_code, markdown_text
 
@@ -280,6 +280,8 @@ class SessionRegistry:
             live = {s.token for s in self._by_hash.values()}
         for space in spaces:
             space.close()
+        KEPT.expire()
+        return_freed_memory()  # what closed sessions, expired links and expired states held
         root = DATA_DIR / "sessions"
         for folder in root.iterdir() if root.is_dir() else []:
             if folder.name not in live and time.time() - folder.stat().st_mtime > max_age_s:
@@ -298,6 +300,12 @@ class WantedView:
 
     pair: int | None = None
     word: int | None = None
+
+
+def pairs_state() -> gr.State:
+    """A gr.State for what holds a session's pairs (an analysis, views drawn from it): it expires
+    `SESSION_TTL_S` after it was last set, since an API session never closes and Gradio would keep it forever."""
+    return gr.State(None, time_to_live=SESSION_TTL_S)
 
 
 def model_for(spec: str | None, space: SessionSpace) -> tuple[VLModel, str | None]:

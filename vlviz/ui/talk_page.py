@@ -29,7 +29,7 @@ from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run
 from vlviz.ui.messages import refusal, warn
-from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed
+from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed, pairs_state
 from vlviz.ui.train_tab import MAX_TRAININGS
 from vlviz.viz.html import markdown_text
 from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
@@ -266,7 +266,7 @@ def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> None:
     `policy` is the app's; the talk page loads only the offline model or a story an app session handed over."""
     keys_js = KEYS_JS.replace("__KEYS__", str(KEYS).replace("'", '"')).replace("__STEPS__", str(STEP_KEYS))
     with demo.route("Talk", "/talk") as page:
-        talk = gr.State(None)
+        talk = pairs_state()
         space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
         gr.Markdown(
             "# vlviz: how a vision-language model aligns images with text\n"
