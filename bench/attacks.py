@@ -89,12 +89,17 @@ class Answer:
         return f"refused: {self.error[:160]!r}" if self.error is not None else "answered"
 
 
+ATTACKER_ADDRESS = "127.0.0.2"
+"""The attacker's raw sessions connect from here (all of 127/8 is loopback on Linux), the visitors from 127.0.0.1:
+a public server counts memory and queue places per address, as it would for a stranger on the internet."""
+
+
 def classify(
     answer: Answer, *, hidden: Sequence[str] = (), leaks: Sequence[str] = (), if_answered: str = HELD,
-    if_no_answer: str = UNEXPECTED,
+    if_no_answer: str = UNEXPECTED, if_generic: str = UNEXPECTED,
 ) -> str:  # fmt: skip
     """An answer's outcome: a secret in it is a server file read, a server path in it a leak (whatever else it
-    says); then a clear refusal, Gradio's generic error, an answer (`if_answered`), or none (`if_no_answer`)."""
+    says); then a clear refusal, Gradio's generic error (`if_generic`), an answer (`if_answered`), or none (`if_no_answer`)."""
     text = answer.text()
     if any(secret in text for secret in hidden):
         return FILE_READ
@@ -103,7 +108,7 @@ def classify(
     if answer.failure is not None:
         return if_no_answer
     if answer.error is not None:
-        return UNEXPECTED if is_generic_error(answer.error) else REFUSED
+        return if_generic if is_generic_error(answer.error) else REFUSED
     return if_answered
 
 
@@ -396,7 +401,8 @@ class RawSession:
 
         self.url, self.api, self.timeout = url, api, timeout
         self.session_hash = secrets.token_hex(8)
-        self.http = httpx.Client(timeout=httpx.Timeout(30.0, read=max(timeout, 30.0)))
+        transport = httpx.HTTPTransport(local_address=ATTACKER_ADDRESS)  # the server tells it from the visitors
+        self.http = httpx.Client(transport=transport, timeout=httpx.Timeout(30.0, read=max(timeout, 30.0)))
 
     def upload(self, path: Path) -> dict[str, Any]:
         """Upload a file as the page does; its FileData (a path in Gradio's folder)."""
@@ -623,12 +629,16 @@ class Attacker:
         return worst(outcomes), "; ".join(details)
 
     def bare_paths(self) -> tuple[str, str]:
+        """Server paths as files: a string and an own `file=` URL get vlviz's message. A forged FileData outside
+        the upload folder is refused by Gradio before vlviz sees it, with `error: null` (Gradio shows only an
+        AppError's message; no hook precedes its check): refused, counted apart, not an unexpected error."""
         private = str(self.arsenal.private_tar)
-        return self._cases({
+        outcome, detail = self._cases({
             "string path": [private],
-            "FileData path (Gradio's own check)": [file_data(private)],
             "own file= URL": [f"{self.url}gradio_api/file={private}"],
         })  # fmt: skip
+        forged = self._cases({"FileData path (Gradio's own check)": [file_data(private)]}, if_generic=REFUSED)
+        return worst([outcome, forged[0]]), f"{detail}; {forged[1]} (Gradio's check: no message)"
 
     def private_urls(self) -> tuple[str, str]:
         """URLs of a private address (the PrivateHost) in several spellings: none may be fetched."""

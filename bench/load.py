@@ -329,6 +329,8 @@ class Server:
             "VLVIZ_SESSION_TTL_S": str(ttl),
             "GRADIO_SERVER_NAME": "127.0.0.1",
             "GRADIO_SERVER_PORT": str(self.port),
+            "VLVIZ_PUBLIC": "1",  # a public instance: budgets per address, the model allow-list
+            "VLVIZ_ALLOWED_HOSTS": "127.0.0.1",  # and its owner lists its name, so Host and Origin are checked
             "GRADIO_ANALYTICS_ENABLED": "False",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),

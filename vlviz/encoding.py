@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
-from vlviz.data.inputs import PairSet
+from vlviz.data.inputs import PairSet, decoded_bytes
 from vlviz.occlusion import occlusion_maps
 from vlviz.tokens import TokenLayout, token_layout
 from vlviz.towers import (
@@ -299,7 +299,7 @@ class EncodedPairs:
     @property
     def nbytes(self) -> int:
         """What holding this analysis costs: its decoded images and its feature tensors (a server's memory budget)."""
-        images = sum(image.width * image.height * len(image.getbands()) for image in self.pairs.images)
+        images = sum(decoded_bytes(*image.size) for image in self.pairs.images)  # every kept image is RGB
         encoding = self.encoding
         tensors = (encoding.image_features, encoding.text_features, encoding.patch_features, encoding.token_features)
         return images + sum(t.nbytes for t in tensors if t is not None)

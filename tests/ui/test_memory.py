@@ -61,6 +61,18 @@ def test_kept_analyses_count_once_are_capped_per_session_and_evicted_oldest_firs
     assert kept.get(tokens[0]) is None and kept.get(other) is None
 
 
+def test_one_address_shares_one_budget_among_its_sessions_on_a_public_server() -> None:
+    ledger = MemoryLedger(budget=100 * MB, session_budget=40 * MB, address_budget=50 * MB)
+    kept = KeptAnalyses(ledger, ttl_s=3600)
+    ledger.hold("a", fake_analysis(30 * MB), address="10.0.0.9")
+    kept.put(fake_analysis(15 * MB), "m", "a")  # a link counts against the address of its session
+    assert ledger.used("10.0.0.9") == 45 * MB
+    with pytest.raises(gr.Error, match="your sessions' analyses"), ledger.reserve("b", address="10.0.0.9"):
+        pass  # a fresh session of the same address: 5 MB left, under the minimum
+    with ledger.reserve("c", address="10.0.0.7") as room:  # another visitor is not held back
+        assert room.allowed == 40 * MB
+
+
 def test_kept_analyses_expire_and_free_their_bytes() -> None:
     ledger = MemoryLedger(budget=100 * MB, session_budget=60 * MB)
     kept = KeptAnalyses(ledger, ttl_s=0.0)

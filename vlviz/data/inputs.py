@@ -47,6 +47,8 @@ MAX_ZIP_BYTES = 512 * 1024 * 1024
 MAX_TABLE_BYTES = 16 * 1024 * 1024
 """Largest caption table we read (MAX_PAIRS captions of MAX_CAPTION_CHARS need well under 1 MB)."""
 MAX_REQUEST_PIXELS = 2_000_000_000
+PIXEL_BYTES = 4
+"""Bytes a decoded pixel takes: Pillow keeps an RGB pixel in 32 bits (its fourth byte unused)."""
 """Most pixels (summed over image headers) one upload may make us decode; bounds the decoding time per request."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -544,7 +546,8 @@ def _pixels_in_header(fp: str | IO[bytes]) -> int:
 
 
 def decoded_bytes(width: int, height: int) -> int:
-    """The bytes an image of this size holds once `load_image` has decoded it: RGB, downscaled to MAX_SIDE.
+    """The bytes an image of this size holds once `load_image` has decoded it: RGB, downscaled to MAX_SIDE,
+    PIXEL_BYTES a pixel.
 
     Known from the header alone, so a memory budget is checked before any pixel is decoded.
     """
@@ -552,7 +555,7 @@ def decoded_bytes(width: int, height: int) -> int:
         return 0
     if max(width, height) > MAX_SIDE:
         width, height = _fit_size(width, height, MAX_SIDE)
-    return 3 * width * height
+    return PIXEL_BYTES * width * height
 
 
 def _header_size(item: _Item) -> tuple[int, int]:

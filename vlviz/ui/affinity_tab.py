@@ -17,6 +17,7 @@ from vlviz.ui.session import (
     SessionSpace,
     analyze_uploads,
     analyzed,
+    client_address,
     downloads_row,
     model_for,
     model_status,
@@ -104,7 +105,9 @@ def analyze(
         progress(0.05, desc="Reading and encoding images and captions")
         SESSIONS.bind(space, request)
         own_host = request.headers.get("host") if request is not None else None
-        analysis, model, notice = analyze_uploads(files, captions_text, model_spec, space, own_host)
+        analysis, model, notice = analyze_uploads(
+            files, captions_text, model_spec, space, own_host, client_address(request)
+        )
         progress(0.85, desc="Drawing")
         return affinity_outputs(analysis, model.name, model_status(model, notice), value_kind)
 

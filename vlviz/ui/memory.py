@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import secrets
 import sys
@@ -31,6 +32,9 @@ SESSION_MEMORY_BYTES = int(float(os.environ.get("VLVIZ_SESSION_MEMORY_MB", 1024)
 """Most bytes one session's pairs may take (decoded images and embeddings), its kept links included."""
 MEMORY_BUDGET_BYTES = int(float(os.environ.get("VLVIZ_MEMORY_BUDGET_MB", 4096)) * MB)
 """Most bytes all sessions' pairs may take together, analyses in progress and kept ones included."""
+ADDRESS_MEMORY_BYTES = int(float(os.environ.get("VLVIZ_ADDRESS_MEMORY_MB", MEMORY_BUDGET_BYTES / 2 / MB)) * MB)
+"""Most bytes the sessions of one client address may take together on a public server (a visitor opens as many
+sessions as it likes); by default half the process's budget, so one address never holds all of it."""
 MIN_RESERVATION_BYTES = 16 * MB
 """Below this much room an Analyze is refused at once rather than started (a few hundred small pairs)."""
 MAX_KEPT_PER_SESSION = 4
@@ -48,6 +52,20 @@ def return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def trim_heap_every(seconds: float) -> threading.Thread:
+    """Start a daemon thread that returns freed heap pages every `seconds`: analyses are freed when Gradio
+    replaces or expires a session's state, at no moment vlviz sees, and the resident set should follow."""
+
+    def trim() -> None:
+        while True:
+            time.sleep(seconds)
+            return_freed_memory()
+
+    thread = threading.Thread(target=trim, name="vlviz-heap-trim", daemon=True)
+    thread.start()
+    return thread
+
+
 @dataclass
 class Reservation:
     """The bytes an Analyze in progress may fill: the readers' bound, then what the kept analysis may take."""
@@ -57,62 +75,84 @@ class Reservation:
 
 class MemoryLedger:
     """Bytes held per owner (a session's current analysis, a kept link), each analysis counted once, and
-    reservations of analyses in progress, against the process budget; thread-safe."""
+    reservations of analyses in progress, against the process budget; thread-safe.
 
-    def __init__(self, budget: int = MEMORY_BUDGET_BYTES, session_budget: int = SESSION_MEMORY_BYTES) -> None:
-        self.budget, self.session_budget = budget, session_budget
-        self._held: dict[str, tuple[int, int]] = {}  # owner -> (analysis serial, bytes)
-        self._reserved = 0
+    On a public server each owner also has the client address it came from: a visitor can open as many
+    sessions as it likes, so one address may hold at most `address_budget` of the process's bytes.
+    """
+
+    def __init__(
+        self, budget: int = MEMORY_BUDGET_BYTES, session_budget: int = SESSION_MEMORY_BYTES,
+        address_budget: int = ADDRESS_MEMORY_BYTES,
+    ) -> None:  # fmt: skip
+        self.budget, self.session_budget, self.address_budget = budget, session_budget, address_budget
+        self._held: dict[str, tuple[int, int, str | None]] = {}  # owner -> (analysis serial, bytes, address)
+        self._reserved: dict[int, tuple[int, str | None]] = {}  # reservation id -> (bytes, address)
+        self._reservations = itertools.count()
         self._lock = threading.Lock()
         self.make_room = lambda needed: None  # KEPT frees kept analyses here (set below)
 
-    def used(self) -> int:
-        """Bytes held (each analysis once) plus bytes reserved."""
+    def used(self, address: str | None = None) -> int:
+        """Bytes held (each analysis once) plus bytes reserved: all of them, or those of one client address."""
         with self._lock:
-            return self._used()
+            return self._used(address)
 
-    def _used(self) -> int:
-        return sum(dict(self._held.values()).values()) + self._reserved
+    def _used(self, address: str | None = None) -> int:
+        """Under `_lock`: the bytes held and reserved (of `address` only, when given). A session's analysis counts
+        until the next one replaces it: both are in memory while the next is read."""
+        held = {serial: size for _, (serial, size, where) in self._held.items() if address is None or where == address}
+        reserved = sum(size for size, where in self._reserved.values() if address is None or where == address)
+        return sum(held.values()) + reserved
 
     @contextlib.contextmanager
-    def reserve(self, owner: str) -> Iterator[Reservation]:
-        """Room for one analysis of `owner`: its session's budget, less what its kept links hold, at most what the
-        process has free (kept analyses of any session are evicted, oldest first, to make it).
+    def reserve(self, owner: str, address: str | None = None) -> Iterator[Reservation]:
+        """Room for one analysis of `owner` (a session token), from `address` on a public server (None: not
+        counted by address): its session's budget less what its kept links hold, at most what its address and
+        the process have free (kept analyses of any session are evicted, oldest first, to make room).
 
         Raises:
-            gr.Error: The server holds as many pairs as it may right now.
+            gr.Error: The server, or this address, holds as many pairs as it may right now.
         """
         wanted = self.session_budget - self.held_by(owner, kept_only=True)
         self.make_room(wanted)
         with self._lock:
-            allowed = min(wanted, self.budget - self._used())
+            process_free = self.budget - self._used()
+            address_free = process_free if address is None else self.address_budget - self._used(address)
+            allowed = min(wanted, process_free, address_free)
             if allowed < MIN_RESERVATION_BYTES:
+                whose = "your sessions'" if address_free < process_free else "other visitors'"
                 raise refusal(
-                    "The server holds as many pairs as it can right now (other visitors' analyses); try again in a "
-                    "few minutes, or analyze fewer pairs."
+                    f"The server holds as many pairs as it can right now ({whose} analyses); try again in a few "
+                    "minutes, or analyze fewer pairs."
                 )
-            self._reserved += allowed
+            key = next(self._reservations)
+            self._reserved[key] = (allowed, address)
         try:
             yield Reservation(allowed)
         finally:
             with self._lock:
-                self._reserved -= allowed
+                del self._reserved[key]
 
-    def hold(self, owner: str, analysis: EncodedPairs) -> None:
-        """`owner` now holds `analysis` (in place of what it held)."""
+    def hold(self, owner: str, analysis: EncodedPairs, address: str | None = None) -> None:
+        """`owner` now holds `analysis` (in place of what it held), counted against `address` too when given."""
         with self._lock:
-            self._held[owner] = (analysis.serial, analysis.nbytes)
+            self._held[owner] = (analysis.serial, analysis.nbytes, address)
 
     def release(self, owner: str) -> None:
         with self._lock:
             self._held.pop(owner, None)
+
+    def address_of(self, owner: str) -> str | None:
+        """The client address `owner`'s analysis counts against, if any."""
+        with self._lock:
+            return self._held.get(owner, (0, 0, None))[2]
 
     def held_by(self, session: str, kept_only: bool = False) -> int:
         """Bytes a session's own analysis and its kept links hold (keys `session` and `session/kept/...`)."""
         with self._lock:
             mine = {
                 serial: size
-                for owner, (serial, size) in self._held.items()
+                for owner, (serial, size, _) in self._held.items()
                 if owner.startswith(f"{session}/kept/") or (owner == session and not kept_only)
             }
             return sum(mine.values())
@@ -148,7 +188,7 @@ class KeptAnalyses:
                 self._drop(token)
             token = secrets.token_urlsafe(16)
             self._kept[token] = (time.monotonic(), analysis, model_spec, session)
-        self._ledger.hold(f"{session}/kept/{token}", analysis)
+        self._ledger.hold(f"{session}/kept/{token}", analysis, self._ledger.address_of(session))
         self.make_room(0)
         return token
 

@@ -28,7 +28,7 @@ from vlviz.data.formats import pairs_from_dataset_uploads
 from vlviz.data.inputs import InputError, check_decoded_bytes, decoded_bytes, pairs_from_uploads
 from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
-from vlviz.policy import ModelPolicy
+from vlviz.policy import ModelPolicy, is_public
 from vlviz.ui.agents import fetch
 from vlviz.ui.memory import LEDGER, KeptAnalyses, return_freed_memory
 from vlviz.ui.messages import refusal
@@ -334,17 +334,18 @@ def analyze_uploads(
     model_spec: str | None,
     space: SessionSpace,
     own_host: str | None = None,
+    address: str | None = None,
 ) -> tuple[EncodedPairs, VLModel, str | None]:
     """Read the uploads and encode them with the chosen model: the session's analysis, the model, its notice.
 
     Every file must be one of this server's uploads (a URL is downloaded, or read in place when it names
     this server, `own_host`); the decoded images and their embeddings must fit the room the memory ledger
     reserves for this session, checked from the image headers before decoding and from the model's
-    widths before encoding.
+    widths before encoding; on a public server, `address` (the client's) shares one budget among its sessions.
     """
     model, notice = model_for(model_spec, space)
     paths = [fetch(str(f), own_host) for f in files or []]  # a URL (from an agent) becomes a local file
-    with LEDGER.reserve(space.token) as room:
+    with LEDGER.reserve(space.token, address) as room:
         try:
             pairs = pairs_from_dataset_uploads(paths, captions_text, room.allowed) or pairs_from_uploads(
                 paths, captions_text, max_decoded_bytes=room.allowed
@@ -355,8 +356,16 @@ def analyze_uploads(
         except InputError as error:
             raise refusal(error) from error
         analysis = encode_pair_set(model, pairs)
-        LEDGER.hold(space.token, analysis)
+        LEDGER.hold(space.token, analysis, address)
     return analysis, model, notice
+
+
+def client_address(request: gr.Request | None) -> str | None:
+    """The address a public server counts a client's memory and queue places against (None on a local server,
+    where every visitor is the owner)."""
+    if request is None or request.client is None or not is_public():
+        return None
+    return request.client.host
 
 
 def analyzed(analysis: EncodedPairs | None, why: str) -> EncodedPairs:
