@@ -63,6 +63,7 @@ UMAP = "embedding_space_umap"
 SAMPLES_KEPT = 8  # unexpected-error samples and server-log lines kept in the report
 BUDGET_SLACK_MB = 500  # the server's RSS may exceed its warm level + its memory budget by this much (issue 21)
 MEMORY_BUDGET_MB = 2048  # the server's VLVIZ_MEMORY_BUDGET_MB unless --server-env sets it
+SESSION_DISK_MB = 48  # and VLVIZ_SESSION_DISK_MB: three runs of the offline model, so a phase sees the budget act
 QUERY_TOP_K = 24  # vlviz.ui.affinity_tab.QUERY_TOP_K (not imported: no torch here)
 SLOWDOWN_LIMIT = 3.0  # a well-behaved Analyze p95 beside the attacker, at most this many times its baseline
 
@@ -693,9 +694,8 @@ def load_phase(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio_client's telemetry thread reads this
     work = Path(tempfile.mkdtemp(prefix="vlviz-load-"))
-    server_env = {"VLVIZ_MEMORY_BUDGET_MB": str(MEMORY_BUDGET_MB)} | dict(
-        item.split("=", 1) for item in args.server_env
-    )
+    defaults = {"VLVIZ_MEMORY_BUDGET_MB": str(MEMORY_BUDGET_MB), "VLVIZ_SESSION_DISK_MB": str(SESSION_DISK_MB)}
+    server_env = defaults | dict(item.split("=", 1) for item in args.server_env)
     arsenal_ready = None
     if args.attacker:
         from bench import attacks  # imports this module: not at the top

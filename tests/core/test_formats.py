@@ -198,12 +198,12 @@ def test_decoded_bytes_are_budgeted_from_the_headers_before_decoding(
     decoded = []
     monkeypatch.setattr(formats, "load_image", lambda image, label, notices: decoded.append(label) or IMAGES[0])
     with pytest.raises(InputError, match=r"up to 000.tar: 0002.png take .* MB in memory, more than"):
-        formats.pairs_from_dataset_uploads([str(shards / "000.tar")], max_decoded_bytes=2 * one)
+        formats.pairs_from_dataset_uploads([str(shards / "000.tar")], memory=inputs.ByteBudget(2 * one))
     assert len(decoded) == 2  # the third image was never decoded
     files = write_images(tmp_path / "loose")
     with pytest.raises(InputError, match=r"The 6 images uploaded take .* in memory"):
         inputs.pairs_from_uploads([str(tmp_path / "loose" / f) for f in files], "\n".join(CAPTIONS),
-                                  max_decoded_bytes=5 * one)  # fmt: skip
+                                  memory=inputs.ByteBudget(5 * one))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- parquet

@@ -10,6 +10,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests.conftest import SCENE_CAPTIONS, SCENES_DIR
+from vlviz.data.inputs import InputError
 from vlviz.ui import memory
 from vlviz.ui.memory import MB, KeptAnalyses, MemoryLedger
 
@@ -21,10 +22,14 @@ def fake_analysis(nbytes: int) -> SimpleNamespace:
     return SimpleNamespace(serial=next(SERIALS), nbytes=nbytes)
 
 
-def test_an_analysis_reserves_its_session_share_and_holds_what_it_took() -> None:
+def test_an_analysis_takes_its_bytes_as_it_decodes_and_holds_what_it_kept() -> None:
     ledger = MemoryLedger(budget=100 * MB, session_budget=40 * MB)
-    with ledger.reserve("a") as room:
-        assert room.allowed == 40 * MB and ledger.used() == 40 * MB
+    with ledger.reserve("a") as room, ledger.reserve("b") as other:  # two at once: nothing set aside up front
+        room.take(30 * MB, "a's images")
+        other.take(30 * MB, "b's images")
+        assert ledger.used() == 60 * MB
+        with pytest.raises(InputError, match=r"a's images take 41 MB in memory, more than the 40 MB"):
+            room.take(11 * MB, "a's images")  # its session's budget
         ledger.hold("a", fake_analysis(30 * MB))
     assert ledger.used() == 30 * MB
     ledger.hold("a", fake_analysis(10 * MB))  # the next analysis replaces it
@@ -37,11 +42,13 @@ def test_the_process_budget_caps_every_session_and_refuses_when_full() -> None:
     ledger = MemoryLedger(budget=100 * MB, session_budget=60 * MB)
     ledger.hold("a", fake_analysis(60 * MB))
     with ledger.reserve("b") as room:
-        assert room.allowed == 40 * MB  # what the process has left
+        with pytest.raises(InputError, match=r"more than the 40 MB this server keeps"):
+            room.take(50 * MB, "b's images")  # what the process has left
+        room.take(35 * MB, "b's images")
         ledger.hold("b", fake_analysis(35 * MB))
     with pytest.raises(gr.Error, match="holds as many pairs as it can right now"), ledger.reserve("c"):
         pass
-    assert ledger.used() == 95 * MB  # a refusal reserves nothing
+    assert ledger.used() == 95 * MB  # a refusal takes nothing
 
 
 def test_kept_analyses_count_once_are_capped_per_session_and_evicted_oldest_first() -> None:
@@ -57,7 +64,7 @@ def test_kept_analyses_count_once_are_capped_per_session_and_evicted_oldest_firs
     other = kept.put(fake_analysis(10 * MB), "m", "b")
     ledger.hold("c", fake_analysis(60 * MB))
     with ledger.reserve("d") as room:  # room is made by dropping kept analyses, oldest first
-        assert room.allowed >= memory.MIN_RESERVATION_BYTES
+        room.take(20 * MB, "d's images")
     assert kept.get(tokens[0]) is None and kept.get(other) is None
 
 
@@ -70,7 +77,7 @@ def test_one_address_shares_one_budget_among_its_sessions_on_a_public_server() -
     with pytest.raises(gr.Error, match="your sessions' analyses"), ledger.reserve("b", address="10.0.0.9"):
         pass  # a fresh session of the same address: 5 MB left, under the minimum
     with ledger.reserve("c", address="10.0.0.7") as room:  # another visitor is not held back
-        assert room.allowed == 40 * MB
+        room.take(40 * MB, "c's images")
 
 
 def test_kept_analyses_expire_and_free_their_bytes() -> None:

@@ -34,6 +34,7 @@ from vlviz.data import inputs
 from vlviz.data.inputs import (
     CAPTION_COLUMNS,
     IMAGE_EXTENSIONS,
+    ByteBudget,
     InputError,
     PairSet,
     _check_caption,
@@ -45,7 +46,6 @@ from vlviz.data.inputs import (
     _plural,
     _read_text,
     _size_in_header,
-    check_decoded_bytes,
     load_caption_table,
     load_image,
     pairs_from_uploads,
@@ -125,9 +125,8 @@ class _Pairs:
     source: str
     limit: int
     budget: int
-    byte_budget: int | None = None  # most bytes the decoded images may take (`inputs.decoded_bytes`); None: no bound
+    memory: ByteBudget | None = None  # the bytes the decoded images may take (`inputs.decoded_bytes`); None: no bound
     pixels: int = 0
-    decoded: int = 0
     images: list[Image.Image] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
@@ -150,9 +149,8 @@ class _Pairs:
             )
         width, height = _size_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
         self.pixels += width * height
-        self.decoded += inputs.decoded_bytes(width, height)
-        if self.byte_budget is not None:
-            check_decoded_bytes(self.decoded, self.byte_budget, f"The images of {self.source} up to {label}")
+        if self.memory is not None:
+            self.memory.take(inputs.decoded_bytes(width, height), f"The images of {self.source} up to {label}")
         if self.pixels > self.budget:
             raise InputError(
                 f"The images of {self.source} up to {label} hold {self.pixels / 1e6:,.0f} megapixels together, more "
@@ -750,7 +748,7 @@ def read_pairs(
     all_captions: bool = False,
     max_pairs: int | None = None,
     max_request_pixels: int | None = None,
-    max_decoded_bytes: int | None = None,
+    memory: ByteBudget | None = None,
     allow_paths: bool = True,
     patterns: bool = True,
 ) -> PairSet:
@@ -772,8 +770,8 @@ def read_pairs(
         all_captions: COCO: every caption of an image is a pair of its own (default: its first caption).
         max_pairs: Most pairs accepted; None means MAX_PAIRS.
         max_request_pixels: Most pixels, summed over all images, decoded; None means MAX_REQUEST_PIXELS.
-        max_decoded_bytes: Most bytes the decoded images may take (`inputs.decoded_bytes`), checked from
-            each header before decoding; None means no bound.
+        memory: The bytes the decoded images may take (`inputs.decoded_bytes`), taken from each header
+            before decoding; None means no bound.
         allow_paths: False refuses sources that name image files on disk rather than holding them
             (folders, tables, COCO, imagefolder, parquet path columns): for files a user uploaded.
         patterns: False reads `source` as one file name, braces included: brace patterns are for
@@ -796,7 +794,7 @@ def read_pairs(
         )
     limit = inputs.MAX_PAIRS if max_pairs is None else max_pairs
     budget = inputs.MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
-    pairs = _Pairs(name if len(files) == 1 else text, limit, budget, max_decoded_bytes)
+    pairs = _Pairs(name if len(files) == 1 else text, limit, budget, memory)
     if kind in STREAMED_FORMATS:
         options = _Options(image_column, caption_column, Path(images_dir) if images_dir else None, all_captions)
         stream, what = _format_pairs(
@@ -810,7 +808,7 @@ def read_pairs(
             _TarBudget(MAX_TAR_BYTES, MAX_TAR_MEMBERS),
         )
         return pairs.collect(stream, what)
-    bounds = {"max_pairs": limit, "max_request_pixels": budget, "max_decoded_bytes": max_decoded_bytes}
+    bounds = {"max_pairs": limit, "max_request_pixels": budget, "memory": memory}
     if kind == "folder":
         images, table = inputs.folder_contents(path)
         return pairs_from_uploads(images, caption_table_path=table, **bounds)
@@ -872,7 +870,7 @@ def _listed_pairs(images: list[str], table: str) -> Iterator[RawPair]:
 
 
 def pairs_from_dataset_uploads(
-    files: list[str], captions_text: str | None = None, max_decoded_bytes: int | None = None
+    files: list[str], captions_text: str | None = None, memory: ByteBudget | None = None
 ) -> PairSet | None:
     """Uploaded webdataset shards or parquet files as pairs; None when the uploads are images, zips or tables.
 
@@ -890,7 +888,7 @@ def pairs_from_dataset_uploads(
             f"{len(datasets)} of the {len(files)} files are dataset files."
         )
     label = os.path.basename(datasets[0]) if len(datasets) == 1 else f"the {len(datasets)} dataset files"
-    pairs = _Pairs(label, inputs.MAX_PAIRS, inputs.MAX_REQUEST_PIXELS, max_decoded_bytes)
+    pairs = _Pairs(label, inputs.MAX_PAIRS, inputs.MAX_REQUEST_PIXELS, memory)
     tar_budget, options = _TarBudget(MAX_TAR_BYTES, MAX_TAR_MEMBERS), _Options(None, None, None, False)
     streams = (
         _format_pairs(_file_format(path) or "", [path], None, options, False, pairs.expect, pairs.notices, tar_budget)[

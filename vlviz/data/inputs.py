@@ -574,17 +574,36 @@ def _mb(size: int) -> str:
     return f"{size / 2**20:,.0f} MB" if size >= 10 * 2**20 else f"{size / 2**20:.3g} MB"
 
 
-def check_decoded_bytes(total: int, budget: int, what: str) -> None:
-    """Refuse pairs whose decoded images would take more than `budget` bytes (a memory budget, see `decoded_bytes`)."""
-    if total > budget:
-        raise InputError(
-            f"{what} take {_mb(total)} in memory, more than the {_mb(budget)} this server keeps for one set of "
-            f"pairs now. Use fewer or smaller images (every image is held at most {MAX_SIDE} pixels on its longer "
-            "side), or analyze again once this session's earlier views are gone."
-        )
+@dataclass
+class ByteBudget:
+    """Bytes the decoded images of one read may take, taken image by image from the headers before decoding.
+
+    `limit` bounds one read; a server whose reads share a pool overrides `grant` to draw from it, so a
+    read holds only what it has decoded so far, not a share set aside up front.
+    """
+
+    limit: int
+    taken: int = 0
+
+    def grant(self, nbytes: int) -> int | None:
+        """Take `nbytes` more; None when granted, else the most this read could hold in all (for the message)."""
+        if self.taken + nbytes > self.limit:
+            return self.limit
+        self.taken += nbytes
+        return None
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Take `nbytes` for `what` (e.g. "The 3 images uploaded"), or refuse with a message saying how much fits."""
+        most = self.grant(nbytes)
+        if most is not None:
+            raise InputError(
+                f"{what} take {_mb(self.taken + nbytes)} in memory, more than the {_mb(most)} this server keeps for "
+                f"one set of pairs now. Use fewer or smaller images (every image is held at most {MAX_SIDE} pixels "
+                "on its longer side), or analyze again once this session's earlier views are gone."
+            )
 
 
-def _check_budgets(items: list[_Item], pixel_budget: int, byte_budget: int | None) -> None:
+def _check_budgets(items: list[_Item], pixel_budget: int, memory: ByteBudget | None) -> None:
     """The pixels to decode and the bytes to keep, both from the headers, before any image is decoded."""
     sizes = [_header_size(item) for item in items]
     total = sum(width * height for width, height in sizes)
@@ -594,9 +613,10 @@ def _check_budgets(items: list[_Item], pixel_budget: int, byte_budget: int | Non
             f"than the {_megapixels(pixel_budget)} megapixels one upload may decode. Upload fewer images, or resize "
             f"large photos first (to {MAX_SIDE} pixels on the longer side: they are downscaled to that anyway)."
         )
-    if byte_budget is not None:
-        kept = sum(decoded_bytes(width, height) for width, height in sizes)
-        check_decoded_bytes(kept, byte_budget, f"The {_plural(len(items), 'image')} uploaded")
+    if memory is not None:
+        memory.take(
+            sum(decoded_bytes(width, height) for width, height in sizes), f"The {_plural(len(items), 'image')} uploaded"
+        )
 
 
 def _match_table(names: list[str], table: dict[str, str], table_label: str) -> list[str]:
@@ -653,7 +673,7 @@ def pairs_from_uploads(
     max_pairs: int | None = None,
     *,
     max_request_pixels: int | None = None,
-    max_decoded_bytes: int | None = None,
+    memory: ByteBudget | None = None,
 ) -> PairSet:
     """Build the image-caption pairs from what the user uploaded; the one entry point of the UI.
 
@@ -672,8 +692,8 @@ def pairs_from_uploads(
         max_pairs: Most images accepted; None means MAX_PAIRS (the command line allows more).
         max_request_pixels: Most pixels, summed over all images, decoded for this call; None means
             MAX_REQUEST_PIXELS.
-        max_decoded_bytes: Most bytes the decoded images may take together (`decoded_bytes`), checked
-            from the headers before decoding; None means no bound (a server passes its memory budget).
+        memory: The bytes the decoded images may take (`decoded_bytes`), taken from the headers before
+            decoding; None means no bound (a server passes its memory budget).
 
     Raises:
         InputError: Anything wrong with the uploads, with a message for the user.
@@ -742,7 +762,7 @@ def pairs_from_uploads(
             raise InputError(f"The caption for {_list_names(empty)} is empty {where}; write one.")
 
         pixel_budget = MAX_REQUEST_PIXELS if max_request_pixels is None else max_request_pixels
-        _check_budgets(items, pixel_budget, max_decoded_bytes)
+        _check_budgets(items, pixel_budget, memory)
         images = [load_image(item.read(), item.label, notices=notices) for item in items]
     return PairSet(images=images, captions=captions, names=names, notices=notices)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import os
 import secrets
 import sys
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vlviz.data.inputs import ByteBudget
 from vlviz.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 
@@ -67,15 +67,26 @@ def trim_heap_every(seconds: float) -> threading.Thread:
 
 
 @dataclass
-class Reservation:
-    """The bytes an Analyze in progress may fill: the readers' bound, then what the kept analysis may take."""
+class Reservation(ByteBudget):
+    """The bytes an Analyze in progress holds, taken from the ledger image by image as the readers decode
+    (`ByteBudget.take`), never a share set aside up front: concurrent Analyzes of small sets all fit.
 
-    allowed: int
+    `limit` is its session's budget less what the session's kept links hold.
+    """
+
+    ledger: MemoryLedger | None = None
+    address: str | None = None
+
+    def grant(self, nbytes: int) -> int | None:
+        if self.taken + nbytes > self.limit:
+            return self.limit
+        assert self.ledger is not None
+        return self.ledger.grant(self, nbytes)
 
 
 class MemoryLedger:
-    """Bytes held per owner (a session's current analysis, a kept link), each analysis counted once, and
-    reservations of analyses in progress, against the process budget; thread-safe.
+    """Bytes held per owner (a session's current analysis, a kept link), each analysis counted once, and the
+    bytes taken by analyses in progress, against the process budget; thread-safe.
 
     On a public server each owner also has the client address it came from: a visitor can open as many
     sessions as it likes, so one address may hold at most `address_budget` of the process's bytes.
@@ -87,51 +98,66 @@ class MemoryLedger:
     ) -> None:  # fmt: skip
         self.budget, self.session_budget, self.address_budget = budget, session_budget, address_budget
         self._held: dict[str, tuple[int, int, str | None]] = {}  # owner -> (analysis serial, bytes, address)
-        self._reserved: dict[int, tuple[int, str | None]] = {}  # reservation id -> (bytes, address)
-        self._reservations = itertools.count()
+        self._open: list[Reservation] = []  # the analyses in progress
         self._lock = threading.Lock()
         self.make_room = lambda needed: None  # KEPT frees kept analyses here (set below)
 
     def used(self, address: str | None = None) -> int:
-        """Bytes held (each analysis once) plus bytes reserved: all of them, or those of one client address."""
+        """Bytes held (each analysis once) plus bytes taken by analyses in progress: all, or one address's."""
         with self._lock:
             return self._used(address)
 
     def _used(self, address: str | None = None) -> int:
-        """Under `_lock`: the bytes held and reserved (of `address` only, when given). A session's analysis counts
+        """Under `_lock`: the bytes held and taken (of `address` only, when given). A session's analysis counts
         until the next one replaces it: both are in memory while the next is read."""
         held = {serial: size for _, (serial, size, where) in self._held.items() if address is None or where == address}
-        reserved = sum(size for size, where in self._reserved.values() if address is None or where == address)
-        return sum(held.values()) + reserved
+        taken = sum(r.taken for r in self._open if address is None or r.address == address)
+        return sum(held.values()) + taken
+
+    def _free(self, address: str | None) -> tuple[int, int]:
+        """Under `_lock`: the bytes the process, and `address` (the process's when None), have free."""
+        process = self.budget - self._used()
+        return process, process if address is None else self.address_budget - self._used(address)
 
     @contextlib.contextmanager
     def reserve(self, owner: str, address: str | None = None) -> Iterator[Reservation]:
-        """Room for one analysis of `owner` (a session token), from `address` on a public server (None: not
-        counted by address): its session's budget less what its kept links hold, at most what its address and
-        the process have free (kept analyses of any session are evicted, oldest first, to make room).
+        """An analysis in progress of `owner` (a session token), from `address` on a public server (None: not
+        counted by address), which takes its bytes as it decodes, up to its session's budget less what its kept
+        links hold, and at most what its address and the process have free.
 
         Raises:
-            gr.Error: The server, or this address, holds as many pairs as it may right now.
+            gr.Error: The server, or this address, has less than MIN_RESERVATION_BYTES free now.
         """
-        wanted = self.session_budget - self.held_by(owner, kept_only=True)
-        self.make_room(wanted)
+        reservation = Reservation(self.session_budget - self.held_by(owner, kept_only=True), ledger=self,
+                                  address=address)  # fmt: skip
+        self.make_room(MIN_RESERVATION_BYTES)
         with self._lock:
-            process_free = self.budget - self._used()
-            address_free = process_free if address is None else self.address_budget - self._used(address)
-            allowed = min(wanted, process_free, address_free)
-            if allowed < MIN_RESERVATION_BYTES:
-                whose = "your sessions'" if address_free < process_free else "other visitors'"
+            process, mine = self._free(address)
+            if min(process, mine) < MIN_RESERVATION_BYTES:
+                whose = "your sessions'" if mine < process else "other visitors'"
                 raise refusal(
                     f"The server holds as many pairs as it can right now ({whose} analyses); try again in a few "
                     "minutes, or analyze fewer pairs."
                 )
-            key = next(self._reservations)
-            self._reserved[key] = (allowed, address)
+            self._open.append(reservation)
         try:
-            yield Reservation(allowed)
+            yield reservation
         finally:
             with self._lock:
-                del self._reserved[key]
+                self._open.remove(reservation)
+
+    def grant(self, reservation: Reservation, nbytes: int) -> int | None:
+        """Let `reservation` take `nbytes` more if its address and the process have them (kept analyses of any
+        session are evicted, oldest first, to make room); None when granted, else the most it could hold."""
+        for attempt in range(2):
+            with self._lock:
+                process, mine = self._free(reservation.address)
+                if nbytes <= min(process, mine):
+                    reservation.taken += nbytes
+                    return None
+            if attempt == 0:
+                self.make_room(nbytes)  # outside the lock: KEPT's eviction takes it
+        return reservation.taken + max(0, min(process, mine))
 
     def hold(self, owner: str, analysis: EncodedPairs, address: str | None = None) -> None:
         """`owner` now holds `analysis` (in place of what it held), counted against `address` too when given."""

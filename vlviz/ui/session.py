@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import gradio as gr
 
 from vlviz.data.formats import pairs_from_dataset_uploads
-from vlviz.data.inputs import InputError, check_decoded_bytes, decoded_bytes, pairs_from_uploads
+from vlviz.data.inputs import InputError, pairs_from_uploads
 from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
 from vlviz.policy import ModelPolicy, is_public
@@ -347,12 +347,10 @@ def analyze_uploads(
     paths = [fetch(str(f), own_host) for f in files or []]  # a URL (from an agent) becomes a local file
     with LEDGER.reserve(space.token, address) as room:
         try:
-            pairs = pairs_from_dataset_uploads(paths, captions_text, room.allowed) or pairs_from_uploads(
-                paths, captions_text, max_decoded_bytes=room.allowed
+            pairs = pairs_from_dataset_uploads(paths, captions_text, room) or pairs_from_uploads(
+                paths, captions_text, memory=room
             )
-            decoded = sum(decoded_bytes(*image.size) for image in pairs.images)
-            check_decoded_bytes(decoded + model.encoded_bytes(len(pairs)), room.allowed,
-                                f"These {len(pairs)} pairs with {model.name}'s embeddings")  # fmt: skip
+            room.take(model.encoded_bytes(len(pairs)), f"These {len(pairs)} pairs with {model.name}'s embeddings")
         except InputError as error:
             raise refusal(error) from error
         analysis = encode_pair_set(model, pairs)
