@@ -31,7 +31,7 @@ from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.memory import trim_heap_every
 from vlviz.ui.origins import host_guard
-from vlviz.ui.session import MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab, pairs_state
+from vlviz.ui.session import KEPT, MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab, pairs_state
 from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
 from vlviz.ui.view_links import open_view, restore_view, view_link
@@ -51,7 +51,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
     check_data_dir()
     threading.Thread(target=_warm_up, args=(model_spec,), name="vlviz-warm-up", daemon=True).start()
-    trim_heap_every(HEAP_TRIM_EVERY_S)
+    trim_heap_every(HEAP_TRIM_EVERY_S, KEPT.expire)
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
     sweep = int(min(SESSION_TTL_S, 3600))

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vlviz.data.inputs import ByteBudget
@@ -52,13 +52,15 @@ def return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def trim_heap_every(seconds: float) -> threading.Thread:
-    """Start a daemon thread that returns freed heap pages every `seconds`: analyses are freed when Gradio
-    replaces or expires a session's state, at no moment vlviz sees, and the resident set should follow."""
+def trim_heap_every(seconds: float, expire: Callable[[], None]) -> threading.Thread:
+    """Start a daemon thread that, every `seconds`, calls `expire` (drop what outlived its time) and returns freed
+    heap pages: analyses are freed when Gradio replaces or expires a session's state, at no moment vlviz sees,
+    and the resident set should follow."""
 
     def trim() -> None:
         while True:
             time.sleep(seconds)
+            expire()
             return_freed_memory()
 
     thread = threading.Thread(target=trim, name="vlviz-heap-trim", daemon=True)
