@@ -2,7 +2,7 @@
 # when the container is started with `--gpus all` (NVIDIA Container Toolkit on the host), else the CPU.
 #   docker build -t vlviz .
 #   docker run --gpus all -p 7860:7860 vlviz
-# It binds 0.0.0.0, so vlviz runs in public mode (an allow-list of models; README "Hosting");
+# It binds 0.0.0.0, so vlviz runs in public mode (an allow-list of models; docs/hosting.md);
 # add `-e VLVIZ_PUBLIC=0` to load any model on a container of your own.
 FROM python:3.11-slim
 

@@ -3,7 +3,7 @@
 The model is `VLVIZ_MODEL` if set, else a pretrained ViT-B-32 when the Hugging Face hub is
 reachable, else the built-in offline model. Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 choose the address (127.0.0.1:7860 by default); a non-loopback address makes the app public
-(README, "Hosting"). Agents connect to /gradio_api/mcp/ (README, "Agents (MCP)"): on for a local
+(docs/hosting.md). Agents connect to /gradio_api/mcp/ (docs/api.md, "Agents (MCP)"): on for a local
 app, off for a public one; VLVIZ_MCP=1 or 0 decides. A local app answers only its own Host and Origin
 (loopback names, or those in VLVIZ_ALLOWED_HOSTS), so a web page elsewhere cannot drive it.
 """
@@ -13,7 +13,7 @@ import ctypes
 import os
 import sys
 
-from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, hub_reachable
+from vlviz.models.loading import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, hub_reachable
 from vlviz.ui import build_app, launch_kwargs
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number

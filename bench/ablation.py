@@ -4,9 +4,9 @@ Continues training the same start model (the offline `vlviz-scenes` model, as Sa
 pre-training proposes) on scenes with (a) CLIP, (b) CLIP + SaCo, (c) CLIP + SPARC and (d) all three,
 three seeds each, and reports held-out image -> text R@1, mean |A_I - A_T| and the SPARC
 pointing game (colour and shape words), as mean ± standard deviation over seeds. Prints JSON and,
-with --readme, writes the table into README.md between its ablation markers, whatever it shows.
+with --docs, writes the table into docs/results/ablation.md between its markers, whatever it shows.
 
-    python -m bench.ablation --steps 60 --readme
+    python -m bench.ablation --steps 60 --docs
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.readme import mean_and_spread, write_readme_block
+from bench.readme import mean_and_spread, write_results_block
 from vlviz.training.config import TrainConfig
 from vlviz.training.runs import prepare_run
 
@@ -69,15 +69,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/results/ablation.md")
     args = parser.parse_args()
 
     results = run_all(args.start, args.steps, args.batch_size, args.lr, args.seeds)
     markdown = table(results, args.steps, args.batch_size, args.seeds)
     print(json.dumps({name: [{k: r.get(k) for k in FIGURES} for r in records] for name, records in results.items()}))
     print(markdown)
-    if args.readme:
-        write_readme_block("ablation", markdown)
+    if args.docs:
+        write_results_block("ablation", markdown)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from tests.browser import CHROMIUM_ARGS
 from tests.conftest import free_port
 from vlviz.data.samples import sample_files
 from vlviz.data.scenes import generate_scenes
-from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.models.loading import OFFLINE_SPEC, load_model
 from vlviz.viz.views import HEATMAP_PAGE
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vlviz.consistency import consistency_figures, consistency_summary, inconsistency_matrix
+from vlviz.metrics.consistency import consistency_figures, consistency_summary, inconsistency_matrix
 
 D = 512
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from vlviz.cli.report import REPORT_MAX_PAIRS
 from vlviz.data.scenes import generate_scenes
-from vlviz.models import OFFLINE_SPEC
-from vlviz.report import REPORT_MAX_PAIRS
+from vlviz.models.loading import OFFLINE_SPEC
 
 TAR_SAMPLES = 10_000  # samples per webdataset tar
 CHUNK = 1_000  # scenes generated at a time

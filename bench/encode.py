@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from vlviz.data.scenes import generate_scenes
-from vlviz.encoding import ENCODE_BATCH
-from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.models.encoding import ENCODE_BATCH
+from vlviz.models.loading import OFFLINE_SPEC, load_model
 
 
 def _sync(device: torch.device) -> None:

@@ -10,12 +10,12 @@ model, of a continual run the shipped `vlviz-scenes`: both are rows of the table
 Each finished run is appended to `--results` (JSON lines, committed beside this script), and a run
 already there is not trained again: the grid resumes where a stopped session left it, and the table
 (all runs in the file at these steps, batch size and learning rate) can be rebuilt without training.
-`--readme` writes the table into README.md between its markers.
+`--docs` writes the table into docs/results/grounding.md between its markers.
 
-    python -m bench.grounding --readme      # the main grid: 2 starts x 2 caption styles x 4 settings x 3 seeds
+    python -m bench.grounding --docs        # the main grid: 2 starts x 2 caption styles x 4 settings x 3 seeds
     python -m bench.grounding --starts scratch --captions varied \\
-        --settings "SPARC, mean pooling" "SPARC, mean pooling, λf 5" --readme    # SPARC's open options
-    python -m bench.grounding --table-only --readme     # the table of the runs done so far, nothing trained
+        --settings "SPARC, mean pooling" "SPARC, mean pooling, λf 5" --docs      # SPARC's open options
+    python -m bench.grounding --table-only --docs       # the table of the runs done so far, nothing trained
     python -m bench.grounding --steps 5 --seeds 0 --settings CLIP --starts scratch --results /tmp/smoke.jsonl
 """
 
@@ -27,7 +27,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.readme import mean_and_spread, write_readme_block
+from bench.readme import mean_and_spread, write_results_block
 from vlviz.training.config import TrainConfig
 from vlviz.training.runs import prepare_run
 
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=list(STARTS))
     parser.add_argument("--captions", nargs="+", default=list(CAPTIONS), choices=list(CAPTIONS))
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines of finished runs (resumed)")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/results/grounding.md")
     parser.add_argument("--table-only", action="store_true", help="train nothing: the table of the runs in --results")
     args = parser.parse_args()
 
@@ -147,8 +147,8 @@ def main() -> None:
         rows = run_all(args)
     markdown = table(rows, args)
     print(markdown)
-    if args.readme:
-        write_readme_block("grounding", markdown)
+    if args.docs:
+        write_results_block("grounding", markdown)
 
 
 if __name__ == "__main__":

@@ -531,7 +531,7 @@ class Session:
             return foreign_items([data["text"]], [data["image"]], self.tag)
 
         pair = self.rng.randint(1, len(self.files))
-        self.request("grounding", check, pair, None, "sparc", 0.6, "", OFFLINE_SPEC)
+        self.request("grounding", check, pair, None, "sparc", 0.6, "")
 
     def keywords(self) -> None:
         def check(result: Any) -> list[str]:
@@ -539,7 +539,7 @@ class Session:
             return foreign_items([p["caption"] for p in pairs], [p["image"] for p in pairs], self.tag)
 
         vocabulary = self.rng.choice([ZERO_SHOT, CAPTIONS_ONLY])
-        self.request("keywords", check, 1, "a photo of {}", vocabulary, 5, False, OFFLINE_SPEC)
+        self.request("keywords", check, 1, "a photo of {}", vocabulary, 5, False)
 
     def query(self) -> None:
         def check(result: Any) -> list[str]:

@@ -15,10 +15,10 @@ This script looks for the cause on held-out scenes, for each model given:
   background), how much the word's similarity at its peak patch drops when the named object goes,
   against when another object of the scene goes. The patch embedding sees only its own 8x8 pixels, so a
   background patch whose score follows the named object got that evidence through attention;
-- the occlusion map (`vlviz.occlusion`): each patch hidden in turn, how much the word's SPARC fine
+- the occlusion map (`vlviz.grounding.occlusion`): each patch hidden in turn, how much the word's SPARC fine
   similarity falls. It reads where the evidence comes from in the pixels, wherever the tower keeps it.
 
-    # the README's models: 300 steps from scratch on varied captions, seed 0, as bench.grounding trains them
+    # the models of docs/results/peaks.md: 300 steps from scratch on varied captions, seed 0, as bench.grounding trains them
     for loss in word_region sparc clip; do
         python -m vlviz train --model fresh --data scenes --captions varied --loss $loss=1 --steps 300 \
             --batch-size 32 --lr 5e-4 --eval-every 300 --seed 0 --out runs/peaks/$loss
@@ -43,8 +43,7 @@ from open_clip.transformer import VisionTransformer
 
 from vlviz.data.scenes import BACKGROUND, CAPTION_STYLES, SceneBatch, generate_scenes
 from vlviz.data.sources import HELD_OUT_SEED, normalise_uint8
-from vlviz.encoding import VLModel, image_embeddings
-from vlviz.grounding import (
+from vlviz.grounding.maps import (
     MIN_COVER,
     OCCLUSION,
     named_maps,
@@ -55,14 +54,15 @@ from vlviz.grounding import (
     scored_words,
     untrained_model,
 )
-from vlviz.models import load_model
-from vlviz.sparc import grounding_maps, similarities, word_maps
-from vlviz.towers import input_side, preprocess_stats
+from vlviz.grounding.sparc import grounding_maps, similarities, word_maps
+from vlviz.models.encoding import VLModel, image_embeddings
+from vlviz.models.loading import load_model
+from vlviz.models.towers import input_side, preprocess_stats
 
 # Where a word's peak patch can lie: inside the named object (at least MIN_COVER of the patch, as the pointing
 # game counts it), inside another, on the named object's edge (some of its pixels, less than MIN_COVER), on a
 # patch touching the named object's patches, or on background elsewhere.
-OCCLUDED = "occlusion (pixels)"  # the reading of `vlviz.occlusion`'s maps, not of any tower block
+OCCLUDED = "occlusion (pixels)"  # the reading of `vlviz.grounding.occlusion`'s maps, not of any tower block
 PLACES = ("named object", "other object", "its edge", "next to it", "background")
 
 
@@ -71,7 +71,7 @@ def patch_lens(visual: VisionTransformer, pixels: torch.Tensor) -> dict[str, tor
     """Projected patch embeddings (N, P, D) read after each block, and with the last block's value path only.
 
     Every reading goes through the tower's own final norm and projection, so block L is exactly what
-    SPARC's maps use (`vlviz.encoding.image_embeddings`).
+    SPARC's maps use (`vlviz.models.encoding.image_embeddings`).
     """
     out = visual.forward_intermediates(pixels, normalize_intermediates=True, output_fmt="NLC", intermediates_only=True)
     readings = {f"after block {i + 1}": x @ visual.proj for i, x in enumerate(out["image_intermediates"])}
@@ -188,7 +188,7 @@ def diagnose(model: VLModel, scenes: SceneBatch) -> dict[str, dict[str, dict[str
     drops = evidence_drops(model, scenes, word_index, tokens)
     results = {}
     for reading, patches in [*readings.items(), (OCCLUDED, None)]:
-        if patches is None:  # where the evidence comes from: each patch hidden in turn (`vlviz.occlusion`)
+        if patches is None:  # where the evidence comes from: each patch hidden in turn (`vlviz.grounding.occlusion`)
             kind, token_maps = OCCLUSION, occlusion_scene_maps(model, scenes.pil_images(), scenes.captions, False)
             scores = scene_grounding_score(encoding, scenes, kinds=[kind], token_maps={kind: token_maps})
             maps = word_maps(token_maps[0].to(word_index.device), word_index).cpu()

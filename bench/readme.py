@@ -1,4 +1,9 @@
-"""What the table-writing benchmarks share: a figure over seeds, and their table written into the README."""
+"""What the table-writing benchmarks share: a figure over seeds, and their table written into its docs page.
+
+Each such benchmark owns a page of results, `docs/results/NAME.md`, that says how the table was made and
+what it shows; the table itself sits between `<!-- NAME:start -->` and `<!-- NAME:end -->` there and is
+rewritten by the benchmark (`--docs`), whatever it shows.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import re
 import statistics
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def mean_and_spread(values: list[float]) -> str:
@@ -18,11 +23,22 @@ def mean_and_spread(values: list[float]) -> str:
     return f"{statistics.mean(kept):.3f}" + (f" ± {statistics.stdev(kept):.3f}" if len(kept) > 1 else "")
 
 
-def write_readme_block(name: str, markdown: str) -> None:
-    """Replace README.md's text between `<!-- NAME:start -->` and `<!-- NAME:end -->` with `markdown`."""
+def results_page(name: str) -> Path:
+    """The docs page that shows the table `name`: docs/results/NAME.md."""
+    return RESULTS_DIR / f"{name}.md"
+
+
+def write_results_block(name: str, markdown: str, page: Path | None = None) -> Path:
+    """Replace the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` of `page` with `markdown`.
+
+    `page` defaults to `results_page(name)`; the page and its markers must exist (its prose is written by
+    hand), and nothing outside the markers changes. Returns the page written.
+    """
+    page = page or results_page(name)
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = README.read_text()
+    text = page.read_text() if page.exists() else ""
     if start not in text or end not in text:
-        raise SystemExit(f"README.md has no {start} ... {end} markers")
+        raise SystemExit(f"{page} has no {start} ... {end} markers")
     block = f"{start}\n{markdown}\n{end}"
-    README.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+    page.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+    return page

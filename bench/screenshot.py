@@ -6,7 +6,7 @@ saves the top of the page: the model panel, the inputs and the image-text heatma
 (`--out assets/talk.png`) it shows the talk page's grounding step with its speaker note instead; with
 `--compare` (`--out assets/grounding_compare.png`) the Grounding tab's chosen word drawn by the offline
 model beside its untrained twin ("Compare with"); `--model SPEC` and `--map LABEL` choose another model
-and map there, e.g. the occlusion map of a word-region run (README, "Where the peaks go"):
+and map there, e.g. the occlusion map of a word-region run (docs/results/peaks.md):
 
     python -m bench.screenshot --compare --model runs/peaks/word_region --map "occlusion map" \
         --pair 2 --word 9 --out assets/grounding_occlusion.png      # 'blue' of the second bundled scene
@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.browser import CHROMIUM_ARGS
 from tests.conftest import free_port
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui import build_app, launch_kwargs
 
 VIEWPORT = {"width": 1400, "height": 1000}

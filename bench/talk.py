@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.browser import CHROMIUM_ARGS
 from tests.conftest import free_port
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui import build_app, launch_kwargs
 from vlviz.ui.talk_page import STEP_KEYS
 

@@ -21,7 +21,7 @@ from open_clip.model import CLIP
 from vlviz.data.scenes import generate_scenes
 from vlviz.data.sources import HeldOut, normalise_uint8
 from vlviz.losses.clip import clip_contrastive_loss
-from vlviz.models import resolve_device
+from vlviz.models.loading import resolve_device
 from vlviz.training.config import TrainConfig
 from vlviz.training.loop import train
 from vlviz.training.offline_model import SCENES_MODEL_CFG, scenes_tokenizer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
-from vlviz.checkpoints import save_checkpoint
+from vlviz.models.checkpoints import save_checkpoint
 
 # A ViT and a ResNet small enough to build in milliseconds; weights do not matter for these tests.
 TINY_VIT_CFG = {
@@ -75,16 +74,21 @@ SCENES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples" / "scene
 SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES_DIR / "captions.csv").open())}
 
 
-def analyzed_client(app_url: str, files: list[Path]):
-    """A gradio_client session that has analyzed these bundled scenes with their own captions."""
+def analyzed_client(app_url: str, files: list[Path], model: str | None = None):
+    """A gradio_client session that has analyzed these bundled scenes with their own captions (by `model`,
+    default the offline one)."""
     from gradio_client import Client, handle_file
 
-    from vlviz.models import OFFLINE_SPEC
+    from vlviz.models.loading import OFFLINE_SPEC
 
     client = Client(app_url, verbose=False)
     captions = "\n".join(SCENE_CAPTIONS[f.name] for f in files)
     client.predict(
-        [handle_file(str(f)) for f in files], captions, OFFLINE_SPEC, "cosine similarity", api_name="/analyze"
+        [handle_file(str(f)) for f in files],
+        captions,
+        model or OFFLINE_SPEC,
+        "cosine similarity",
+        api_name="/analyze",
     )
     return client
 
@@ -98,7 +102,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def app_url() -> Iterator[str]:
     """The real app on the offline model, launched in this process on a free local port."""
-    from vlviz.models import OFFLINE_SPEC
+    from vlviz.models.loading import OFFLINE_SPEC
     from vlviz.ui import build_app, launch_kwargs
 
     demo = build_app(OFFLINE_SPEC)
@@ -110,19 +114,24 @@ def app_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (its own browser download is not used); CI installs it."""
-    from playwright.sync_api import sync_playwright
+    """Chromium driven by Playwright: Debian's when `chromium` is on PATH, else Playwright's own build.
+
+    The README's test command installs one first when none launches (`python -m tests.browser_setup`).
+    """
+    from playwright.sync_api import Error, sync_playwright
 
     from tests.browser import CHROMIUM_ARGS
+    from tests.browser_setup import launch_chromium
 
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(
-            "Chromium is not installed: the browser tests need it. Install it with "
-            "`apt-get install -y chromium` (Playwright's own browser download is not used)."
-        )
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            browser = launch_chromium(playwright, CHROMIUM_ARGS)
+        except Error as error:
+            pytest.fail(
+                f"No Chromium launches for the browser tests ({str(error).strip().splitlines()[0]}). "
+                "`python -m tests.browser_setup` installs one (Debian's `chromium` as root with apt, "
+                "else Playwright's own)."
+            )
         yield browser
         browser.close()
 

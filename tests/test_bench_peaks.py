@@ -7,8 +7,8 @@ import torch
 
 from bench.peaks import OCCLUDED, PLACES, diagnose, evidence_figures, patch_lens, peak_place, place_shares
 from vlviz.data.scenes import generate_scenes
-from vlviz.encoding import image_embeddings
-from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.models.encoding import image_embeddings
+from vlviz.models.loading import OFFLINE_SPEC, load_model
 
 
 def test_the_lens_ends_where_sparcs_maps_read_the_tower() -> None:

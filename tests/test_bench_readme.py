@@ -1,13 +1,16 @@
-"""bench.readme: the figures over seeds and the README block the table-writing benchmarks share."""
+"""bench.readme: the figures over seeds, and the results block the table-writing benchmarks write into docs/."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from bench import readme
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def test_mean_and_spread_leave_undefined_values_out() -> None:
@@ -19,10 +22,24 @@ def test_mean_and_spread_leave_undefined_values_out() -> None:
 def test_the_block_between_the_markers_is_replaced_and_nothing_else(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    page = tmp_path / "README.md"
+    monkeypatch.setattr(readme, "RESULTS_DIR", tmp_path)
+    page = tmp_path / "t.md"
     page.write_text("before\n<!-- t:start -->\nold\n<!-- t:end -->\nafter\n")
-    monkeypatch.setattr(readme, "README", page)
-    readme.write_readme_block("t", "| a |\n|---|")
+    assert readme.write_results_block("t", "| a |\n|---|") == page
     assert page.read_text() == "before\n<!-- t:start -->\n| a |\n|---|\n<!-- t:end -->\nafter\n"
     with pytest.raises(SystemExit, match="markers"):
-        readme.write_readme_block("other", "x")
+        readme.write_results_block("other", "x", page=page)
+    with pytest.raises(SystemExit, match="markers"):
+        readme.write_results_block("missing", "x")  # no page: nothing is created
+    assert not (tmp_path / "missing.md").exists()
+
+
+def test_every_table_a_benchmark_writes_has_its_page_with_markers() -> None:
+    names = set()
+    for script in BENCH.glob("*.py"):
+        names |= set(re.findall(r'write_results_block\("(\w+)"', script.read_text()))
+    assert names == {"ablation", "grounding"}, names
+    for name in names:
+        text = readme.results_page(name).read_text()
+        assert text.count(f"<!-- {name}:start -->") == 1 and text.count(f"<!-- {name}:end -->") == 1, name
+    assert "<!--" not in (BENCH.parent / "README.md").read_text().replace("<!-- ci: test command", "")

@@ -20,8 +20,8 @@ from tests.conftest import free_port
 from vlviz.data.scenes import generate_scenes
 from vlviz.data.sources import SceneSource
 from vlviz.losses.clip import clip_contrastive_loss
-from vlviz.models import OFFLINE_SPEC, load_model
-from vlviz.towers import half_dtype, input_side, preprocess_stats
+from vlviz.models.loading import OFFLINE_SPEC, load_model
+from vlviz.models.towers import half_dtype, input_side, preprocess_stats
 from vlviz.training.config import TrainConfig
 from vlviz.training.distributed import gather_features, init_distributed
 from vlviz.training.loop import train

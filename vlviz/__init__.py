@@ -1,12 +1,12 @@
 """vlviz: see and train how vision-language models align images with text.
 
-Layers, imported one way (README, Architecture): the core library here (`vlviz.*`, `vlviz.losses`,
-`vlviz.data`: tensors in, dataclasses out) <- the training harness (`vlviz.training`) and the views
-(`vlviz.viz`) <- the commands (`vlviz.report`, `python -m vlviz`) <- the Gradio app (`vlviz.ui`).
+Packages by concept, imported one way (docs/architecture.md, enforced by tests/test_layers.py): data <-
+models, metrics <- grounding, keywords, embedding, compare <- losses <- the training harness (`vlviz.training`)
+and the views (`vlviz.viz`) <- the command line (`vlviz.cli`, `python -m vlviz`) <- the Gradio app (`vlviz.ui`).
 """
 
-from vlviz.encoding import PairEncoding, VLModel
-from vlviz.models import (
+from vlviz.models.encoding import PairEncoding, VLModel
+from vlviz.models.loading import (
     DEFAULT_ONLINE_SPEC,
     OFFLINE_SPEC,
     ModelUnavailableError,

@@ -32,9 +32,9 @@ from open_clip.transformer import ResidualAttentionBlock
 from PIL import Image
 
 from vlviz.data.samples import ASSETS_DIR
-from vlviz.encoding import VLModel, this_thread_only
-from vlviz.tokens import STOP_WORDS, TokenLayout, token_layout
-from vlviz.towers import text_tower
+from vlviz.models.encoding import VLModel, this_thread_only
+from vlviz.models.tokens import STOP_WORDS, TokenLayout, token_layout
+from vlviz.models.towers import text_tower
 
 PER_HEAD = 4  # SIMLA: the top 4 positions of each head vote
 KEEP = 5  # SIMLA: the 5 positions with the most votes are the keywords

@@ -2,10 +2,10 @@
 
 import open_clip
 
-from vlviz.__main__ import main
+from vlviz.cli.main import main
 from vlviz.data.sources import SceneSource
-from vlviz.models import OFFLINE_MODEL_DIR, load_model
-from vlviz.towers import preprocess_stats
+from vlviz.models.loading import OFFLINE_MODEL_DIR, load_model
+from vlviz.models.towers import preprocess_stats
 from vlviz.training.evaluation import evaluate
 
 

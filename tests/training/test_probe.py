@@ -9,7 +9,7 @@ import open_clip
 import torch
 
 from vlviz.data.sources import SceneSource
-from vlviz.models import load_model
+from vlviz.models.loading import load_model
 from vlviz.training.probe import ProbeBatch
 from vlviz.viz.views import probe_figures
 

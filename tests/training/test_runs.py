@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.training.test_train import NanFromStep
-from vlviz.__main__ import main
-from vlviz.checkpoints import load_loss_heads
+from vlviz.cli.main import main
 from vlviz.losses import LOSSES
-from vlviz.models import load_model
+from vlviz.losses.heads import load_loss_heads
+from vlviz.models.loading import load_model
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.runs import FRESH, WEIGHTS_NAME, parse_loss_weights, prepare_run
 

@@ -14,11 +14,12 @@ import torch
 from open_clip.model import CLIP
 
 from tests.conftest import TINY_VIT_CFG
-from vlviz.checkpoints import save_checkpoint, save_loss_heads
 from vlviz.data.sources import SceneSource
 from vlviz.losses import LOSSES, Loss, create_loss
 from vlviz.losses.clip import clip_contrastive_loss
-from vlviz.models import load_model
+from vlviz.losses.heads import save_loss_heads
+from vlviz.models.checkpoints import save_checkpoint
+from vlviz.models.loading import load_model
 from vlviz.training.config import MAX_BATCH_SIZE, MAX_STEPS, NonFiniteLossError, TrainConfig
 from vlviz.training.loop import set_trainable, train
 
@@ -230,7 +231,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
     def crash(*_: object, **__: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("vlviz.checkpoints.save_file", crash)
+    monkeypatch.setattr("vlviz.models.checkpoints.save_file", crash)
     with torch.no_grad():
         model.visual.proj.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

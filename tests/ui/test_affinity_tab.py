@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from vlviz.data.inputs import pairs_from_uploads
 from vlviz.data.samples import sample_files
-from vlviz.encoding import EncodedPairs, encode_pair_set
-from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.models.encoding import EncodedPairs, encode_pair_set
+from vlviz.models.loading import OFFLINE_SPEC, load_model
 from vlviz.ui.affinity_tab import VALUE_KINDS, affinity_outputs
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 import app as app_module
 from tests.conftest import SCENE_CAPTIONS
 from vlviz.data.samples import SAMPLE_SETS
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 
 SCENES = SAMPLE_SETS["scenes"]
 

@@ -59,7 +59,7 @@ def test_bad_link_parameters_are_ignored_with_a_notice(browser: object, app_url:
     expect(page.get_by_text("have expired").first).to_be_visible(timeout=TIMEOUT_MS)
     expect(page.get_by_role("tab", name="Affinity")).to_have_attribute("aria-selected", "true")
 
-    # A local server loads local files (README, Hosting; a public one refuses paths): this one is no model,
+    # A local server loads local files (docs/hosting.md; a public one refuses paths): this one is no model,
     # and the page says so by its name alone.
     page.goto(app_url + "?model=/etc/passwd")
     message = page.get_by_text("expected weights ending in").first

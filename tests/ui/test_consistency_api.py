@@ -10,7 +10,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from vlviz.data.samples import SAMPLE_SETS
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 
 SCENES = SAMPLE_SETS["scenes"]
 SCENE_CAPTIONS = {row["file"]: row["caption"] for row in csv.DictReader((SCENES / "captions.csv").open())}

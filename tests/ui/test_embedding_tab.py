@@ -6,9 +6,9 @@ import pytest
 
 from vlviz.data.inputs import PairSet
 from vlviz.data.scenes import generate_scenes
-from vlviz.encoding import encode_pair_set
-from vlviz.models import OFFLINE_SPEC, load_model
-from vlviz.policy import ModelPolicy
+from vlviz.models.encoding import encode_pair_set
+from vlviz.models.loading import OFFLINE_SPEC, load_model
+from vlviz.models.policy import ModelPolicy
 from vlviz.ui.embedding_tab import LAYOUT_WORKER, embedding_space
 from vlviz.ui.session import SessionSpace
 

@@ -15,8 +15,8 @@ from gradio_client.exceptions import AppError
 
 import vlviz.ui.consistency_tab as consistency_tab
 from tests.conftest import SCENE_CAPTIONS, SCENES_DIR, analyzed_client, free_port
-from vlviz.models import OFFLINE_SPEC
-from vlviz.policy import ModelPolicy
+from vlviz.models.loading import OFFLINE_SPEC
+from vlviz.models.policy import ModelPolicy
 from vlviz.ui import build_app
 from vlviz.ui.fair_share import QUEUE_SHARE, QUEUE_SHARE_PER_ADDRESS, FairShare, share_queue
 from vlviz.ui.session import SessionBusy, _quiet_when_busy

@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 
 from tests.conftest import SCENE_CAPTIONS, analyzed_client
 from vlviz.data.samples import SAMPLE_SETS
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 
 SCENES = SAMPLE_SETS["scenes"]
 FILES = [SCENES / f"scene_{i:02d}.png" for i in range(4)]
@@ -23,8 +23,8 @@ def client(app_url: str) -> Client:
 
 
 def _ground(client: Client, pair: int | None = 2, word: int | None = None, kind: str = "sparc", text: str = "",
-            model: str = OFFLINE_SPEC, compare: str = "") -> dict:  # fmt: skip
-    return client.predict(pair, word, kind, 0.6, text, model, compare, api_name="/grounding")[-1]
+            compare: str = "") -> dict:  # fmt: skip
+    return client.predict(pair, word, kind, 0.6, text, compare, api_name="/grounding")[-1]
 
 
 def test_grounding_returns_the_words_and_their_weights(client: Client) -> None:
@@ -44,7 +44,7 @@ def test_the_default_word_is_the_first_content_word(client: Client) -> None:
 
 
 def test_bundled_scenes_get_a_grounding_score(client: Client) -> None:
-    result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, api_name="/grounding")
+    result = client.predict(1, None, "sparc", 0.6, "", api_name="/grounding")
     score, data = result[8], result[-1]
     assert "pointing game" in score and "4 loaded bundled scenes" in score
     for name in ("colour", "shape"):
@@ -59,7 +59,7 @@ def test_the_dense_cosine_map_lies_in_the_unit_interval(client: Client) -> None:
 
 
 def test_the_occlusion_map_shows_where_evidence_comes_from_with_its_score(client: Client) -> None:
-    result = client.predict(2, 3, "occlusion", 0.6, "", OFFLINE_SPEC, "untrained", api_name="/grounding")
+    result = client.predict(2, 3, "occlusion", 0.6, "", "untrained", api_name="/grounding")
     score, data = result[8], result[-1]
     assert data["kind"] == "occlusion" and len(data["word_maps"]) == len(data["words"])
     assert all(len(row) == 64 for row in data["word_maps"]) and any(v < 0 for row in data["token_maps"] for v in row)
@@ -72,8 +72,9 @@ def test_any_typed_text_is_grounded(client: Client) -> None:
     assert data["words"] == ["blue", "square"] and data["text"] == "blue square" and data["word"] == 0
 
 
-def test_a_resnet_says_why_there_are_no_maps(client: Client, tiny_resnet_dir: Path) -> None:
-    result = client.predict(1, None, "sparc", 0.6, "", str(tiny_resnet_dir), api_name="/grounding")
+def test_a_resnet_says_why_there_are_no_maps(app_url: str, tiny_resnet_dir: Path) -> None:
+    resnet = analyzed_client(app_url, FILES[:2], str(tiny_resnet_dir))
+    result = resnet.predict(1, None, "sparc", 0.6, "", api_name="/grounding")
     notice, data = result[5], result[-1]
     assert "no projectable patch tokens" in notice and "ModifiedResNet" in data["unavailable"]
 
@@ -107,5 +108,19 @@ def test_a_model_compared_with_itself_draws_the_same_maps(client: Client) -> Non
 
 def test_no_comparison_by_default_and_a_resnet_comparison_says_why(client: Client, tiny_resnet_dir: Path) -> None:
     assert _ground(client, pair=1)["compare"] is None
-    result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, str(tiny_resnet_dir), api_name="/grounding")
+    result = client.predict(1, None, "sparc", 0.6, "", str(tiny_resnet_dir), api_name="/grounding")
     assert "No map to compare" in result[5] and "ModifiedResNet" in result[-1]["compare"]["reason"]
+
+
+def test_the_views_read_the_model_that_analyzed_the_pairs_whatever_the_model_box_says(
+    app_url: str, tiny_vit_dir: Path
+) -> None:
+    """The model box changed after Analyze must not mix two models: the maps, keywords and rankings are the
+    analyzed model's (issue 22); another model is drawn only when asked for, beside it (`compare`)."""
+    tiny = analyzed_client(app_url, FILES[:2], str(tiny_vit_dir))
+    data = _ground(tiny, pair=1)
+    assert data["model"] == str(tiny_vit_dir) and data["grid_size"] == [4, 4]  # the tiny ViT's grid, not 8 x 8
+    keywords = tiny.predict(1, "a photo of {}", "the captions' words only", 3, True, api_name="/keywords")[-1]
+    assert keywords["model"] == str(tiny_vit_dir)
+    offline = _ground(tiny, pair=1, compare=OFFLINE_SPEC)["compare"]
+    assert offline["model"] == OFFLINE_SPEC and len(offline["word_maps"][0]) == 64

@@ -23,8 +23,8 @@ import vlviz.ui.session as session
 from tests.browser import SCENES
 from tests.conftest import SCENE_CAPTIONS, free_port
 from vlviz.losses import LOSSES
-from vlviz.models import OFFLINE_SPEC, ModelCache, ModelUnavailableError, load_model
-from vlviz.policy import ModelNotAllowedError, ModelPolicy, is_public
+from vlviz.models.loading import OFFLINE_SPEC, ModelCache, ModelUnavailableError, load_model
+from vlviz.models.policy import ModelNotAllowedError, ModelPolicy, is_public
 from vlviz.ui import build_app, launch_kwargs
 
 TOKEN_FOLDER = re.compile(r"[0-9a-f]{32}")

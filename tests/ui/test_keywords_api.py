@@ -12,10 +12,11 @@ from gradio_client.exceptions import AppError
 from open_clip.model import CLIP
 
 from tests.conftest import SCENE_CAPTIONS, TINY_VIT_CFG, analyzed_client
-from vlviz.checkpoints import save_checkpoint, save_loss_heads
 from vlviz.data.samples import SAMPLE_SETS
 from vlviz.data.sources import SceneSource
-from vlviz.models import OFFLINE_SPEC
+from vlviz.losses.heads import save_loss_heads
+from vlviz.models.checkpoints import save_checkpoint
+from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.training.config import TrainConfig
 from vlviz.training.loop import build_losses, train
 
@@ -48,17 +49,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def trained(app_url: str, checkpoint: Path) -> Client:
+    """A session that has analyzed the same scenes with the checkpoint trained with PSL and XMM."""
+    return analyzed_client(app_url, FILES, str(checkpoint))
+
+
+@pytest.fixture(scope="module")
 def client(app_url: str) -> Client:
     """A session that has analyzed four bundled scenes with their own captions."""
     return analyzed_client(app_url, FILES)
 
 
 def _keywords(client: Client, pair: int | None = 1, template: str = "a photo of {}", vocabulary: str = ZERO_SHOT,
-              top_k: int = 10, content_only: bool = False, model: str = OFFLINE_SPEC,
-              all_positions: bool | None = None) -> tuple:  # fmt: skip
+              top_k: int = 10, content_only: bool = False, all_positions: bool | None = None) -> tuple:  # fmt: skip
     """The `keywords` API; without `all_positions` as a client written before it (the argument's default applies)."""
     last = () if all_positions is None else (all_positions,)
-    return client.predict(pair, template, vocabulary, top_k, content_only, model, *last, api_name="/keywords")
+    return client.predict(pair, template, vocabulary, top_k, content_only, *last, api_name="/keywords")
 
 
 def test_keywords_returns_every_pair_with_keywords_and_concepts(client: Client) -> None:
@@ -105,8 +111,8 @@ def test_all_positions_vote_as_in_simla(client: Client) -> None:
     )
 
 
-def test_a_trained_concept_head_gives_the_concepts(client: Client, checkpoint: Path) -> None:
-    data = _keywords(client, model=str(checkpoint), top_k=4)[-1]
+def test_a_trained_concept_head_gives_the_concepts(trained: Client) -> None:
+    data = _keywords(trained, top_k=4)[-1]
     assert "trained PSL concept head" in data["concepts_from"] and "10-word vocabulary" in data["concepts_from"]
     for entry in data["pairs"]:
         assert {c["word"] for c in entry["concepts"]} <= set(VOCABULARY) and len(entry["concepts"]) == 4
@@ -128,8 +134,8 @@ def test_keywords_need_analyzed_pairs(app_url: str) -> None:
         _keywords(Client(app_url, verbose=False))
 
 
-def test_grounding_shows_the_trained_xmm_map(client: Client, checkpoint: Path) -> None:
-    result = client.predict(2, 3, "sparc", 0.6, "", str(checkpoint), api_name="/grounding")
+def test_grounding_shows_the_trained_xmm_map(trained: Client) -> None:
+    result = trained.predict(2, 3, "sparc", 0.6, "", api_name="/grounding")
     xmm_notice, data = result[7], result[-1]
     xmm = data["xmm"]
     assert xmm["available"] and len(xmm["word_maps"]) == len(data["words"]) == len(xmm["global_share"])
@@ -140,6 +146,6 @@ def test_grounding_shows_the_trained_xmm_map(client: Client, checkpoint: Path) -
 
 
 def test_grounding_says_why_there_is_no_xmm_map(client: Client) -> None:
-    result = client.predict(1, None, "sparc", 0.6, "", OFFLINE_SPEC, api_name="/grounding")
+    result = client.predict(1, None, "sparc", 0.6, "", api_name="/grounding")
     assert result[6]["visible"] is False and "has no trained XMM head" in result[7]  # the empty plot is hidden
     assert result[-1]["xmm"] == {"available": False, "reason": result[7]}

@@ -20,7 +20,7 @@ from mcp.types import CallToolResult
 
 from tests.conftest import SCENE_CAPTIONS, SCENES_DIR
 from vlviz.losses import LOSSES
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui import launch_kwargs
 from vlviz.ui.agents import fetch, mcp_enabled
 

@@ -11,9 +11,9 @@ import pytest
 
 from vlviz.data.inputs import pairs_from_uploads
 from vlviz.data.samples import sample_files
-from vlviz.encoding import EncodedPairs, encode_pair_set
-from vlviz.models import OFFLINE_SPEC, load_model
-from vlviz.policy import ModelPolicy
+from vlviz.models.encoding import EncodedPairs, encode_pair_set
+from vlviz.models.loading import OFFLINE_SPEC, load_model
+from vlviz.models.policy import ModelPolicy
 from vlviz.ui.session import KEPT, SessionSpace, WantedView
 from vlviz.ui.talk_page import open_as_talk
 from vlviz.ui.view_links import restore_view, view_link

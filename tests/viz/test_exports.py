@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlviz.affinity import affinity_report
+from vlviz.metrics.affinity import affinity_report
 from vlviz.viz.exports import write_affinity_files, write_consistency_files, write_csv, write_embedding_files
 from vlviz.viz.views import consistency_view, embedding_view
 

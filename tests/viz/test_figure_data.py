@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from plotly.basedatatypes import BaseTraceType
 
-from vlviz.affinity import affinity_report
+from vlviz.metrics.affinity import affinity_report
 from vlviz.viz.figure_data import REDRAW_SCRIPT, trace_array, write_figure_data, write_figures_zip
 from vlviz.viz.figures import affinity_scatter, embedding_scatter, grounding_grid, heatmap
 from vlviz.viz.views import affinity_view

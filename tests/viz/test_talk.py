@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import SCENE_CAPTIONS, SCENES_DIR
-from vlviz.encoding import VLModel
-from vlviz.models import OFFLINE_SPEC, load_model
+from vlviz.models.encoding import VLModel
+from vlviz.models.loading import OFFLINE_SPEC, load_model
 from vlviz.viz.talk import TalkInputs, TalkStep, talk_html, talk_steps
 
 STEPS = ["affinity", "gap", "saco", "grounding", "training", "before-after"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlviz.consistency import consistency_figures, in_modal_affinities
+from vlviz.metrics.consistency import consistency_figures, in_modal_affinities
 from vlviz.viz.exports import write_consistency_files, write_embedding_files
 from vlviz.viz.html import page_html, top_pairs_html
 from vlviz.viz.tables import consistency_table

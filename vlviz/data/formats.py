@@ -10,7 +10,7 @@ parquet files are streamed (members and row batches one at a time, never unpacke
 problem is an `InputError` naming the file, sample, row or columns involved.
 
 `stream_pairs` hands the same sources over one pair at a time with the images still encoded, for
-sets too large to hold (`vlviz.embeddings_store` embeds a million pairs from it in bounded memory).
+sets too large to hold (`vlviz.embedding.store` embeds a million pairs from it in bounded memory).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import csv
 import functools
 from pathlib import Path
 
+from vlviz.data.keys import content_key
 from vlviz.data.scenes import SceneBatch, generate_scenes
-from vlviz.encoding import content_key
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 SAMPLES_DIR = ASSETS_DIR / "samples"

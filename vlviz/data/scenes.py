@@ -148,7 +148,7 @@ class SceneBatch:
 
     Object slots are padded to MAX_OBJECTS; `present` says which slots hold an object. Attribute
     arrays hold indices into COLOURS, SHAPES, SIZES and POSITIONS. `colour_word` and `shape_word`
-    are the indices, among the caption's words as `vlviz.tokens` splits them (punctuation is not a
+    are the indices, among the caption's words as `vlviz.models.tokens` splits them (punctuation is not a
     word), of the words that name each object's colour and shape; -1 for empty slots.
     """
 

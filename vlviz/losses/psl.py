@@ -48,8 +48,8 @@ from vlviz.keywords import (
     pooled_attention,
 )
 from vlviz.losses.base import Loss
-from vlviz.tokens import token_layout
-from vlviz.towers import joint_dim
+from vlviz.models.tokens import token_layout
+from vlviz.models.towers import joint_dim
 
 MOMENTUM = 0.995  # SIMLA
 ALPHA = 0.4  # SIMLA's distillation weight

@@ -1,4 +1,4 @@
-"""SaCo's sample-wise affinity consistency as a training term (Wu et al., CVPR 2024; see `vlviz.consistency`)."""
+"""SaCo's sample-wise affinity consistency as a training term (Wu et al., CVPR 2024; see `vlviz.metrics.consistency`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vlviz.consistency import DEFAULT_TEMPERATURE, in_modal_affinities, off_diagonal, row_symmetric_kl
 from vlviz.losses.base import Loss
+from vlviz.metrics.consistency import DEFAULT_TEMPERATURE, in_modal_affinities, off_diagonal, row_symmetric_kl
 
 SACO_DISTANCES = ("l1", "l2", "kl")
 

@@ -1,6 +1,6 @@
 """SPARC's objective (Bica et al., ICML 2024): CLIP's global loss plus a fine-grained, within-sample one.
 
-The alignment weights and grouped embeddings are `vlviz.sparc`'s (Eqs. 2-5); this module contrasts
+The alignment weights and grouped embeddings are `vlviz.grounding.sparc`'s (Eqs. 2-5); this module contrasts
 each token's language-grouped vision embedding with the sample's tokens (the paper's Appendix C).
 """
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlviz.grounding.sparc import alignment_weights, grouped_embeddings
 from vlviz.losses.base import Loss
 from vlviz.losses.clip import clip_contrastive_loss
-from vlviz.sparc import alignment_weights, grouped_embeddings
 
-# --- SPARC: sparse fine-grained contrastive alignment (vlviz.sparc) -----------------------------
+# --- SPARC: sparse fine-grained contrastive alignment (vlviz.grounding.sparc) -----------------------------
 # A column the softmax must ignore: exp(MIN - max) == 0 exactly, and the value stays finite, so a
 # padding row (whose own target column is masked) gives a finite loss that the mask then zeroes.
 _MASKED_LOGIT = torch.finfo(torch.float32).min

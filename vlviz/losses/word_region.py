@@ -3,7 +3,7 @@
 SPARC contrasts each token's language-grouped vision embedding with the *same caption's* other tokens.
 That is satisfied without reading the image: both towers carry position embeddings, so tying token
 position l to a fixed image place p(l) makes every c_l distinct (measured on scenes as peak stability,
-`vlviz.grounding.peak_stability`). Here each caption token is grouped over *every image of the batch*
+`vlviz.grounding.maps.peak_stability`). Here each caption token is grouped over *every image of the batch*
 with SPARC's own alignment weights (Eqs. 2-5), and the token must pick out its own image's group
 among them: a fixed place holds the same kind of content in every image, so only following the
 named content lowers the loss.
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlviz.grounding.sparc import alignment_weights, grouped_embeddings
 from vlviz.losses.base import Loss
 from vlviz.losses.clip import clip_contrastive_loss
-from vlviz.sparc import alignment_weights, grouped_embeddings
 
 # The largest B x B x T x max(P, D) tensor a step may build (each such tensor is 1 GiB in float32); the
 # offline model (T 32, P 64, D 128) fits batch 256 under it, a ViT-B/16 (T 77, P 196, D 512) batch 82.

@@ -55,10 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlviz.encoding import image_embeddings, text_embeddings, this_thread_only
 from vlviz.losses.base import Loss
-from vlviz.tokens import TokenLayout, real_token_mask, token_layout
-from vlviz.towers import grid_size, image_projection, joint_dim, patch_embedding, token_embedding
+from vlviz.models.encoding import image_embeddings, text_embeddings, this_thread_only
+from vlviz.models.tokens import TokenLayout, real_token_mask, token_layout
+from vlviz.models.towers import grid_size, image_projection, joint_dim, patch_embedding, token_embedding
 
 MASK_PROBABILITY = 0.15  # SIMLA / BERT
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens; the other 10% stay as they are

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from vlviz.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval_ranks
-from vlviz.consistency import consistency_figures
 from vlviz.data.sources import HeldOut
-from vlviz.encoding import PairEncoding, image_embeddings, text_embeddings
-from vlviz.grounding import scene_grounding_score
-from vlviz.tokens import token_layout
-from vlviz.towers import grid_size
+from vlviz.grounding.maps import scene_grounding_score
+from vlviz.metrics.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval_ranks
+from vlviz.metrics.consistency import consistency_figures
+from vlviz.models.encoding import PairEncoding, image_embeddings, text_embeddings
+from vlviz.models.tokens import token_layout
+from vlviz.models.towers import grid_size
 
 EVALUATION_KEY = "image_to_text_r1"  # every evaluation record has it, no step record does
 

@@ -22,10 +22,10 @@ from typing import Protocol
 import torch
 
 from vlviz.data.sources import HeldOut
-from vlviz.encoding import image_embeddings, text_embeddings
 from vlviz.losses import Loss, create_loss
-from vlviz.tokens import real_token_mask
-from vlviz.towers import half_dtype, transformer_blocks
+from vlviz.models.encoding import image_embeddings, text_embeddings
+from vlviz.models.tokens import real_token_mask
+from vlviz.models.towers import half_dtype, transformer_blocks
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.distributed import DistributedContext, gather_features
 from vlviz.training.evaluation import evaluate

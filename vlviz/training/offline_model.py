@@ -15,8 +15,8 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-from vlviz.checkpoints import save_checkpoint
 from vlviz.data.sources import SceneSource
+from vlviz.models.checkpoints import save_checkpoint
 from vlviz.training.config import TrainConfig
 from vlviz.training.loop import train
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vlviz.consistency import inconsistency_matrix
 from vlviz.data.sources import HeldOut
-from vlviz.embedding_space import EmbeddingLayout, fit_layout
-from vlviz.encoding import PairEncoding, input_image
-from vlviz.grounding import CaptionMaps, caption_maps
-from vlviz.tokens import token_layout
-from vlviz.towers import grid_size
+from vlviz.embedding.space import EmbeddingLayout, fit_layout
+from vlviz.grounding.maps import CaptionMaps, caption_maps
+from vlviz.metrics.consistency import inconsistency_matrix
+from vlviz.models.encoding import PairEncoding, input_image
+from vlviz.models.tokens import token_layout
+from vlviz.models.towers import grid_size
 from vlviz.training.evaluation import embed_held_out
 
 PROBE_PAIRS = 16

@@ -20,14 +20,15 @@ import open_clip
 import torch
 from open_clip.model import CLIP
 
-from vlviz.checkpoints import save_checkpoint, save_loss_heads
 from vlviz.data.formats import read_pairs
 from vlviz.data.inputs import PairSet, load_pairs_folder
 from vlviz.data.samples import SAMPLES_DIR
 from vlviz.data.sources import HeldOut, PairSource, SceneSource
-from vlviz.encoding import VLModel
-from vlviz.models import load_model, resolve_device
-from vlviz.towers import input_side, preprocess_stats
+from vlviz.losses.heads import save_loss_heads
+from vlviz.models.checkpoints import save_checkpoint
+from vlviz.models.encoding import VLModel
+from vlviz.models.loading import load_model, resolve_device
+from vlviz.models.towers import input_side, preprocess_stats
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.distributed import DistributedContext
 from vlviz.training.evaluation import evaluate, is_evaluation

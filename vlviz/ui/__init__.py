@@ -14,9 +14,9 @@ import threading
 import gradio as gr
 
 from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
-from vlviz.layout_worker import LayoutWorkerError
-from vlviz.models import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
-from vlviz.policy import ModelPolicy
+from vlviz.embedding.layout_worker import LayoutWorkerError
+from vlviz.models.loading import OFFLINE_NOTICE, ModelUnavailableError, load_model, parse_spec
+from vlviz.models.policy import ModelPolicy
 from vlviz.ui.affinity_tab import build_affinity_tab
 from vlviz.ui.agents import accept_urls, hide_state_loads, mcp_enabled, open_choices, repair_gradio_mcp
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
@@ -48,7 +48,7 @@ word grounding, or train it live in the **Train** tab."""
 
 def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: ModelPolicy | None = None) -> gr.Blocks:
     """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
-    `policy` says which models visitors may load (default: from the environment, see `vlviz.policy`)."""
+    `policy` says which models visitors may load (default: from the environment, see `vlviz.models.policy`)."""
     check_data_dir()
     threading.Thread(target=_warm_up, args=(model_spec,), name="vlviz-warm-up", daemon=True).start()
     trim_heap_every(HEAP_TRIM_EVERY_S, KEPT.expire)
@@ -110,10 +110,10 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     build_embedding_tab(analysis, space, embedding_tab, shown_tab)
                 with gr.Tab(GROUNDING_TAB, id="grounding") as grounding_tab:
                     grounding_pair, grounding_word = build_grounding_tab(
-                        model, analysis, space, grounding_tab, shown_tab, wanted
+                        analysis, space, grounding_tab, shown_tab, wanted
                     )
                 with gr.Tab(KEYWORDS_TAB, id="keywords") as keywords_tab:
-                    build_keywords_tab(model, analysis, space, keywords_tab, shown_tab)
+                    build_keywords_tab(analysis, space, keywords_tab, shown_tab)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, analysis, space)
         tabs.select(current_tab, None, shown_tab, api_visibility="private", show_progress="hidden")
@@ -139,7 +139,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
 
 def _warm_up(model_spec: str) -> None:
     """Before anyone waits: load the start model when it needs no network, and start the layout worker,
-    which compiles UMAP's numba code in its own process (`vlviz.layout_worker`).
+    which compiles UMAP's numba code in its own process (`vlviz.embedding.layout_worker`).
 
     A model loads once per process; one that fails to load here says so when a visitor asks for it.
     While the worker compiles (about 25 s on 2 cores), the Embedding-space tab shows PCA first.
@@ -159,7 +159,7 @@ def launch_kwargs() -> dict:
     says (a local server, or `VLVIZ_MCP=1`); every plot has SVG and PNG (3x) download buttons
     (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`).
 
-    Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.policy` reads to
+    Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.models.policy` reads to
     tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
     """
     mcp = mcp_enabled()

@@ -7,9 +7,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from vlviz.affinity import AffinityReport, PairFigures, affinity_report, pair_figures, rank_images_by_text
 from vlviz.data.inputs import MAX_CAPTION_CHARS
-from vlviz.encoding import EncodedPairs
+from vlviz.metrics.affinity import AffinityReport, PairFigures, affinity_report, pair_figures, rank_images_by_text
+from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,

@@ -7,7 +7,7 @@ parameter; `Returns:`, one line per output).
 
 Gradio's MCP server calls the app through one `gradio_client` of its own, so every MCP client shares
 one Gradio session: `analyze` then `consistency` works, but two agents see each other's pairs and runs.
-Hence the default: on for a local server, off for a public one (`vlviz.policy`) unless `VLVIZ_MCP=1`.
+Hence the default: on for a local server, off for a public one (`vlviz.models.policy`) unless `VLVIZ_MCP=1`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from gradio_client import utils as client_utils
 from pydantic import model_validator
 
 from vlviz.data.samples import ASSETS_DIR
-from vlviz.policy import is_public
+from vlviz.models.policy import is_public
 from vlviz.ui.messages import refusal
 
 ON, OFF = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -45,7 +45,7 @@ LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 def mcp_enabled(env: Mapping[str, str] | None = None) -> bool:
     """Whether to serve the MCP endpoint: `VLVIZ_MCP` (1/0, true/false, yes/no, on/off) if set, else only
-    when the server is local, since all MCP clients share one session (README, "Agents (MCP)")."""
+    when the server is local, since all MCP clients share one session (docs/api.md, "Agents (MCP)")."""
     env = os.environ if env is None else env
     choice = env.get("VLVIZ_MCP", "").strip().lower()
     if choice in ON | OFF:

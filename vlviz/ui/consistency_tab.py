@@ -7,8 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from vlviz.consistency import DEFAULT_TEMPERATURE
-from vlviz.encoding import EncodedPairs
+from vlviz.metrics.consistency import DEFAULT_TEMPERATURE
+from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,

@@ -16,9 +16,9 @@ from typing import Any
 import gradio as gr
 
 from vlviz.data.inputs import PairSet
-from vlviz.embedding_space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
-from vlviz.encoding import EncodedPairs
-from vlviz.layout_worker import LayoutWorker, LayoutWorkerError
+from vlviz.embedding.layout_worker import LayoutWorker, LayoutWorkerError
+from vlviz.embedding.space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
+from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
     ANALYSIS_EVENT,
@@ -37,7 +37,7 @@ from vlviz.viz.tables import gap_table
 from vlviz.viz.views import EmbeddingView, embedding_view
 
 TAB = "Embedding space"
-LAYOUT_WORKER = LayoutWorker()  # UMAP fits in a child process (see vlviz.layout_worker); started at app start
+LAYOUT_WORKER = LayoutWorker()  # UMAP fits in a child process (see vlviz.embedding.layout_worker); started at app start
 METHODS = ["umap", "pca"]
 ABOUT = """Images (circles) and captions (diamonds) of every pair in one 2-D map; a line joins each image
 to its caption. The **modality gap** (Liang et al., NeurIPS 2022) is the distance between the two

@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS
-from vlviz.encoding import EncodedPairs, VLModel
-from vlviz.grounding import (
+from vlviz.grounding.maps import (
     MIN_COVER,
     CaptionMaps,
     bundled_scene_score,
@@ -22,6 +21,7 @@ from vlviz.grounding import (
     shared_untrained_model,
     xmm_word_attention,
 )
+from vlviz.models.encoding import EncodedPairs, VLModel
 from vlviz.ui.agents import open_choices
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
@@ -51,13 +51,13 @@ def grounding(
     opacity: float = 0.7,
     text: str | None = None,
     analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
-    model_spec: str | None = None,
     space: SessionSpace | None = None,  # this session (gr.State)
     compare: str | None = None,
 ) -> tuple[Any, ...]:
     """Where each word of a caption lands on its image: SPARC's token-to-patch weights (the `grounding` API).
 
-    Works on one pair of the pairs last analyzed, with its caption or any other text. Maps cover the
+    Works on one pair of the pairs last analyzed, with its caption or any other text, by the model that
+    analyzed them (whatever the model box says now: `compare` draws another beside it). Maps cover the
     model's patch grid (h x w patches, row-major, P = h * w); SPARC weights lie in [0, 1] and each
     token's row sums to 1, the cosine map in [-1, 1]. Models without patch tokens (ResNets) have no maps
     and say why in the data.
@@ -68,7 +68,6 @@ def grounding(
         kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax', 'cosine', or 'occlusion' (how much each token's SPARC fine similarity falls when each patch is hidden: where the evidence comes from; one tower pass per patch).
         opacity: the heatmap's opacity over the image, 0 to 1.
         text: ground this text in the pair's image instead of its caption (empty: the caption), at most 1,000 characters.
-        model_spec: the model (as in analyze).
         compare: draw the chosen word's map of a second model beside it, on the same pair, text and word: 'untrained' (the same architecture freshly initialised, seed 0: the baseline a trained model's map must beat) or a model spec; empty: none.
 
     Returns:
@@ -84,13 +83,14 @@ def grounding(
         [9] the comparison: the chosen word's map by the `compare` model (hidden when none), plotly JSON
         [10] the data: model, pair, image, text, kind, grid_size [h, w], words, word (the chosen index), word_maps (words x P), tokens, token_maps (tokens x P), scene_score and untrained_scene_score (per word class, colour and shape: pointing-game and mass-in-mask shares and their chance levels, in [0, 1]; None without scenes), xmm ({available, word_maps (words x P), global_share} or {available, reason}), compare (None, or {model, words, word, word_maps (words x P)} or {model, reason}); with no patch tokens: unavailable (the reason)
     """
-    pairs = analyzed(analysis, "the Grounding tab shows their words on their images.").pairs
+    encoded = analyzed(analysis, "the Grounding tab shows their words on their images.")
+    pairs = encoded.pairs
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
         raise refusal(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
     if text and len(text) > MAX_CAPTION_CHARS:
         raise refusal(f"The text is {len(text)} characters long; texts have at most {MAX_CAPTION_CHARS}.")
-    model, _ = model_for(model_spec, space)
+    model, _ = model_for(encoded.model_name, space)
     caption = text.strip() if text and text.strip() else pairs.captions[index]
     pair_choices = gr.Dropdown(
         choices=[(f"{i + 1}. {name}", i + 1) for i, name in enumerate(pairs.names)], value=index + 1
@@ -208,14 +208,14 @@ def _xmm_view(
 def _ground_first_word(pair: int | None, *settings: Any) -> tuple[Any, ...]:
     """`grounding` for a new pair or text: its words change, so the choice goes back to the first content word.
 
-    `settings` are `grounding`'s arguments after `word`: kind, opacity, text, pairs, model spec, session, compare.
+    `settings` are `grounding`'s arguments after `word`: kind, opacity, text, pairs, session, compare.
     """
     return grounding(pair, None, *settings)
 
 
 def _when_in_view(
-    kind: str, opacity: float, text: str | None, analysis: EncodedPairs | None, model_spec: str | None,
-    space: SessionSpace, compare: str | None, wanted: WantedView | None, drawn: int | None, tab: str,
+    kind: str, opacity: float, text: str | None, analysis: EncodedPairs | None, space: SessionSpace,
+    compare: str | None, wanted: WantedView | None, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Ground the first pair once per analysis (or the pair and word a view link asks for), when the tab is
     in view (selected now, or open when Analyze finishes); returns `grounding`'s outputs and the serial of
@@ -225,11 +225,11 @@ def _when_in_view(
     pair, word = (wanted.pair, wanted.word) if wanted else (None, None)
     if pair is not None and pair > len(analysis.pairs):
         pair, word = None, None  # a link to a pair these pairs do not have: the first, as always
-    return (*grounding(pair, word, kind, opacity, text, analysis, model_spec, space, compare), analysis.serial)
+    return (*grounding(pair, word, kind, opacity, text, analysis, space, compare), analysis.serial)
 
 
 def build_grounding_tab(
-    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State, wanted: gr.State
+    analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State, wanted: gr.State
 ) -> tuple[gr.Dropdown, gr.Radio]:
     """Create the tab's components and wire them to `grounding`; it grounds the first pair of each new analysis
     (or the pair and word in `wanted`, a view link's) the first time the tab shows it. Returns the pair and
@@ -296,7 +296,7 @@ def build_grounding_tab(
 
     outputs = [overlay, grid, matrix, pair, words, notice, xmm_overlay, xmm_notice, score, comparison, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
-    common = [kind, opacity, text, analysis, model_spec, space, compare]
+    common = [kind, opacity, text, analysis, space, compare]
     api_run.click(grounding, [api_pair, api_word, *common], **shown, api_name="grounding")
     for event in (words.input, kind.input, opacity.release, compare.input):
         event(grounding, [pair, words, *common], **shown, api_visibility="private")

@@ -8,7 +8,6 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from vlviz.encoding import EncodedPairs, VLModel
 from vlviz.keywords import (
     DEFAULT_TEMPLATE,
     ConceptScores,
@@ -18,7 +17,8 @@ from vlviz.keywords import (
     image_concepts,
     rank_concepts,
 )
-from vlviz.models import OFFLINE_SPEC
+from vlviz.models.encoding import EncodedPairs, VLModel
+from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import VIEW_EVENT, SessionSpace, analyzed, draw_on_first_view, first_view, model_for
 from vlviz.viz.html import markdown_text
@@ -68,7 +68,6 @@ def keywords(
     top_k: float = 10,
     content_words_only: bool = True,
     analysis: EncodedPairs | None = None,  # the analysed pairs (gr.State)
-    model_spec: str | None = None,
     space: SessionSpace | None = None,  # this session (gr.State)
     all_positions: bool = False,
 ) -> tuple[Any, ...]:
@@ -76,7 +75,8 @@ def keywords(
 
     Keywords: the text encoder's last-layer attention from the pooled (end-of-text) token; each head's
     top 4 words vote and the 5 with the most votes are kept. Concepts: words scored against each image,
-    by a trained PSL concept head when the model has one, else zero-shot cosines with the prompt.
+    by a trained PSL concept head when the model has one, else zero-shot cosines with the prompt. The model is
+    the one that analyzed the pairs, whatever the model box says now.
 
     Args:
         pair: the pair the view shows, 1-based (empty: the first); the data covers every pair.
@@ -84,7 +84,6 @@ def keywords(
         vocabulary_choice: the concepts scored: 'the captions' words and the default concepts' or 'the captions' words only'.
         top_k: concepts listed per image, 1 to 30.
         content_words_only: leave stop words out of the vote.
-        model_spec: the model (as in analyze).
         all_positions: every position the pooled token attends to votes (SIMLA's own vote), not only real word tokens.
 
     Returns:
@@ -96,7 +95,8 @@ def keywords(
         [6] a notice: the tokens that voted in the shown pair and where the concept scores come from
         [7] the data: model, pair, candidates, concepts_from, template, pairs (per pair: pair (1-based), image, caption, words, keywords, votes [{token, votes}], concepts [{word, score, in_caption}])
     """
-    pairs = analyzed(analysis, "the Keywords tab reads their captions and images.").pairs
+    encoded = analyzed(analysis, "the Keywords tab reads their captions and images.")
+    pairs = encoded.pairs
     index = 0 if pair is None else int(pair) - 1
     if not 0 <= index < len(pairs):
         raise refusal(f"Pair {pair} does not exist: choose 1 to {len(pairs)}.")
@@ -105,7 +105,7 @@ def keywords(
         check_concept_template(template)
     except ValueError as error:
         raise refusal(error) from error
-    model, _ = model_for(model_spec, space)
+    model, _ = model_for(encoded.model_name, space)
     try:
         found = caption_keywords(
             model.model, model.tokenizer, pairs.captions, content_words_only=content_words_only,
@@ -158,7 +158,7 @@ def keywords(
 
 def _when_in_view(
     template: str | None, top_k: float, content_words_only: bool, analysis: EncodedPairs | None,
-    model_spec: str | None, space: SessionSpace, all_positions: bool, drawn: int | None, tab: str,
+    space: SessionSpace, all_positions: bool, drawn: int | None, tab: str,
 ) -> tuple[Any, ...]:  # fmt: skip
     """Show the first pair once per analysis, when the tab is in view (selected now, or open when Analyze
     finishes), with the concept vocabulary that suits the analysis' model (`default_vocabulary`); returns
@@ -166,13 +166,11 @@ def _when_in_view(
     if not first_view(analysis, drawn, tab == TAB):
         return (gr.skip(),) * (OUTPUTS + 2)
     vocabulary = default_vocabulary(analysis.model_name)
-    shown = keywords(None, template, vocabulary, top_k, content_words_only, analysis, model_spec, space, all_positions)
+    shown = keywords(None, template, vocabulary, top_k, content_words_only, analysis, space, all_positions)
     return (*shown, vocabulary, analysis.serial)
 
 
-def build_keywords_tab(
-    model_spec: gr.Dropdown, analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State
-) -> None:
+def build_keywords_tab(analysis: gr.State, space: gr.State, tab: gr.Tab, current: gr.State) -> None:
     """Create the tab's components and wire them to `keywords`; it shows the first pair of each new analysis
     the first time the tab shows it."""
     gr.Markdown(
@@ -220,11 +218,11 @@ def build_keywords_tab(
     outputs = [caption, image, concepts, pair, table, notice, data]
     shown = dict(outputs=outputs, **VIEW_EVENT)
     # The API's argument order (states are no arguments): a new setting goes last, so older calls still work.
-    settings = [template, vocabulary, top_k, content_only, analysis, model_spec, space, all_positions]
+    settings = [template, vocabulary, top_k, content_only, analysis, space, all_positions]
     api_run.click(keywords, [api_pair, *settings], **shown, api_name="keywords")
     changes = (pair.input, template.submit, vocabulary.input, top_k.release, content_only.input, all_positions.input)
     for event in changes:
         event(keywords, [pair, *settings], **shown, api_visibility="private")
     drawn = gr.State(None)  # the serial of the analysis drawn
-    first = [template, top_k, content_only, analysis, model_spec, space, all_positions, drawn]
+    first = [template, top_k, content_only, analysis, space, all_positions, drawn]
     draw_on_first_view(_when_in_view, tab, TAB, analysis, current, first, [*outputs, vocabulary, drawn], VIEW_EVENT)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vlviz.data.inputs import ByteBudget
-from vlviz.encoding import EncodedPairs
+from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 
 MB = 2**20

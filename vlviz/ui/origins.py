@@ -3,7 +3,7 @@
 Two ways a page in the visitor's browser reaches a local app: DNS rebinding (a page at
 `http://evil.example:7860` whose name is re-pointed to 127.0.0.1 sends `Host: evil.example:7860`), and a
 cross-site request (a page posting to `http://127.0.0.1:7860/...`, the MCP endpoint included, sends its own
-`Origin`). So a local app (`vlviz.policy.is_public` false) answers only a loopback Host (127.0.0.1,
+`Origin`). So a local app (`vlviz.models.policy.is_public` false) answers only a loopback Host (127.0.0.1,
 localhost, [::1], any port), its bind address and the names its owner lists in `VLVIZ_ALLOWED_HOSTS`, and
 only an Origin that is its own page (the Host's name and port) or a listed name; anything else gets HTTP 403
 with a one-line reason. A public server is reached under names only its owner knows (a Space, a proxy), so
@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vlviz.policy import is_loopback, is_public
+from vlviz.models.policy import is_loopback, is_public
 
 ALLOWED_HOSTS_ENV = "VLVIZ_ALLOWED_HOSTS"
 SHOWN_CHARS = 100  # of a refused Host or Origin in the reason

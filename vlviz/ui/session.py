@@ -26,9 +26,15 @@ import gradio as gr
 
 from vlviz.data.formats import pairs_from_dataset_uploads
 from vlviz.data.inputs import InputError, pairs_from_uploads
-from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
-from vlviz.models import DEFAULT_ONLINE_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model, load_model_or_offline
-from vlviz.policy import ModelPolicy, is_public
+from vlviz.models.encoding import EncodedPairs, VLModel, encode_pair_set
+from vlviz.models.loading import (
+    DEFAULT_ONLINE_SPEC,
+    OFFLINE_SPEC,
+    ModelUnavailableError,
+    load_model,
+    load_model_or_offline,
+)
+from vlviz.models.policy import ModelPolicy, is_public
 from vlviz.ui.agents import fetch
 from vlviz.ui.memory import LEDGER, KeptAnalyses, return_freed_memory
 from vlviz.ui.messages import refusal

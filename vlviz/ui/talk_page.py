@@ -21,10 +21,10 @@ import gradio as gr
 
 from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.data.samples import sample_files
-from vlviz.encoding import EncodedPairs, encode_pair_set
-from vlviz.grounding import shared_untrained_model
-from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
-from vlviz.policy import ModelPolicy
+from vlviz.grounding.maps import shared_untrained_model
+from vlviz.models.encoding import EncodedPairs, encode_pair_set
+from vlviz.models.loading import OFFLINE_SPEC, ModelUnavailableError, load_model
+from vlviz.models.policy import ModelPolicy
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run

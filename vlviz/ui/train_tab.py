@@ -18,22 +18,22 @@ from typing import Any
 
 import gradio as gr
 
+from vlviz.compare.interpolation import interpolated_vlmodel, wise_ft_path
 from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.data.samples import sample_files
-from vlviz.encoding import EncodedPairs, VLModel, encode_pair_set
-from vlviz.interpolation import interpolated_vlmodel, wise_ft_path
 from vlviz.losses import LOSSES, loss_keys
 from vlviz.losses.saco import SACO_DISTANCES
-from vlviz.models import OFFLINE_SPEC, ModelUnavailableError, load_model
+from vlviz.models.encoding import EncodedPairs, VLModel, encode_pair_set
+from vlviz.models.loading import OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.training.config import TRAINABLE, NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import FRESH, Run, prepare_run
 from vlviz.ui.agents import open_choices
 from vlviz.ui.messages import inform, refusal, warn
 from vlviz.ui.session import ANALYSIS_EVENT, CHECKPOINT_PREFIX, SESSIONS, SessionSpace, analyzed
-from vlviz.viz.compare import VIEWS, side_by_side
 from vlviz.viz.figures import compare_runs, training_curves
-from vlviz.viz.lens import lens_view, wise_ft_figure
+from vlviz.viz.lens_view import lens_view, wise_ft_figure
+from vlviz.viz.run_comparison import VIEWS, side_by_side
 from vlviz.viz.views import probe_figures
 
 MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings running at once, all sessions together

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import gradio as gr
 
 from vlviz.data.samples import SAMPLE_SETS, sample_files
-from vlviz.encoding import EncodedPairs
+from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.affinity_tab import ANALYZE_OUTPUTS, affinity_outputs, analyze
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB

@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 import torch
 from PIL import Image
 
-from vlviz.affinity import AffinityReport
-from vlviz.consistency import in_modal_affinities
+from vlviz.metrics.affinity import AffinityReport
+from vlviz.metrics.consistency import in_modal_affinities
 from vlviz.viz.figure_data import write_figures_zip
 from vlviz.viz.html import page_html, top_pairs_html
 from vlviz.viz.safe_csv import write_csv

@@ -315,7 +315,7 @@ def embedding_scatter(
     return fig
 
 
-# --- Grounding: token-to-patch maps over the image (vlviz.sparc) --------------------------------
+# --- Grounding: token-to-patch maps over the image (vlviz.grounding.sparc) --------------------------------
 
 # Inferno-like, transparent at the low end: where a map is near its minimum the image shows through.
 OVERLAY_COLORSCALE = [

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.offline import get_plotlyjs
 
-from vlviz.consistency import InconsistentPairs
+from vlviz.metrics.consistency import InconsistentPairs
 
 THUMBNAIL_SIDE = 128
 _INLINE_ACTIVE = re.compile(r"[\\`*_\[\]|~$]|:(?=//)|(?<=www)\.")

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from vlviz.affinity import AffinityReport, recall_at_k
-from vlviz.consistency import ConsistencyFigures, InconsistentPairs
-from vlviz.grounding import UNTRAINED_SEED
+from vlviz.grounding.maps import UNTRAINED_SEED
+from vlviz.metrics.affinity import AffinityReport, recall_at_k
+from vlviz.metrics.consistency import ConsistencyFigures, InconsistentPairs
 
 
 def consistency_table(figures: ConsistencyFigures) -> pd.DataFrame:

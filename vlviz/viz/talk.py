@@ -18,12 +18,12 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from vlviz.affinity import affinity_report
-from vlviz.embedding_space import alignment_figures, close_modality_gap
-from vlviz.encoding import PairEncoding
-from vlviz.grounding import CaptionMaps, caption_maps
+from vlviz.embedding.space import alignment_figures, close_modality_gap
+from vlviz.grounding.maps import CaptionMaps, caption_maps
+from vlviz.metrics.affinity import affinity_report
+from vlviz.models.encoding import PairEncoding
 from vlviz.viz.figures import display_image, grounding_overlay, training_curves
-from vlviz.viz.lens import lens_view
+from vlviz.viz.lens_view import lens_view
 from vlviz.viz.style import TEMPLATE
 from vlviz.viz.views import OVERLAY_SIDE, affinity_view, consistency_view, embedding_view
 
@@ -190,7 +190,7 @@ def _grounding_step(inputs: TalkInputs) -> TalkStep | None:
         f"SPARC's alignment weights of each word over the image's patches{compared}.",
         f"Caption {row + 1}: “{inputs.captions[row]}”. Press w to move to the next word. The weights are SPARC's "
         "(min-max normalised similarities, sparsified at 1/P, renormalised); read them against an untrained "
-        "model's, which already favours objects over background (README, Grounding score).",
+        "model's, which already favours objects over background (docs/grounding.md, the grounding score).",
         figures,
         [f"'{maps.words[w]}'" for w in order],
     )

@@ -16,8 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from vlviz.affinity import AffinityReport
-from vlviz.consistency import (
+from vlviz.embedding.space import EmbeddingLayout, close_modality_gap, fit_layout, gap_report
+from vlviz.grounding.maps import CaptionMaps
+from vlviz.metrics.affinity import AffinityReport
+from vlviz.metrics.consistency import (
     DEFAULT_TEMPERATURE,
     ConsistencySummary,
     InconsistentPairs,
@@ -27,8 +29,6 @@ from vlviz.consistency import (
     pair_affinities,
     sample_pairs,
 )
-from vlviz.embedding_space import EmbeddingLayout, close_modality_gap, fit_layout, gap_report
-from vlviz.grounding import CaptionMaps
 from vlviz.viz.figures import (
     affinity_scatter,
     consistency_heatmaps,

@@ -1,1 +1,0 @@
-"""Tests of the core library (vlviz/, vlviz/losses/, vlviz/data/)."""

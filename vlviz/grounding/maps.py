@@ -1,0 +1,426 @@
+"""A grounding score against ground truth: do a word's maps land on the object the word names?
+
+On scenes (`vlviz.data.scenes`), every object's colour word and shape word is grounded with a map
+from `vlviz.grounding.sparc.GROUNDING_MAPS` and compared with the object's pixel mask, per word class:
+
+- pointing game: the share of words whose highest-valued patch lies inside the object;
+- mass in mask: the share of the map's (positive) mass on patches inside the object, the mean
+  over words; for SPARC weights, which sum to 1, this is simply the weight inside;
+- chance: the share of patches inside the object, what a map pointing at random would score on
+  both.
+
+Uniform chance is a low bar: objects stand out from the dark background, so a map that finds objects
+without telling them apart beats it. Two baselines read the score plainly:
+
+- the untrained model: the same architecture freshly initialised with a fixed seed
+  (`untrained_model`), scored on the same scenes and words;
+- object level: among words whose peak patch lies on some object, the share on the named one,
+  against the chance of picking the named object among the scene's objects
+  (`object_level_scores`).
+
+A patch counts as inside an object when at least `min_cover` (default a quarter) of its pixels are
+in the object's mask; an object's best-covered patch always counts, so that small objects, which
+may cover no patch that much, still have a target.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from vlviz.data.inputs import PairSet
+from vlviz.data.keys import content_key
+from vlviz.data.samples import bundled_scenes
+from vlviz.data.scenes import SceneBatch
+from vlviz.grounding.occlusion import model_occlusion_maps
+from vlviz.grounding.sparc import GROUNDING_MAPS, grounding_maps, word_maps
+from vlviz.losses.xmm import WordAttention, masked_word_attention
+from vlviz.models.encoding import PairEncoding, VLModel
+from vlviz.models.tokens import TokenLayout, first_content_word
+from vlviz.models.towers import preprocess_stats
+
+MIN_COVER = 0.25
+UNTRAINED_SEED = 0  # the untrained baseline's initialisation
+# Where the evidence comes from, not where the tower keeps it (`vlviz.grounding.occlusion`): maps that need the model
+# and the pixels, not only the encodings, so they are not in GROUNDING_MAPS.
+OCCLUSION = "occlusion"
+
+
+@dataclass(frozen=True)
+class CaptionMaps:
+    """Where each word and each token of one caption lands on its image: maps on the patch grid, on the CPU."""
+
+    kind: str  # which of GROUNDING_MAPS
+    grid_size: tuple[int, int]
+    words: list[str]
+    word_maps: torch.Tensor  # (W, rows, cols): a word's map is the mean of its BPE pieces' maps
+    tokens: list[str]  # the caption's real tokens (no start, end or padding), as read
+    token_maps: torch.Tensor  # (T_real, P)
+    first_word: int  # the word worth showing first: neither a stop word nor a size (`first_content_word`)
+
+
+def caption_maps(
+    encoding: PairEncoding, row: int = 0, kind: str = "sparc", token_maps: torch.Tensor | None = None
+) -> CaptionMaps:
+    """The grounding maps of pair `row`'s caption in its image: SPARC's weights (Eqs. 2-4) or an alternative.
+
+    The one place the app's Grounding view, the trainer's probe and the model comparison get word
+    maps from. `token_maps` (1, T, P) are the row's maps when they need more than the encoding
+    (occlusion: `model_caption_maps`). Raises ValueError for towers without patch tokens.
+    """
+    if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
+        raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
+    layout = encoding.tokens
+    if token_maps is None:
+        if kind not in GROUNDING_MAPS:
+            raise ValueError(f"{kind!r} maps need the model, not only its encodings: see model_caption_maps.")
+        tokens = encoding.token_features[row : row + 1].float()  # (1, T, D)
+        patches = encoding.patch_features[row : row + 1].float()  # (1, P, D)
+        token_maps = grounding_maps(tokens, patches, kind)  # (1, T, P)
+    words = layout.words[row]
+    per_word = word_maps(token_maps, layout.word_index[row : row + 1].to(token_maps.device))[0, : len(words)]
+    real = layout.word_mask[row]
+    return CaptionMaps(
+        kind=kind,
+        grid_size=encoding.grid_size,
+        words=words,
+        word_maps=per_word.cpu().reshape(len(words), *encoding.grid_size),
+        tokens=[piece for piece, keep in zip(layout.tokens[row], real.tolist()) if keep],
+        token_maps=token_maps[0, real.to(token_maps.device)].cpu(),
+        first_word=first_content_word(words),
+    )
+
+
+def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: str = "sparc") -> CaptionMaps:
+    """`caption_maps` of one pair by `model`, for any of `GROUNDING_MAPS` or `OCCLUSION` (one tower pass per patch)."""
+    encoding = model.encode_pairs([image], [caption])
+    if kind != OCCLUSION or encoding.patch_features is None:
+        return caption_maps(encoding, kind=kind)
+    return caption_maps(encoding, kind=kind, token_maps=model_occlusion_maps(model, [image], [caption]))
+
+
+def occlusion_scene_maps(
+    model: VLModel, images: list[Image.Image], captions: list[str], swapped: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Occlusion maps (N, T, P) of each caption on its image, and (for `peak_stability`) on the previous image."""
+    maps = model_occlusion_maps(model, images, captions)
+    if not swapped or len(images) < 2:
+        return maps, None
+    return maps, model_occlusion_maps(model, images[-1:] + images[:-1], captions)  # caption n on image n - 1
+
+
+def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatch:
+    """The scenes at `rows`, in that order, with their ground truth."""
+    rows = np.asarray(rows, dtype=np.int64)
+    picked = {f.name: getattr(scenes, f.name) for f in fields(scenes)}
+    picked = {
+        name: [value[i] for i in rows] if isinstance(value, list) else value[rows] for name, value in picked.items()
+    }
+    return SceneBatch(**picked)
+
+
+def scene_word_positions(scenes: SceneBatch) -> dict[str, torch.Tensor]:
+    """Word indices (N, K) of each object's colour and shape word in its caption; -1 for empty slots.
+
+    The generator records them as it words each caption (`SceneBatch.colour_word`, `shape_word`), so
+    they hold for every caption style, not only for the template's fixed word positions.
+    """
+    return {"colour": torch.tensor(scenes.colour_word), "shape": torch.tensor(scenes.shape_word)}
+
+
+def scored_words(target: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """(N, K) bool: which objects' words are scored, (N, K) word indices and (N, T) `TokenLayout.word_index` in.
+
+    An empty slot has no word (-1), and a caption cut at the context length loses its last words: only
+    words that kept a token count.
+    """
+    return (target >= 0) & (word_index[:, None, :] == target[..., None]).any(-1)
+
+
+def named_maps(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Word maps (N, W, P) -> the maps (N, K, P) of the words naming each object (`scene_word_positions`).
+
+    Empty slots and words past W get some word's map; `scored_words` leaves them out.
+    """
+    return maps.gather(1, target.clamp(0, maps.shape[1] - 1)[..., None].expand(-1, -1, maps.shape[-1]))
+
+
+def object_patch_masks(
+    masks: np.ndarray | torch.Tensor, grid_size: tuple[int, int], min_cover: float = MIN_COVER
+) -> torch.Tensor:
+    """Pixel masks (N, K, S, S) -> patch masks (N, K, P) on the model's patch grid.
+
+    A patch is inside when at least `min_cover` of its pixels are in the mask, or when it is the
+    object's best-covered patch. Empty slots have no patch inside. The grid covers the whole image
+    (scenes are square, so open_clip's resize and centre crop are a plain rescale).
+    """
+    masks = torch.as_tensor(masks, dtype=torch.float32)
+    n, k = masks.shape[:2]
+    cover = F.adaptive_avg_pool2d(masks.reshape(n * k, 1, *masks.shape[-2:]), grid_size).reshape(n, k, -1)
+    best = cover == cover.amax(dim=-1, keepdim=True)
+    return (cover > 0) & ((cover >= min_cover) | best)
+
+
+def pointing_and_mass(word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Pointing-game accuracy, mass in mask and chance over the valid words.
+
+    Args:
+        word_map: (N, K, P) the map of the word naming object k.
+        inside: (N, K, P) bool, the object's patches.
+        valid: (N, K) bool, which (scene, object) words to score.
+    """
+    hit = inside.gather(-1, word_map.argmax(dim=-1, keepdim=True)).squeeze(-1).float()  # (N, K)
+    positive = word_map.clamp_min(0)
+    mass = (positive * inside).sum(-1) / positive.sum(-1).clamp_min(torch.finfo(positive.dtype).tiny)
+    chance = inside.float().mean(-1)
+    words = int(valid.sum())
+    scores = {
+        name: float(value[valid].mean()) if words else float("nan")
+        for name, value in (("pointing_game", hit), ("mass_in_mask", mass), ("chance", chance))
+    }
+    return scores | {"words": words}
+
+
+def object_level_scores(word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """Does a word whose peak patch lies on an object pick the object it names? Object-level chance and accuracy.
+
+    Patch-level chance is low because objects are small; a map that merely finds objects, which stand
+    out from the background, beats it without knowing a word. Counting only the words that land on an
+    object, and comparing with picking one of the scene's objects at random, takes that away.
+
+    Args:
+        word_map: (N, K, P) the map of the word naming object k.
+        inside: (N, K, P) bool, each object's patches (none for empty slots); a patch may lie in two objects.
+        valid: (N, K) bool, which (scene, object) words to score.
+
+    Returns:
+        object_chance: the mean over valid words of 1 / (objects in the word's scene);
+        object_accuracy: among valid words whose peak patch lies inside some object, the share inside
+        the named one (NaN when there is none);
+        on_object: how many valid words have their peak patch inside some object.
+    """
+    k = inside.shape[1]
+    peak = word_map.argmax(dim=-1)  # (N, K words)
+    # (N, K objects, K words): whether object o covers the peak patch of word w
+    at_peak = inside.gather(-1, peak[:, None, :].expand(-1, k, -1))
+    on_object = at_peak.any(dim=1) & valid  # (N, K words)
+    named = at_peak.diagonal(dim1=1, dim2=2)  # (N, K): the peak lies in the named object
+    objects = inside.any(dim=-1).sum(dim=-1, keepdim=True).clamp_min(1)  # (N, 1)
+    landed = int(on_object.sum())
+    return {
+        "object_chance": float((1 / objects).expand_as(valid)[valid].mean()) if valid.any() else float("nan"),
+        "object_accuracy": float(named[on_object].float().mean()) if landed else float("nan"),
+        "on_object": landed,
+    }
+
+
+def peak_stability(word_map: torch.Tensor, swapped_map: torch.Tensor, valid: torch.Tensor) -> float:
+    """Share of the valid words whose peak patch stays put when their caption meets another scene's image.
+
+    The diagnostic of a map that ignores the image: a dual encoder's tokens do not depend on the image,
+    so pairing each caption's tokens with the next scene's patches changes only the image. A map that
+    follows the objects moves with them (near 0 on scenes whose objects are placed at random); one that
+    ties each word position to a fixed place in every image stays (1). (N, K, P), (N, K, P), (N, K) in.
+    """
+    if not valid.any():
+        return float("nan")
+    same = word_map.argmax(dim=-1) == swapped_map.argmax(dim=-1)  # (N, K)
+    return float(same[valid].float().mean())
+
+
+def scene_grounding_score(
+    encoding: PairEncoding,
+    scenes: SceneBatch,
+    kinds: list[str] | None = None,
+    min_cover: float = MIN_COVER,
+    token_maps: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Scores per map kind and word class: {kind: {"colour": {...}, "shape": {...}}}.
+
+    Each holds `pointing_and_mass`'s and `object_level_scores`'s figures. `encoding` holds the scenes'
+    own images and captions, in order. A word cut off by the model's context length is not scored.
+    `token_maps` gives a kind's (N, T, P) maps and those on the previous scene's image (or None) where
+    the encoding cannot make them (`occlusion_scene_maps`). Raises ValueError for towers without patch tokens.
+    """
+    if encoding.patch_features is None or encoding.token_features is None or encoding.grid_size is None:
+        raise ValueError(f"No grounding maps for this model: {encoding.patches_unavailable}.")
+    if len(scenes) != encoding.token_features.shape[0]:
+        raise ValueError(f"{len(scenes)} scenes but {encoding.token_features.shape[0]} encoded pairs.")
+    kinds = list(GROUNDING_MAPS) if kinds is None else kinds
+    inside = object_patch_masks(scenes.masks, encoding.grid_size, min_cover)  # (N, K, P)
+    word_index = encoding.tokens.word_index.to(encoding.token_features.device)
+    targets = {name: index.to(word_index.device) for name, index in scene_word_positions(scenes).items()}
+    tokens, patches = encoding.token_features.float(), encoding.patch_features.float()
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    given = token_maps or {}
+    for kind in kinds:  # a handful of map kinds; each is batched over scenes, objects and patches
+        if kind in given:
+            drawn, on_previous = given[kind]
+        else:  # every caption also against the previous scene's image (`peak_stability`); one scene has no other
+            drawn = grounding_maps(tokens, patches, kind)
+            on_previous = grounding_maps(tokens, patches.roll(1, dims=0), kind) if len(scenes) > 1 else None
+        maps = word_maps(drawn.to(word_index.device), word_index)  # (N, W, P)
+        swapped = None if on_previous is None else word_maps(on_previous.to(word_index.device), word_index)
+        scores[kind] = {}
+        for name, target in targets.items():
+            picked, valid = named_maps(maps, target).cpu(), scored_words(target, word_index).cpu()
+            scores[kind][name] = pointing_and_mass(picked, inside, valid) | object_level_scores(picked, inside, valid)
+            stable = (
+                float("nan") if swapped is None else peak_stability(picked, named_maps(swapped, target).cpu(), valid)
+            )
+            scores[kind][name]["peak_stability"] = stable
+    return scores
+
+
+def score_scenes(
+    model: VLModel, scenes: SceneBatch, kinds: list[str] | None = None, min_cover: float = MIN_COVER
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Encode `scenes` with `model` and score its grounding maps (see `scene_grounding_score`); occlusion too if asked."""
+    images = scenes.pil_images()
+    given = {OCCLUSION: occlusion_scene_maps(model, images, scenes.captions)} if OCCLUSION in (kinds or []) else None
+    return scene_grounding_score(model.encode_pairs(images, scenes.captions), scenes, kinds, min_cover, given)
+
+
+def untrained_model(model: VLModel, seed: int = UNTRAINED_SEED) -> VLModel:
+    """`model`'s architecture freshly initialised with `seed`: the baseline a trained model's grounding must beat.
+
+    Same open_clip config, model class, device, dtypes, preprocessing and tokenizer; no pretrained tower
+    weights are fetched and the global random state is left as it was. Raises ValueError when the
+    architecture config is unknown.
+    """
+    if model.model_cfg is None:
+        raise ValueError(f"{model.name}: its architecture config is unknown, so no untrained copy can be built.")
+    config = copy.deepcopy(model.model_cfg)
+    config.pop("custom_text", None)  # open_clip's factory flag, not a model argument: the class is `model`'s own
+    if "hf_model_name" in config["text_cfg"]:
+        config["text_cfg"]["hf_model_pretrained"] = False
+    if "timm_model_name" in config["vision_cfg"]:
+        config["vision_cfg"]["timm_model_pretrained"] = False
+    # open_clip's cast_dtype: the half precision it loaded some weights in (its layer norms then compute in fp32)
+    half = model.dtype if model.dtype in (torch.float16, torch.bfloat16) else None  # see `towers.input_dtype`
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model.model)(**config, cast_dtype=half)
+    dtypes = {name: tensor.dtype for name, tensor in model.model.state_dict().items()}
+    for name, tensor in [*fresh.named_parameters(), *fresh.named_buffers()]:
+        tensor.data = tensor.data.to(model.device, dtypes.get(name, tensor.dtype))  # as open_clip loaded `model`
+    fresh.visual.preprocess_cfg = getattr(model.model.visual, "preprocess_cfg", {})
+    return VLModel(
+        spec=model.spec, model=fresh.eval(), preprocess=model.preprocess, tokenizer=model.tokenizer,
+        device=model.device, model_cfg=model.model_cfg, name=f"{model.name} (untrained, seed {seed})",
+    )  # fmt: skip
+
+
+def select_pairs(encoding: PairEncoding, rows: list[int]) -> PairEncoding:
+    """The pairs at `rows` of an encoding, in that order."""
+    index = torch.as_tensor(rows, dtype=torch.long)
+    layout = encoding.tokens
+    tokens = TokenLayout(
+        ids=layout.ids[index], word_mask=layout.word_mask[index], word_index=layout.word_index[index],
+        tokens=[layout.tokens[i] for i in rows], words=[layout.words[i] for i in rows],
+    )  # fmt: skip
+    on_device = {
+        name: None if value is None else value[index.to(value.device)]
+        for name, value in (
+            ("image_features", encoding.image_features), ("text_features", encoding.text_features),
+            ("patch_features", encoding.patch_features), ("token_features", encoding.token_features),
+        )
+    }  # fmt: skip
+    cut = set(encoding.truncated)
+    return replace(encoding, **on_device, tokens=tokens, truncated=[i for i, row in enumerate(rows) if row in cut])
+
+
+_UNTRAINED_BUNDLED: dict[tuple, PairEncoding] = {}
+_UNTRAINED_MODELS: dict[tuple, VLModel] = {}  # the newest few, oldest first
+MAX_UNTRAINED_MODELS = 2  # an untrained copy weighs what its model weighs
+_UNTRAINED_LOCK = threading.Lock()
+
+
+def _architecture_key(model: VLModel) -> tuple:
+    return (
+        type(model.model).__name__, json.dumps(model.model_cfg, sort_keys=True), str(model.device),
+        str(model.dtype), preprocess_stats(model.model),
+    )  # fmt: skip
+
+
+def shared_untrained_model(model: VLModel) -> VLModel:
+    """`untrained_model(model)`, built once per architecture and device and kept for the next call.
+
+    The Grounding tab compares a model with its untrained twin on every click; building one costs
+    about a second for a ViT-B. At most `MAX_UNTRAINED_MODELS` are kept, the oldest dropped first.
+    """
+    key = _architecture_key(model)
+    with _UNTRAINED_LOCK:  # held while building, so that concurrent first calls build once
+        if key not in _UNTRAINED_MODELS:
+            _UNTRAINED_MODELS[key] = untrained_model(model)
+            while len(_UNTRAINED_MODELS) > MAX_UNTRAINED_MODELS:
+                _UNTRAINED_MODELS.pop(next(iter(_UNTRAINED_MODELS)))
+        return _UNTRAINED_MODELS[key]
+
+
+def untrained_bundled_encoding(model: VLModel) -> PairEncoding:
+    """The encoding of every bundled scene by `untrained_model(model)`, built once per architecture and device.
+
+    The Grounding tab shows the untrained baseline beside each score; building a model and encoding the
+    scenes on every call would cost seconds, while scoring a cached encoding costs milliseconds.
+    """
+    key = _architecture_key(model)
+    fresh = shared_untrained_model(model)
+    with _UNTRAINED_LOCK:  # held while encoding, so that concurrent first calls encode once
+        if key not in _UNTRAINED_BUNDLED:
+            scenes, _ = bundled_scenes()
+            _UNTRAINED_BUNDLED[key] = fresh.encode_pairs(scenes.pil_images(), scenes.captions)
+        return _UNTRAINED_BUNDLED[key]
+
+
+@dataclass(frozen=True)
+class BundledScore:
+    """A model's grounding score on the loaded pairs that are bundled scenes, beside the untrained baseline."""
+
+    scores: dict[str, dict[str, float]]  # per word class, as `scene_grounding_score`
+    untrained: dict[str, dict[str, float]]  # the same for `untrained_model(model)` on the same scenes and words
+    scenes: int  # how many pairs were scored
+
+
+def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> BundledScore | None:
+    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption),
+    and that of the untrained model of its architecture; None when no pair is a bundled scene."""
+    scenes, keys = bundled_scenes()
+    found = [(i, keys.get(content_key(image))) for i, image in enumerate(pairs.images)]
+    matched = [(i, j) for i, j in found if j is not None and pairs.captions[i] == scenes.captions[j]]
+    if not matched:
+        return None
+    rows, truth = zip(*matched)
+    images, captions = [pairs.images[i] for i in rows], [pairs.captions[i] for i in rows]
+    encoding = model.encode_pairs(images, captions)
+    picked = select_scenes(scenes, list(truth))
+    untrained = select_pairs(untrained_bundled_encoding(model), list(truth))
+    given = untrained_given = None
+    if kind == OCCLUSION:  # the score shows no peak stability, so the maps on other images are not made
+        given = {kind: occlusion_scene_maps(model, images, captions, swapped=False)}
+        fresh = shared_untrained_model(model)
+        untrained_given = {kind: occlusion_scene_maps(fresh, images, captions, swapped=False)}
+    return BundledScore(
+        scores=scene_grounding_score(encoding, picked, kinds=[kind], token_maps=given)[kind],
+        untrained=scene_grounding_score(untrained, picked, kinds=[kind], token_maps=untrained_given)[kind],
+        scenes=len(rows),
+    )
+
+
+def xmm_word_attention(model: VLModel, image: Image.Image, caption: str) -> WordAttention | None:
+    """Where the model's trained XMM fusion head looks for each word of `caption` when it is masked.
+
+    None when the model has no trained XMM head (`VLModel.loss_heads`, saved beside a checkpoint).
+    """
+    xmm = model.loss_heads.get("xmm")
+    if xmm is None:
+        return None
+    pixels = model.preprocess(image)[None].to(model.device, model.dtype)
+    return masked_word_attention(xmm, model.model, model.tokenizer, pixels, caption)
