@@ -136,11 +136,16 @@ class PairFigures:
     text_to_image_rank: torch.Tensor  # (N,) rank of each caption's own image among all images
 
 
+def own_pair_cosines(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """cos(image i, caption i) of every pair (N,), in float32: both are L2-normalised, so a row-wise dot product."""
+    return (image_features.float() * text_features.float()).sum(dim=1)
+
+
 def pair_figures(
     image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float, logit_bias: float | None = None
 ) -> PairFigures:
     """Every pair's own cosine, probability and ranks (on the CPU): two O(N^2 D) passes, block by block."""
-    own = (image_features.float() * text_features.float()).sum(dim=1)  # (N,)
+    own = own_pair_cosines(image_features, text_features)  # (N,)
     own_probability = _own_probability(image_features, text_features, own, logit_scale, logit_bias)
     rank_i2t, rank_t2i = retrieval_ranks(image_features, text_features)
     return PairFigures(own.cpu(), own_probability.cpu(), rank_i2t.cpu(), rank_t2i.cpu())

@@ -31,6 +31,9 @@ from vlviz.models.towers import (
     preprocess_stats,
     text_projection,
 )
+from vlviz.models.towers import (
+    logit_bias as bias_of,
+)
 
 CACHE_ENTRIES = 4096
 CACHE_BYTES = 256 * 2**20
@@ -144,7 +147,7 @@ class VLModel:
 
     @property
     def logit_bias(self) -> float | None:
-        bias = getattr(self.model, "logit_bias", None)
+        bias = bias_of(self.model)
         return None if bias is None else float(bias.detach().float().item())
 
     @property

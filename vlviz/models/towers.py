@@ -41,6 +41,11 @@ def patches_unavailable(model: nn.Module) -> str | None:
     return None
 
 
+def logit_bias(model: nn.Module) -> torch.Tensor | None:
+    """The learned bias of a sigmoid (SigLIP) head, or None for a softmax (CLIP) head."""
+    return getattr(model, "logit_bias", None)
+
+
 def patch_embedding(model: nn.Module) -> nn.Conv2d:
     """The convolution that cuts a ViT's image into patch embeddings (`visual.conv1`), where XMM masks patches."""
     if image_projection(model) is None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from vlviz.losses import LOSSES
 from vlviz.losses.siglip import NEEDS_SIGMOID_HEAD
+from vlviz.models.towers import logit_bias
 
 TRAINABLE = ("all", "last_blocks", "projections")
 # Bounds of a run a hosted app accepts: beyond them a run only ties up the machine or runs out of memory.
@@ -83,7 +84,7 @@ class TrainConfig:
 
 def has_sigmoid_head(model: nn.Module) -> bool:
     """Whether `model` scores pairs with a sigmoid (SigLIP: a learned `logit_bias`) rather than a softmax."""
-    return getattr(model, "logit_bias", None) is not None
+    return logit_bias(model) is not None
 
 
 def default_losses(sigmoid_head: bool) -> dict[str, float]:

@@ -25,7 +25,7 @@ from vlviz.data.sources import HeldOut
 from vlviz.losses import Loss, create_loss
 from vlviz.models.encoding import image_embeddings, text_embeddings
 from vlviz.models.tokens import real_token_mask
-from vlviz.models.towers import half_dtype, transformer_blocks
+from vlviz.models.towers import half_dtype, logit_bias, transformer_blocks
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.distributed import DistributedContext, gather_features
 from vlviz.training.evaluation import evaluate
@@ -77,8 +77,8 @@ def forward_features(model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Te
         )
         out = {}
     out |= {"image_features": image_features, "text_features": text_features, "logit_scale": model.logit_scale.exp()}
-    if getattr(model, "logit_bias", None) is not None:
-        out["logit_bias"] = model.logit_bias
+    if logit_bias(model) is not None:
+        out["logit_bias"] = logit_bias(model)
     return out
 
 

@@ -18,6 +18,7 @@ import gradio as gr
 from vlviz.data.inputs import PairSet
 from vlviz.embedding.layout_worker import LayoutWorker, LayoutWorkerError
 from vlviz.embedding.space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
+from vlviz.metrics.affinity import own_pair_cosines
 from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
@@ -165,7 +166,7 @@ def _outputs(encoded: EncodedPairs, view: EmbeddingView, close_gap: bool, notes:
     pairs = encoded.pairs
     notes = [*notes, *([view.layout.note] if view.layout.note else [])]
     data = {"model": encoded.model_name, "gap_closed": close_gap, **view.to_dict(pairs.names, pairs.captions)}
-    matched = (encoded.image_features * encoded.text_features).sum(dim=1).cpu().tolist()
+    matched = own_pair_cosines(encoded.image_features, encoded.text_features).cpu().tolist()
     picker = gr.update(choices=sample_labels(pairs), value=[])
     message = markdown_list(notes)
     drawn = Drawn(encoded, view, data, matched)

@@ -11,6 +11,7 @@ never see, stop or overwrite each other's runs. A session trains one run at a ti
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,6 +258,7 @@ def _run_models(runs: list[dict] | None, chosen: list[str]) -> tuple[dict, VLMod
 
 
 _WISE_FT_CURVES: OrderedDict[tuple[str, int], list[dict[str, float]]] = OrderedDict()
+_WISE_FT_LOCK = threading.Lock()  # sessions' lens calls run in several worker threads
 
 
 def _wise_ft_curve(
@@ -264,12 +266,17 @@ def _wise_ft_curve(
 ) -> list[dict[str, float]]:
     """`wise_ft_path` of a run on the analysis `serial`, computed once (the last `WISE_FT_KEPT` are kept)."""
     key = (run["checkpoint"], serial)
-    if key not in _WISE_FT_CURVES:
-        reference = pairs_from_uploads(*sample_files(reference_name))
-        _WISE_FT_CURVES[key] = wise_ft_path(start, trained, pairs, reference, WISE_FT_ALPHAS)
+    with _WISE_FT_LOCK:
+        kept = _WISE_FT_CURVES.get(key)
+    if kept is not None:
+        return kept
+    reference = pairs_from_uploads(*sample_files(reference_name))
+    curve = wise_ft_path(start, trained, pairs, reference, WISE_FT_ALPHAS)  # outside the lock: seconds of work
+    with _WISE_FT_LOCK:
+        _WISE_FT_CURVES[key] = curve
         while len(_WISE_FT_CURVES) > WISE_FT_KEPT:
             _WISE_FT_CURVES.popitem(last=False)
-    return _WISE_FT_CURVES[key]
+    return curve
 
 
 def lens(
