@@ -27,7 +27,7 @@ SETTINGS = {
     "(d) CLIP + SaCo + SPARC": {"clip": 1.0, "saco": 1.0, "sparc": 1.0},
 }
 FIGURES = {
-    "image_to_text_r1": "i→t R@1",
+    "image_to_caption_r1": "i→caption R@1",
     "mean_abs_inconsistency": "mean abs(A_I − A_T)",
     "pointing_game_colour": "pointing (colour)",
     "pointing_game_shape": "pointing (shape)",

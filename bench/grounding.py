@@ -48,7 +48,7 @@ RESULTS = Path(__file__).with_name("results") / "grounding.jsonl"
 STARTS = {"scratch": "fresh", "continual": "vlviz-scenes"}
 CAPTIONS = ("template", "varied")
 FIGURES = {
-    "image_to_text_r1": "i→t R@1",
+    "image_to_caption_r1": "i→caption R@1",
     "pointing_game_colour": "pointing (colour)",
     "pointing_game_shape": "pointing (shape)",
     "object_accuracy_colour": "object acc. (colour)",

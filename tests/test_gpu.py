@@ -55,7 +55,7 @@ def test_training_under_autocast_stays_finite_and_learns(losses: dict[str, float
     totals = [record["total_loss"] for record in records]
     assert all(torch.isfinite(torch.tensor(totals))) and next(model.parameters()).dtype == torch.float32
     assert sum(totals[-5:]) < sum(totals[:5])
-    assert "image_to_text_r1" in records[-1]
+    assert "image_to_caption_r1" in records[-1]
 
 
 def _nccl_worker(rank: int, port: int, out_dir: str) -> None:

@@ -13,7 +13,7 @@ def test_offline_model_retrieves_held_out_scenes() -> None:
     model = load_model("vlviz-scenes", device="cpu")
     source = SceneSource(64, *preprocess_stats(model.model), held_out=1000)
     figures = evaluate(model.model, model.tokenizer, source.held_out)
-    assert figures["image_to_text_r1"] >= 0.8, figures
+    assert figures["image_to_caption_r1"] >= 0.8, figures
     for word in ("colour", "shape"):  # grounding on scenes: the pointing game and object accuracy
         assert 0.0 <= figures[f"pointing_game_{word}"] <= 1.0
         assert 0.0 <= figures[f"object_accuracy_{word}"] <= 1.0
@@ -27,4 +27,4 @@ def test_offline_model_is_a_plain_open_clip_folder() -> None:
 
 def test_eval_command_prints_the_figures(capsys) -> None:
     assert main(["eval-scenes", "--n", "64"]) == 0
-    assert '"image_to_text_r1"' in capsys.readouterr().out
+    assert '"image_to_caption_r1"' in capsys.readouterr().out

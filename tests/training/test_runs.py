@@ -32,7 +32,7 @@ def test_run_writes_metrics_and_a_loadable_checkpoint(tiny_vit_dir: Path, tmp_pa
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # step 0: the start model's figures
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 2, 4]
-    assert {"image_to_text_r1", "probe_image_to_text_r1"} <= set(lines[0]) and "total_loss" in lines[-1]
+    assert {"image_to_caption_r1", "probe_image_to_caption_r1"} <= set(lines[0]) and "total_loss" in lines[-1]
     trained = load_model(str(tmp_path / "run" / WEIGHTS_NAME), device="cpu").model.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in run.model.state_dict().items())
     start = load_model(str(tiny_vit_dir), device="cpu").model.state_dict()

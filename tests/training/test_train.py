@@ -90,7 +90,7 @@ def test_a_short_run_lowers_the_loss_and_reports_retrieval() -> None:
     assert [r["step"] for r in records] == list(range(1, 41))
     first, last = sum(r["total_loss"] for r in records[:5]) / 5, sum(r["total_loss"] for r in records[-5:]) / 5
     assert last < first - 0.2
-    assert 0 <= records[-1]["image_to_text_r1"] <= 1 and "text_to_image_r1" in records[-1]
+    assert 0 <= records[-1]["image_to_caption_r1"] <= 1 and "text_to_image_r1" in records[-1]
     assert records[-1]["total_loss"] == pytest.approx(records[-1]["clip/contrastive_loss"])
 
 

@@ -46,8 +46,8 @@ def test_train_draws_curves_while_it_runs_and_offers_the_checkpoint(page: Page) 
     expect(page.locator("#train-status")).to_contain_text("finished after 6 steps", timeout=3 * TIMEOUT_MS)
     losses = lines(page, "loss-plot", {"clip/contrastive_loss": 6})
     assert losses.get("clip/contrastive_loss", 0) == 6 and losses.get("saco/saco_loss", 0) == 6  # the default demo
-    retrieval = lines(page, "metric-plot", {"image_to_text_r1": 3})
-    assert retrieval["image_to_text_r1"] == 3  # steps 0 (the start model), 3 and 6
+    retrieval = lines(page, "metric-plot", {"image_to_caption_r1": 3})
+    assert retrieval["image_to_caption_r1"] == 3  # steps 0 (the start model), 3 and 6
     assert lines(page, "alignment-plot", {"mean_abs_inconsistency": 3})["mean_abs_inconsistency"] == 3
     expect(page.locator('#train-checkpoint [aria-label="checkpoint.safetensors"]')).to_be_visible()  # a download
     expect(page.locator("#train-status")).to_contain_text("load it as session run 1")  # a name, not a server path

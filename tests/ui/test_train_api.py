@@ -40,9 +40,12 @@ def test_train_streams_updates_and_ends_with_a_checkpoint(app_url: str) -> None:
     *_, status, records, checkpoint, _chosen = updates[-1]
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert "finished after 4 steps" in status
-    assert {"image_to_text_r1", "probe_image_to_text_r1", "mean_abs_inconsistency", "pointing_game_colour"} <= set(
-        records[-1]
-    )
+    assert {
+        "image_to_caption_r1",
+        "probe_image_to_caption_r1",
+        "mean_abs_inconsistency",
+        "pointing_game_colour",
+    } <= set(records[-1])
     assert "visual.proj" in load_file(checkpoint)  # the downloadable weights
     assert "`session run 1`" in status and "/" not in status  # named for this session, no server path
     # The same session loads its checkpoint by that name; the status shows the name, not the folder.

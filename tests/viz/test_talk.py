@@ -30,7 +30,7 @@ def inputs() -> TalkInputs:
     images = [Image.open(SCENES_DIR / f).convert("RGB") for f in files]
     captions = [SCENE_CAPTIONS[f] for f in files]
     captions[1] = "<script>alert(1)</script> a red circle"  # user text must stay text in the snapshot
-    records = [{"step": s, "total_loss": 2.0 - s / 10, "image_to_text_r1": s / 10} for s in range(10)]
+    records = [{"step": s, "total_loss": 2.0 - s / 10, "image_to_caption_r1": s / 10} for s in range(10)]
     return TalkInputs(
         names=files, captions=captions, encoding=trained.encode_pairs(images, captions), model_name="trained",
         image=trained.input_image(images[0]), records=records,

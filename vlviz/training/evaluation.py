@@ -12,7 +12,7 @@ from vlviz.models.encoding import PairEncoding, image_embeddings, text_embedding
 from vlviz.models.tokens import token_layout
 from vlviz.models.towers import grid_size
 
-EVALUATION_KEY = "image_to_text_r1"  # every evaluation record has it, no step record does
+EVALUATION_KEY = "image_to_caption_r1"  # every evaluation record has it, no step record does
 
 
 def is_evaluation(record: dict) -> bool:
@@ -48,7 +48,9 @@ def embed_held_out(
 def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, float]:
     """Held-out figures: retrieval R@1 both ways, SaCo inconsistency, and on scenes the pointing game.
 
-    Image -> text R@1 counts an identical caption as a hit (scenes repeat captions). The pointing
+    Image -> caption R@1 (`image_to_caption_r1`) counts an identical caption as a hit: scenes repeat captions,
+    and a model cannot tell identical captions apart. It is named apart from the image -> text R@1 every
+    other view shows (`image_to_text_r1`: ranks, where ties count against the true pair). The pointing
     game uses SPARC's alignment weights of colour and shape words against the objects' masks.
     """
     was_training = model.training

@@ -41,7 +41,7 @@ MAX_TRAININGS = int(os.environ.get("VLVIZ_MAX_TRAININGS", 2))  # trainings runni
 MAX_STEPS, MAX_BATCH_SIZE = 2000, 256  # the sliders' ends; the API is held to them too (the library allows more)
 STARTS = {"offline scenes model": OFFLINE_SPEC, "the model chosen above": None, "a fresh model (from scratch)": FRESH}
 DATA = ["scenes", "photos", "uploaded pairs"]
-RETRIEVAL_KEYS = ["image_to_text_r1", "text_to_image_r1", "probe_image_to_text_r1", "probe_text_to_image_r1"]
+RETRIEVAL_KEYS = ["image_to_caption_r1", "text_to_image_r1", "probe_image_to_caption_r1", "probe_text_to_image_r1"]
 ALIGNMENT_KEYS = ["mean_abs_inconsistency", "pointing_game_colour", "pointing_game_shape"]
 SHARE_KEYS = loss_keys("shares")  # the losses' accuracies (SIMLA's XMM and PSL), plotted on one axis
 COMPARE_KEYS = ["total_loss", *RETRIEVAL_KEYS, *ALIGNMENT_KEYS, *SHARE_KEYS]
@@ -110,7 +110,7 @@ def train(
         [5] the probe's inconsistency, plotly JSON
         [6] the probe's embedding space, plotly JSON
         [7] the status line (the run's name and step, or how it ended and its 'session run N' name)
-        [8] the records: one per streamed step, with step, total_loss, each *_loss and, at evaluations, image_to_text_r1, text_to_image_r1 (shares in [0, 1]), mean_abs_inconsistency and the pointing-game shares
+        [8] the records: one per streamed step, with step, total_loss, each *_loss and, at evaluations, image_to_caption_r1 (an identical caption counts as a hit), text_to_image_r1 (shares in [0, 1]), mean_abs_inconsistency and the pointing-game shares
         [9] the checkpoint file (safetensors) with its URL, or None before the end
         [10] this session's run names (for the browser)
     """
@@ -372,7 +372,7 @@ def build_train_tab(model_spec: gr.Dropdown, analysis: gr.State, space: gr.State
                 with gr.Row():
                     chosen = gr.CheckboxGroup([], label="Runs")
                     open_choices(chosen)  # each session's own runs
-                    compare_key = gr.Dropdown(COMPARE_KEYS, value="image_to_text_r1", label="Figure")
+                    compare_key = gr.Dropdown(COMPARE_KEYS, value="image_to_caption_r1", label="Figure")
                 compare_plot = gr.Plot(label="Runs compared")
                 compare_button = gr.Button(
                     "Start model vs trained model on the current pairs", elem_id="compare-models"

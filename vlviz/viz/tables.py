@@ -61,7 +61,7 @@ def gap_table(report: dict[str, dict[str, float | None]]) -> pd.DataFrame:
         "gap": ("modality gap ‖Δ‖", "‖mean image − mean caption‖ (Liang et al. 2022)"),
         "matched_cosine": ("matched cosine", "mean cos(image i, caption i)"),
         "unmatched_cosine": ("unmatched cosine", "mean cos(image i, caption j), i ≠ j"),
-        "image_to_text_r1": ("image → caption R@1", "share of images whose own caption is the nearest"),
+        "image_to_text_r1": ("image → text R@1", "share of images whose own caption is the nearest (ties: a miss)"),
         "text_to_image_r1": ("caption → image R@1", "share of captions whose own image is the nearest"),
     }
     return pd.DataFrame(

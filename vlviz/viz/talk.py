@@ -30,7 +30,7 @@ from vlviz.viz.views import OVERLAY_SIDE, affinity_view, consistency_view, embed
 TALK_FONT = 20  # base font size of every talk figure: readable from the back of a room
 TALK_HEIGHT = 620
 TALK_PAIRS = 24  # pairs the affinity and consistency heatmaps show: more are unreadable on a projector
-TRAINING_KEYS = (["total_loss"], ["image_to_text_r1", "text_to_image_r1", "mean_abs_inconsistency"])
+TRAINING_KEYS = (["total_loss"], ["image_to_caption_r1", "text_to_image_r1", "mean_abs_inconsistency"])
 KEYS = {  # the talk's keyboard, the page and the snapshot alike
     "next": ["ArrowRight", "PageDown", " "],
     "previous": ["ArrowLeft", "PageUp"],
