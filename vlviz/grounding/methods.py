@@ -62,7 +62,8 @@ def last_block(model: nn.Module) -> tuple[VisionTransformer, ResidualAttentionBl
 
 def last_block_input(visual: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     """Tokens entering the last block, (B, 1 + P, width): open_clip's embedding and every block but the last."""
-    tokens = visual._embeds(pixels)  # conv1, class token, positions, patch dropout (off in eval), ln_pre
+    # open_clip 3.x's (private) embedding step: conv1, class token, positions, patch dropout (off in eval), ln_pre
+    tokens = visual._embeds(pixels)
     batch_first = visual.transformer.batch_first
     tokens = tokens if batch_first else tokens.transpose(0, 1)
     for block in visual.transformer.resblocks[:-1]:
