@@ -305,3 +305,28 @@ def test_every_method_runs_on_the_offline_model(offline_model) -> None:
             else:
                 with last_block_as(model, method):
                     torch.testing.assert_close(patches, open_clip_patches(model, pixels), atol=1e-5, rtol=1e-4)
+
+
+# --- the methods as map kinds of the Grounding view, its score and eval-grounding ------------------------------
+
+
+def test_each_method_is_a_map_kind_drawn_and_scored_as_its_cosine_with_the_caption_tokens() -> None:
+    from vlviz.data.scenes import generate_scenes
+    from vlviz.grounding.maps import DENSE_KINDS, dense_token_maps, model_caption_maps, score_scenes
+    from vlviz.grounding.sparc import grounding_maps
+
+    model = load_model(OFFLINE_SPEC, device="cpu")
+    scenes = generate_scenes(3, seed=5, image_size=64)
+    images, captions = scenes.pil_images(), scenes.captions
+    assert set(DENSE_KINDS) == {"maskclip", "sclip", "clearclip", "naclip"}
+    tokens = model.encode_pairs(images, captions).token_features.float()
+    pixels = torch.stack([model.preprocess(image) for image in images])
+    for kind in DENSE_KINDS:
+        expected = grounding_maps(tokens, dense_patches(model.model, pixels, kind).float(), "cosine")
+        torch.testing.assert_close(dense_token_maps(model, images, captions, kind), expected)
+        maps = model_caption_maps(model, images[0], captions[0], kind)
+        assert maps.kind == kind and maps.word_maps.shape == (len(maps.words), 8, 8)
+        assert float(maps.word_maps.abs().max()) <= 1 + 1e-5  # cosines
+    scores = score_scenes(model, scenes, kinds=["sparc", *DENSE_KINDS])
+    assert all(0 <= scores[kind]["colour"]["pointing_game"] <= 1 for kind in DENSE_KINDS)
+    assert scores["maskclip"] != scores["sparc"]

@@ -124,3 +124,12 @@ def test_the_views_read_the_model_that_analyzed_the_pairs_whatever_the_model_box
     assert keywords["model"] == str(tiny_vit_dir)
     offline = _ground(tiny, pair=1, compare=OFFLINE_SPEC)["compare"]
     assert offline["model"] == OFFLINE_SPEC and len(offline["word_maps"][0]) == 64
+
+
+@pytest.mark.parametrize("kind", ["maskclip", "sclip", "clearclip", "naclip"])
+def test_the_training_free_methods_are_map_kinds_with_their_score(client: Client, kind: str) -> None:
+    result = client.predict(1, None, kind, 0.6, "", api_name="/grounding")
+    score, data = result[8], result[-1]
+    assert data["kind"] == kind and len(data["word_maps"]) == len(data["words"])
+    assert all(len(row) == 64 and all(-1 - 1e-5 <= v <= 1 + 1e-5 for v in row) for row in data["word_maps"])
+    assert data["scene_score"]["colour"]["words"] > 0 and "pointing game" in score

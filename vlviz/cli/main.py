@@ -315,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument(
         "--kind",
         action="append",
-        help="sparc, no-sparsity, softmax, cosine or occlusion (default: all but occlusion, which runs the tower once per patch)",
+        help="sparc, no-sparsity, softmax, cosine, occlusion, maskclip, sclip, clearclip or naclip (default: the first "
+        "four, read off the encodings; the others need a tower pass: occlusion one per patch)",
     )
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     grounding.set_defaults(run=_eval_grounding)

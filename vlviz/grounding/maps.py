@@ -39,10 +39,11 @@ from vlviz.data.inputs import PairSet
 from vlviz.data.keys import content_key
 from vlviz.data.samples import bundled_scenes
 from vlviz.data.scenes import SceneBatch
+from vlviz.grounding.methods import DENSE_METHODS, dense_patches
 from vlviz.grounding.occlusion import model_occlusion_maps
 from vlviz.grounding.sparc import GROUNDING_MAPS, grounding_maps, word_maps
 from vlviz.losses.xmm import WordAttention, masked_word_attention
-from vlviz.models.encoding import PairEncoding, VLModel
+from vlviz.models.encoding import ENCODE_BATCH, PairEncoding, VLModel
 from vlviz.models.tokens import TokenLayout, first_content_word
 from vlviz.models.towers import preprocess_stats
 
@@ -51,6 +52,10 @@ UNTRAINED_SEED = 0  # the untrained baseline's initialisation
 # Where the evidence comes from, not where the tower keeps it (`vlviz.grounding.occlusion`): maps that need the model
 # and the pixels, not only the encodings, so they are not in GROUNDING_MAPS.
 OCCLUSION = "occlusion"
+DENSE_KINDS = tuple(name for name in DENSE_METHODS if name != "clip")
+"""The training-free re-readings of the last image block (`vlviz.grounding.methods`): each caption token's cosine
+with the method's patch embeddings, as the papers draw them. They too need the model and the pixels."""
+MODEL_KINDS = (OCCLUSION, *DENSE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,38 @@ def caption_maps(
 
 
 def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: str = "sparc") -> CaptionMaps:
-    """`caption_maps` of one pair by `model`, for any of `GROUNDING_MAPS` or `OCCLUSION` (one tower pass per patch)."""
+    """`caption_maps` of one pair by `model`, for any of `GROUNDING_MAPS` or `MODEL_KINDS`."""
     encoding = model.encode_pairs([image], [caption])
-    if kind != OCCLUSION or encoding.patch_features is None:
+    if kind not in MODEL_KINDS or encoding.patch_features is None:
         return caption_maps(encoding, kind=kind)
-    return caption_maps(encoding, kind=kind, token_maps=model_occlusion_maps(model, [image], [caption]))
+    return caption_maps(encoding, kind=kind, token_maps=model_scene_maps(model, [image], [caption], kind, False)[0])
+
+
+def dense_token_maps(model: VLModel, images: list[Image.Image], captions: list[str], method: str) -> torch.Tensor:
+    """(N, T, P) cosine of each caption token with the patch embeddings `method` (`DENSE_KINDS`) reads off its
+    image, on the CPU; images go through the tower in batches of ENCODE_BATCH."""
+    tokens = model.encode_pairs(images, captions).token_features
+    if tokens is None:
+        raise ValueError(f"No {method} maps for this model: {model.patches_unavailable}.")
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, len(images), ENCODE_BATCH):
+            pixels = torch.stack([model.preprocess(image) for image in images[start : start + ENCODE_BATCH]])
+            batches.append(dense_patches(model.model, pixels.to(model.device, model.dtype), method).float())
+        return grounding_maps(tokens.float(), torch.cat(batches), "cosine").cpu()
+
+
+def model_scene_maps(
+    model: VLModel, images: list[Image.Image], captions: list[str], kind: str, swapped: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The maps (N, T, P) of a kind of `MODEL_KINDS` for each caption on its image, and (for `peak_stability`,
+    when `swapped`) on the previous image."""
+    if kind == OCCLUSION:
+        return occlusion_scene_maps(model, images, captions, swapped)
+    maps = dense_token_maps(model, images, captions, kind)
+    if not swapped or len(images) < 2:
+        return maps, None
+    return maps, dense_token_maps(model, images[-1:] + images[:-1], captions, kind)  # caption n on image n - 1
 
 
 def occlusion_scene_maps(
@@ -284,7 +316,9 @@ def score_scenes(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Encode `scenes` with `model` and score its grounding maps (see `scene_grounding_score`); occlusion too if asked."""
     images = scenes.pil_images()
-    given = {OCCLUSION: occlusion_scene_maps(model, images, scenes.captions)} if OCCLUSION in (kinds or []) else None
+    given = {
+        kind: model_scene_maps(model, images, scenes.captions, kind) for kind in kinds or [] if kind in MODEL_KINDS
+    }
     return scene_grounding_score(model.encode_pairs(images, scenes.captions), scenes, kinds, min_cover, given)
 
 
@@ -403,10 +437,10 @@ def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> 
     picked = select_scenes(scenes, list(truth))
     untrained = select_pairs(untrained_bundled_encoding(model), list(truth))
     given = untrained_given = None
-    if kind == OCCLUSION:  # the score shows no peak stability, so the maps on other images are not made
-        given = {kind: occlusion_scene_maps(model, images, captions, swapped=False)}
+    if kind in MODEL_KINDS:  # the score shows no peak stability, so the maps on other images are not made
+        given = {kind: model_scene_maps(model, images, captions, kind, swapped=False)}
         fresh = shared_untrained_model(model)
-        untrained_given = {kind: occlusion_scene_maps(fresh, images, captions, swapped=False)}
+        untrained_given = {kind: model_scene_maps(fresh, images, captions, kind, swapped=False)}
     return BundledScore(
         scores=scene_grounding_score(encoding, picked, kinds=[kind], token_maps=given)[kind],
         untrained=scene_grounding_score(untrained, picked, kinds=[kind], token_maps=untrained_given)[kind],

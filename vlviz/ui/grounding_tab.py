@@ -65,7 +65,7 @@ def grounding(
     Args:
         pair: the pair, 1-based (empty: the first).
         word: the word to show, 0-based among the caption's words (empty: the first content word).
-        kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax', 'cosine', or 'occlusion' (how much each token's SPARC fine similarity falls when each patch is hidden: where the evidence comes from; one tower pass per patch).
+        kind: the map: 'sparc' (min-max over patches, below 1/P dropped, renormalised), 'no-sparsity', 'softmax', 'cosine', 'occlusion' (how much each token's SPARC fine similarity falls when each patch is hidden: where the evidence comes from; one tower pass per patch), or a training-free re-reading of the last image block, each token's cosine with its patch embeddings: 'maskclip' (the value path), 'sclip' (q-q + k-k attention), 'clearclip' (q-q attention, no residual, no FFN), 'naclip' (k-k attention with a Gaussian neighbourhood, no residual, no FFN).
         opacity: the heatmap's opacity over the image, 0 to 1.
         text: ground this text in the pair's image instead of its caption (empty: the caption), at most 1,000 characters.
         compare: draw the chosen word's map of a second model beside it, on the same pair, text and word: 'untrained' (the same architecture freshly initialised, seed 0: the baseline a trained model's map must beat) or a model spec; empty: none.

@@ -51,8 +51,13 @@ MAP_LABELS = {
     "softmax": "softmax weights (the paper's ablation)",
     "cosine": "dense cosine map",
     "occlusion": "occlusion map",
+    "maskclip": "MaskCLIP (value path)",
+    "sclip": "SCLIP (correlative attention)",
+    "clearclip": "ClearCLIP (q-q, no residual)",
+    "naclip": "NACLIP (neighbourhood attention)",
 }
-MAP_VALUES = {"cosine": "cosine", "occlusion": "drop"}  # what a map's values are (hover and colour bar); else weights
+MAP_VALUES = {"cosine": "cosine", "occlusion": "drop", "maskclip": "cosine", "sclip": "cosine", "clearclip": "cosine",
+              "naclip": "cosine"}  # fmt: skip  # what a map's values are (hover and colour bar); else weights
 OVERLAY_SIDE = 224  # pixels of the image under a large grounding overlay
 GRID_SIDE = 72  # pixels of the image under each small overlay
 
