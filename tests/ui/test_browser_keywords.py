@@ -88,7 +88,9 @@ def test_a_trained_xmm_head_draws_its_map_beside_sparcs(page: Page, checkpoint: 
     model = page.locator("#model-spec input")
     model.fill(str(checkpoint))
     model.press("Enter")
-    page.locator("#grounding-run").click()
+    page.locator("#grounding-run").click()  # the model box alone changes nothing: the maps are the analysed model's
+    expect(page.locator("#grounding-xmm-notice")).to_contain_text("vlviz-scenes has no trained XMM head")
+    page.locator("#analyze").click()  # analysed with the checkpoint, the tab in view redraws with its XMM head
     expect(page.locator("#grounding-xmm-notice")).to_contain_text("when it is masked")
     expect(page.locator("#grounding-xmm .js-plotly-plot")).to_be_visible()
     title = page.evaluate("() => document.querySelector('#grounding-xmm .js-plotly-plot').layout.title.text")
