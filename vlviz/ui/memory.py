@@ -1,13 +1,14 @@
 """What visitors make the server hold, in bytes: each session's analysis and the analyses kept for links.
 
 Pairs are the one thing a visitor can make the server keep in memory for hours (an upload's decoded
-images, its embeddings), so they are counted in bytes against two budgets: one per session
-(`VLVIZ_SESSION_MEMORY_MB`) and one for the process (`VLVIZ_MEMORY_BUDGET_MB`). An Analyze reserves
-its share before reading a byte and passes it to the readers as their decoded-bytes bound
-(`vlviz.data.inputs.decoded_bytes`, from the image headers), so nothing past the budget is decoded;
-once encoded, the analysis is held in place of the session's previous one. The analyses kept for
-view links and talks (`KeptAnalyses`) count too: the oldest go first when the process needs room,
-and a session keeps at most a few. One analysis held by its session and kept for a link counts once.
+images, its embeddings), so they are counted in bytes against budgets: one per session
+(`VLVIZ_SESSION_MEMORY_MB`), one per client address on a public server (`VLVIZ_ADDRESS_MEMORY_MB`) and one
+for the process (`VLVIZ_MEMORY_BUDGET_MB`). An Analyze takes its bytes as its readers decode, image by image
+from the headers before any pixel is decoded (`Reservation`, a `vlviz.data.inputs.ByteBudget`), then its
+embeddings' bytes before encoding; once encoded, the analysis is held in place of the session's previous
+one. The analyses kept for view links and talks (`KeptAnalyses`) count too: the oldest go first when the
+process needs room, and a session keeps at most a few. One analysis held by its session and kept for a link
+counts once.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class MemoryLedger:
         Raises:
             gr.Error: The server, or this address, has less than MIN_RESERVATION_BYTES free now.
         """
-        reservation = Reservation(self.session_budget - self.held_by(owner, kept_only=True), ledger=self,
+        reservation = Reservation(self.session_budget - self.kept_by(owner), ledger=self,
                                   address=address)  # fmt: skip
         self.make_room(MIN_RESERVATION_BYTES)
         with self._lock:
@@ -175,15 +176,13 @@ class MemoryLedger:
         with self._lock:
             return self._held.get(owner, (0, 0, None))[2]
 
-    def held_by(self, session: str, kept_only: bool = False) -> int:
-        """Bytes a session's own analysis and its kept links hold (keys `session` and `session/kept/...`)."""
+    def kept_by(self, session: str) -> int:
+        """Bytes the links a session kept hold (owners `session/kept/...`), each analysis once."""
         with self._lock:
-            mine = {
-                serial: size
-                for owner, (serial, size, _) in self._held.items()
-                if owner.startswith(f"{session}/kept/") or (owner == session and not kept_only)
+            kept = {
+                serial: size for owner, (serial, size, _) in self._held.items() if owner.startswith(f"{session}/kept/")
             }
-            return sum(mine.values())
+            return sum(kept.values())
 
 
 LEDGER = MemoryLedger()
