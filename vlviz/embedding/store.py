@@ -43,11 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from vlviz.data.formats import PairStream, RawPair
 from vlviz.data.inputs import InputError, load_image
-from vlviz.models.encoding import VLModel, image_embeddings, text_embeddings
+from vlviz.models.encoding import VLModel, global_embeddings, image_embeddings, text_embeddings
 from vlviz.models.towers import joint_dim
 
 INDEX_FILE = "index.json"
@@ -237,8 +236,8 @@ def _encode_batch(model: VLModel, pairs: list[RawPair], pixels: torch.Tensor, pa
     pixels, on_device = pixels.to(model.device, model.dtype), ids.to(model.device)
     with torch.inference_mode():
         if not patches:  # plain open_clip: no intermediates to keep
-            image = F.normalize(model.model.encode_image(pixels), dim=-1)
-            return {"image_features": image, "text_features": F.normalize(model.model.encode_text(on_device), dim=-1)}
+            image, text = global_embeddings(model.model, pixels, on_device)
+            return {"image_features": image, "text_features": text}
         image, patch = image_embeddings(model.model, pixels)
         text, tokens = text_embeddings(model.model, on_device)
     return {"image_features": image, "text_features": text, "patch_features": patch, "token_features": tokens,

@@ -288,6 +288,14 @@ def encode_pair_set(model: VLModel, pairs: PairSet) -> EncodedPairs:
     return EncodedPairs(pairs, encoding, model.name, [*pairs.notices, *truncated])
 
 
+def global_embeddings(
+    model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised global image (B, D) and text (B, D) embeddings, open_clip's own pass without intermediates:
+    what a view or a loss that needs no patch or token embeddings reads (and the only thing a ResNet gives)."""
+    return F.normalize(model.encode_image(pixels), dim=-1), F.normalize(model.encode_text(ids), dim=-1)
+
+
 def image_embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised global image embeddings (B, D) and projected patch embeddings (B, P, D) or None.
 

@@ -23,7 +23,7 @@ import torch
 
 from vlviz.data.sources import HeldOut
 from vlviz.losses import Loss, create_loss
-from vlviz.models.encoding import image_embeddings, text_embeddings
+from vlviz.models.encoding import global_embeddings, image_embeddings, text_embeddings
 from vlviz.models.tokens import real_token_mask
 from vlviz.models.towers import half_dtype, logit_bias, transformer_blocks
 from vlviz.training.config import NonFiniteLossError, TrainConfig
@@ -71,10 +71,7 @@ def forward_features(model: torch.nn.Module, pixels: torch.Tensor, ids: torch.Te
             )
         out = {"patch_features": patch_features, "token_features": token_features}
     else:
-        image_features, text_features = (
-            model.encode_image(pixels, normalize=True),
-            model.encode_text(ids, normalize=True),
-        )
+        image_features, text_features = global_embeddings(model, pixels, ids)
         out = {}
     out |= {"image_features": image_features, "text_features": text_features, "logit_scale": model.logit_scale.exp()}
     if logit_bias(model) is not None:
