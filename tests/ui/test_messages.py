@@ -10,6 +10,7 @@ import pytest
 
 import vlviz.ui
 from vlviz.ui.messages import refusal, warn
+from vlviz.ui.session import SessionBusy
 
 HOSTILE = '<img src="http://evil.example/x.png"> & <form><input type=password></form>'
 
@@ -17,6 +18,8 @@ HOSTILE = '<img src="http://evil.example/x.png"> & <form><input type=password></
 def test_a_refusal_and_a_warning_show_their_text_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     error = refusal(ValueError(HOSTILE))
     assert isinstance(error, gr.Error) and "<" not in error.message and "&lt;img" in error.message
+    busy = refusal(HOSTILE, SessionBusy)  # a subclass, escaped the same way
+    assert isinstance(busy, SessionBusy) and busy.message == error.message
     shown = []
     monkeypatch.setattr(gr, "Warning", shown.append)
     warn(HOSTILE)

@@ -11,9 +11,10 @@ import html
 import gradio as gr
 
 
-def refusal(message: BaseException | str) -> gr.Error:
-    """A gr.Error that shows `message` (an exception's text, or a sentence) as plain text."""
-    return gr.Error(html.escape(str(message), quote=False))
+def refusal(message: BaseException | str, kind: type[gr.Error] = gr.Error) -> gr.Error:
+    """A gr.Error (or a subclass `kind` of it) that shows `message` (an exception's text, or a sentence) as plain
+    text."""
+    return kind(html.escape(str(message), quote=False))
 
 
 def warn(message: str) -> None:

@@ -8,7 +8,6 @@ already on screen.
 from __future__ import annotations
 
 import functools
-import html
 import inspect
 import os
 import secrets
@@ -187,7 +186,7 @@ class SessionSpace:
     def _claim(self, kind: str, busy: str) -> None:
         """Under `_lock`: take the slot `kind`, or refuse with the message its holder left."""
         if kind in self._busy:
-            raise SessionBusy(html.escape(self._busy[kind], quote=False))
+            raise refusal(self._busy[kind], SessionBusy)
         self._busy[kind] = busy
 
     def make_room(self, needed: int) -> str | None:

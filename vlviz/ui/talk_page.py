@@ -12,7 +12,6 @@ the token is only ever looked up, never used as a path, and stories expire with 
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -129,7 +128,7 @@ def open_talk(request: gr.Request) -> list[Any]:
 def _page_error(error: Exception, model_spec: str, model_name: str) -> gr.Error:
     """`error` for the page: a session checkpoint's folder (the spec a talk loads) by its public name ('session
     run 2'), never its path, since whoever holds the link may be another person; escaped, as toasts show HTML."""
-    return refusal(html.escape(str(error).replace(model_spec, model_name), quote=False))
+    return refusal(str(error).replace(model_spec, model_name))
 
 
 def next_variant(talk: Talk | None, key: str) -> Any:
