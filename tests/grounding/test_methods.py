@@ -312,7 +312,7 @@ def test_every_method_runs_on_the_offline_model(offline_model) -> None:
 
 def test_each_method_is_a_map_kind_drawn_and_scored_as_its_cosine_with_the_caption_tokens() -> None:
     from vlviz.data.scenes import generate_scenes
-    from vlviz.grounding.maps import DENSE_KINDS, dense_token_maps, model_caption_maps, score_scenes
+    from vlviz.grounding.maps import DENSE_KINDS, model_caption_maps, model_scene_maps, score_scenes
     from vlviz.grounding.sparc import grounding_maps
 
     model = load_model(OFFLINE_SPEC, device="cpu")
@@ -322,8 +322,11 @@ def test_each_method_is_a_map_kind_drawn_and_scored_as_its_cosine_with_the_capti
     tokens = model.encode_pairs(images, captions).token_features.float()
     pixels = torch.stack([model.preprocess(image) for image in images])
     for kind in DENSE_KINDS:
-        expected = grounding_maps(tokens, dense_patches(model.model, pixels, kind).float(), "cosine")
-        torch.testing.assert_close(dense_token_maps(model, images, captions, kind), expected)
+        patches = dense_patches(model.model, pixels, kind).float()
+        maps, previous = model_scene_maps(model, images, captions, kind)
+        torch.testing.assert_close(maps, grounding_maps(tokens, patches, "cosine"))
+        on_previous = grounding_maps(tokens, dense_patches(model.model, pixels.roll(1, dims=0), kind).float(), "cosine")
+        torch.testing.assert_close(previous, on_previous)  # caption n on image n - 1
         maps = model_caption_maps(model, images[0], captions[0], kind)
         assert maps.kind == kind and maps.word_maps.shape == (len(maps.words), 8, 8)
         assert float(maps.word_maps.abs().max()) <= 1 + 1e-5  # cosines

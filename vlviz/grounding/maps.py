@@ -111,31 +111,32 @@ def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: s
     return caption_maps(encoding, kind=kind, token_maps=model_scene_maps(model, [image], [caption], kind, False)[0])
 
 
-def dense_token_maps(model: VLModel, images: list[Image.Image], captions: list[str], method: str) -> torch.Tensor:
-    """(N, T, P) cosine of each caption token with the patch embeddings `method` (`DENSE_KINDS`) reads off its
-    image, on the CPU; images go through the tower in batches of ENCODE_BATCH."""
-    tokens = model.encode_pairs(images, captions).token_features
-    if tokens is None:
-        raise ValueError(f"No {method} maps for this model: {model.patches_unavailable}.")
+def dense_patch_features(model: VLModel, images: list[Image.Image], method: str) -> torch.Tensor:
+    """(N, P, D) patch embeddings `method` (`DENSE_KINDS`) reads off each image, float32, in batches of ENCODE_BATCH."""
     batches = []
     with torch.inference_mode():
         for start in range(0, len(images), ENCODE_BATCH):
             pixels = torch.stack([model.preprocess(image) for image in images[start : start + ENCODE_BATCH]])
             batches.append(dense_patches(model.model, pixels.to(model.device, model.dtype), method).float())
-        return grounding_maps(tokens.float(), torch.cat(batches), "cosine").cpu()
+    return torch.cat(batches)
 
 
 def model_scene_maps(
     model: VLModel, images: list[Image.Image], captions: list[str], kind: str, swapped: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The maps (N, T, P) of a kind of `MODEL_KINDS` for each caption on its image, and (for `peak_stability`,
-    when `swapped`) on the previous image."""
+    when `swapped`) on the previous image, on the CPU. A dense kind's map is each caption token's cosine with
+    the method's patch embeddings; on the previous image, the same patches rolled by one (no second pass)."""
     if kind == OCCLUSION:
         return occlusion_scene_maps(model, images, captions, swapped)
-    maps = dense_token_maps(model, images, captions, kind)
+    tokens = model.encode_pairs(images, captions).token_features
+    if tokens is None:
+        raise ValueError(f"No {kind} maps for this model: {model.patches_unavailable}.")
+    tokens, patches = tokens.float(), dense_patch_features(model, images, kind)
+    maps = grounding_maps(tokens, patches, "cosine").cpu()
     if not swapped or len(images) < 2:
         return maps, None
-    return maps, dense_token_maps(model, images[-1:] + images[:-1], captions, kind)  # caption n on image n - 1
+    return maps, grounding_maps(tokens, patches.roll(1, dims=0), "cosine").cpu()  # caption n on image n - 1
 
 
 def occlusion_scene_maps(

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from vlviz.embedding.space import EmbeddingLayout, close_modality_gap, fit_layout, gap_report
-from vlviz.grounding.maps import CaptionMaps
+from vlviz.grounding.maps import DENSE_KINDS, CaptionMaps
 from vlviz.metrics.affinity import AffinityReport
 from vlviz.metrics.consistency import (
     DEFAULT_TEMPERATURE,
@@ -56,8 +56,9 @@ MAP_LABELS = {
     "clearclip": "ClearCLIP (q-q, no residual)",
     "naclip": "NACLIP (neighbourhood attention)",
 }
-MAP_VALUES = {"cosine": "cosine", "occlusion": "drop", "maskclip": "cosine", "sclip": "cosine", "clearclip": "cosine",
-              "naclip": "cosine"}  # fmt: skip  # what a map's values are (hover and colour bar); else weights
+MAP_VALUES = {"cosine": "cosine", "occlusion": "drop"} | dict.fromkeys(
+    DENSE_KINDS, "cosine"
+)  # what a map's values are (hover and colour bar); else weights
 OVERLAY_SIDE = 224  # pixels of the image under a large grounding overlay
 GRID_SIDE = 72  # pixels of the image under each small overlay
 
