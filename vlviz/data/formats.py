@@ -48,6 +48,7 @@ from vlviz.data.inputs import (
     _size_in_header,
     load_caption_table,
     load_image,
+    load_pairs_folder,
     pairs_from_uploads,
 )
 
@@ -474,6 +475,19 @@ def _parquet_batch_rows(parquet: Any, group: int, columns: dict[str, int], where
     return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // max(1, *sizes.values())))
 
 
+def _parquet_cells(
+    parquet: Any, columns: list[str], cell_bytes: dict[str, int], where: str
+) -> Iterator[tuple[Any, Any]]:
+    """The cells of the two `columns` (image, caption) of every row as Python values, one row at a time, each
+    row group read in batches no larger than `_parquet_batch_rows` allows."""
+    for group in range(parquet.metadata.num_row_groups):
+        rows = _parquet_batch_rows(parquet, group, cell_bytes, where)
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=[group], columns=columns):
+            images, captions = batch.column(0), batch.column(1)
+            for index in range(batch.num_rows):
+                yield images[index].as_py(), captions[index].as_py()
+
+
 def _parquet_pairs(
     files: list[Path],
     image_column: str | None,
@@ -504,29 +518,20 @@ def _parquet_pairs(
         cell_bytes = {image_col: MAX_IMAGE_BYTES, caption_col: MAX_CAPTION_BYTES}
         row = 0
         try:
-            for group in range(parquet.metadata.num_row_groups):
-                rows = _parquet_batch_rows(parquet, group, cell_bytes, path.name)
-                for batch in parquet.iter_batches(
-                    batch_size=rows, row_groups=[group], columns=[image_col, caption_col]
-                ):
-                    images, captions = batch.column(0), batch.column(1)
-                    for index in range(batch.num_rows):
-                        where = f"{path.name} row {row}"
-                        value, caption_value = images[index].as_py(), captions[index].as_py()
-                        image = _parquet_image(value, kind, base, where, allow_paths)
-                        caption = _first_caption(caption_value)
-                        if image is None:
-                            raise InputError(
-                                f'{where} has no image in its "{image_col}" column; fill it in or drop the row.'
-                            )
-                        if caption is None:
-                            raise InputError(
-                                f'{where} has no caption: its "{caption_col}" is {_clip(repr(caption_value))}; '
-                                "fill it in or drop the row."
-                            )
-                        label = f"{where} ({image[1]})" if image[1] else where
-                        yield _pair(image[0], caption, image[1] or where, label)
-                        row += 1
+            for value, caption_value in _parquet_cells(parquet, [image_col, caption_col], cell_bytes, path.name):
+                where = f"{path.name} row {row}"
+                image = _parquet_image(value, kind, base, where, allow_paths)
+                caption = _first_caption(caption_value)
+                if image is None:
+                    raise InputError(f'{where} has no image in its "{image_col}" column; fill it in or drop the row.')
+                if caption is None:
+                    raise InputError(
+                        f'{where} has no caption: its "{caption_col}" is {_clip(repr(caption_value))}; '
+                        "fill it in or drop the row."
+                    )
+                label = f"{where} ({image[1]})" if image[1] else where
+                yield _pair(image[0], caption, image[1] or where, label)
+                row += 1
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path.name} could not be read past row {row} ({exc}); write the file again.") from exc
 
@@ -810,8 +815,7 @@ def read_pairs(
         return pairs.collect(stream, what)
     bounds = {"max_pairs": limit, "max_request_pixels": budget, "memory": memory}
     if kind == "folder":
-        images, table = inputs.folder_contents(path)
-        return pairs_from_uploads(images, caption_table_path=table, **bounds)
+        return load_pairs_folder(path, **bounds)
     if kind == "zip":
         return pairs_from_uploads([str(path)], **bounds)
     # a caption table: the images it names, beside it

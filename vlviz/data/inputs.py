@@ -539,12 +539,6 @@ def _size_in_header(fp: str | IO[bytes]) -> tuple[int, int]:
         return 0, 0
 
 
-def _pixels_in_header(fp: str | IO[bytes]) -> int:
-    """Width x height from an image's header only; 0 when the header is unreadable."""
-    width, height = _size_in_header(fp)
-    return width * height
-
-
 def decoded_bytes(width: int, height: int) -> int:
     """The bytes an image of this size holds once `load_image` has decoded it: RGB, downscaled to MAX_SIDE,
     PIXEL_BYTES a pixel.
@@ -768,13 +762,15 @@ def pairs_from_uploads(
 
 
 def load_pairs_folder(
-    path: str | os.PathLike[str], max_pairs: int | None = None, *, max_request_pixels: int | None = None
-) -> PairSet:
+    path: str | os.PathLike[str], max_pairs: int | None = None, *, max_request_pixels: int | None = None,
+    memory: ByteBudget | None = None,
+) -> PairSet:  # fmt: skip
     """Load a folder of images with a caption table (captions.csv or captions.json, or a single table).
 
     Used by the command line and for the bundled sample sets. Images are the folder's top-level image
     files, in name order; dotfiles are ignored. At most `max_pairs` (None: MAX_PAIRS) are accepted, of
-    at most `max_request_pixels` (None: MAX_REQUEST_PIXELS) pixels in all.
+    at most `max_request_pixels` (None: MAX_REQUEST_PIXELS) pixels in all, taking their decoded bytes
+    from `memory` when given (`pairs_from_uploads`).
 
     Raises:
         InputError: The folder is missing, holds no images, has no (or several) caption tables, or any
@@ -782,7 +778,7 @@ def load_pairs_folder(
     """
     images, table = folder_contents(path)
     return pairs_from_uploads(
-        images, caption_table_path=table, max_pairs=max_pairs, max_request_pixels=max_request_pixels
+        images, caption_table_path=table, max_pairs=max_pairs, max_request_pixels=max_request_pixels, memory=memory
     )
 
 
