@@ -894,12 +894,12 @@ def pairs_from_dataset_uploads(
     label = os.path.basename(datasets[0]) if len(datasets) == 1 else f"the {len(datasets)} dataset files"
     pairs = _Pairs(label, inputs.MAX_PAIRS, inputs.MAX_REQUEST_PIXELS, memory)
     tar_budget, options = _TarBudget(MAX_TAR_BYTES, MAX_TAR_MEMBERS), _Options(None, None, None, False)
-    streams = (
-        _format_pairs(_file_format(path) or "", [path], None, options, False, pairs.expect, pairs.notices, tar_budget)[
-            0
-        ]
-        for path in map(Path, datasets)
-    )  # in upload order, one file at a time
+
+    def stream(path: Path) -> Iterator[RawPair]:
+        return _format_pairs(_file_format(path) or "", [path], None, options, False, pairs.expect, pairs.notices,
+                             tar_budget)[0]  # fmt: skip
+
+    streams = (stream(path) for path in map(Path, datasets))  # in upload order, one file at a time
     result = pairs.collect(itertools.chain.from_iterable(streams), "they need images with captions")
     if captions_text and captions_text.strip():
         result.notices.append("The captions box was not used: the dataset files carry their own captions.")
