@@ -35,7 +35,7 @@ from vlviz.models.loading import (
 )
 from vlviz.models.policy import ModelPolicy, is_public
 from vlviz.ui.agents import fetch
-from vlviz.ui.memory import LEDGER, KeptAnalyses, return_freed_memory
+from vlviz.ui.memory import LEDGER, KeptAnalyses
 from vlviz.ui.messages import refusal
 from vlviz.viz.html import markdown_code, markdown_text
 
@@ -285,8 +285,6 @@ class SessionRegistry:
             live = {s.token for s in self._by_hash.values()}
         for space in spaces:
             space.close()
-        KEPT.expire()
-        return_freed_memory()  # what closed sessions, expired links and expired states held
         root = DATA_DIR / "sessions"
         for folder in root.iterdir() if root.is_dir() else []:
             if folder.name not in live and time.time() - folder.stat().st_mtime > max_age_s:
