@@ -31,7 +31,8 @@ from bench.readme import mean_and_spread, write_results_block
 from vlviz.training.config import TrainConfig
 from vlviz.training.runs import prepare_run
 
-SETTINGS: dict[str, tuple[dict[str, float], dict[str, dict]]] = {
+# name -> (loss weights, loss options[, other TrainConfig fields])
+SETTINGS: dict[str, tuple] = {
     "CLIP": ({"clip": 1.0}, {}),
     "SPARC (paper: λg 0.5, λf 1)": ({"sparc": 1.0}, {}),
     "SPARC, λf 5": ({"sparc": 1.0}, {"sparc": {"fine_weight": 5.0}}),  # the paper sweeps λf, names none
@@ -42,6 +43,22 @@ SETTINGS: dict[str, tuple[dict[str, float], dict[str, dict]]] = {
     # vlviz's own cross-image variant (vlviz.losses.word_region), not SPARC
     "word-region (vlviz)": ({"word_region": 1.0}, {}),
     "word-region, threshold 0.5": ({"word_region": 1.0}, {"word_region": {"threshold": 0.5}}),
+    # where the grouping reads each tower's tokens (`TrainConfig.image_token_blocks`, `text_token_blocks`; issue 23)
+    "word-region, read before the blocks": (
+        {"word_region": 1.0},
+        {},
+        {"image_token_blocks": 0, "text_token_blocks": 0},
+    ),
+    "word-region, image after block 1, text before": (
+        {"word_region": 1.0},
+        {},
+        {"image_token_blocks": 1, "text_token_blocks": 0},
+    ),
+    "word-region, threshold 0.5, read before the blocks": (
+        {"word_region": 1.0},
+        {"word_region": {"threshold": 0.5}},
+        {"image_token_blocks": 0, "text_token_blocks": 0},
+    ),
 }
 MAIN_SETTINGS = list(SETTINGS)[:4]
 RESULTS = Path(__file__).with_name("results") / "grounding.jsonl"
@@ -54,6 +71,11 @@ FIGURES = {
     "object_accuracy_colour": "object acc. (colour)",
     "object_accuracy_shape": "object acc. (shape)",
     "peak_stability_colour": "peak stability (colour)",  # 1: colour words peak where they would on any image
+    # the naming-order diagnostic: pointing of the colour word named first, second, third in its caption
+    **{
+        f"pointing_game_colour_named_{place}": f"pointing (colour named {nth})"
+        for place, nth in enumerate(["1st", "2nd", "3rd"], 1)
+    },
 }
 # Derived from a record, not measured again: pointing = (share of words peaking on some object) x object accuracy
 COLUMNS = {**FIGURES, "on_object_colour": "peak on an object (colour)"}
@@ -66,11 +88,12 @@ def with_derived(figures: dict) -> dict:
     return figures | {"on_object_colour": share}
 
 
-def run_one(start: str, captions: str, losses: dict, options: dict, args: argparse.Namespace, seed: int) -> list[dict]:
-    """The records of one run: step 0 (the start model) and the last step."""
+def run_one(start: str, captions: str, setting: tuple, args: argparse.Namespace, seed: int) -> list[dict]:
+    """The records of one run of a `SETTINGS` entry: step 0 (the start model) and the last step."""
+    losses, options, *fields = setting
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.steps, seed=seed,
-        losses=losses, loss_options=options,
+        losses=losses, loss_options=options, **(fields[0] if fields else {}),
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         records = list(prepare_run(start, "scenes", config, scratch, captions=captions).records())
@@ -90,8 +113,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     for seed, start, captions, name in grid:
         if (start, captions, name, seed) in done:
             continue
-        losses, options = SETTINGS[name]
-        first, last = run_one(STARTS[start], captions, losses, options, args, seed)
+        first, last = run_one(STARTS[start], captions, SETTINGS[name], args, seed)
         row = {"start": start, "captions": captions, "setting": name, "seed": seed, "steps": args.steps,
                "batch_size": args.batch_size, "lr": args.lr}  # fmt: skip
         row |= {"step0": {k: first.get(k) for k in FIGURES}, "last": {k: last.get(k) for k in FIGURES}}

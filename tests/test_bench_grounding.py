@@ -29,7 +29,7 @@ def test_runs_in_the_results_file_are_not_trained_again(tmp_path: Path, monkeypa
     results.write_text(json.dumps(_row(0, 0.1)) + "\n" + json.dumps(_row(1, 0.2, steps=5)) + "\n")
     trained = []
 
-    def fake_run(start: str, captions: str, losses: dict, options: dict, args: object, seed: int) -> list[dict]:
+    def fake_run(start: str, captions: str, setting: tuple, args: object, seed: int) -> list[dict]:
         trained.append(seed)
         return [FIGURES, dict.fromkeys(grounding.FIGURES, 0.3)]
 

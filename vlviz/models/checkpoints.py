@@ -10,12 +10,13 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from vlviz.models.towers import preprocess_stats
+from vlviz.models.towers import READOUT_KEY, TokenReadout, preprocess_stats, set_token_readout, token_readout
 
 CONFIG_NAME = "open_clip_config.json"
 
@@ -53,6 +54,8 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     mean, std = preprocess_stats(model)
     config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
+    if token_readout(model) != TokenReadout():  # where its maps are read travels with the weights
+        config[READOUT_KEY] = asdict(token_readout(model))
     write_atomically(
         out,
         {
@@ -75,3 +78,13 @@ def write_atomically(out: Path, writers: dict[str, Callable[[str], object]]) -> 
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def load_token_readout(model: torch.nn.Module, folder: str | Path) -> None:
+    """Set `model`'s token readout from its checkpoint folder's config (`save_checkpoint`), when one is saved."""
+    config = json.loads((Path(folder) / CONFIG_NAME).read_text())
+    saved = config.get(READOUT_KEY) if isinstance(config, dict) else None
+    if saved is not None:
+        if not isinstance(saved, dict) or set(saved) - {"image_blocks", "text_blocks"}:
+            raise ValueError(f"{CONFIG_NAME}: {READOUT_KEY} must be an object with image_blocks and text_blocks.")
+        set_token_readout(model, TokenReadout(**saved))

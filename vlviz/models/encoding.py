@@ -30,6 +30,8 @@ from vlviz.models.towers import (
     patches_unavailable,
     preprocess_stats,
     text_projection,
+    token_embedding,
+    token_readout,
 )
 from vlviz.models.towers import (
     logit_bias as bias_of,
@@ -299,26 +301,42 @@ def global_embeddings(
 def image_embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised global image embeddings (B, D) and projected patch embeddings (B, P, D) or None.
 
-    One tower pass: the final-norm patch tokens (what open_clip's `output_tokens` returns) times
-    `visual.proj`. Differentiable, so the trainer's token-level losses use it too.
+    One tower pass: the patch tokens where the model reads them (`towers.token_readout`: after the last
+    block by default, open_clip's `output_tokens`) through `ln_post`, times `visual.proj`. Differentiable,
+    so the trainer's token-level losses use it too.
     """
     projection = image_projection(model)
     if projection is None:
         return F.normalize(model.encode_image(pixels), dim=-1), None
-    out = model.visual.forward_intermediates(pixels, indices=1, normalize_intermediates=True, output_fmt="NLC")
+    visual, blocks = model.visual, token_readout(model).image_blocks
+    if blocks == 0:  # the tokens entering the first block: open_clip's embedding step, then the global pass
+        patches = visual.ln_post(visual._embeds(pixels)[:, 1:]) @ projection
+        return F.normalize(model.encode_image(pixels), dim=-1), patches
+    indices = 1 if blocks is None else [blocks - 1]  # the last block's output, or block `blocks`'s
+    out = visual.forward_intermediates(pixels, indices=indices, normalize_intermediates=True, output_fmt="NLC")
     patches = out["image_intermediates"][-1] @ projection  # (B, P, D)
     return F.normalize(out["image_features"], dim=-1), patches
 
 
 def text_embeddings(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """L2-normalised global text embeddings (B, D) and projected token embeddings (B, T, D) or None."""
+    """L2-normalised global text embeddings (B, D) and projected token embeddings (B, T, D) or None.
+
+    The tokens are read where the model reads them (`towers.token_readout`), through `ln_final`; read before
+    any block, each token holds its own word alone (the causal tower has not yet carried earlier words in).
+    """
     projection = text_projection(model)
     if projection is None:
         return F.normalize(model.encode_text(ids), dim=-1), None
-    out = model.forward_intermediates(text=ids, text_indices=1, normalize_intermediates=True)
-    tokens = out["text_intermediates"][-1]  # (B, T, W) after ln_final
+    blocks = token_readout(model).text_blocks
+    if blocks == 0:  # token embedding + position, as open_clip's encode_text builds the first block's input
+        embedded = token_embedding(model)(ids) + model.positional_embedding
+        tokens, features = model.ln_final(embedded), F.normalize(model.encode_text(ids), dim=-1)
+    else:
+        indices = 1 if blocks is None else [blocks - 1]
+        out = model.forward_intermediates(text=ids, text_indices=indices, normalize_intermediates=True)
+        tokens, features = out["text_intermediates"][-1], out["text_features"]  # tokens (B, T, W) after ln_final
     tokens = projection(tokens) if isinstance(projection, torch.nn.Module) else tokens @ projection
-    return out["text_features"], tokens  # forward_intermediates already L2-normalised text_features
+    return features, tokens  # forward_intermediates already L2-normalised text_features
 
 
 def input_image(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:

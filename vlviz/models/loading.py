@@ -32,6 +32,7 @@ import torch
 
 from vlviz.data.samples import ASSETS_DIR
 from vlviz.losses.heads import load_loss_heads
+from vlviz.models.checkpoints import load_token_readout
 from vlviz.models.encoding import VLModel
 from vlviz.models.towers import half_dtype
 
@@ -246,6 +247,8 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
         model_cfg = model_config(model_name)  # for hf-hub: the fetched snapshot, no second request
         folder = model_name.removeprefix("local-dir:") if model_name.startswith("local-dir:") else None
         loss_heads = load_loss_heads(folder, model, tokenizer) if folder else {}  # trained PSL / XMM heads
+        if folder:
+            load_token_readout(model, folder)  # where a grounded checkpoint reads its maps
     except Exception as error:  # open_clip, torch, safetensors and the hub client raise many types
         failure = _failure(spec, error)
     if failure is not None:

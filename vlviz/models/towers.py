@@ -9,6 +9,8 @@ an input side. Every such question is answered here, so the rest of vlviz never 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import open_clip
 import torch
 from open_clip.transformer import TextTransformer, Transformer, VisionTransformer
@@ -142,3 +144,55 @@ def half_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "mps":
         return torch.float16
     return None
+
+
+READOUT_KEY = "vlviz_token_readout"  # where a checkpoint's config JSON says where its token maps are read
+
+
+@dataclass(frozen=True)
+class TokenReadout:
+    """Where a model's patch and caption tokens are read for maps and token-level losses.
+
+    Each field counts the transformer blocks a tower's tokens pass before they are read out as open_clip
+    reads its own output tokens: image patches through ``ln_post`` and ``proj``, caption tokens through
+    ``ln_final`` and ``text_projection``. None reads them after the last block (open_clip's output tokens,
+    every pretrained CLIP); 0 reads the tokens entering the first block. Attention moves a word's evidence off
+    its object block by block, and the causal text tower carries earlier words into later tokens, so a
+    grounded model may read both before any block (issue 23; docs/grounding.md). The global embeddings
+    always stay the towers' outputs.
+    """
+
+    image_blocks: int | None = None
+    text_blocks: int | None = None
+
+    def describe(self) -> str:
+        """Where the maps are read, in words for a view: e.g. "image patches before any block, caption tokens
+        after the last block"."""
+
+        def where(blocks: int | None) -> str:
+            if blocks is None:
+                return "after the last block"
+            return "before any block" if blocks == 0 else f"after block {blocks}"
+
+        return f"image patches {where(self.image_blocks)}, caption tokens {where(self.text_blocks)}"
+
+
+def token_readout(model: nn.Module) -> TokenReadout:
+    """Where `model`'s token maps are read (`set_token_readout`); open_clip's output tokens unless set."""
+    return getattr(model, READOUT_KEY, TokenReadout())
+
+
+def set_token_readout(model: nn.Module, readout: TokenReadout) -> None:
+    """Make `model` read its tokens at `readout`: a ValueError when a tower has fewer blocks or cannot be read there."""
+    blocks = transformer_blocks(model)
+    for field_name, tower in (("image_blocks", "visual.transformer"), ("text_blocks", "transformer")):
+        count = getattr(readout, field_name)
+        if count is None:
+            continue
+        if tower not in blocks:
+            raise ValueError(f"{field_name}={count}: this model has no open_clip {tower} to read tokens inside.")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= blocks[tower]:
+            raise ValueError(f"{field_name} must be a whole number in [0, {blocks[tower]}] or None, got {count!r}.")
+    if readout.image_blocks is not None and image_projection(model) is None:
+        raise ValueError(patches_unavailable(model))
+    setattr(model, READOUT_KEY, readout)

@@ -10,7 +10,7 @@ from torch import nn
 
 from vlviz.losses import LOSSES
 from vlviz.losses.siglip import NEEDS_SIGMOID_HEAD
-from vlviz.models.towers import logit_bias
+from vlviz.models.towers import TokenReadout, logit_bias, token_readout
 
 TRAINABLE = ("all", "last_blocks", "projections")
 # Bounds of a run a hosted app accepts: beyond them a run only ties up the machine or runs out of memory.
@@ -37,6 +37,10 @@ class TrainConfig:
     last_blocks: int = 2
     head_lr_scale: float = 10.0  # loss heads (PSL, XMM: new, untrained) learn at this multiple of `lr`
     amp: bool = True  # autocast to bf16 (else fp16) on CUDA; the CPU always trains in fp32
+    # Where the token-level losses (and then the saved model's maps) read each tower's tokens: the blocks they pass
+    # first (0: before any block; `vlviz.models.towers.TokenReadout`). None: where the start model reads them.
+    image_token_blocks: int | None = None
+    text_token_blocks: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot train (or would only diverge) before any model is built."""
@@ -58,6 +62,9 @@ class TrainConfig:
             raise ValueError(f"Unknown trainable {self.trainable!r}; choose one of {', '.join(TRAINABLE)}.")
         _check_whole("last_blocks", self.last_blocks, 1)
         _check_real("head_lr_scale", self.head_lr_scale, positive=True)
+        for name in ("image_token_blocks", "text_token_blocks"):
+            if getattr(self, name) is not None:
+                _check_whole(name, getattr(self, name), 0)
 
     def losses_for(self, model: nn.Module) -> dict[str, float]:
         """The weighted losses that train `model`: `losses`, or the model's own (`default_losses`) when None.
@@ -70,6 +77,12 @@ class TrainConfig:
         if "siglip" in self.losses and not sigmoid_head:
             raise ValueError(NEEDS_SIGMOID_HEAD)
         return self.losses
+
+    def token_readout_for(self, model: nn.Module) -> TokenReadout:
+        """Where a run of `model` reads its tokens: these settings over the start model's own readout."""
+        own = token_readout(model)
+        image = own.image_blocks if self.image_token_blocks is None else self.image_token_blocks
+        return TokenReadout(image, own.text_blocks if self.text_token_blocks is None else self.text_token_blocks)
 
     def notices_for(self, model: nn.Module) -> list[str]:
         """What a run of `model` with these losses should tell its user: a loss it allows but that is not the model's."""

@@ -28,7 +28,7 @@ from vlviz.losses.heads import save_loss_heads
 from vlviz.models.checkpoints import save_checkpoint
 from vlviz.models.encoding import VLModel
 from vlviz.models.loading import load_model, resolve_device
-from vlviz.models.towers import input_side, preprocess_stats
+from vlviz.models.towers import input_side, preprocess_stats, set_token_readout
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.distributed import DistributedContext
 from vlviz.training.evaluation import evaluate, is_evaluation
@@ -189,6 +189,7 @@ def prepare_run(
     """
     context = context or DistributedContext(device=resolve_device(device))
     model, tokenizer, preprocess, model_cfg = start_model(start, context.device, config.seed)
+    set_token_readout(model, config.token_readout_for(model))  # a ValueError when a tower has fewer blocks
     source, data_name = make_source(data, model, preprocess, config.seed, captions)
     if isinstance(source, PairSource) and config.batch_size > len(source):
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(source)} training pairs.")
