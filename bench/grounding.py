@@ -71,6 +71,7 @@ FIGURES = {
     "object_accuracy_colour": "object acc. (colour)",
     "object_accuracy_shape": "object acc. (shape)",
     "peak_stability_colour": "peak stability (colour)",  # 1: colour words peak where they would on any image
+    "blank_peak_share_colour": "blank-scene peak share (colour)",  # colour words peaking on a blank scene's top patch
     # the naming-order diagnostic: pointing of the colour word named first, second, third in its caption
     **{
         f"pointing_game_colour_named_{place}": f"pointing (colour named {nth})"

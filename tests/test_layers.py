@@ -26,6 +26,7 @@ RANKS = {  # a module's rank: its longest prefix here
     "vlviz.models.loading": 4,  # a checkpoint carries its trained PSL and XMM heads, which are losses
     "vlviz.grounding.maps": 4,  # reads the XMM head's cross-attention
     "vlviz": 5,  # the library's front door: `from vlviz import load_model`
+    "vlviz.grounding.annotations": 5,  # scores the maps (rank 4) against the user's annotations
     "vlviz.training": 6,
     "vlviz.viz": 6,
     "vlviz.cli": 7,

@@ -143,3 +143,18 @@ def test_any_vit_model_gets_a_score_and_a_resnet_is_refused(tiny_vit_dir: Path, 
             assert 0 <= kind[name]["pointing_game"] <= 1 and 0 <= kind[name]["mass_in_mask"] <= 1
     with pytest.raises(ValueError, match="no projectable patch tokens"):
         score_scenes(load_model(str(tiny_resnet_dir), device="cpu"), scenes)
+
+
+def test_pointing_by_naming_order_groups_words_by_their_place_among_the_captions_words() -> None:
+    from vlviz.grounding.maps import pointing_by_naming_order
+
+    inside = torch.eye(3, dtype=torch.bool).expand(2, 3, 3)  # object k covers patch k
+    # scene 0 names objects in the order 2, 0 (object 1 unscored); scene 1 names 0, 1, 2
+    target = torch.tensor([[5, -1, 1], [1, 3, 6]])
+    valid = target >= 0
+    maps = torch.zeros(2, 3, 3)
+    maps[0, 2, 2] = maps[0, 0, 1] = 1.0  # scene 0: first-named (object 2) hits, second-named (object 0) misses
+    maps[1, 0, 0] = maps[1, 1, 0] = maps[1, 2, 2] = 1.0  # scene 1: first and third hit, second misses
+    assert pointing_by_naming_order(maps, inside, valid, target) == [1.0, 0.0, 1.0]
+    only_first = pointing_by_naming_order(maps[:1], inside[:1], valid[:1], target[:1])
+    assert only_first[:2] == [1.0, 0.0] and np.isnan(only_first[2])

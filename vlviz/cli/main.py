@@ -17,16 +17,18 @@ def _build_offline_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vlviz.training.evaluation import is_evaluation
+    from vlviz.training.grounded_model import GROUNDED_MODEL_TRAIN_CONFIG, build_grounded_model
     from vlviz.training.offline_model import OFFLINE_MODEL_TRAIN_CONFIG, build_offline_model
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    config = replace(
-        OFFLINE_MODEL_TRAIN_CONFIG, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
-    for record in build_offline_model(args.out, config):
+    recipe = GROUNDED_MODEL_TRAIN_CONFIG if args.grounded else OFFLINE_MODEL_TRAIN_CONFIG
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    config = replace(recipe, **{name: value for name, value in given.items() if value is not None})
+    out = args.out or f"assets/models/{'vlviz-scenes-grounded' if args.grounded else 'vlviz-scenes'}"
+    for record in (build_grounded_model if args.grounded else build_offline_model)(out, config):
         if is_evaluation(record) or record["step"] % args.log_every == 0:
             print(json.dumps(record), flush=True)
-    print(f"saved to {args.out}", file=sys.stderr)
+    print(f"saved to {out}", file=sys.stderr)
     return 0
 
 
@@ -76,7 +78,8 @@ def _train_run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
         losses=parse_loss_weights(args.loss) if args.loss else None, loss_options=options, trainable=args.trainable,
-        last_blocks=args.last_blocks,
+        last_blocks=args.last_blocks, image_token_blocks=args.image_token_blocks,
+        text_token_blocks=args.text_token_blocks,
     )  # fmt: skip
     context = init_distributed(resolve_device(args.device))
     run = prepare_run(args.model, args.data, config, args.out, context=context, captions=args.captions)
@@ -96,8 +99,58 @@ def _train_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_annotation_grounding(args: argparse.Namespace) -> int:
+    """The grounding score on annotated images (--coco, or --masks with --labels), per map kind and category, beside
+    the untrained model's; bad annotations end with their message, not a traceback."""
+    from vlviz.data.inputs import InputError
+    from vlviz.grounding.annotations import QUERY_TEMPLATE, annotation_grounding
+    from vlviz.grounding.maps import MIN_COVER, UNTRAINED_SEED
+    from vlviz.models.loading import ModelUnavailableError, load_model
+
+    annotations = args.coco or args.labels or os.path.join(args.masks, "labels.csv")
+    try:
+        if not args.images:
+            raise ValueError("--images DIR is needed with --coco and --masks: the folder of the annotated images.")
+        model = load_model(args.model)
+        result = annotation_grounding(
+            model, annotations, args.images, args.kind, masks=args.masks, caption_table=args.caption_table,
+            template=args.template or QUERY_TEMPLATE, min_cover=MIN_COVER if args.min_cover is None else args.min_cover,
+            max_images=args.max_images,
+        )  # fmt: skip
+    except (InputError, ValueError, ModelUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for notice in result["notices"]:
+        print(f"notice: {notice}", file=sys.stderr)
+    print(json.dumps({"model": args.model, "annotations": annotations, **result, "untrained_seed": UNTRAINED_SEED}))
+    print(
+        f"{result['images']} images, {result['objects']} objects ({result['not_named']} not named in their caption, "
+        f"{result['outside_crop']} outside the model's crop)",
+        file=sys.stderr,
+    )
+    print(
+        f"{'map':<12} {'category':<16} {'model':<10} {'pointing':>8} {'mass':>6} {'uniform chance':>14} "
+        f"{'object acc.':>11} {'object chance':>13}  on an object",
+        file=sys.stderr,
+    )
+    for kind, figures in result["scores"].items():
+        rows = {"(all)": figures["all"], **figures["categories"]}
+        baseline = {"(all)": result["untrained"][kind]["all"], **result["untrained"][kind]["categories"]}
+        for category, s in rows.items():
+            for label, t in (("evaluated", s), ("untrained", baseline[category])):
+                print(
+                    f"{kind:<12} {category[:16]:<16} {label:<10} {t['pointing_game']:>8.3f} {t['mass_in_mask']:>6.3f} "
+                    f"{t['chance']:>14.3f} {t['object_accuracy']:>11.3f} {t['object_chance']:>13.3f} "
+                    f"{t['on_object']:>6} of {t['words']}",
+                    file=sys.stderr,
+                )
+    return 0
+
+
 def _eval_grounding(args: argparse.Namespace) -> int:
     """The model's grounding score and the untrained model's, as one JSON line on stdout and a table on stderr."""
+    if args.coco or args.masks:
+        return _eval_annotation_grounding(args)
     from vlviz.data.scenes import generate_scenes
     from vlviz.data.sources import HELD_OUT_SEED
     from vlviz.grounding.maps import MIN_COVER, UNTRAINED_SEED, score_scenes, untrained_model
@@ -139,6 +192,13 @@ def _print_grounding_table(
                     f"{s['on_object']:>6} of {s['words']}",
                     file=sys.stderr,
                 )
+        for label, s in (("evaluated", classes["colour"]), ("untrained", untrained[kind]["colour"])):
+            by_order = " / ".join(f"{v:.2f}" for key, v in s.items() if key.startswith("pointing_named_"))
+            blank = (
+                f"; peaks on a blank scene's top patch {s['blank_peak_share']:.2f}" if "blank_peak_share" in s else ""
+            )
+            print(f"{kind:<12} colour  {label:<10} pointing by naming order (1st / 2nd / 3rd): {by_order}{blank}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -265,12 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vlviz", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build-offline-model", help="train the offline vlviz-scenes model from scratch")
-    build.add_argument("--out", default="assets/models/vlviz-scenes")
-    build.add_argument("--steps", type=int, default=3000)
-    build.add_argument("--batch-size", type=int, default=128)
-    build.add_argument("--lr", type=float, default=5e-4)
-    build.add_argument("--seed", type=int, default=0)
+    build = commands.add_parser(
+        "build-offline-model",
+        help="train the offline vlviz-scenes model from scratch, or (--grounded) vlviz-scenes-grounded from it",
+    )
+    build.add_argument("--grounded", action="store_true", help="the grounded model's recipe (its maps read early)")
+    build.add_argument("--out", default=None, help="default: assets/models/<the model's name>")
+    build.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    build.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    build.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    build.add_argument("--seed", type=int, default=None, help="default: the recipe's (0)")
     build.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     build.add_argument("--log-every", type=int, default=50)
     build.set_defaults(run=_build_offline_model)
@@ -299,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fit.add_argument("--eval-every", type=int, default=25)
     fit.add_argument("--trainable", default="all", help="all, last_blocks or projections")
     fit.add_argument("--last-blocks", type=int, default=2)
+    for tower, tokens in (("image", "patch"), ("text", "caption")):
+        fit.add_argument(
+            f"--{tower}-token-blocks", type=int, default=None,
+            help=f"blocks the {tokens} tokens pass before token losses and maps read them (0: before any block; "
+            "default: where the start model reads them, after the last block unless it says otherwise)",
+        )  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default=None)
     fit.add_argument("--out", default="runs/latest")
@@ -306,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     grounding = commands.add_parser(
         "eval-grounding",
-        help="pointing game and mass in mask of colour and shape words on held-out scenes, beside the untrained "
-        "model of the same architecture, uniform chance and object-level chance",
+        help="pointing game and mass in mask of colour and shape words on held-out scenes (or of category names on "
+        "your annotated images: --coco, --masks), beside the untrained model of the same architecture, uniform "
+        "chance and object-level chance",
     )
     grounding.add_argument("--model", default="vlviz-scenes")
     grounding.add_argument("--n", type=int, default=200)
@@ -315,10 +386,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument(
         "--kind",
         action="append",
-        help="sparc, no-sparsity, softmax, cosine, occlusion, maskclip, sclip, clearclip or naclip (default: the first "
-        "four, read off the encodings; the others need a tower pass: occlusion one per patch)",
+        help="sparc, no-sparsity, softmax, cosine, occlusion, maskclip, sclip, clearclip, naclip, legrad or gradeclip "
+        "(default: the first four, read off the encodings; the others need a tower pass: occlusion one per patch, "
+        "legrad and gradeclip a backward pass per token too)",
     )
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
+    annotated = grounding.add_mutually_exclusive_group()
+    annotated.add_argument(
+        "--coco", default=None, help="score on your images instead: a COCO instances .json (polygons or RLE)"
+    )
+    annotated.add_argument(
+        "--masks", default=None, help="score on your images instead: a folder of object masks (see --labels)"
+    )
+    grounding.add_argument(
+        "--labels", default=None,
+        help="--masks: the labels table, mask,category[,image] CSV or JSON (default: the folder's labels.csv)",
+    )  # fmt: skip
+    grounding.add_argument("--images", default=None, help="--coco, --masks: the folder of the annotated images")
+    grounding.add_argument(
+        "--template", default=None, help="--coco, --masks: each object's caption, {} its category (a photo of a {}.)"
+    )
+    grounding.add_argument(
+        "--caption-table", default=None,
+        help="--coco, --masks: file,caption CSV or JSON: read each category in its image's own caption instead",
+    )  # fmt: skip
+    grounding.add_argument("--max-images", type=int, default=None, help="--coco, --masks: score the first N images")
     grounding.set_defaults(run=_eval_grounding)
 
     embed = commands.add_parser(

@@ -325,6 +325,16 @@ def _shape_masks(yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray,
     return np.stack([circle, square, triangle, cross])
 
 
+def blank_scene(image_size: int = 64, seed: int = 0) -> np.ndarray:
+    """A scene with no object (S, S, 3) uint8: the background and its noise, as `generate_scenes` paints them.
+
+    Where a colour word peaks on it says what a map holds beside the image: a map that reads the pixels has no
+    place to prefer, one tied to positions peaks on the same patch for every caption.
+    """
+    rng = np.random.default_rng(seed)
+    return np.clip(BACKGROUND + rng.normal(0, 5, size=(image_size, image_size, 3)), 0, 255).astype(np.uint8)
+
+
 def generate_scenes(
     n: int, seed: int = 0, image_size: int = 64, captions: str | CaptionStyle = "template"
 ) -> SceneBatch:

@@ -38,14 +38,15 @@ from PIL import Image
 from vlviz.data.inputs import PairSet
 from vlviz.data.keys import content_key
 from vlviz.data.samples import bundled_scenes
-from vlviz.data.scenes import SceneBatch
+from vlviz.data.scenes import SceneBatch, blank_scene
+from vlviz.grounding.gradient import GRADIENT_METHODS, model_gradient_maps
 from vlviz.grounding.methods import DENSE_METHODS, dense_patches
 from vlviz.grounding.occlusion import model_occlusion_maps
 from vlviz.grounding.sparc import GROUNDING_MAPS, grounding_maps, word_maps
 from vlviz.losses.xmm import WordAttention, masked_word_attention
 from vlviz.models.encoding import ENCODE_BATCH, PairEncoding, VLModel
 from vlviz.models.tokens import TokenLayout, first_content_word
-from vlviz.models.towers import preprocess_stats
+from vlviz.models.towers import preprocess_stats, set_token_readout, token_readout
 
 MIN_COVER = 0.25
 UNTRAINED_SEED = 0  # the untrained baseline's initialisation
@@ -55,7 +56,10 @@ OCCLUSION = "occlusion"
 DENSE_KINDS = tuple(name for name in DENSE_METHODS if name != "clip")
 """The training-free re-readings of the last image block (`vlviz.grounding.methods`): each caption token's cosine
 with the method's patch embeddings, as the papers draw them. They too need the model and the pixels."""
-MODEL_KINDS = (OCCLUSION, *DENSE_KINDS)
+GRADIENT_KINDS = tuple(GRADIENT_METHODS)
+"""LeGrad and Grad-ECLIP (`vlviz.grounding.gradient`): where each caption token's cosine with the image is sensitive,
+read off the tower's gradients, in [0, 1]. A backward pass per token and image."""
+MODEL_KINDS = (OCCLUSION, *DENSE_KINDS, *GRADIENT_KINDS)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,8 @@ def model_scene_maps(
     the method's patch embeddings; on the previous image, the same patches rolled by one (no second pass)."""
     if kind == OCCLUSION:
         return occlusion_scene_maps(model, images, captions, swapped)
+    if kind in GRADIENT_KINDS:
+        return gradient_scene_maps(model, images, captions, kind, swapped)
     tokens = model.encode_pairs(images, captions).token_features
     if tokens is None:
         raise ValueError(f"No {kind} maps for this model: {model.patches_unavailable}.")
@@ -147,6 +153,17 @@ def occlusion_scene_maps(
     if not swapped or len(images) < 2:
         return maps, None
     return maps, model_occlusion_maps(model, images[-1:] + images[:-1], captions)  # caption n on image n - 1
+
+
+def gradient_scene_maps(
+    model: VLModel, images: list[Image.Image], captions: list[str], kind: str, swapped: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradient maps (N, T, P) of each caption on its image, and (for `peak_stability`) on the previous image: a
+    second pass, as a word's gradient depends on the image it meets."""
+    maps = model_gradient_maps(model, images, captions, kind)
+    if not swapped or len(images) < 2:
+        return maps, None
+    return maps, model_gradient_maps(model, images[-1:] + images[:-1], captions, kind)  # caption n on image n - 1
 
 
 def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatch:
@@ -201,6 +218,59 @@ def object_patch_masks(
     return (cover > 0) & ((cover >= min_cover) | best)
 
 
+def word_hits(word_map: torch.Tensor, inside: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where each word's map lands, per word (N, K): what `word_figures` averages, kept apart so that scores
+    gathered in batches (`vlviz.grounding.annotations`) are averaged once, over every word.
+
+    Args:
+        word_map: (N, K, P) the map of the word naming object k.
+        inside: (N, K, P) bool, each object's patches (none for empty slots); a patch may lie in two objects.
+
+    Returns (N, K) each: hit (float, the peak patch lies in the named object), mass (the share of the map's
+    positive mass inside it), chance (the share of patches inside it), on_object (bool, the peak lies in
+    some object) and object_chance (1 / the objects of the word's row).
+    """
+    k = inside.shape[1]
+    peak = word_map.argmax(dim=-1)  # (N, K words)
+    # (N, K objects, K words): whether object o covers the peak patch of word w
+    at_peak = inside.gather(-1, peak[:, None, :].expand(-1, k, -1))
+    positive = word_map.clamp_min(0)
+    objects = inside.any(dim=-1).sum(dim=-1, keepdim=True).clamp_min(1)  # (N, 1)
+    return {
+        "hit": at_peak.diagonal(dim1=1, dim2=2).float(),
+        "mass": (positive * inside).sum(-1) / positive.sum(-1).clamp_min(torch.finfo(positive.dtype).tiny),
+        "chance": inside.float().mean(-1),
+        "on_object": at_peak.any(dim=1),
+        "object_chance": (1 / objects).expand(-1, k),
+    }
+
+
+def word_figures(hits: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+    """`pointing_and_mass`'s and `object_level_scores`'s figures from `word_hits` over the valid words (any shape)."""
+    return pointing_figures(hits, valid) | object_level_figures(hits, valid)
+
+
+def pointing_figures(hits: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+    """Pointing game, mass in mask and chance: `word_hits` averaged over the valid words, and their count."""
+    words = int(valid.sum())
+    scores = {
+        name: float(hits[key][valid].mean()) if words else float("nan")
+        for name, key in (("pointing_game", "hit"), ("mass_in_mask", "mass"), ("chance", "chance"))
+    }
+    return scores | {"words": words}
+
+
+def object_level_figures(hits: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+    """Object chance, object accuracy and words on an object (`object_level_scores`) from `word_hits`."""
+    on_object = hits["on_object"] & valid
+    landed = int(on_object.sum())
+    return {
+        "object_chance": float(hits["object_chance"][valid].mean()) if valid.any() else float("nan"),
+        "object_accuracy": float(hits["hit"][on_object].mean()) if landed else float("nan"),
+        "on_object": landed,
+    }
+
+
 def pointing_and_mass(word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     """Pointing-game accuracy, mass in mask and chance over the valid words.
 
@@ -209,16 +279,7 @@ def pointing_and_mass(word_map: torch.Tensor, inside: torch.Tensor, valid: torch
         inside: (N, K, P) bool, the object's patches.
         valid: (N, K) bool, which (scene, object) words to score.
     """
-    hit = inside.gather(-1, word_map.argmax(dim=-1, keepdim=True)).squeeze(-1).float()  # (N, K)
-    positive = word_map.clamp_min(0)
-    mass = (positive * inside).sum(-1) / positive.sum(-1).clamp_min(torch.finfo(positive.dtype).tiny)
-    chance = inside.float().mean(-1)
-    words = int(valid.sum())
-    scores = {
-        name: float(value[valid].mean()) if words else float("nan")
-        for name, value in (("pointing_game", hit), ("mass_in_mask", mass), ("chance", chance))
-    }
-    return scores | {"words": words}
+    return pointing_figures(word_hits(word_map, inside), valid)
 
 
 def object_level_scores(word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
@@ -239,19 +300,24 @@ def object_level_scores(word_map: torch.Tensor, inside: torch.Tensor, valid: tor
         the named one (NaN when there is none);
         on_object: how many valid words have their peak patch inside some object.
     """
-    k = inside.shape[1]
-    peak = word_map.argmax(dim=-1)  # (N, K words)
-    # (N, K objects, K words): whether object o covers the peak patch of word w
-    at_peak = inside.gather(-1, peak[:, None, :].expand(-1, k, -1))
-    on_object = at_peak.any(dim=1) & valid  # (N, K words)
-    named = at_peak.diagonal(dim1=1, dim2=2)  # (N, K): the peak lies in the named object
-    objects = inside.any(dim=-1).sum(dim=-1, keepdim=True).clamp_min(1)  # (N, 1)
-    landed = int(on_object.sum())
-    return {
-        "object_chance": float((1 / objects).expand_as(valid)[valid].mean()) if valid.any() else float("nan"),
-        "object_accuracy": float(named[on_object].float().mean()) if landed else float("nan"),
-        "on_object": landed,
-    }
+    return object_level_figures(word_hits(word_map, inside), valid)
+
+
+def pointing_by_naming_order(
+    word_map: torch.Tensor, inside: torch.Tensor, valid: torch.Tensor, target: torch.Tensor
+) -> list[float]:
+    """Pointing-game accuracy by the word's place among its caption's scored words of its class: [first, second, ...].
+
+    The diagnostic that exposed the text side (issue 23): a causal text tower carries the first-named words into
+    later tokens, so a contextual token of the second-named colour points at the first-named object. Tokens that
+    hold one word each point alike whatever their order. (N, K, P), (N, K, P), (N, K) bool and (N, K) word
+    indices in; NaN for a place no caption has.
+    """
+    hit = word_hits(word_map, inside)["hit"]  # (N, K)
+    index = torch.where(valid, target, torch.iinfo(target.dtype).max)  # unscored words sort last
+    order = (index[:, None, :] < index[:, :, None]).sum(-1)  # (N, K): scored words named before this one
+    return [float(hit[valid & (order == place)].mean()) if (valid & (order == place)).any() else float("nan")
+            for place in range(target.shape[1])]  # fmt: skip
 
 
 def peak_stability(word_map: torch.Tensor, swapped_map: torch.Tensor, valid: torch.Tensor) -> float:
@@ -268,14 +334,31 @@ def peak_stability(word_map: torch.Tensor, swapped_map: torch.Tensor, valid: tor
     return float(same[valid].float().mean())
 
 
+def blank_peak_share(blank_map: torch.Tensor, valid: torch.Tensor) -> float:
+    """Share of the valid words whose map on a blank scene peaks on the one patch most of them peak on.
+
+    With nothing to point at, a map that reads the pixels spreads its peaks over the grid (1 / P each at
+    best); a map tied to positions, or to a patch the tower favours, sends most peaks to one patch. (N, K, P)
+    maps of each named word on the blank scene and (N, K) bool in; NaN with no valid word.
+    """
+    peaks = blank_map.argmax(dim=-1)[valid]
+    if peaks.numel() == 0:
+        return float("nan")
+    return float(torch.bincount(peaks, minlength=blank_map.shape[-1]).max() / peaks.numel())
+
+
 def scene_grounding_score(
     encoding: PairEncoding,
     scenes: SceneBatch,
     kinds: list[str] | None = None,
     min_cover: float = MIN_COVER,
     token_maps: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    blank_patches: torch.Tensor | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Scores per map kind and word class: {kind: {"colour": {...}, "shape": {...}}}.
+
+    `blank_patches` (1, P, D), the patch embeddings of a scene with no object (`blank_scene`), adds each
+    encoding-based kind's `blank_peak_share`.
 
     Each holds `pointing_and_mass`'s and `object_level_scores`'s figures. `encoding` holds the scenes'
     own images and captions, in order. A word cut off by the model's context length is not scored.
@@ -301,14 +384,21 @@ def scene_grounding_score(
             on_previous = grounding_maps(tokens, patches.roll(1, dims=0), kind) if len(scenes) > 1 else None
         maps = word_maps(drawn.to(word_index.device), word_index)  # (N, W, P)
         swapped = None if on_previous is None else word_maps(on_previous.to(word_index.device), word_index)
+        blank = None
+        if blank_patches is not None and kind not in given:
+            blank = word_maps(grounding_maps(tokens, blank_patches.float().expand_as(patches), kind), word_index)
         scores[kind] = {}
         for name, target in targets.items():
             picked, valid = named_maps(maps, target).cpu(), scored_words(target, word_index).cpu()
-            scores[kind][name] = pointing_and_mass(picked, inside, valid) | object_level_scores(picked, inside, valid)
+            scores[kind][name] = word_figures(word_hits(picked, inside), valid)
+            by_order = pointing_by_naming_order(picked, inside, valid, target.cpu())
+            scores[kind][name] |= {f"pointing_named_{place}": value for place, value in enumerate(by_order, start=1)}
             stable = (
                 float("nan") if swapped is None else peak_stability(picked, named_maps(swapped, target).cpu(), valid)
             )
             scores[kind][name]["peak_stability"] = stable
+            if blank is not None:
+                scores[kind][name]["blank_peak_share"] = blank_peak_share(named_maps(blank, target).cpu(), valid)
     return scores
 
 
@@ -320,7 +410,10 @@ def score_scenes(
     given = {
         kind: model_scene_maps(model, images, scenes.captions, kind) for kind in kinds or [] if kind in MODEL_KINDS
     }
-    return scene_grounding_score(model.encode_pairs(images, scenes.captions), scenes, kinds, min_cover, given)
+    blank = Image.fromarray(blank_scene(scenes.images.shape[1]))
+    blank_patches = model.encode_pairs([blank], scenes.captions[:1]).patch_features
+    encoding = model.encode_pairs(images, scenes.captions)
+    return scene_grounding_score(encoding, scenes, kinds, min_cover, given, blank_patches)
 
 
 def untrained_model(model: VLModel, seed: int = UNTRAINED_SEED) -> VLModel:
@@ -347,6 +440,7 @@ def untrained_model(model: VLModel, seed: int = UNTRAINED_SEED) -> VLModel:
     for name, tensor in [*fresh.named_parameters(), *fresh.named_buffers()]:
         tensor.data = tensor.data.to(model.device, dtypes.get(name, tensor.dtype))  # as open_clip loaded `model`
     fresh.visual.preprocess_cfg = getattr(model.model.visual, "preprocess_cfg", {})
+    set_token_readout(fresh, token_readout(model.model))  # the twin reads its maps where the model does
     return VLModel(
         spec=model.spec, model=fresh.eval(), preprocess=model.preprocess, tokenizer=model.tokenizer,
         device=model.device, model_cfg=model.model_cfg, name=f"{model.name} (untrained, seed {seed})",
@@ -381,7 +475,7 @@ _UNTRAINED_LOCK = threading.Lock()
 def _architecture_key(model: VLModel) -> tuple:
     return (
         type(model.model).__name__, json.dumps(model.model_cfg, sort_keys=True), str(model.device),
-        str(model.dtype), preprocess_stats(model.model),
+        str(model.dtype), preprocess_stats(model.model), token_readout(model.model),
     )  # fmt: skip
 
 

@@ -39,6 +39,8 @@ from vlviz.models.towers import half_dtype
 OFFLINE_SPEC = "vlviz-scenes"
 DEFAULT_ONLINE_SPEC = "ViT-B-32:laion2b_s34b_b79k"
 OFFLINE_MODEL_DIR = ASSETS_DIR / "models" / OFFLINE_SPEC
+GROUNDED_SPEC = "vlviz-scenes-grounded"  # vlviz-scenes trained on to ground words (`vlviz.training.grounded_model`)
+BUNDLED_MODELS = {OFFLINE_SPEC: OFFLINE_MODEL_DIR, GROUNDED_SPEC: ASSETS_DIR / "models" / GROUNDED_SPEC}
 OFFLINE_NOTICE = (
     "The built-in offline model `vlviz-scenes` knows coloured shapes on a dark background "
     "(circles, squares, triangles, crosses), not photographs: use the bundled scenes to see it work."
@@ -66,10 +68,10 @@ def parse_spec(spec: str) -> ModelSource:
     spec = spec.strip()
     if not spec:
         raise ValueError("Empty model spec: give e.g. 'vlviz-scenes' or 'ViT-B-32:laion2b_s34b_b79k'.")
-    if spec == OFFLINE_SPEC:
-        if not (OFFLINE_MODEL_DIR / "open_clip_config.json").is_file():
-            raise ModelUnavailableError(f"The offline model files are missing from {OFFLINE_MODEL_DIR}.")
-        return ModelSource(spec, f"local-dir:{OFFLINE_MODEL_DIR}", None, needs_hub=False)
+    if spec in BUNDLED_MODELS:
+        if not (BUNDLED_MODELS[spec] / "open_clip_config.json").is_file():
+            raise ModelUnavailableError(f"The files of the bundled model {spec} are missing from assets/models.")
+        return ModelSource(spec, f"local-dir:{BUNDLED_MODELS[spec]}", None, needs_hub=False)
     if spec.startswith("hf-hub:"):
         return ModelSource(spec, spec, None, needs_hub=True)
     path = Path(spec).expanduser()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from vlviz.data.sources import HeldOut
+from vlviz.data.scenes import blank_scene
+from vlviz.data.sources import HeldOut, normalise_uint8
 from vlviz.grounding.maps import scene_grounding_score
 from vlviz.metrics.affinity import affinity, caption_recall_at_1, recall_at_k, retrieval_ranks
 from vlviz.metrics.consistency import consistency_figures
 from vlviz.models.encoding import PairEncoding, image_embeddings, text_embeddings
 from vlviz.models.tokens import token_layout
-from vlviz.models.towers import grid_size
+from vlviz.models.towers import grid_size, preprocess_stats
 
 EVALUATION_KEY = "image_to_caption_r1"  # every evaluation record has it, no step record does
 
@@ -45,6 +46,14 @@ def embed_held_out(
     )
 
 
+@torch.inference_mode()
+def blank_patches(model: torch.nn.Module, image_size: int) -> torch.Tensor | None:
+    """The patch embeddings (1, P, D) of a scene with no object (`blank_scene`), where `model` reads its patches."""
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    pixels = normalise_uint8(torch.from_numpy(blank_scene(image_size))[None], *preprocess_stats(model))
+    return image_embeddings(model, pixels.to(device, dtype))[1]
+
+
 def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, float]:
     """Held-out figures: retrieval R@1 both ways, SaCo inconsistency, and on scenes the pointing game.
 
@@ -73,9 +82,13 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
             image_features, text_features, patches, grid_size(model), tokens,
             token_layout(tokenizer, held_out.captions), logit_scale=0.0, logit_bias=None,
         )  # fmt: skip
-        score = scene_grounding_score(encoding, held_out.scenes, kinds=["sparc"])["sparc"]
+        blank = blank_patches(model, held_out.pixels.shape[-1])
+        score = scene_grounding_score(encoding, held_out.scenes, kinds=["sparc"], blank_patches=blank)["sparc"]
+        figures |= {"blank_peak_share_colour": score["colour"]["blank_peak_share"]}  # 1 / P: no favourite patch
         for word in ("colour", "shape"):  # object accuracy: of the words whose peak lies on an object, on the one named
             figures |= {f"pointing_game_{word}": score[word]["pointing_game"]}
             figures |= {f"object_accuracy_{word}": score[word]["object_accuracy"]}
             figures |= {f"peak_stability_{word}": score[word]["peak_stability"]}  # 1: the map ignores the image
+        named = {k: v for k, v in score["colour"].items() if k.startswith("pointing_named_") and v == v}  # NaN: none
+        figures |= {f"pointing_game_colour_{key.removeprefix('pointing_')}": v for key, v in named.items()}  # by order
     return figures
