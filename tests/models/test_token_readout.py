@@ -98,3 +98,16 @@ def test_a_run_reads_where_its_config_says_and_its_checkpoint_keeps_it(tmp_path:
     assert token_readout(load_model(str(tmp_path), device="cpu").model) == TokenReadout(0, 0)
     with pytest.raises(ValueError, match="image_token_blocks"):
         TrainConfig(image_token_blocks=-1)
+
+
+def test_dense_methods_re_read_the_last_block_the_model_reads_after() -> None:
+    from vlviz.grounding.methods import dense_patches
+
+    model = copy.deepcopy(load_model("vlviz-scenes", device="cpu").model).float()
+    pixels, _ = _inputs(model)
+    set_token_readout(model, TokenReadout(2, None))
+    with torch.no_grad():
+        assert torch.allclose(dense_patches(model, pixels, "clip"), image_embeddings(model, pixels)[1], atol=1e-5)
+        set_token_readout(model, TokenReadout(0, None))
+        with pytest.raises(ValueError, match="before any image block"):
+            dense_patches(model, pixels, "maskclip")

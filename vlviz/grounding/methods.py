@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from vlviz.models.towers import image_projection
+from vlviz.models.towers import image_projection, token_readout
 
 # (q, k) of shape (B, heads, N, d_head) and the patch grid -> attention weights (B, heads, N, N).
 AttentionRule = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -39,13 +39,26 @@ AttentionRule = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Te
 NACLIP_GAUSSIAN_STD = 5.0  # NACLIP's default sigma, in patches (naclip.py: gaussian_std=5.)
 
 
+def read_block(model: nn.Module) -> int:
+    """Index of the block after which `model` reads its patch tokens: the last, unless its readout says otherwise
+    (`vlviz.models.towers.TokenReadout`); a ValueError for a model that reads them before any block."""
+    blocks = token_readout(model).image_blocks
+    if blocks == 0:
+        raise ValueError(
+            "This model reads its maps before any image block: there is no block for a dense method to re-read; "
+            "its SPARC and cosine maps already read each patch alone."
+        )
+    return len(model.visual.transformer.resblocks) - 1 if blocks is None else blocks - 1
+
+
 def last_block(model: nn.Module) -> tuple[VisionTransformer, ResidualAttentionBlock]:
-    """The ViT tower and its last block, or a ValueError saying why these methods cannot re-read it."""
+    """The ViT tower and the last block its patch tokens pass before they are read (`read_block`), or a ValueError
+    saying why these methods cannot re-read it."""
     if image_projection(model) is None:
         kind = type(getattr(model, "visual", None)).__name__
         raise ValueError(f"Dense map methods need a ViT image tower with projectable patch tokens, not {kind}.")
     visual: VisionTransformer = model.visual
-    block = visual.transformer.resblocks[-1]
+    block = visual.transformer.resblocks[read_block(model)]
     attention = getattr(block, "attn", None)
     if (
         not isinstance(block, ResidualAttentionBlock)
@@ -60,13 +73,13 @@ def last_block(model: nn.Module) -> tuple[VisionTransformer, ResidualAttentionBl
     return visual, block
 
 
-def last_block_input(visual: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
-    """Tokens entering the last block, (B, 1 + P, width): open_clip's embedding and every block but the last."""
+def last_block_input(visual: VisionTransformer, pixels: torch.Tensor, last: int = -1) -> torch.Tensor:
+    """Tokens entering block `last`, (B, 1 + P, width): open_clip's embedding and every block before it."""
     # open_clip 3.x's (private) embedding step: conv1, class token, positions, patch dropout (off in eval), ln_pre
     tokens = visual._embeds(pixels)
     batch_first = visual.transformer.batch_first
     tokens = tokens if batch_first else tokens.transpose(0, 1)
-    for block in visual.transformer.resblocks[:-1]:
+    for block in visual.transformer.resblocks[:last]:
         tokens = block(tokens)
     return tokens if batch_first else tokens.transpose(0, 1)
 
@@ -90,7 +103,7 @@ def re_read_last_block(
     block's input to the attention branch; ``ffn`` then adds the block's MLP branch, as open_clip's block does.
     """
     visual, block = last_block(model)
-    tokens = last_block_input(visual, pixels)
+    tokens = last_block_input(visual, pixels, read_block(model))
     attention: nn.MultiheadAttention = block.attn
     q, k, v = F.linear(block.ln_1(tokens), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
     q, k, v = (split_heads(x, attention.num_heads) for x in (q, k, v))

@@ -26,7 +26,7 @@ from vlviz.training.runs import prepare_run
 
 GROUNDED_CAPTIONS = "varied"  # the richer caption style: word order and phrasing change, so position cannot stand in
 GROUNDED_MODEL_TRAIN_CONFIG = TrainConfig(
-    steps=1500, batch_size=64, lr=2e-4, warmup_steps=50, eval_every=250, losses={"word_region": 1.0},
+    steps=400, batch_size=32, lr=2e-4, warmup_steps=20, eval_every=100, losses={"word_region": 1.0},
     image_token_blocks=0, text_token_blocks=0,
 )  # fmt: skip
 
