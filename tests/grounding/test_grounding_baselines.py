@@ -206,3 +206,28 @@ def test_eval_grounding_prints_the_baselines(tiny_vit_dir: Path, capsys: pytest.
     ]  # fmt: skip
     assert "pointing by naming order" in table[-1]
     assert {"pointing_named_1", "pointing_named_2", "pointing_named_3"} <= set(result["scores"]["sparc"]["colour"])
+
+
+def test_maps_by_kind_scores_each_kind_as_the_bundled_score_and_skips_what_a_model_cannot_draw() -> None:
+    import copy
+
+    from vlviz.data.inputs import pairs_from_uploads
+    from vlviz.data.samples import sample_files
+    from vlviz.grounding.maps import maps_by_kind
+    from vlviz.models.towers import TokenReadout, set_token_readout
+
+    model = load_model(OFFLINE_SPEC, device="cpu")
+    pairs = pairs_from_uploads(*sample_files("scenes"))
+    maps, pointing = maps_by_kind(model, pairs, 0, ["sparc", "maskclip"])
+    assert list(maps) == list(pointing) == ["sparc", "maskclip"]
+    for kind in maps:
+        assert pointing[kind] == pytest.approx(
+            bundled_scene_score(model, pairs, kind).scores["colour"]["pointing_game"]
+        )
+    early = copy.copy(model)
+    early.model = copy.deepcopy(model.model)
+    set_token_readout(early.model, TokenReadout(0, 0))
+    maps, pointing = maps_by_kind(
+        early, PairSet(pairs.images[:2], pairs.captions[:2], ["a", "b"]), 1, ["sparc", "maskclip"]
+    )
+    assert list(maps) == list(pointing) == ["sparc"]  # no block to re-read

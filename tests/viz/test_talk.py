@@ -88,3 +88,31 @@ def test_the_snapshot_walks_by_keyboard_from_disk_with_no_network(
     assert page.locator("section.current .note").is_visible()
     assert all(url.startswith("file://") for url in requests)  # nothing fetched from anywhere
     context.close()
+
+
+def test_the_grounding_step_shows_two_models_by_each_method_with_their_pointing(inputs: TalkInputs) -> None:
+    from dataclasses import replace
+
+    from vlviz.grounding.maps import caption_maps
+    from vlviz.viz.talk import GroundingPanel, every_method_figure
+
+    maps = {kind: caption_maps(inputs.encoding, kind=kind) for kind in ("sparc", "cosine", "softmax")}
+    before = {kind: caption_maps(inputs.before, kind=kind) for kind in ("sparc", "cosine")}
+    panels = [
+        GroundingPanel("vlviz-scenes", inputs.image, before, {"sparc": 0.21, "cosine": None}),
+        GroundingPanel("grounded", inputs.image, maps, {"sparc": 0.82, "cosine": 0.5, "softmax": 0.4}),
+    ]
+    step = {s.key: s for s in talk_steps(replace(inputs, grounding=panels))}["grounding"]
+    words = maps["sparc"].words
+    assert len(step.figures) == 2 + len(words) - 1  # the first word by both shared kinds, then the other words
+    assert step.variant_names[:2] == [f"'{words[maps['sparc'].first_word]}', SPARC weights",
+                                      f"'{words[maps['sparc'].first_word]}', dense cosine map"]  # fmt: skip
+    titles = [a.text for a in step.figures[0].layout.annotations]
+    first = words[maps["sparc"].first_word]
+    assert titles == [f"vlviz-scenes · SPARC weights · pointing 0.21: '{first}'",
+                      f"grounded · SPARC weights · pointing 0.82: '{first}'"]  # fmt: skip
+    assert "vlviz-scenes beside grounded" in step.message or "beside grounded" in step.message
+    grid = every_method_figure(panels[1], maps["sparc"].first_word)
+    assert [a.text for a in grid.layout.annotations][:3] == [
+        "SPARC weights · pointing 0.82", "dense cosine map · pointing 0.50", "softmax weights (the paper's ablation) · pointing 0.40",
+    ]  # fmt: skip

@@ -44,7 +44,7 @@ from vlviz.grounding.methods import DENSE_METHODS, dense_patches
 from vlviz.grounding.occlusion import model_occlusion_maps
 from vlviz.grounding.sparc import GROUNDING_MAPS, grounding_maps, word_maps
 from vlviz.losses.xmm import WordAttention, masked_word_attention
-from vlviz.models.encoding import ENCODE_BATCH, PairEncoding, VLModel
+from vlviz.models.encoding import PairEncoding, VLModel, batches
 from vlviz.models.tokens import TokenLayout, first_content_word
 from vlviz.models.towers import preprocess_stats, set_token_readout, token_readout
 
@@ -117,12 +117,8 @@ def model_caption_maps(model: VLModel, image: Image.Image, caption: str, kind: s
 
 def dense_patch_features(model: VLModel, images: list[Image.Image], method: str) -> torch.Tensor:
     """(N, P, D) patch embeddings `method` (`DENSE_KINDS`) reads off each image, float32, in batches of ENCODE_BATCH."""
-    batches = []
     with torch.inference_mode():
-        for start in range(0, len(images), ENCODE_BATCH):
-            pixels = torch.stack([model.preprocess(image) for image in images[start : start + ENCODE_BATCH]])
-            batches.append(dense_patches(model.model, pixels.to(model.device, model.dtype), method).float())
-    return torch.cat(batches)
+        return torch.cat([dense_patches(model.model, model.pixels(chunk), method).float() for chunk in batches(images)])
 
 
 def model_scene_maps(
@@ -518,15 +514,21 @@ class BundledScore:
     scenes: int  # how many pairs were scored
 
 
-def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> BundledScore | None:
-    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption),
-    and that of the untrained model of its architecture; None when no pair is a bundled scene."""
+def bundled_rows(pairs: PairSet) -> tuple[list[int], list[int]]:
+    """The rows of `pairs` that are bundled sample scenes (same pixels and caption), and their scenes' rows."""
     scenes, keys = bundled_scenes()
     found = [(i, keys.get(content_key(image))) for i, image in enumerate(pairs.images)]
     matched = [(i, j) for i, j in found if j is not None and pairs.captions[i] == scenes.captions[j]]
-    if not matched:
+    return [i for i, _ in matched], [j for _, j in matched]
+
+
+def bundled_scene_score(model: VLModel, pairs: PairSet, kind: str = "sparc") -> BundledScore | None:
+    """The grounding score of `model` on the pairs that are bundled sample scenes (same pixels and caption),
+    and that of the untrained model of its architecture; None when no pair is a bundled scene."""
+    rows, truth = bundled_rows(pairs)
+    if not rows:
         return None
-    rows, truth = zip(*matched)
+    scenes, _ = bundled_scenes()
     images, captions = [pairs.images[i] for i in rows], [pairs.captions[i] for i in rows]
     encoding = model.encode_pairs(images, captions)
     picked = select_scenes(scenes, list(truth))
@@ -551,5 +553,31 @@ def xmm_word_attention(model: VLModel, image: Image.Image, caption: str) -> Word
     xmm = model.loss_heads.get("xmm")
     if xmm is None:
         return None
-    pixels = model.preprocess(image)[None].to(model.device, model.dtype)
-    return masked_word_attention(xmm, model.model, model.tokenizer, pixels, caption)
+    return masked_word_attention(xmm, model.model, model.tokenizer, model.pixels([image]), caption)
+
+
+def maps_by_kind(
+    model: VLModel, pairs: PairSet, row: int, kinds: list[str]
+) -> tuple[dict[str, CaptionMaps], dict[str, float | None]]:
+    """Pair `row`'s caption maps by each of `kinds` that `model` can draw, and each kind's colour-word pointing game
+    on the bundled scenes among `pairs` (None when none is one): one model's side of the talk's grounding step.
+
+    A kind the model cannot draw (a dense method on a model read before any block, Grad-ECLIP on an averaging
+    tower) is left out rather than failing the whole step.
+    """
+    maps: dict[str, CaptionMaps] = {}
+    pointing: dict[str, float | None] = dict.fromkeys(kinds)
+    for kind in kinds:  # a handful of kinds, each batched over patches and words
+        try:
+            maps[kind] = model_caption_maps(model, pairs.images[row], pairs.captions[row], kind)
+        except ValueError:
+            pointing.pop(kind)
+    rows, truth = bundled_rows(pairs)
+    if rows:  # the model's own score only: the step shows no untrained baseline
+        images, captions = [pairs.images[i] for i in rows], [pairs.captions[i] for i in rows]
+        scenes = select_scenes(bundled_scenes()[0], truth)
+        encoding = model.encode_pairs(images, captions)
+        given = {k: model_scene_maps(model, images, captions, k, swapped=False) for k in maps if k in MODEL_KINDS}
+        scores = scene_grounding_score(encoding, scenes, kinds=list(maps), token_maps=given)
+        pointing = {kind: scores[kind]["colour"]["pointing_game"] for kind in maps}
+    return maps, pointing

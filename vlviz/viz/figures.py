@@ -404,9 +404,15 @@ def grounding_overlay(
 
 
 def grounding_grid(
-    image: np.ndarray, maps: np.ndarray, words: Sequence[str], opacity: float = 0.7, columns: int = 6
+    image: np.ndarray,
+    maps: np.ndarray,
+    words: Sequence[str],
+    opacity: float = 0.7,
+    columns: int = 6,
+    title: str = "Every word (each map on its own colour range)",
 ) -> go.Figure:
-    """Small overlays, one per word: `maps` (W, rows, cols) over the (H, W, 3) image, each on its own colour range."""
+    """Small overlays, one per word (or per map method of one word, `words` then naming them): `maps`
+    (W, rows, cols) over the (H, W, 3) image, each on its own colour range."""
     rows = max(1, -(-len(words) // columns))
     fig = make_subplots(
         rows=rows,
@@ -422,7 +428,7 @@ def grounding_grid(
     fig.update_annotations(font_size=11)
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": "Every word (each map on its own colour range)", "x": 0.5},
+        title={"text": title, "x": 0.5},
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
         height=70 + 130 * rows,
         showlegend=False,

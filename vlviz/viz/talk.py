@@ -22,10 +22,10 @@ from vlviz.embedding.space import alignment_figures, close_modality_gap
 from vlviz.grounding.maps import CaptionMaps, caption_maps
 from vlviz.metrics.affinity import affinity_report
 from vlviz.models.encoding import PairEncoding
-from vlviz.viz.figures import display_image, grounding_overlay, training_curves
+from vlviz.viz.figures import display_image, grounding_grid, grounding_overlay, training_curves
 from vlviz.viz.lens_view import lens_view
 from vlviz.viz.style import TEMPLATE
-from vlviz.viz.views import OVERLAY_SIDE, affinity_view, consistency_view, embedding_view
+from vlviz.viz.views import MAP_LABELS, OVERLAY_SIDE, affinity_view, consistency_view, embedding_view
 
 TALK_FONT = 20  # base font size of every talk figure: readable from the back of a room
 TALK_HEIGHT = 620
@@ -34,7 +34,7 @@ TRAINING_KEYS = (["total_loss"], ["image_to_caption_r1", "text_to_image_r1", "me
 KEYS = {  # the talk's keyboard, the page and the snapshot alike
     "next": ["ArrowRight", "PageDown", " "],
     "previous": ["ArrowLeft", "PageUp"],
-    "variant": ["v", "g", "w"],  # toggle the gap (g), cycle words (w): both cycle the step's variants
+    "variant": ["v", "g", "w", "m"],  # toggle the gap (g), cycle words (w) or methods (m): all cycle the variants
     "notes": ["n"],
     "train": ["t"],
 }
@@ -53,12 +53,24 @@ class TalkStep:
 
 
 @dataclass(frozen=True)
+class GroundingPanel:
+    """One model's maps of the grounding pair by each map kind, and its colour-word pointing game per kind on the
+    bundled scenes among the pairs (None: no bundled scene, or the kind does not apply to the model)."""
+
+    name: str
+    image: np.ndarray  # the pair's image as this model sees it
+    maps: dict[str, CaptionMaps]  # map kind (`MAP_LABELS`) -> the caption's maps, SPARC's weights first
+    pointing: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TalkInputs:
     """What the story is told with: the pairs, one model's encoding of them, and optional extras.
 
-    `image` is the grounding pair's image as the model sees it; `sparc` a SPARC-trained model's encoding
-    of the same pairs (CLIP vs SPARC side by side); `records` a training run's records (the snapshot's
-    step 5); `before` the run's start-model encoding of the pairs, with `encoding` its end (step 6).
+    `image` is the grounding pair's image as the model sees it; `grounding` the models step 4 shows side by
+    side, each by several map kinds with its pointing score (default: the told model's SPARC weights alone);
+    `records` a training run's records (the snapshot's step 5); `before` the run's start-model encoding of the
+    pairs, with `encoding` its end (step 6).
     """
 
     names: Sequence[str]
@@ -67,9 +79,7 @@ class TalkInputs:
     model_name: str
     image: np.ndarray | None = None
     grounding_pair: int = 0
-    sparc: PairEncoding | None = None
-    sparc_name: str = "SPARC-trained"
-    sparc_image: np.ndarray | None = None
+    grounding: Sequence[GroundingPanel] = ()
     records: Sequence[dict] | None = None
     before: PairEncoding | None = None
     before_name: str = "start"
@@ -152,47 +162,74 @@ def _saco_step(inputs: TalkInputs) -> TalkStep:
     )
 
 
+def every_method_figure(panel: GroundingPanel, word: int, columns: int = 4) -> go.Figure:
+    """One word by every map kind of `panel` side by side, each titled with its pointing game on the bundled scenes:
+    the Grounding tab's "every method" view and the talk's key through the methods, from the same panel."""
+    kinds = list(panel.maps)
+    words = panel.maps[kinds[0]].words
+    titles = [
+        MAP_LABELS[k] + ("" if panel.pointing.get(k) is None else f" · pointing {panel.pointing[k]:.2f}") for k in kinds
+    ]
+    stack = np.stack([panel.maps[k].word_maps[word].numpy() for k in kinds])
+    image = display_image(panel.image, OVERLAY_SIDE)
+    title = f"'{words[word]}' by every method · {panel.name} (pointing: colour words on the bundled scenes loaded)"
+    return grounding_grid(image, stack, titles, columns=min(columns, len(kinds)), title=title)
+
+
 def _overlay(maps: CaptionMaps, image: np.ndarray, word: int, label: str) -> go.Figure:
     return grounding_overlay(display_image(image, OVERLAY_SIDE), maps.word_maps[word].numpy(),
                              f"{label}: '{maps.words[word]}'", 0.7, "weight")  # fmt: skip
 
 
+def _panel_title(panel: GroundingPanel, kind: str) -> str:
+    """'vlviz-scenes-grounded · SPARC weights · pointing 0.82': what each side of step 4 shows, with its score."""
+    score = panel.pointing.get(kind)
+    return f"{panel.name} · {MAP_LABELS[kind]}" + ("" if score is None else f" · pointing {score:.2f}")
+
+
+def _side_by_side(panels: list[go.Figure], title: str) -> go.Figure:
+    if len(panels) == 1:
+        return talk_figure(panels[0])  # its own title: the model, the kind, its score and the word
+    both = make_subplots(rows=1, cols=len(panels), subplot_titles=[p.layout.title.text for p in panels])
+    for col, panel in enumerate(panels, start=1):
+        for trace in panel.data:
+            both.add_trace(trace.update(showscale=False) if "showscale" in trace else trace, row=1, col=col)
+    both.update_xaxes(visible=False)
+    both.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    both.update_layout(title={"text": title, "x": 0.5})
+    return talk_figure(both)
+
+
 def _grounding_step(inputs: TalkInputs) -> TalkStep | None:
+    """Step 4: the first content word by each map kind (m), then every other word by the first kind (w); the
+    models of `inputs.grounding` side by side, each title with its pointing game on the bundled scenes."""
     if inputs.image is None or inputs.encoding.patch_features is None:
         return None
     row = inputs.grounding_pair
-    maps = caption_maps(inputs.encoding, row=row)
-    pair = [(maps, inputs.image, inputs.model_name)]
-    if inputs.sparc is not None and inputs.sparc.patch_features is not None:
-        sparc_maps = caption_maps(inputs.sparc, row=row)
-        if sparc_maps.words == maps.words:
-            pair.append((sparc_maps, inputs.image if inputs.sparc_image is None else inputs.sparc_image,
-                         inputs.sparc_name))  # fmt: skip
-    order = [maps.first_word, *(w for w in range(len(maps.words)) if w != maps.first_word)]
+    panels = list(inputs.grounding) or [
+        GroundingPanel(inputs.model_name, inputs.image, {"sparc": caption_maps(inputs.encoding, row=row)})
+    ]
+    first = panels[0].maps[next(iter(panels[0].maps))]
+    panels = [p for p in panels if all(m.words == first.words for m in p.maps.values())]  # the same caption's words
+    kinds = [kind for kind in panels[0].maps if all(kind in p.maps for p in panels)]
+    order = [first.first_word, *(w for w in range(len(first.words)) if w != first.first_word)]
+    shown = [(order[0], kind) for kind in kinds] + [(word, kinds[0]) for word in order[1:]]
     figures = []
-    for word in order:
-        panels = [_overlay(m, image, word, label) for m, image, label in pair]
-        if len(panels) == 1:
-            figures.append(talk_figure(panels[0]))
-            continue
-        both = make_subplots(rows=1, cols=2, subplot_titles=[p.layout.title.text for p in panels])
-        for col, panel in enumerate(panels, start=1):
-            for trace in panel.data:
-                both.add_trace(trace.update(showscale=False), row=1, col=col)
-        both.update_xaxes(visible=False)
-        both.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-        both.update_layout(title={"text": f"'{maps.words[word]}': CLIP vs SPARC, the same caption", "x": 0.5})
-        figures.append(talk_figure(both))
-    compared = " beside the SPARC-trained model" if len(pair) == 2 else ""
+    for word, kind in shown:
+        overlays = [_overlay(p.maps[kind], p.image, word, _panel_title(p, kind)) for p in panels]
+        figures.append(_side_by_side(overlays, f"'{first.words[word]}' · {MAP_LABELS[kind]}"))
+    beside = f" beside {', '.join(p.name for p in panels[1:])}" if len(panels) > 1 else ""
     return TalkStep(
         "grounding",
         "Where does each word land?",
-        f"SPARC's alignment weights of each word over the image's patches{compared}.",
-        f"Caption {row + 1}: “{inputs.captions[row]}”. Press w to move to the next word. The weights are SPARC's "
-        "(min-max normalised similarities, sparsified at 1/P, renormalised); read them against an untrained "
-        "model's, which already favours objects over background (docs/grounding.md, the grounding score).",
+        f"Each word's map over the image's patches: {panels[0].name}{beside}.",
+        f"Caption {row + 1}: “{inputs.captions[row]}”. Press m to step through the map methods for this word, w "
+        "to move to the next word. Each title carries the model's pointing game for colour words on the bundled "
+        "scenes among these pairs: how often a word's peak patch lies on the object it names. A CLIP-trained "
+        "model's tokens pass every block, and attention moves the evidence off the objects; the grounded model "
+        "reads both towers before any block (docs/grounding.md).",
         figures,
-        [f"'{maps.words[w]}'" for w in order],
+        [f"'{first.words[word]}', {MAP_LABELS[kind]}" for word, kind in shown],
     )
 
 
