@@ -10,7 +10,11 @@ import torch
 
 from vlviz.data.sources import SceneSource
 from vlviz.models.loading import load_model
-from vlviz.training.probe import ProbeBatch
+from vlviz.models.towers import preprocess_stats
+from vlviz.training.config import TrainConfig
+from vlviz.training.evaluation import is_evaluation
+from vlviz.training.probe import PROBE_PAIRS, ProbeBatch
+from vlviz.training.runs import prepare_run
 from vlviz.viz.views import probe_figures
 
 
@@ -35,3 +39,28 @@ def test_probe_keeps_the_step0_layout_and_draws_its_numbers(tiny_vit_dir: Path) 
     assert set(figures) == {"inconsistency", "embedding", "grounding"}
     assert "step 0" in figures["grounding"].layout.title.text
     assert np.allclose(np.asarray(figures["inconsistency"].data[0].z, dtype=float), first.inconsistency)
+
+
+def test_an_evaluation_embeds_the_held_out_pairs_once_for_its_figures_and_the_probe(
+    tiny_vit_dir: Path, tmp_path: Path
+) -> None:
+    """Main embedded the held-out split for the figures, then the probe's 16 pairs again: one pass feeds both now,
+    and the probe's numbers are the ones its own pass gives."""
+    config = TrainConfig(steps=2, batch_size=4, eval_every=1)
+    run = prepare_run(str(tiny_vit_dir), "scenes", config, tmp_path, device="cpu")
+    passes: list[tuple[str, int]] = []  # (tower, images or captions in the pass), one per tower pass
+    run.model.visual.conv1.register_forward_hook(lambda module, args, out: passes.append(("image", len(args[0]))))
+    run.model.token_embedding.register_forward_hook(lambda module, args, out: passes.append(("text", len(args[0]))))
+    held_out = len(run.source.held_out.captions)
+    for record in run.records():
+        assert is_evaluation(record)
+        evaluated, passes[:] = list(passes), []
+        measured = run.probe_measurement(record["step"])
+        assert passes == []  # the probe read the evaluation's pass
+        assert evaluated.count(("image", held_out)) == evaluated.count(("text", held_out)) == 1
+        assert ("image", PROBE_PAIRS) not in evaluated and ("text", PROBE_PAIRS) not in evaluated
+        alone = ProbeBatch(run.source.held_out, *preprocess_stats(run.model)).measure(run.model, run.tokenizer, 0)
+        passes[:] = []
+        assert np.allclose(measured.inconsistency, alone.inconsistency, atol=1e-5)
+        assert measured.grounding is not None and alone.grounding is not None
+        assert torch.allclose(measured.grounding.word_maps, alone.grounding.word_maps, atol=1e-5)

@@ -21,7 +21,7 @@ from vlviz.losses.heads import save_loss_heads
 from vlviz.models.checkpoints import save_checkpoint
 from vlviz.models.loading import load_model
 from vlviz.training.config import MAX_BATCH_SIZE, MAX_STEPS, NonFiniteLossError, TrainConfig
-from vlviz.training.loop import set_trainable, train
+from vlviz.training.loop import TokenIds, set_trainable, train
 
 SCENES_TINY_CFG = {**TINY_VIT_CFG, "vision_cfg": {**TINY_VIT_CFG["vision_cfg"], "image_size": 32}}
 
@@ -258,3 +258,14 @@ def test_projections_only_run_changes_only_the_heads() -> None:
     list(train(model, tokenizer, _scenes(8), config))
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"visual.proj", "text_projection", "logit_scale"}
+
+
+def test_token_ids_tokenize_each_caption_once_and_match_the_tokenizer() -> None:
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=16)
+    calls: list[list[str]] = []
+    token_ids = TokenIds(lambda captions: calls.append(captions) or tokenizer(captions), most=3)
+    first, second = ["a red circle", "a blue square", "a red circle"], ["a blue square", "a green cross"]
+    assert torch.equal(token_ids(first), tokenizer(first)) and torch.equal(token_ids(second), tokenizer(second))
+    assert calls == [["a red circle", "a blue square"], ["a green cross"]]  # each caption once, repeats from memory
+    token_ids(["a white star"])  # a fourth caption: the oldest goes
+    assert torch.equal(token_ids(["a red circle"]), tokenizer(["a red circle"])) and calls[-1] == ["a red circle"]

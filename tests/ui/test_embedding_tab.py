@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gradio as gr
 import pytest
 
 from vlviz.data.inputs import PairSet
@@ -9,20 +10,22 @@ from vlviz.data.scenes import generate_scenes
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import OFFLINE_SPEC, load_model
 from vlviz.models.policy import ModelPolicy
-from vlviz.ui.embedding_tab import LAYOUT_WORKER, embedding_space
-from vlviz.ui.session import SessionSpace
+from vlviz.ui.embedding_tab import LAYOUT_WORKER, EmbeddingTab
+from vlviz.ui.session import Session
 
 
 @pytest.mark.parametrize("ready", [False, True])
 def test_pca_first_while_umap_compiles(monkeypatch: pytest.MonkeyPatch, ready: bool) -> None:
     scenes = generate_scenes(12, seed=5)
     pairs = PairSet(scenes.pil_images(), list(scenes.captions), [f"s{i}.png" for i in range(12)])
-    analysis = encode_pair_set(load_model(OFFLINE_SPEC, "cpu"), pairs)
-    space = SessionSpace(ModelPolicy(public=False, allowed=()))
+    model = load_model(OFFLINE_SPEC, "cpu")
+    session = Session(ModelPolicy(public=False, allowed=()))
+    session.hold(encode_pair_set(model, pairs), model)
     monkeypatch.setattr(LAYOUT_WORKER.ready, "is_set", lambda: ready)
-    drawn = list(embedding_space("umap", 5, 0.1, "cosine", 0, analysis=analysis, space=space))
-    methods = [outputs[6]["method"] for outputs in drawn]  # the data output
-    assert methods == (["umap"] if ready else ["pca", "umap"])
+    with gr.Blocks():  # the tab's components; its callbacks' updates name them
+        tab = EmbeddingTab()
+    drawn = list(tab.embedding_space("umap", 5, 0.1, "cosine", 0, session=session))
+    assert [updates[tab.data]["method"] for updates in drawn] == (["umap"] if ready else ["pca", "umap"])
     if not ready:
-        assert "UMAP is compiling" in drawn[0][2]  # the notices
-    space.close()
+        assert "UMAP is compiling" in drawn[0][tab.notices]
+    session.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -19,7 +20,7 @@ from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.models.policy import ModelPolicy
 from vlviz.ui import build_app
 from vlviz.ui.fair_share import QUEUE_SHARE, QUEUE_SHARE_PER_ADDRESS, FairShare, share_queue
-from vlviz.ui.session import SessionBusy, _quiet_when_busy
+from vlviz.ui.session import SessionBusy, first_view_gate
 
 FILES = [SCENES_DIR / f"scene_{i:02d}.png" for i in range(3)]
 
@@ -115,15 +116,17 @@ def test_the_app_shares_its_queue_by_session_and_on_a_public_server_by_address()
 
 def test_a_first_view_draw_of_a_busy_session_draws_nothing_instead_of_a_refusal() -> None:
     """A tab shown while its session's Analyze runs: no toast; the Analyze's end draws the tab."""
+    box, drawn = gr.Textbox(), gr.State(None)
+    session = SimpleNamespace(analysis=SimpleNamespace(serial=7))
 
-    def busy(x: int, request: object = None) -> tuple[int, int]:
+    def busy(x: int, request: gr.Request | None = None) -> dict:
         raise SessionBusy("busy")
 
-    def streaming(x: int) -> Iterator[tuple[int, int]]:
-        yield x, x
+    def streaming(x: int) -> Iterator[dict]:
+        yield {box: x}
         raise SessionBusy("busy")
 
-    assert _quiet_when_busy(busy, 2)(1) == (gr.skip(), gr.skip())
-    assert list(_quiet_when_busy(streaming, 2)(3)) == [(3, 3), (gr.skip(), gr.skip())]
-    assert _quiet_when_busy(lambda x: (x, x), 2)(5) == (5, 5)
-    assert "request" in inspect.signature(_quiet_when_busy(busy, 2)).parameters  # Gradio still injects it
+    assert first_view_gate(busy, "Tab", drawn)(1, None, session, None, "Tab") == gr.skip()
+    assert list(first_view_gate(streaming, "Tab", drawn)(3, session, None, "Tab")) == [{box: 3, drawn: 7}, gr.skip()]
+    assert first_view_gate(lambda x: {box: x}, "Tab", drawn)(5, session, None, "Tab") == {box: 5, drawn: 7}
+    assert "request" in inspect.signature(first_view_gate(busy, "Tab", drawn)).parameters  # Gradio still injects it

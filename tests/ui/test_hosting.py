@@ -104,7 +104,7 @@ def test_the_age_sweep_removes_idle_sessions_and_orphaned_folders(
     for number, space in enumerate((idle, busy)):
         space.export_folder("affinity")
         registry.bind(space, SimpleNamespace(session_hash=f"hash-{number}"))
-    busy.stop_flags["run 1"] = threading.Event()  # training: never swept
+    busy.runner.stops["run 1"] = threading.Event()  # training: never swept
     orphan = tmp_path / "sessions" / ("0" * 32)  # left by an earlier process
     orphan.mkdir(parents=True)
     registry.sweep(max_age_s=-1, force=True)

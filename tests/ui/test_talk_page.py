@@ -16,8 +16,9 @@ from vlviz.data.samples import sample_files
 from vlviz.models.encoding import EncodedPairs, encode_pair_set
 from vlviz.models.loading import OFFLINE_SPEC, load_model
 from vlviz.models.policy import ModelPolicy
-from vlviz.ui.session import SessionSpace
-from vlviz.ui.talk_page import open_as_talk, open_talk
+from vlviz.ui.runner import SessionRun
+from vlviz.ui.session import Session
+from vlviz.ui.talk_page import Talk, open_as_talk, open_story, step_outputs
 
 HOSTILE = [
     "<img src=x onerror=alert(1)> a red circle",
@@ -28,10 +29,17 @@ LIVE_TAG = re.compile(r"<\s*(img|video|form|input|script)", re.IGNORECASE)
 PUBLIC = ModelPolicy(public=True, allowed=(OFFLINE_SPEC,))
 
 
-def _opened(link: str) -> list:
-    """What the talk page gets on load from the link `open_as_talk` wrote."""
+def _opened(link: str) -> Talk:
+    """The story the talk page opens with from the link `open_as_talk` wrote."""
     token = re.search(r"story=([\w-]+)", link).group(1)
-    return open_talk(SimpleNamespace(query_params={"story": token}))
+    return open_story(SimpleNamespace(query_params={"story": token}))
+
+
+def _told(analysis: EncodedPairs, session: Session | None = None) -> str:
+    """The link `open_as_talk` writes for a session that analysed `analysis`."""
+    session = session or Session(PUBLIC)
+    session.hold(analysis, None)
+    return open_as_talk(session)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +52,8 @@ def hostile() -> EncodedPairs:
 
 
 def test_captions_reach_the_speaker_notes_and_messages_escaped(hostile: EncodedPairs) -> None:
-    talk, *outputs = _opened(open_as_talk(hostile, SessionSpace(PUBLIC)))
-    texts = [out for out in outputs if isinstance(out, str)]
+    talk = _opened(_told(hostile))
+    texts = [out for outputs in step_outputs(talk).values() for out in outputs if isinstance(out, str)]
     notes = " ".join(step.note for step in talk.steps)
     assert any("<img" in step.note for step in talk.steps)  # the story quotes the captions...
     assert "<video" in notes or "<form" in notes
@@ -56,9 +64,9 @@ def test_captions_reach_the_speaker_notes_and_messages_escaped(hostile: EncodedP
 def test_a_talk_link_never_shows_the_folder_of_the_run_it_tells(hostile: EncodedPairs, tmp_path: Path) -> None:
     folder = tmp_path / "sessions" / ("a" * 32) / "runs" / "run-1"
     folder.mkdir(parents=True)
-    trainer = SessionSpace(PUBLIC)
-    trainer.checkpoints["session run 1"] = folder
-    link = open_as_talk(EncodedPairs(hostile.pairs, hostile.encoding, "session run 1", []), trainer)
+    trainer = Session(PUBLIC)
+    trainer.runner.runs.append(SessionRun(1, "run 1", OFFLINE_SPEC, OFFLINE_SPEC, "scenes", checkpoint=folder / "w"))
+    link = _told(EncodedPairs(hostile.pairs, hostile.encoding, "session run 1", []), trainer)
     shutil.rmtree(folder)  # the trainer's tab closed: its files are gone, the link is still held
     with pytest.raises(gr.Error) as refused:
         _opened(link)

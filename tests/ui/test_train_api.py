@@ -9,6 +9,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
+import vlviz.ui.runner as runner
 import vlviz.ui.session as session
 from tests.browser import SCENES
 from vlviz.losses import LOSSES
@@ -144,17 +145,17 @@ def test_a_new_run_removes_the_sessions_oldest_runs_beyond_its_disk_budget(
     client = Client(app_url, verbose=False)
     client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
     runs = session.SESSIONS._by_hash[client.session_hash].folder / "runs"
-    one_run = session.folder_bytes(runs)
-    monkeypatch.setattr(session, "SESSION_DISK_BYTES", one_run * 3 // 2)  # room for one run, not two
+    one_run = runner.folder_bytes(runs)
+    monkeypatch.setattr(runner, "SESSION_DISK_BYTES", one_run * 3 // 2)  # room for one run, not two
     updates = list(client.submit(*_settings(steps=1, clip=1.0), api_name="/train"))
     assert "the files of run 1 were removed" in updates[0][-4] and "VLVIZ_SESSION_DISK_MB" in updates[0][-4]
     assert "`session run 2`" in updates[-1][-4]
     assert not (runs / "run-1").exists() and (runs / "run-2" / WEIGHTS_NAME).is_file()
-    assert session.folder_bytes(runs) <= one_run * 3 // 2
+    assert runner.folder_bytes(runs) <= one_run * 3 // 2
     files = [handle_file(str(SCENES / f"scene_{i:02d}.png")) for i in range(2)]
     with pytest.raises(AppError, match=r"session run 1 is no longer stored: .*VLVIZ_SESSION_DISK_MB"):
         client.predict(files, "a red circle\na blue square", "session run 1", "cosine similarity", api_name="/analyze")
-    monkeypatch.setattr(session, "SESSION_DISK_BYTES", one_run // 2)  # less than one run: refused, nothing removed
+    monkeypatch.setattr(runner, "SESSION_DISK_BYTES", one_run // 2)  # less than one run: refused, nothing removed
     with pytest.raises(AppError, match=r"This run needs about \d+ MB of disk; a session keeps at most"):
         client.predict(*_settings(steps=1, clip=1.0), api_name="/train")
     assert (runs / "run-2" / WEIGHTS_NAME).is_file()
@@ -163,7 +164,7 @@ def test_a_new_run_removes_the_sessions_oldest_runs_beyond_its_disk_budget(
 def test_new_runs_are_refused_when_every_sessions_runs_fill_the_servers_budget(
     app_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(session, "RUNS_DISK_BYTES", 2**20)  # less than any run
+    monkeypatch.setattr(runner, "RUNS_DISK_BYTES", 2**20)  # less than any run
     client = Client(app_url, verbose=False)
     with pytest.raises(AppError, match=r"all sessions together.*VLVIZ_RUNS_DISK_MB"):
         client.predict(*_settings(steps=1, clip=1.0), api_name="/train")

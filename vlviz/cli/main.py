@@ -260,23 +260,36 @@ def _embed_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vlviz.data.formats import stream_pairs
-    from vlviz.embedding.store import EmbedSettings, embed_to_folder
+    from vlviz.embedding.dataset import prepare_dataset
+    from vlviz.embedding.store import EmbedSettings, embed_to_folder, read_index
     from vlviz.models.loading import load_model, resolve_device
     from vlviz.training.distributed import init_distributed
 
     settings = EmbedSettings(
         shard_size=args.shard_size, file_format=args.format, dtype=args.dtype, patches=args.patches,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, thumbnails=args.thumbnails,
     )  # fmt: skip
-    stream = stream_pairs(
-        args.data, image_column=args.image_column, caption_column=args.caption_column, images_dir=args.images,
-        all_captions=args.all_captions,
-    )  # fmt: skip
+    options = {"image_column": args.image_column, "caption_column": args.caption_column, "all_captions": args.all_captions,
+               "images_dir": os.path.abspath(args.images) if args.images else None}  # fmt: skip
+    stream = stream_pairs(args.data, **options)
     context = init_distributed(resolve_device(args.device))
     model = load_model(args.model, context.device)
     start = time.perf_counter()
     with tqdm(desc="pairs read", unit="pair", disable=not context.is_main) as bar:
-        summary = embed_to_folder(model, stream, args.out, settings, context.rank, context.world_size, bar.update)
+        summary = embed_to_folder(
+            model, stream, args.out, settings, context.rank, context.world_size, bar.update, source_options=options
+        )
+    built: list[str] = []
+    if context.is_main and read_index(args.out)["complete"]:  # the search index, columns (and layout) beside it
+        bars: dict[str, tqdm] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar = bars.setdefault(stage, tqdm(desc=stage, total=total, unit="pair"))
+            bar.update(done - bar.n)
+
+        built = prepare_dataset(args.out, layout=args.layout, progress=progress)
+        for bar in bars.values():
+            bar.close()
     if context.is_main:
         for notice in stream.notices:
             print(f"notice: {notice}", file=sys.stderr)
@@ -290,7 +303,7 @@ def _embed_run(args: argparse.Namespace) -> int:
             "out": args.out, "model": args.model, "pairs": summary.pairs, "left_out": summary.left_out_count,
             "shards": summary.shards,
             "world_size": context.world_size, "rank_0_wrote": summary.written, "rank_0_found_done": summary.skipped,
-            "seconds": round(time.perf_counter() - start, 1),
+            "built": built, "seconds": round(time.perf_counter() - start, 1),
         }))  # fmt: skip
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -312,7 +325,14 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from vlviz.data.formats import SOURCES_HELP
     from vlviz.data.scenes import CAPTION_STYLES
-    from vlviz.embedding.store import DEFAULT_BATCH, DEFAULT_SHARD_SIZE, DTYPES, FILE_FORMATS
+    from vlviz.embedding.store import (
+        DEFAULT_BATCH,
+        DEFAULT_SHARD_SIZE,
+        DEFAULT_THUMBNAIL_SIDE,
+        DTYPES,
+        FILE_FORMATS,
+        MAX_THUMBNAIL_SIDE,
+    )
     from vlviz.metrics.consistency import DEFAULT_TEMPERATURE
 
     captions = {
@@ -415,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     embed = commands.add_parser(
         "embed",
-        help="embed a pair set into npz/parquet shards with an index (resumable; torchrun splits the shards)",
+        help="embed a pair set into npz/parquet shards with an index (resumable; torchrun splits the shards), then "
+        "its search index and pair columns (docs/dataset.md)",
     )
     embed.add_argument("--model", default="vlviz-scenes")
     embed.add_argument("--data", required=True, help=f"any source report --pairs reads ({SOURCES_HELP}) but a zip")
@@ -430,6 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--format", default="npz", choices=FILE_FORMATS, help="npz (numpy, default) or parquet (fixed-size lists)"
     )
     embed.add_argument("--dtype", default="float16", choices=DTYPES, help="of the stored features")
+    embed.add_argument(
+        "--thumbnails", type=int, default=DEFAULT_THUMBNAIL_SIDE,
+        help=f"longer side in px of each image's stored JPEG thumbnail (0: none; at most {MAX_THUMBNAIL_SIDE})",
+    )  # fmt: skip
+    embed.add_argument(
+        "--layout", action="store_true",
+        help="also fit the 2-D map of every pair now (minutes at a million pairs; else on the folder's first open)",
+    )  # fmt: skip
     _add_source_options(embed)
     embed.add_argument("--device", default=None)
     embed.set_defaults(run=_embed)

@@ -37,6 +37,7 @@ from vlviz.embedding.space import close_modality_gap
 from vlviz.embedding.store import StoredEmbeddings, is_embeddings_folder, load_embeddings
 from vlviz.metrics.affinity import affinity_report
 from vlviz.metrics.consistency import DEFAULT_TEMPERATURE
+from vlviz.models.encoding import batches
 from vlviz.models.loading import load_model
 from vlviz.viz.exports import write_consistency_files, write_csv, write_embedding_files
 from vlviz.viz.figures import embedding_scatter
@@ -109,9 +110,9 @@ def write_report(
         model = load_model(model_spec, device)
         bar.set_description("encoding")
         image_parts, text_parts = [], []
-        for start in range(0, n, ENCODE_BATCH):
-            image_parts.append(model.encode_images(pairs.images[start : start + ENCODE_BATCH]))
-            text_parts.append(model.encode_texts(pairs.captions[start : start + ENCODE_BATCH]))
+        for images, captions in zip(batches(pairs.images, ENCODE_BATCH), batches(pairs.captions, ENCODE_BATCH)):
+            image_parts.append(model.encode_images(images))
+            text_parts.append(model.encode_texts(captions))
             bar.update()
         about = (
             f"<b>Model:</b> {html.escape(model.spec)} · <b>pairs:</b> {n} · <b>source:</b> "

@@ -563,8 +563,8 @@ def _header_size(item: _Item) -> tuple[int, int]:
         return 0, 0
 
 
-def _mb(size: int) -> str:
-    """Bytes as MB for a message."""
+def megabytes(size: int) -> str:
+    """Bytes as MB for a message: "4,096 MB", "2.5 MB"."""
     return f"{size / 2**20:,.0f} MB" if size >= 10 * 2**20 else f"{size / 2**20:.3g} MB"
 
 
@@ -591,7 +591,7 @@ class ByteBudget:
         most = self.grant(nbytes)
         if most is not None:
             raise InputError(
-                f"{what} take {_mb(self.taken + nbytes)} in memory, more than the {_mb(most)} this server keeps for "
+                f"{what} take {megabytes(self.taken + nbytes)} in memory, more than the {megabytes(most)} this server keeps for "
                 f"one set of pairs now. Use fewer or smaller images (every image is held at most {MAX_SIDE} pixels "
                 "on its longer side), or analyze again once this session's earlier views are gone."
             )

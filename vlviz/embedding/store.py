@@ -8,16 +8,21 @@ the report, whole or as a seeded uniform sample, so a 1M-pair set is analysed fr
 
 A folder holds:
     index.json              what must agree between runs (model spec and a fingerprint of its weights,
-                            source, shard size, file format, dtype, patches), the model's dim, logit_scale
+                            source, shard size, file format, dtype, patches, thumbnails), the model's dim, logit_scale
                             and logit_bias, and the shards with their first pair, count and complete flag
     embeddings-00000.npz    pairs [0, shard_size) of the source (or .parquet); the next shard the next ones
     embeddings-00000.npz.skipped.json   beside a shard whose images did not all decode: the pairs left
                             out (position, name, reason); the index counts them and lists the first few
+    dataset.json ...        once the folder is complete, what `vlviz.embedding.dataset` builds from it: pair
+                            columns, search index, layout
 
 Each shard holds `index` (each pair's position in the source), `names` (image file names, never paths),
-`captions`, L2-normalised `image_features` and `text_features` (n, D) and, with patches,
-`patch_features` (n, P, D), `token_features` (n, T, D) (projected, not normalised, as
-`vlviz.models.encoding.PairEncoding`'s) and `token_ids` (n, T).
+`captions`, L2-normalised `image_features` and `text_features` (n, D), `weights` (the model's fingerprint,
+as in the index: a shard copied from another model's folder is told apart), with thumbnails each image as a
+small JPEG (`thumbnails`, the n JPEGs end to end as uint8, and `thumbnail_offsets`, (n + 1,): image i is
+bytes [offsets[i], offsets[i + 1]); a binary column in parquet) and, with patches, `patch_features`
+(n, P, D), `token_features` (n, T, D) (projected, not normalised, as `vlviz.models.encoding.PairEncoding`'s)
+and `token_ids` (n, T).
 
 An image that does not decode (corrupt, truncated, too many pixels) is left out with its reason, not
 the end of the run: a million-pair crawl always holds a few.
@@ -32,9 +37,12 @@ all shards are written, after which rank 0 writes the final index from the files
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
+import struct
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 
 from vlviz.data.formats import PairStream, RawPair
 from vlviz.data.inputs import InputError, load_image
@@ -58,11 +67,17 @@ DEFAULT_SHARD_SIZE = 10_000  # pairs per shard: 5 MB of fp16 global features at 
 DEFAULT_BATCH = 256  # pairs decoded and encoded at once
 GLOBAL_KEYS = ("index", "names", "captions", "image_features", "text_features")
 PATCH_KEYS = ("patch_features", "token_features", "token_ids")
+THUMBNAIL_KEYS = ("thumbnails", "thumbnail_offsets")
+DEFAULT_THUMBNAIL_SIDE = 64  # px of a thumbnail's longer side: a JPEG of about 2 KB, 2 GB for a million pairs
+MAX_THUMBNAIL_SIDE = 128  # thumbnails are for a map's hover and a result list, never for analysis
+THUMBNAIL_QUALITY = 80  # JPEG quality
 MAX_LISTED_SKIPS = 100  # pairs left out that the index names (all are counted)
 SKIPPED_SUFFIX = ".skipped.json"
 _SETTINGS = {"source": "--data", "shard_size": "--shard-size", "file_format": "--format", "dtype": "--dtype",
-             "patches": "--patches"}  # fmt: skip
+             "patches": "--patches", "thumbnails": "--thumbnails"}  # fmt: skip
 """Header fields a rerun must repeat, with the command-line option that sets each."""
+_OLDER_INDEX_DEFAULTS = {"thumbnails": 0}
+"""What an index written before a header field existed means by its absence."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +89,15 @@ class EmbedSettings:
     dtype: str = "float16"  # of the stored features: float16 halves the files, cosines keep ~3 decimals
     patches: bool = False  # also store projected patch and token features (large: P x D and T x D a pair)
     batch_size: int = DEFAULT_BATCH  # pairs decoded and encoded at once: the memory bound of the images
+    thumbnails: int = DEFAULT_THUMBNAIL_SIDE  # longer side in px of each image's stored JPEG thumbnail; 0: none
 
     def __post_init__(self) -> None:
         if self.shard_size < 1 or self.batch_size < 1:
             raise ValueError(
                 f"Shard size and batch size must be positive, got {self.shard_size} and {self.batch_size}."
             )
+        if not 0 <= self.thumbnails <= MAX_THUMBNAIL_SIDE:
+            raise ValueError(f"Thumbnail side must be 0 (none) to {MAX_THUMBNAIL_SIDE} px, got {self.thumbnails}.")
         if self.file_format not in FILE_FORMATS:
             raise ValueError(f"Unknown format {self.file_format!r}; choose one of {', '.join(FILE_FORMATS)}.")
         if self.dtype not in DTYPES:
@@ -154,13 +172,14 @@ def _write_index(folder: Path, index: dict[str, Any]) -> None:
     os.replace(temporary, folder / INDEX_FILE)
 
 
-def _header(model: VLModel, source: str, settings: EmbedSettings) -> dict[str, Any]:
+def _header(model: VLModel, source: str, settings: EmbedSettings, source_options: dict[str, Any]) -> dict[str, Any]:
     """The index fields a run fixes before it reads the source."""
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "model": model.spec,
         "weights": model_fingerprint(model.model), "precision": str(model.dtype).removeprefix("torch."),
-        "source": os.path.abspath(source), "shard_size": settings.shard_size,
+        "source": os.path.abspath(source), "source_options": source_options, "shard_size": settings.shard_size,
         "file_format": settings.file_format, "dtype": settings.dtype, "patches": settings.patches,
+        "thumbnails": settings.thumbnails,
         "dim": joint_dim(model.model), "logit_scale": model.logit_scale, "logit_bias": model.logit_bias,
         "grid_size": list(model.grid_size) if settings.patches else None,
         "context_length": model.context_length,
@@ -186,9 +205,10 @@ def _check_compatible(folder: Path, index: dict[str, Any], header: dict[str, Any
             "they were written). Write to another --out folder, or delete this one first."
         )
     for key, option in _SETTINGS.items():
-        if index[key] != header[key]:
+        written = index.get(key, _OLDER_INDEX_DEFAULTS.get(key))
+        if written != header[key]:
             raise InputError(
-                f"{folder.name} was written with {option} {index[key]} (this run: {header[key]}); rerun with the "
+                f"{folder.name} was written with {option} {written} (this run: {header[key]}); rerun with the "
                 "same setting to resume it, or write to another --out folder."
             )
 
@@ -222,12 +242,24 @@ def _done(folder: Path, index: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------- writing
 
 
-def _decode(model: VLModel, pair: RawPair) -> torch.Tensor | str:
-    """The pair's preprocessed pixels, or why its image cannot be read (the pair is then left out)."""
+def _decode(model: VLModel, pair: RawPair, thumbnail_side: int) -> tuple[torch.Tensor, bytes] | str:
+    """The pair's preprocessed pixels and thumbnail, or why its image cannot be read (the pair is then left out)."""
     try:
-        return model.preprocess(load_image(pair.image, pair.label))
+        image = load_image(pair.image, pair.label)
     except InputError as error:
         return str(error)
+    return model.preprocess(image), thumbnail_jpeg(image, thumbnail_side)
+
+
+def thumbnail_jpeg(image: Image.Image, side: int) -> bytes:
+    """`image` shrunk to fit `side` x `side` (aspect kept) as JPEG bytes; empty for side 0."""
+    if side == 0:
+        return b""
+    small = image.copy()
+    small.thumbnail((side, side))
+    encoded = io.BytesIO()
+    small.convert("RGB").save(encoded, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return encoded.getvalue()
 
 
 def _encode_batch(model: VLModel, pairs: list[RawPair], pixels: torch.Tensor, patches: bool) -> dict[str, torch.Tensor]:
@@ -256,17 +288,20 @@ def _encode_shard(
     index: list[int] = []
     names: list[str] = []
     captions: list[str] = []
+    thumbnails: list[bytes] = []
     left_out: list[dict[str, Any]] = []
     dtype = np.dtype(settings.dtype)
     while batch := list(itertools.islice(pairs, settings.batch_size)):
-        decoded = [(position, pair, _decode(model, pair)) for position, pair in batch]
+        decoded = [(position, pair, _decode(model, pair, settings.thumbnails)) for position, pair in batch]
         left_out += [{"position": p, "name": pair.name, "reason": x} for p, pair, x in decoded if isinstance(x, str)]
         kept = [(p, pair, x) for p, pair, x in decoded if not isinstance(x, str)]
         if kept:
-            positions, raw, pixels = zip(*kept)
+            positions, raw, images = zip(*kept)
+            pixels, small = zip(*images)
             index += positions
             names += [pair.name for pair in raw]
             captions += [pair.caption for pair in raw]
+            thumbnails += small
             for key, value in _encode_batch(model, list(raw), torch.stack(pixels), settings.patches).items():
                 array = value.cpu().numpy() if value.dtype == torch.int32 else value.float().cpu().numpy().astype(dtype)
                 parts.setdefault(key, []).append(array)
@@ -275,6 +310,9 @@ def _encode_shard(
     if not parts:  # no image of the shard decodes: an empty shard, so the folder still completes
         parts = {key: [array] for key, array in _empty_features(model, settings).items()}
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    if settings.thumbnails:
+        arrays["thumbnails"] = np.frombuffer(b"".join(thumbnails), dtype=np.uint8)
+        arrays["thumbnail_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in thumbnails])]).astype(np.int64)
     return {"index": np.asarray(index, dtype=np.int64), "names": np.asarray(names, dtype=str),
             "captions": np.asarray(captions, dtype=str), **arrays}, left_out  # fmt: skip
 
@@ -303,14 +341,22 @@ def _write_shard(path: Path, arrays: dict[str, np.ndarray], file_format: str) ->
         columns = {
             key: pa.array(value.tolist()) if value.dtype.kind == "U" else pa.array(value)
             for key, value in arrays.items()
-            if value.ndim == 1
+            if value.ndim == 1 and key not in THUMBNAIL_KEYS
         }
+        if "thumbnails" in arrays:  # one JPEG a row: a binary column over the same bytes and offsets
+            offsets = pa.py_buffer(arrays["thumbnail_offsets"])
+            columns["thumbnails"] = pa.Array.from_buffers(
+                pa.large_binary(), len(arrays["index"]), [None, offsets, pa.py_buffer(arrays["thumbnails"])]
+            )
         for key, value in arrays.items():
             if value.ndim > 1:  # (n, ...) -> a fixed-size list of its flattened rows
                 columns[key] = pa.FixedSizeListArray.from_arrays(
                     pa.array(value.reshape(-1)), int(np.prod(value.shape[1:]))
                 )
-        pq.write_table(pa.table(columns), temporary)
+        table = pa.table(columns).replace_schema_metadata(
+            {key: str(value) for key, value in arrays.items() if value.ndim == 0}  # the weights fingerprint
+        )
+        pq.write_table(table, temporary)
     os.replace(temporary, path)
 
 
@@ -373,6 +419,7 @@ def embed_to_folder(
     rank: int = 0,
     world_size: int = 1,
     progress: Callable[[int], None] | None = None,
+    source_options: dict[str, Any] | None = None,
 ) -> EmbedSummary:
     """Embed every pair of `stream` into shards under `out`; this rank writes shards rank, rank + world_size, ...
 
@@ -380,7 +427,8 @@ def embed_to_folder(
     embeddings, or written with other settings, is refused. With torch.distributed initialised (torchrun)
     the ranks wait for rank 0 to check or start the index, and for each other at the end, when rank 0
     writes the final index from the files on disk. `progress(n)` hears of every n pairs read.
-    The index records the source as an absolute path: a rerun must read the same one.
+    The index records the source as an absolute path: a rerun must read the same one. `source_options` (the
+    keyword arguments `stream_pairs` was given) are recorded too, so a reader can find a pair's image again.
 
     Raises:
         InputError: The folder holds other embeddings, the source is empty or bad, or changed since a
@@ -389,7 +437,7 @@ def embed_to_folder(
     folder = Path(out)
     if settings.patches and model.patches_unavailable:
         raise InputError(f"--patches: {model.spec} has no patch embeddings ({model.patches_unavailable}).")
-    header = _header(model, stream.source, settings)
+    header = _header(model, stream.source, settings, source_options or {})
     index = _open_folder(folder, header, rank)
     _barrier(world_size)  # rank 0 has started the index of a new folder
     index = index or read_index(folder)
@@ -403,7 +451,7 @@ def embed_to_folder(
         if number % world_size == rank and not path.is_file():
             arrays, left_out = _encode_shard(model, group, settings, progress)
             _write_skipped(path, left_out)  # before the shard: a shard file that exists has its list beside it
-            _write_shard(path, arrays, settings.file_format)
+            _write_shard(path, arrays | {"weights": np.asarray(header["weights"])}, settings.file_format)
             total, written = total + len(arrays["index"]) + len(left_out), written + 1
         else:  # another rank's pairs, or a shard an earlier run wrote: read past, never decoded
             count = sum(1 for _ in group)
@@ -439,6 +487,83 @@ def read_shard(path: str | os.PathLike[str], patches: bool = False) -> dict[str,
         raise InputError(f"{path.name} is not a readable embedding shard ({exc}); embed it again.") from exc
 
 
+def read_shard_arrays(path: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Some arrays of a shard, memory-mapped from an npz (only the rows used are read), read from a parquet.
+
+    Raises:
+        InputError: The file is not a readable shard, or lacks one of `keys`.
+    """
+    path = Path(path)
+    try:
+        if path.suffix != ".npz":
+            return _read_parquet(path, keys)
+        arrays = {key: map_npz_array(path, key) for key in keys}
+    except KeyError as exc:
+        raise InputError(f"{path.name} has no {exc.args[0]}; embed it again.") from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path.name} is not a readable embedding shard ({exc}); embed it again.") from exc
+    missing = [key for key, array in arrays.items() if array is None]
+    if missing:
+        raise InputError(f"{path.name} has no {missing[0]}; embed it again.")
+    return arrays  # type: ignore[return-value]
+
+
+def read_thumbnails(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A shard's thumbnails as (JPEG bytes end to end (uint8), offsets (n + 1,)), memory-mapped from an npz;
+    None when the shard was written without them.
+
+    Raises:
+        InputError: The file is not a readable shard.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            data, offsets = (map_npz_array(path, key) for key in THUMBNAIL_KEYS)
+            return None if data is None or offsets is None else (data, offsets)
+        import pyarrow.parquet as pq
+
+        if "thumbnails" not in pq.read_schema(path).names:
+            return None
+        column = pq.read_table(path, columns=["thumbnails"]).column("thumbnails").combine_chunks()
+        _, offsets, data = column.buffers()
+        first = column.offset  # the buffers of a sliced array start before it
+        offsets = np.frombuffer(offsets, dtype=np.int64)[first : first + len(column) + 1]
+        return np.frombuffer(data, dtype=np.uint8), offsets
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path.name} is not a readable embedding shard ({exc}); embed it again.") from exc
+
+
+def map_npz_array(path: str | os.PathLike[str], key: str) -> np.ndarray | None:
+    """Array `key` of an npz shard, memory-mapped read-only (np.savez stores members uncompressed, so each
+    .npy member lies whole in the file); None when the shard has no such array.
+
+    np.load reads an npz member whole; mapping it lets a reader touch the rows it needs only.
+
+    Raises:
+        ValueError: The member is compressed or its header is unreadable.
+    """
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as file:
+        try:
+            member = archive.getinfo(f"{key}.npy")
+        except KeyError:
+            return None
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{key} is compressed")
+        file.seek(member.header_offset)
+        local = file.read(30)  # the local file header: its name and extra field lengths sit at bytes 26-29
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        file.seek(member.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(file)
+        start = file.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{key} holds Python objects")
+    if 0 in shape:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape, order="F" if fortran else "C")
+
+
 def _read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:  # only the arrays asked for are read
         missing = [key for key in keys if key not in data.files]
@@ -463,10 +588,9 @@ def _read_parquet(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             arrays[key] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
         else:
             arrays[key] = column.to_numpy(zero_copy_only=False)
-    dim = arrays["image_features"].shape[1]
     for key in ("patch_features", "token_features"):
         if key in arrays:
-            arrays[key] = arrays[key].reshape(len(arrays[key]), -1, dim)
+            arrays[key] = arrays[key].reshape(len(arrays[key]), -1, arrays["image_features"].shape[1])
     return arrays
 
 

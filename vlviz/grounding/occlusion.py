@@ -105,7 +105,7 @@ def model_occlusion_maps(model: VLModel, images: Sequence[Image.Image], captions
     first_row = {key: keys.index(key) for key in found}  # a pair given twice is computed once
     missing = [row for key, row in first_row.items() if found[key] is None]
     if missing:
-        pixels = torch.stack([model.preprocess(images[i]) for i in missing]).to(model.device, model.dtype)
+        pixels = model.pixels([images[i] for i in missing])
         maps = occlusion_maps(
             lambda x: image_embeddings(model.model, x)[1], pixels,
             encoding.token_features[missing].float(), encoding.grid_size,

@@ -11,8 +11,9 @@ import itertools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +43,12 @@ CACHE_BYTES = 256 * 2**20
 """Most bytes each of a model's caches (images, captions; `vlviz.grounding.occlusion`'s maps) keeps: ViT-B-16's patch tokens are 0.4 MB
 an image, so 4,096 of them alone would take 1.6 GB of a server shared by every visitor."""
 ENCODE_BATCH = 64
+T = TypeVar("T")
+
+
+def batches(items: Sequence[T], size: int = ENCODE_BATCH) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `size`: one tower pass each, so memory stays bounded."""
+    return (items[start : start + size] for start in range(0, len(items), size))
 
 
 def this_thread_only(hook: Callable[..., object]) -> Callable[..., object]:
@@ -164,6 +171,10 @@ class VLModel:
         """The image as the model sees it (its preprocessing's resize and crop), (H, W, 3) uint8 at the input size."""
         return input_image(self.preprocess(image), *preprocess_stats(self.model))
 
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(B, 3, H, W) the images as the model takes them: preprocessed, on its device, in its dtype."""
+        return torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype, non_blocking=True)
+
     # --- public encoding ----------------------------------------------------------------------
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """L2-normalised global image embeddings, (N, D), on the model's device."""
@@ -227,8 +238,7 @@ class VLModel:
         missing = [key for key, value in found.items() if value is None]
         if missing:
             first_item = {key: item for key, item in zip(keys, items)}
-            for start in range(0, len(missing), ENCODE_BATCH):
-                chunk = missing[start : start + ENCODE_BATCH]
+            for chunk in batches(missing):
                 features, tokens = forward([first_item[key] for key in chunk])
                 for row, key in enumerate(chunk):
                     value = (features[row], None if tokens is None else tokens[row])
@@ -241,8 +251,7 @@ class VLModel:
 
     @torch.inference_mode()
     def _forward_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pixels = torch.stack([self.preprocess(image) for image in images])
-        return image_embeddings(self.model, pixels.to(self.device, self.dtype, non_blocking=True))
+        return image_embeddings(self.model, self.pixels(images))
 
     @torch.inference_mode()
     def _forward_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from vlviz.data.scenes import blank_scene
@@ -21,28 +23,41 @@ def is_evaluation(record: dict) -> bool:
     return EVALUATION_KEY in record
 
 
+class HeldOutPass(NamedTuple):
+    """One pass over a held-out split: global embeddings of every pair, and patch and token embeddings of the first
+    pairs asked for (None when none were asked for, or the towers have none)."""
+
+    image_features: torch.Tensor  # (N, D)
+    text_features: torch.Tensor  # (N, D)
+    patch_features: torch.Tensor | None  # (K, P, D), K <= N
+    token_features: torch.Tensor | None  # (K, T, D)
+
+    def first(self, n: int) -> HeldOutPass:
+        """The first `n` pairs' rows, copied, so that the rest of the pass can go."""
+        return HeldOutPass(*(None if t is None else t[:n].clone() for t in self))
+
+
 @torch.inference_mode()
 def embed_held_out(
-    model: torch.nn.Module, tokenizer, held_out: HeldOut, with_tokens: bool = False, chunk: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Image and text embeddings of a held-out split in chunks: (global images, global texts, patches, tokens).
-
-    Patch and token embeddings come back only when asked for and when the towers have them.
+    model: torch.nn.Module, tokenizer, held_out: HeldOut, keep_tokens: int = 0, chunk: int = 256
+) -> HeldOutPass:
+    """Embed a held-out split, one pass of each tower per `chunk` pairs: global embeddings of every pair, and the
+    patch and token embeddings of the first `keep_tokens` pairs (the towers make them anyway; only those are kept).
     """
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    captions = held_out.captions
-    images = [image_embeddings(model, p.to(device, dtype)) for p in held_out.pixels.split(chunk)]
-    texts = [
-        text_embeddings(model, tokenizer(captions[i : i + chunk]).to(device)) for i in range(0, len(captions), chunk)
-    ]
-    image_features, text_features = torch.cat([i for i, _ in images]).float(), torch.cat([t for t, _ in texts]).float()
-    if not with_tokens or images[0][1] is None or texts[0][1] is None:
-        return image_features, text_features, None, None
-    return (
-        image_features,
-        text_features,
-        torch.cat([p for _, p in images]).float(),
-        torch.cat([t for _, t in texts]).float(),
+    parts = []
+    for start in range(0, len(held_out.captions), chunk):
+        image, patches = image_embeddings(model, held_out.pixels[start : start + chunk].to(device, dtype))
+        text, tokens = text_embeddings(model, tokenizer(held_out.captions[start : start + chunk]).to(device))
+        kept = max(0, keep_tokens - start)  # rows of this chunk among the first `keep_tokens`
+        parts.append((image, text, *(None if t is None else t[:kept] for t in (patches, tokens))))
+    images, texts, patches, tokens = zip(*parts)
+    with_tokens = keep_tokens > 0 and patches[0] is not None and tokens[0] is not None
+    return HeldOutPass(
+        torch.cat(images).float(),
+        torch.cat(texts).float(),
+        torch.cat(patches).float() if with_tokens else None,
+        torch.cat(tokens).float() if with_tokens else None,
     )
 
 
@@ -55,7 +70,16 @@ def blank_patches(model: torch.nn.Module, image_size: int) -> torch.Tensor | Non
 
 
 def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, float]:
-    """Held-out figures: retrieval R@1 both ways, SaCo inconsistency, and on scenes the pointing game.
+    """Held-out figures (`evaluation`'s) of `model` as it is now."""
+    return evaluation(model, tokenizer, held_out)[0]
+
+
+def evaluation(
+    model: torch.nn.Module, tokenizer, held_out: HeldOut, keep_tokens: int = 0
+) -> tuple[dict[str, float], HeldOutPass]:
+    """Held-out figures: retrieval R@1 both ways, SaCo inconsistency, and on scenes the pointing game; and the one
+    pass over the split they come from, with the patch and token embeddings of its first `keep_tokens` pairs (a
+    training run's probe batch reads them there instead of embedding its pairs again).
 
     Image -> caption R@1 (`image_to_caption_r1`) counts an identical caption as a hit: scenes repeat captions,
     and a model cannot tell identical captions apart. It is named apart from the image -> text R@1 every
@@ -64,9 +88,10 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
     """
     was_training = model.training
     model.eval()
-    image_features, text_features, patches, tokens = embed_held_out(
-        model, tokenizer, held_out, with_tokens=held_out.scenes is not None
+    embedded = embed_held_out(
+        model, tokenizer, held_out, keep_tokens=len(held_out.captions) if held_out.scenes is not None else keep_tokens
     )
+    image_features, text_features, patches, tokens = embedded
     model.train(was_training)
     similarity = affinity(image_features, text_features)
     _, text_to_image = retrieval_ranks(image_features, text_features)
@@ -91,4 +116,4 @@ def evaluate(model: torch.nn.Module, tokenizer, held_out: HeldOut) -> dict[str, 
             figures |= {f"peak_stability_{word}": score[word]["peak_stability"]}  # 1: the map ignores the image
         named = {k: v for k, v in score["colour"].items() if k.startswith("pointing_named_") and v == v}  # NaN: none
         figures |= {f"pointing_game_colour_{key.removeprefix('pointing_')}": v for key, v in named.items()}  # by order
-    return figures
+    return figures, embedded

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -31,6 +31,7 @@ from vlviz.training.distributed import DistributedContext, gather_features
 from vlviz.training.evaluation import evaluate
 
 BATCH_FEATURES = ("image_features", "text_features")  # gathered over ranks for batch-level losses
+TOKEN_ROWS_KEPT = 16_384  # captions whose token ids a run keeps (`TokenIds`): about 10 MB at 77 tokens
 
 
 class Source(Protocol):
@@ -118,6 +119,27 @@ def build_losses(config: TrainConfig, model: torch.nn.Module, tokenizer, device:
     }
 
 
+class TokenIds:
+    """A tokenizer that tokenizes each caption once: scene captions repeat, a pair set's are fixed, and the BPE runs
+    in Python (a few ms a batch). open_clip's tokenizers pad every caption to the context length, so a caption's
+    row is the same in any batch. The oldest captions go beyond `most`."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor], most: int = TOKEN_ROWS_KEPT) -> None:
+        self.tokenizer, self.most = tokenizer, most
+        self._rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        rows = [self._rows.get(caption) for caption in captions]
+        missing = list(dict.fromkeys(caption for caption, row in zip(captions, rows) if row is None))
+        if missing:
+            found = dict(zip(missing, self.tokenizer(missing)))
+            rows = [found[caption] if row is None else row for caption, row in zip(captions, rows)]
+            self._rows |= found
+            for old in list(self._rows)[: max(0, len(self._rows) - self.most)]:
+                del self._rows[old]
+        return torch.stack(rows)  # (B, T)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer,
@@ -126,13 +148,17 @@ def train(
     stop: threading.Event | None = None,
     context: DistributedContext | None = None,
     loss_modules: dict[str, Loss] | None = None,
+    evaluator: Callable[[int], dict[str, float]] | None = None,
 ) -> Iterator[dict[str, float]]:
     """Train `model` in place on `source`; yield a record per step, with held-out figures every `eval_every`.
 
     The model must hold fp32 weights (autocast handles half precision on GPUs). Under torchrun,
     pass the `DistributedContext` and a DDP-wrapped model's `.module` is what gets evaluated.
     Pass `loss_modules` (from `build_losses`) to keep hold of the trained loss heads, e.g. to save them.
+    `evaluator(step)` gives the figures of an evaluation (default: `evaluate` on `source.held_out`).
     """
+    if evaluator is None:
+        evaluator = lambda step: evaluate(model, tokenizer, source.held_out)  # noqa: E731
     context = context or DistributedContext(device=next(model.parameters()).device)
     torch.manual_seed(config.seed)
     device = context.device
@@ -162,13 +188,15 @@ def train(
         progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
+    trained = [p for group in groups for p in group["params"]]  # what the gradient clip sees
+    token_ids = TokenIds(tokenizer)
     model.train()
     for step in range(config.steps):
         if stop is not None and stop.is_set():
             return
         # Each rank takes its own share of the data: a distinct seed per rank.
         pixels, captions = source.batch(step, config.batch_size, config.seed + 7_777 * context.rank)
-        pixels, ids = pixels.to(device), tokenizer(captions).to(device)
+        pixels, ids = pixels.to(device), token_ids(captions).to(device)
         inputs = {"pixels": pixels, "ids": ids, "captions": captions, "model": model}  # for `needs_inputs` losses
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step) * group["lr_scale"]
@@ -184,14 +212,15 @@ def train(
                     terms[f"{name}/{key}"] = value * weight if key.endswith("_loss") else value
             total = sum(value for key, value in terms.items() if key.endswith("_loss"))
         # The step's one device sync, before the backward pass: the record's figures and the divergence check.
-        record = {"step": step + 1, "lr": lr_at(step), "total_loss": _total_on_every_rank(total.detach(), context)}
-        record.update({key: float(value.detach()) for key, value in terms.items()})
+        values = torch.cat([v.detach().float().reshape(1) for v in (total, *terms.values())]).tolist()
+        record = {"step": step + 1, "lr": lr_at(step), "total_loss": _total_on_every_rank(values[0], context)}
+        record.update(zip(terms, values[1:]))
         if not math.isfinite(record["total_loss"]):
             raise _diverged(record, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         for loss, _ in losses.values():
@@ -199,20 +228,20 @@ def train(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            record.update(evaluate(model, tokenizer, source.held_out))
+            record.update(evaluator(step + 1))
         yield record
 
 
-def _total_on_every_rank(total: torch.Tensor, context: DistributedContext) -> float:
+def _total_on_every_rank(total: float, context: DistributedContext) -> float:
     """This rank's total loss, made non-finite on every rank when it is on any, so that all ranks stop at once.
 
     A rank that stopped alone would leave the others waiting for it in the backward's collectives.
     """
     if context.world_size == 1:
-        return float(total)
-    flag = (~torch.isfinite(total)).float()
+        return total
+    flag = torch.tensor(0.0 if math.isfinite(total) else 1.0, device=context.device)
     torch.distributed.all_reduce(flag)
-    return float(total) if float(flag) == 0 else math.nan
+    return total if float(flag) == 0 else math.nan
 
 
 def _diverged(record: dict[str, float], config: TrainConfig) -> NonFiniteLossError:

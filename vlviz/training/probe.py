@@ -20,7 +20,7 @@ from vlviz.metrics.consistency import inconsistency_matrix
 from vlviz.models.encoding import PairEncoding, input_image
 from vlviz.models.tokens import token_layout
 from vlviz.models.towers import grid_size
-from vlviz.training.evaluation import embed_held_out
+from vlviz.training.evaluation import HeldOutPass, embed_held_out
 
 PROBE_PAIRS = 16
 
@@ -54,19 +54,28 @@ class ProbeBatch:
         self.first_image = input_image(self.batch.pixels[0], self.mean, self.std)
 
     def measure(self, model: torch.nn.Module, tokenizer, step: int) -> ProbeMeasurement:
-        """The probe's numbers for the model as it is now (evaluation mode, no gradients)."""
+        """The probe's numbers for the model as it is now (one pass over the probe batch, evaluation mode)."""
         was_training = model.training
         model.eval()
-        image, text, patches, tokens = (
-            None if t is None else t.cpu() for t in embed_held_out(model, tokenizer, self.batch, with_tokens=True)
-        )
+        embedded = embed_held_out(model, tokenizer, self.batch, keep_tokens=len(self.batch.captions))
         model.train(was_training)
+        return self.measure_pass(embedded, grid_size(model), tokenizer, step)
+
+    def measure_pass(
+        self, embedded: HeldOutPass, grid: tuple[int, int] | None, tokenizer, step: int
+    ) -> ProbeMeasurement:
+        """The probe's numbers from a pass whose first pairs are the probe's (an evaluation's pass over the held-out
+        split, `vlviz.training.evaluation.evaluation`), with their patch and token embeddings when the towers have them.
+        """
+        image, text, patches, tokens = (
+            None if t is None else t.cpu() for t in embedded.first(len(self.batch.captions))
+        )
         if self.layout is None:
             self.layout = fit_layout(image, text, method="pca")
         grounding = None
         if patches is not None and tokens is not None:
             first = PairEncoding(
-                image[:1], text[:1], patches[:1], grid_size(model), tokens[:1],
+                image[:1], text[:1], patches[:1], grid, tokens[:1],
                 token_layout(tokenizer, self.batch.captions[:1]), logit_scale=0.0, logit_bias=None,
             )  # fmt: skip
             grounding = caption_maps(first)

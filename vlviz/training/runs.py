@@ -28,10 +28,10 @@ from vlviz.losses.heads import save_loss_heads
 from vlviz.models.checkpoints import save_checkpoint
 from vlviz.models.encoding import VLModel
 from vlviz.models.loading import load_model, resolve_device
-from vlviz.models.towers import input_side, preprocess_stats, set_token_readout
+from vlviz.models.towers import grid_size, input_side, preprocess_stats, set_token_readout
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.distributed import DistributedContext
-from vlviz.training.evaluation import evaluate, is_evaluation
+from vlviz.training.evaluation import HeldOutPass, evaluate, evaluation, is_evaluation
 from vlviz.training.loop import Source, build_losses, train
 from vlviz.training.offline_model import SCENES_MODEL_CFG, scenes_tokenizer
 from vlviz.training.probe import ProbeBatch, ProbeMeasurement
@@ -76,12 +76,19 @@ class Run:
     notices: list[str] = field(default_factory=list)
     captions: str | None = None  # the caption style of a scenes run (`CAPTION_STYLES`); None for pairs
     _probe_batch: ProbeBatch | None = field(default=None, init=False, repr=False)
+    _probe_pass: tuple[int, HeldOutPass] | None = field(default=None, init=False, repr=False)  # the last evaluation's
 
     def probe_measurement(self, step: int) -> ProbeMeasurement:
-        """A fixed held-out probe batch under the model as it is now (see `vlviz.training.probe`)."""
+        """A fixed held-out probe batch under the model as it was at evaluation `step` (see `vlviz.training.probe`),
+        read from that evaluation's pass over the held-out split; at any other step, under the model as it is now."""
+        if self._probe_pass is not None and self._probe_pass[0] == step:
+            return self._probe().measure_pass(self._probe_pass[1], grid_size(self.model), self.tokenizer, step)
+        return self._probe().measure(self.model, self.tokenizer, step)
+
+    def _probe(self) -> ProbeBatch:
         if self._probe_batch is None:
             self._probe_batch = ProbeBatch(self.source.held_out, *preprocess_stats(self.model))
-        return self._probe_batch.measure(self.model, self.tokenizer, step)
+        return self._probe_batch
 
     @property
     def checkpoint(self) -> Path:
@@ -104,18 +111,17 @@ class Run:
             (self.out_dir / "run_config.json").write_text(json.dumps(meta, indent=2))
         metrics = self.out_dir / "metrics.jsonl"
         # Step 0 is the start model: every curve starts from where the run began.
-        initial = {"step": 0, **evaluate(self.model, self.tokenizer, self.source.held_out)}
+        initial = {"step": 0, **self._evaluate(0)}
         trained = diverged = False
+        steps = train(
+            self.model, self.tokenizer, self.source, self.config, self.stop, self.context, self.losses,
+            evaluator=self._evaluate,
+        )  # fmt: skip
         try:
-            for record in chain(
-                [initial],
-                train(self.model, self.tokenizer, self.source, self.config, self.stop, self.context, self.losses),
-            ):
-                if is_evaluation(record):
-                    record |= self._probe()
-                    if main:
-                        with metrics.open("a") as handle:
-                            handle.write(json.dumps(record) + "\n")
+            for record in chain([initial], steps):
+                if is_evaluation(record) and main:
+                    with metrics.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
                 trained = record["step"] > 0
                 yield record
         except NonFiniteLossError:
@@ -127,11 +133,14 @@ class Run:
                 if self.losses:
                     save_loss_heads(self.losses, self.out_dir)
 
-    def _probe(self) -> dict[str, float]:
+    def _evaluate(self, step: int) -> dict[str, float]:
+        """One evaluation at `step`: the held-out figures from one pass over the held-out split, whose first pairs
+        are the probe batch's (kept for `probe_measurement`), and retention, the figures on the probe set."""
+        figures, embedded = evaluation(self.model, self.tokenizer, self.source.held_out, keep_tokens=self._probe().size)
+        self._probe_pass = (step, embedded.first(self._probe().size))
         if self.probe is None:
-            return {}
-        figures = evaluate(self.model, self.tokenizer, self.probe)
-        return {f"probe_{k}": v for k, v in figures.items()}
+            return figures
+        return figures | {f"probe_{k}": v for k, v in evaluate(self.model, self.tokenizer, self.probe).items()}
 
 
 def start_model(start: str, device: torch.device, seed: int = 0) -> tuple[torch.nn.Module, object, object, dict]:

@@ -1,8 +1,9 @@
 """The Gradio app: shared inputs on the left, one tab per view. The only UI code besides app.py.
 
-Hosting: each browser session gets a `SessionSpace` (a server-made token naming its folder) in a
-`gr.State`; its files go when the tab closes (`demo.unload`), when Gradio drops the state, or in an
-age sweep; Gradio's copies of returned files are swept after `SESSION_TTL_S` (`delete_cache`).
+Each browser session gets a `Session` (`vlviz.ui.session`) in a `gr.State`: a server-made token naming its
+folder, the pairs it analysed with their model, which every tab reads, and its training runs. Its files go
+when the tab closes (`demo.unload`), when Gradio drops the state, or in an age sweep; its analysis
+`SESSION_TTL_S` after it was made; Gradio's copies of returned files after `SESSION_TTL_S` (`delete_cache`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.memory import trim_heap_every
 from vlviz.ui.origins import host_guard
-from vlviz.ui.session import KEPT, MODEL_CHOICES, SESSION_TTL_S, SESSIONS, check_data_dir, current_tab, pairs_state
+from vlviz.ui.session import (
+    MODEL_CHOICES,
+    SESSION_TTL_S,
+    SESSIONS,
+    SessionStates,
+    check_data_dir,
+    current_tab,
+    expire_analyses,
+    pairs_state,
+)
 from vlviz.ui.talk_page import TALK_CSS, build_talk_page, open_as_talk
 from vlviz.ui.train_tab import build_train_tab
-from vlviz.ui.view_links import open_view, restore_view, view_link
+from vlviz.ui.view_links import LinkTargets, open_view, view_link
 
 QUEUE_SIZE = int(os.environ.get("VLVIZ_QUEUE_SIZE", 64))  # requests waiting, all events together; more are refused
 HEAP_TRIM_EVERY_S = 10.0  # freed analyses go back to the system this often (`vlviz.ui.memory`)
@@ -51,15 +61,17 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
     `policy` says which models visitors may load (default: from the environment, see `vlviz.models.policy`)."""
     check_data_dir()
     threading.Thread(target=_warm_up, args=(model_spec,), name="vlviz-warm-up", daemon=True).start()
-    trim_heap_every(HEAP_TRIM_EVERY_S, KEPT.expire)
+    trim_heap_every(HEAP_TRIM_EVERY_S, expire_analyses)
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
     sweep = int(min(SESSION_TTL_S, 3600))
     with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
-        analysis = pairs_state()  # the pairs Analyze encoded (`EncodedPairs`): every tab reads them
-        shown_tab = gr.State("Affinity")  # the label of the tab in view
-        space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
+        states = SessionStates(
+            session=gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda session: session.close()),
+            analysed=gr.State(None),  # the serial of the session's analysis: its change draws the tab in view
+            shown_tab=gr.State("Affinity"),  # the label of the tab in view
+        )
         wanted = gr.State(None)  # the Grounding pair and word a view link asks for (`WantedView`)
         linked = pairs_state()  # the analysis a view link hands over (`EncodedPairs`), shown without encoding
         with gr.Row():
@@ -101,34 +113,31 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                 view_link_text = gr.Markdown(elem_id="view-link")
             with gr.Column(scale=3), gr.Tabs() as tabs:
                 with gr.Tab("Affinity", id="affinity"):
-                    analyze_inputs, analyze_outputs = build_affinity_tab(
-                        files, captions, model, analyze_button, status, analysis, space
-                    )
+                    affinity = build_affinity_tab(files, captions, model, analyze_button, status, states)
                 with gr.Tab(CONSISTENCY_TAB, id="consistency") as consistency_tab:
-                    build_consistency_tab(analysis, space, consistency_tab, shown_tab)
+                    build_consistency_tab(consistency_tab, states)
                 with gr.Tab(EMBEDDING_TAB, id="embedding") as embedding_tab:
-                    build_embedding_tab(analysis, space, embedding_tab, shown_tab)
+                    build_embedding_tab(embedding_tab, states)
                 with gr.Tab(GROUNDING_TAB, id="grounding") as grounding_tab:
-                    grounding_pair, grounding_word = build_grounding_tab(
-                        analysis, space, grounding_tab, shown_tab, wanted
-                    )
+                    grounding = build_grounding_tab(grounding_tab, states, wanted)
                 with gr.Tab(KEYWORDS_TAB, id="keywords") as keywords_tab:
-                    build_keywords_tab(analysis, space, keywords_tab, shown_tab)
+                    build_keywords_tab(keywords_tab, states)
                 with gr.Tab("Train", id="train"):
-                    build_train_tab(model, analysis, space)
-        tabs.select(current_tab, None, shown_tab, api_visibility="private", show_progress="hidden")
+                    build_train_tab(model, states)
+        tabs.select(current_tab, None, states.shown_tab, api_visibility="private", show_progress="hidden")
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
-        restored = [model, sample, files, captions, tabs, shown_tab, wanted, linked]
-        demo.load(restore_view, space, restored, api_visibility="private").then(
-            open_view, [*analyze_inputs, linked], analyze_outputs, api_visibility="private"
+        link = LinkTargets(model, sample, files, captions, tabs, states.shown_tab, wanted, linked)
+        opened = [files, captions, model, affinity.value_kind, states.session, linked]
+        demo.load(link.restore, states.session, list(vars(link).values()), api_visibility="private").then(
+            open_view(affinity), opened, affinity.outputs, api_visibility="private"
         )
         link_button.click(
             view_link,
-            [analysis, shown_tab, grounding_pair, grounding_word, space],
+            [states.shown_tab, grounding.pair, grounding.words, states.session],
             view_link_text,
             api_visibility="private",
         )
-        talk_button.click(open_as_talk, [analysis, space], talk_link, api_visibility="private")
+        talk_button.click(open_as_talk, states.session, talk_link, api_visibility="private")
         demo.unload(SESSIONS.end)
     build_talk_page(demo, policy)
     hide_state_loads(demo)

@@ -235,7 +235,7 @@ def open_choices(component: gr.Dropdown | gr.CheckboxGroup) -> None:
 
 
 def hide_state_loads(demo: gr.Blocks) -> None:
-    """Keep the load events Gradio adds for callable gr.State values (each session's `SessionSpace`) out of the API.
+    """Keep the load events Gradio adds for callable gr.State values (each session's `Session`) out of the API.
 
     Gradio makes each a public endpoint named after its function (`/lambda`), hence an MCP tool with
     nothing to offer an agent. The browser still runs them on load; an API session makes its value on its

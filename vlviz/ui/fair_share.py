@@ -7,7 +7,7 @@ loopback client all go through it), and refuses with Gradio's own "queue full" a
 message saying why. tests/ui/test_fair_share.py pins this against the Gradio of requirements.txt.
 
 What a session does once it holds a worker is bounded elsewhere: one training and one heavy analysis
-at a time (`SessionSpace.training`, `SessionSpace.exclusive`).
+at a time (`vlviz.ui.runner.Runner`, `Session.exclusive`).
 """
 
 from __future__ import annotations
@@ -59,9 +59,16 @@ class FairShare:
     def _keys(self, session_hash: str | None, request: fastapi.Request | None) -> list[tuple[str, str]]:
         """What a request counts against: its session, and on a public server its client address."""
         keys = [("session", session_hash)] if session_hash else []
-        if self.per_address is not None and request is not None and request.client is not None:
-            keys.append(("address", request.client.host))
-        return keys
+        address = public_address(request, public=self.per_address is not None)
+        return keys + ([("address", address)] if address else [])
+
+
+def public_address(request: fastapi.Request | gr.Request | None, public: bool) -> str | None:
+    """The client address a public server counts a visitor's queue places and memory against; None on a local
+    server, where every visitor is the owner, and for a request without a client."""
+    if not public or request is None or request.client is None:
+        return None
+    return request.client.host
 
 
 def share_queue(demo: gr.Blocks, per_session: int, per_address: int | None) -> None:

@@ -28,7 +28,7 @@ from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
 from vlviz.training.runs import prepare_run
 from vlviz.ui.messages import refusal, warn
-from vlviz.ui.session import KEPT, SESSIONS, SessionSpace, analyzed, pairs_state
+from vlviz.ui.session import KEPT, SESSIONS, Session, Updates, pairs_state
 from vlviz.ui.train_tab import MAX_TRAININGS
 from vlviz.viz.html import markdown_text
 from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
@@ -77,41 +77,43 @@ def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
     return Talk(steps, {step.key: 0 for step in steps}, inputs, model_spec, pairs)
 
 
-def _step_outputs(talk: Talk) -> list[Any]:
-    """For every step tab: its message, figure, speaker note and variant name (hidden when the step is absent).
+StepOutputs = tuple[Any, Any, str, str]  # a step's message, figure, speaker note and variant name
+
+
+def step_outputs(talk: Talk) -> dict[str, StepOutputs]:
+    """For every step: its message, figure, speaker note and variant name (a message alone when the step is absent).
 
     The texts carry captions, words and model names, so they go into Markdown escaped (`markdown_text`).
     """
-    out: list[Any] = []
+    out: dict[str, StepOutputs] = {}
     for key in STEP_KEYS:
         step = talk.step(key)
         if step is None:
-            out += [gr.update(value="This model has no patch tokens: no grounding to show."), None, "", ""]
+            out[key] = (gr.update(value="This model has no patch tokens: no grounding to show."), None, "", "")
             continue
         variant = talk.variants[key]
-        name = step.variant_names[variant] if len(step.figures) > 1 else ""
-        out += [f"## {markdown_text(step.message)}", step.figures[variant], markdown_text(step.note),
-                _variant_name(step, variant) if name else ""]  # fmt: skip
+        name = _variant_name(step, variant) if len(step.figures) > 1 and step.variant_names[variant] else ""
+        out[key] = (f"## {markdown_text(step.message)}", step.figures[variant], markdown_text(step.note), name)
     return out
 
 
-def open_as_talk(analysis: EncodedPairs | None, space: SessionSpace) -> str:
+def open_as_talk(session: Session) -> str:
     """Hand this session's analysed pairs and the model that encoded them to a talk page: a link with a fresh
     random token (the model by the name the analysis kept, so a later change of the model box does not mix)."""
-    analysis = analyzed(analysis, "the talk tells the story of the pairs last analyzed.")
+    analysis = session.analyzed("the talk tells the story of the pairs last analyzed.")
     spec = analysis.model_name
     try:
-        folder = space.checkpoint(spec)  # a run of this session: the talk loads its folder, never a client's path
+        folder = session.checkpoint(spec)  # a run of this session: the talk loads its folder, never a client's path
         if folder is None:
-            space.policy.check(spec)
+            session.policy.check(spec)
     except ValueError as error:
         raise refusal(error) from error
-    token = KEPT.put(analysis, str(folder) if folder else spec, space.token)
+    token = KEPT.put(analysis.encoded, str(folder) if folder else spec, session.token)
     return f"[Open the talk of these {len(analysis.pairs)} pairs](talk?story={token}) (in a new tab; the link expires)"
 
 
-def open_talk(request: gr.Request) -> list[Any]:
-    """Build the story on page load: the session's pairs when the link carries a known story, else the scenes."""
+def open_story(request: gr.Request) -> Talk:
+    """The story a talk page opens with: the session's pairs when the link carries a known story, else the scenes."""
     token = request.query_params.get("story") if request else None
     stored = KEPT.get(token)
     analysis, spec = stored or (None, OFFLINE_SPEC)
@@ -119,10 +121,9 @@ def open_talk(request: gr.Request) -> list[Any]:
         talk = build_story(analysis, spec)
     except (ValueError, InputError, ModelUnavailableError) as error:
         raise _page_error(error, spec, analysis.model_name if analysis else spec) from error
-    notice = "" if stored or not token else "That talk link has expired: this is the built-in story on the scenes."
-    if notice:
-        warn(notice)
-    return [talk, *_step_outputs(talk)]
+    if token and not stored:
+        warn("That talk link has expired: this is the built-in story on the scenes.")
+    return talk
 
 
 def _page_error(error: Exception, model_spec: str, model_name: str) -> gr.Error:
@@ -131,78 +132,144 @@ def _page_error(error: Exception, model_spec: str, model_name: str) -> gr.Error:
     return refusal(str(error).replace(model_spec, model_name))
 
 
-def next_variant(talk: Talk | None, key: str) -> Any:
-    """Show step `key`'s next variant (the gap closed or open, the next word, ...): kept figures, nothing computed."""
-    if talk is None or talk.step(key) is None:
-        return gr.skip(), gr.skip()
-    step = talk.step(key)
-    talk.variants[key] = (talk.variants[key] + 1) % len(step.figures)
-    variant = talk.variants[key]
-    return step.figures[variant], _variant_name(step, variant)
-
-
 def _variant_name(step: TalkStep, variant: int) -> str:
     """'2/5: 'red'' as Markdown: a word of a caption, escaped."""
     return f"{variant + 1}/{len(step.figures)}: {markdown_text(step.variant_names[variant])}"
 
 
-def train_live(talk: Talk | None, space: SessionSpace, request: gr.Request) -> Iterator[tuple]:
-    """Step 5: a short continual run from the told model, its curves and probe map streamed; then step 6
-    shows the told pairs before and after the run."""
-    if talk is None:
-        raise refusal("The story is still loading.")
-    SESSIONS.bind(space, request)
-    try:
-        run = prepare_run(talk.model_spec, "scenes", TALK_TRAINING, space.run_folder(0))
-    except (ValueError, ModelUnavailableError) as error:
-        raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
-    space.stop_flags["talk"] = run.stop
-    records: list[dict] = []
-    try:
-        for record in run.records():
-            records.append(record)
-            evaluated = is_evaluation(record)
-            if record["step"] % 5 == 0 or evaluated:
-                curves = training_step(replace(talk.inputs, records=records)).figures[0]
-                probe = probe_figures(**vars(run.probe_measurement(record["step"]))) if evaluated else {}
-                status = f"step {record['step']} / {TALK_TRAINING.steps}"
-                yield curves, probe.get("grounding", gr.skip()), status, gr.skip(), gr.skip()
-    except (NonFiniteLossError, ValueError) as error:
-        raise refusal(error) from error
-    finally:
-        space.stop_flags.pop("talk", None)
-    talk.replace_step(training_step(replace(talk.inputs, records=records)))
-    try:
-        start = load_model(talk.model_spec)
-        trained = load_model(str(run.checkpoint.parent), name="after the run")
-    except (ValueError, ModelUnavailableError) as error:
-        raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
-    lens = lens_step(
-        replace(
-            talk.inputs, encoding=encode_pair_set(trained, talk.pairs).encoding, model_name="after the run",
-            before=encode_pair_set(start, talk.pairs).encoding, before_name="before the run",
+@dataclass(frozen=True)
+class StepBoxes:
+    """One step's components."""
+
+    message: gr.Markdown
+    plot: gr.Plot
+    note: gr.Markdown
+    variant: gr.Markdown  # the variant's name
+    next_variant: gr.Button
+
+
+class TalkPage:
+    """The talk page: its components, and the callbacks that fill them (`Updates`, `vlviz.ui.session`)."""
+
+    def __init__(self, policy: ModelPolicy) -> None:
+        """Create the page's components (inside its route)."""
+        self.talk = pairs_state()  # the `Talk`
+        self.session = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda session: session.close())
+        gr.Markdown(
+            "# vlviz: how a vision-language model aligns images with text\n"
+            "→ / space next step · ← previous · **g** / **w** / **v** next view of a step (the gap, the next word)"
+            " · **t** train live · **n** speaker notes",
+            elem_classes="talk-keys",
         )
-    )  # fmt: skip
-    if lens is None:
-        yield gr.skip(), gr.skip(), f"Done after {records[-1]['step']} steps.", gr.skip(), gr.skip()
-        return
-    talk.replace_step(lens)
-    status = f"Done after {records[-1]['step']} steps: step 6 now shows the pairs before and after this run."
-    yield gr.skip(), gr.skip(), status, lens.figures[0], f"## {markdown_text(lens.message)}"
+        self.steps: dict[str, StepBoxes] = {}
+        with gr.Tabs(elem_id="talk-steps"):
+            for key, title in zip(STEP_KEYS, STEP_TITLES, strict=True):
+                with gr.Tab(title, id=key, elem_id=f"talk-{key}"):
+                    message = gr.Markdown(elem_classes="talk-message", elem_id=f"talk-{key}-message")
+                    variant = gr.Markdown(elem_id=f"talk-{key}-variant-name")
+                    plot = gr.Plot(show_label=False, elem_id=f"talk-{key}-plot")
+                    if key == "training":
+                        with gr.Row():
+                            self.train = gr.Button("Train (t)", variant="primary", elem_id="talk-train")
+                            self.stop = gr.Button("Stop", elem_id="talk-stop")
+                        self.train_status = gr.Markdown(elem_id="talk-train-status")
+                        self.probe = gr.Plot(show_label=False, elem_id="talk-probe-plot")
+                    note = gr.Markdown(elem_classes="talk-note", elem_id=f"talk-{key}-note")
+                    button = gr.Button("Next view", elem_id=f"talk-{key}-variant", elem_classes="talk-hidden")
+                    self.steps[key] = StepBoxes(message, plot, note, variant, button)
+        with gr.Row():
+            self.prepare = gr.Button("Prepare a snapshot of the whole talk", scale=1, elem_id="talk-snapshot")
+            self.download = gr.File(label="One HTML file: every step, interactive, no server needed",
+                                    interactive=False, scale=3, elem_id="talk-snapshot-file")  # fmt: skip
+        self.step_outputs = [
+            box for boxes in self.steps.values() for box in (boxes.message, boxes.plot, boxes.note, boxes.variant)
+        ]
+        training, lens = self.steps["training"], self.steps["before-after"]
+        self.live_outputs = [training.plot, self.probe, self.train_status, lens.plot, lens.message]
+
+    def open(self, request: gr.Request) -> Updates:
+        """Build the story on page load (`open_story`) and show every step."""
+        talk = open_story(request)
+        return {self.talk: talk} | self._steps(talk)
+
+    def _steps(self, talk: Talk) -> Updates:
+        updates: Updates = {}
+        for key, (message, figure, note, variant) in step_outputs(talk).items():
+            boxes = self.steps[key]
+            updates |= {boxes.message: message, boxes.plot: figure, boxes.note: note, boxes.variant: variant}
+        return updates
+
+    def next_variant(self, talk: Talk | None, key: str) -> Updates:
+        """Show step `key`'s next variant (the gap closed or open, the next word, ...): kept figures, nothing computed."""
+        step = talk.step(key) if talk is not None else None
+        if step is None:
+            return gr.skip()
+        talk.variants[key] = (talk.variants[key] + 1) % len(step.figures)
+        variant = talk.variants[key]
+        return {self.steps[key].plot: step.figures[variant], self.steps[key].variant: _variant_name(step, variant)}
+
+    def train_live(self, talk: Talk | None, session: Session, request: gr.Request) -> Iterator[Updates]:
+        """Step 5: a short continual run from the told model, its curves and probe map streamed; then step 6
+        shows the told pairs before and after the run."""
+        if talk is None:
+            raise refusal("The story is still loading.")
+        SESSIONS.bind(session, request)
+        try:
+            run = prepare_run(talk.model_spec, "scenes", TALK_TRAINING, session.runner.run_folder(0))
+        except (ValueError, ModelUnavailableError) as error:
+            raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
+        training = self.steps["training"]
+        records: list[dict] = []
+        with session.runner.watching("talk", run):
+            try:
+                for record in run.records():
+                    records.append(record)
+                    evaluated = is_evaluation(record)
+                    if record["step"] % 5 == 0 or evaluated:
+                        curves = training_step(replace(talk.inputs, records=records)).figures[0]
+                        probe = probe_figures(**vars(run.probe_measurement(record["step"]))) if evaluated else {}
+                        status = f"step {record['step']} / {TALK_TRAINING.steps}"
+                        yield {training.plot: curves, self.train_status: status} | (
+                            {self.probe: probe["grounding"]} if "grounding" in probe else {}
+                        )
+            except (NonFiniteLossError, ValueError) as error:
+                raise refusal(error) from error
+        talk.replace_step(training_step(replace(talk.inputs, records=records)))
+        try:
+            start = load_model(talk.model_spec)
+            trained = load_model(str(run.checkpoint.parent), name="after the run")
+        except (ValueError, ModelUnavailableError) as error:
+            raise _page_error(error, talk.model_spec, talk.inputs.model_name) from error
+        lens = lens_step(
+            replace(
+                talk.inputs, encoding=encode_pair_set(trained, talk.pairs).encoding, model_name="after the run",
+                before=encode_pair_set(start, talk.pairs).encoding, before_name="before the run",
+            )
+        )  # fmt: skip
+        if lens is None:
+            yield {self.train_status: f"Done after {records[-1]['step']} steps."}
+            return
+        talk.replace_step(lens)
+        status = f"Done after {records[-1]['step']} steps: step 6 now shows the pairs before and after this run."
+        after = self.steps["before-after"]
+        yield {
+            self.train_status: status,
+            after.plot: lens.figures[0],
+            after.message: f"## {markdown_text(lens.message)}",
+        }
 
 
-def stop_live(space: SessionSpace) -> str:
+def stop_live(session: Session) -> str:
     """Stop the talk's run after its current step."""
-    for flag in list(space.stop_flags.values()):
-        flag.set()
+    session.runner.stop()
     return "Stopping…"
 
 
-def snapshot(talk: Talk | None, space: SessionSpace) -> str:
+def snapshot(talk: Talk | None, session: Session) -> str:
     """The whole talk as one self-contained HTML file (no server, no network), in this session's downloads."""
     if talk is None:
         raise refusal("The story is still loading.")
-    path = space.export_folder("talk") / "vlviz-talk.html"
+    path = session.export_folder("talk") / "vlviz-talk.html"
     path.write_text(talk_html(talk.steps), encoding="utf-8")
     return str(path)
 
@@ -259,53 +326,26 @@ TALK_CSS = """
 """
 
 
-def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> None:
+def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> TalkPage:
     """Add the `/talk` route to `demo`: the six steps, their keys, live training and the snapshot download.
 
     `policy` is the app's; the talk page loads only the offline model or a story an app session handed over."""
     keys_js = KEYS_JS.replace("__KEYS__", str(KEYS).replace("'", '"')).replace("__STEPS__", str(STEP_KEYS))
-    with demo.route("Talk", "/talk") as page:
-        talk = pairs_state()
-        space = gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda space: space.close())
-        gr.Markdown(
-            "# vlviz: how a vision-language model aligns images with text\n"
-            "→ / space next step · ← previous · **g** / **w** / **v** next view of a step (the gap, the next word)"
-            " · **t** train live · **n** speaker notes",
-            elem_classes="talk-keys",
+    with demo.route("Talk", "/talk") as route:
+        page = TalkPage(policy)
+        route.load(page.open, None, [page.talk, *page.step_outputs], api_visibility="private").then(
+            None, None, None, js=PRELOAD_JS
         )
-        outputs: list[Any] = []
-        variant_buttons = {}
-        with gr.Tabs(elem_id="talk-steps"):
-            for key, title in zip(STEP_KEYS, STEP_TITLES, strict=True):
-                with gr.Tab(title, id=key, elem_id=f"talk-{key}"):
-                    message = gr.Markdown(elem_classes="talk-message", elem_id=f"talk-{key}-message")
-                    variant = gr.Markdown(elem_id=f"talk-{key}-variant-name")
-                    plot = gr.Plot(show_label=False, elem_id=f"talk-{key}-plot")
-                    if key == "training":
-                        with gr.Row():
-                            train = gr.Button("Train (t)", variant="primary", elem_id="talk-train")
-                            stop = gr.Button("Stop", elem_id="talk-stop")
-                        train_status = gr.Markdown(elem_id="talk-train-status")
-                        probe = gr.Plot(show_label=False, elem_id="talk-probe-plot")
-                    note = gr.Markdown(elem_classes="talk-note", elem_id=f"talk-{key}-note")
-                    variant_buttons[key] = gr.Button("Next view", elem_id=f"talk-{key}-variant",
-                                                     elem_classes="talk-hidden")  # fmt: skip
-                    outputs += [message, plot, note, variant]
-        with gr.Row():
-            prepare = gr.Button("Prepare a snapshot of the whole talk", scale=1, elem_id="talk-snapshot")
-            download = gr.File(label="One HTML file: every step, interactive, no server needed", interactive=False,
-                               scale=3, elem_id="talk-snapshot-file")  # fmt: skip
-        plots = {key: outputs[4 * i + 1] for i, key in enumerate(STEP_KEYS)}
-        names = {key: outputs[4 * i + 3] for i, key in enumerate(STEP_KEYS)}
-        page.load(open_talk, None, [talk, *outputs], api_visibility="private").then(None, None, None, js=PRELOAD_JS)
-        page.load(None, None, None, js=keys_js)
-        for key, button in variant_buttons.items():
-            button.click(next_variant, [talk, gr.State(key)], [plots[key], names[key]], api_visibility="private",
-                         show_progress="hidden")  # fmt: skip
-        lens_message = outputs[4 * STEP_KEYS.index("before-after")]
-        train.click(
-            train_live, [talk, space], [plots["training"], probe, train_status, plots["before-after"], lens_message],
-            api_visibility="private", concurrency_id="train", concurrency_limit=MAX_TRAININGS,
+        route.load(None, None, None, js=keys_js)
+        for key, boxes in page.steps.items():
+            boxes.next_variant.click(
+                page.next_variant, [page.talk, gr.State(key)], [boxes.plot, boxes.variant], api_visibility="private",
+                show_progress="hidden",
+            )  # fmt: skip
+        page.train.click(
+            page.train_live, [page.talk, page.session], page.live_outputs, api_visibility="private",
+            concurrency_id="train", concurrency_limit=MAX_TRAININGS,
         )  # fmt: skip
-        stop.click(stop_live, space, train_status, api_visibility="private", concurrency_limit=None)
-        prepare.click(snapshot, [talk, space], download, api_visibility="private")
+        page.stop.click(stop_live, page.session, page.train_status, api_visibility="private", concurrency_limit=None)
+        page.prepare.click(snapshot, [page.talk, page.session], page.download, api_visibility="private")
+    return page

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from vlviz.embedding.space import EmbeddingLayout, close_modality_gap, fit_layout, gap_report
-from vlviz.grounding.maps import DENSE_KINDS, CaptionMaps
+from vlviz.grounding.maps import DENSE_KINDS, GRADIENT_KINDS, CaptionMaps
 from vlviz.metrics.affinity import AffinityReport
 from vlviz.metrics.consistency import (
     DEFAULT_TEMPERATURE,
@@ -55,9 +55,13 @@ MAP_LABELS = {
     "sclip": "SCLIP (correlative attention)",
     "clearclip": "ClearCLIP (q-q, no residual)",
     "naclip": "NACLIP (neighbourhood attention)",
+    "legrad": "LeGrad (attention-map gradients)",
+    "gradeclip": "Grad-ECLIP (gradient-weighted values)",
 }
-MAP_VALUES = {"cosine": "cosine", "occlusion": "drop"} | dict.fromkeys(
-    DENSE_KINDS, "cosine"
+MAP_VALUES = (
+    {"cosine": "cosine", "occlusion": "drop"}
+    | dict.fromkeys(DENSE_KINDS, "cosine")
+    | dict.fromkeys(GRADIENT_KINDS, "relevance")
 )  # what a map's values are (hover and colour bar); else weights
 OVERLAY_SIDE = 224  # pixels of the image under a large grounding overlay
 GRID_SIDE = 72  # pixels of the image under each small overlay

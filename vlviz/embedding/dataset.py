@@ -1,0 +1,438 @@
+"""An embedding folder opened for exploring: its pairs' columns, their 2-D layout, search, thumbnails, and a
+selection handed to Analyze.
+
+`open_dataset(folder)` checks the folder (`vlviz.embedding.folder.open_folder`), builds what it lacks and
+returns an `EmbeddedDataset`. Built once and kept beside the shards, listed in dataset.json with their size
+and CRC-32 (a truncated or damaged file is refused with what to do) and the embeddings they were built from:
+
+    columns.npz             own_cosine, inconsistency (`vlviz.embedding.pair_columns`) and each pair's place
+                            in the source, (N,) each
+    search-images.faiss     the approximate nearest-neighbour index of each modality
+    search-captions.faiss   (`vlviz.embedding.search_index`)
+    layout.npz              the 2-D map of every image and caption (`vlviz.embedding.layout_store`)
+
+`python -m vlviz embed` builds the columns and the search index when the folder is complete (and the layout with
+--layout); opening builds anything missing, the layout (minutes at a million pairs) included unless
+`layout=False`. The embeddings are not held: the index keeps its own compressed copy, and `features` reads
+rows from the shards (memory-mapped for npz).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vlviz.data.formats import stream_pairs
+from vlviz.data.inputs import InputError, PairSet, load_image
+from vlviz.embedding import layout_store, pair_columns, search_index
+from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder, crc32, file_record, open_folder
+from vlviz.embedding.store import model_fingerprint, read_thumbnails
+from vlviz.models.encoding import VLModel
+
+MANIFEST_FILE = "dataset.json"
+MANIFEST_FORMAT = "vlviz-dataset"
+MANIFEST_VERSION = 1
+COLUMNS_FILE = "columns.npz"
+SEARCH_FILES = {"image": "search-images.faiss", "caption": "search-captions.faiss"}
+MODALITIES = tuple(FEATURE_KEYS)  # "image", "caption"
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the opened dataset may hold; search lists beyond it are memory-mapped
+MAX_SELECTION = 200  # pairs a selection hands to Analyze (their images are decoded from the source)
+THUMBNAIL_SHARDS = 4  # shards whose thumbnails stay read (parquet; npz shards are memory-mapped)
+
+Progress = Callable[[str, int, int], None]
+"""progress(stage, done, total): "columns", "search image", "search caption", "layout fit", "layout"."""
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def _checked(folder: Path, record: dict[str, Any], what: str) -> Path:
+    """The file of `record`, refused when it is missing, truncated or damaged."""
+    path = folder / record["file"]
+    rebuild = f"delete it and open the folder again to rebuild the {what}"
+    if not path.is_file():
+        raise InputError(
+            f"{folder.name}/{record['file']} ({what}) is missing though {MANIFEST_FILE} lists it; open the folder "
+            f"again (with prepare=True) to rebuild the {what}."
+        )
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise InputError(
+            f"{folder.name}/{record['file']} ({what}) is {size} bytes where {MANIFEST_FILE} lists {record['bytes']}: "
+            f"it is truncated or was overwritten; {rebuild}."
+        )
+    if crc32(path) != record["crc32"]:
+        raise InputError(f"{folder.name}/{record['file']} ({what}) is damaged (its CRC-32 differs); {rebuild}.")
+    return path
+
+
+def read_manifest(embeddings: EmbeddingFolder) -> dict[str, Any]:
+    """The folder's dataset.json (an empty one when none is written yet), checked against its embeddings.
+
+    Raises:
+        InputError: The manifest is unreadable, or was built from other embeddings than the shards now hold.
+    """
+    path = embeddings.path / MANIFEST_FILE
+    empty = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "embeddings": embeddings.key, "built": {}}
+    if not path.exists():
+        return empty
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        valid = manifest["format"] == MANIFEST_FORMAT and isinstance(manifest["built"], dict)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{embeddings.path.name}/{MANIFEST_FILE} is unreadable ({exc}); delete it and open the folder again to "
+            "rebuild the columns, search index and layout."
+        ) from exc
+    if not valid or manifest.get("version") != MANIFEST_VERSION:
+        raise InputError(
+            f"{embeddings.path.name}/{MANIFEST_FILE} is not a vlviz dataset manifest of version {MANIFEST_VERSION}; "
+            "delete it and open the folder again to rebuild what it lists."
+        )
+    if manifest["embeddings"] != embeddings.key:
+        raise InputError(
+            f"{embeddings.path.name}/{MANIFEST_FILE} lists files built from other embeddings than the shards now "
+            "hold (the folder was embedded again since); delete it and open the folder again to rebuild them."
+        )
+    return manifest
+
+
+def _write_manifest(embeddings: EmbeddingFolder, manifest: dict[str, Any]) -> None:
+    path = embeddings.path / MANIFEST_FILE
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int], None] | None:
+    """A per-batch counter that reports `stage` to `progress` as (done, total), from (0, total) now."""
+    if progress is None:
+        return None
+    done = [0]
+    progress(stage, 0, total)
+
+    def advance(count: int) -> None:
+        done[0] += count
+        progress(stage, done[0], total)
+
+    return advance
+
+
+def _build_columns(embeddings: EmbeddingFolder, progress: Progress | None) -> dict[str, Any]:
+    columns = pair_columns.pair_columns(embeddings, _stage(progress, "columns", embeddings.pairs))
+    path = embeddings.path / COLUMNS_FILE
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as file:
+        np.savez(file, positions=embeddings.positions(), **columns)
+    os.replace(temporary, path)
+    return {**file_record(path), "reference_pairs": len(columns["reference"])}
+
+
+def _build_search(embeddings: EmbeddingFolder, progress: Progress | None) -> dict[str, Any]:
+    lists = search_index.list_count(embeddings.pairs)
+    record: dict[str, Any] = {"lists": lists, "code": search_index.SCALAR_CODE, "files": {}}
+    for modality in MODALITIES:
+        index = search_index.build_modality_index(
+            embeddings, modality, lists, _stage(progress, f"search {modality}", embeddings.pairs)
+        )
+        probes, recall = search_index.tune_probes(embeddings, index, modality)
+        path = embeddings.path / SEARCH_FILES[modality]
+        search_index.write_index(index, path)
+        record["files"][modality] = {**file_record(path), "probes": probes, "tuned_recall_at_10": round(recall, 4)}
+    return record
+
+
+def _files(record: dict[str, Any]) -> list[str]:
+    """The files a dataset.json record lists: its own, or each modality's."""
+    return [record["file"]] if "file" in record else [entry["file"] for entry in record["files"].values()]
+
+
+def prepare_dataset(
+    folder: str | os.PathLike[str] | EmbeddingFolder, layout: bool = True, progress: Progress | None = None
+) -> list[str]:
+    """Build what the folder lacks of its columns, search index and (with `layout`) layout; returns what was built.
+
+    Each is written whole (a temporary file renamed) and then listed in dataset.json, so an interrupted run
+    leaves the others usable and a rerun builds only what is missing, or what lost a file (the layout resumes
+    shard by shard).
+
+    Raises:
+        InputError: The folder is not a finished embedding folder, or its dataset.json is unreadable or stale.
+    """
+    embeddings = folder if isinstance(folder, EmbeddingFolder) else open_folder(folder)
+    manifest = read_manifest(embeddings)
+    steps = {"columns": _build_columns, "search": _build_search}
+    if layout:
+        steps["layout"] = layout_store.build_layout
+    built = []
+    for name, build in steps.items():
+        if name not in manifest["built"] or any(
+            not (embeddings.path / file).is_file() for file in _files(manifest["built"][name])
+        ):  # never built, or a file of it deleted (as a refusal to open says to do with a damaged one)
+            manifest["built"][name] = build(embeddings, progress)
+            _write_manifest(embeddings, manifest)
+            built.append(name)
+    return built
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Every pair's image and caption as points of one 2-D map: 2N points, images first, then captions."""
+
+    coordinates: np.ndarray  # (2N, 2) float32
+    method: str  # how it was made, e.g. "umap on a sample, the rest placed by its neighbours"
+    details: dict[str, Any]  # its settings and sample, from dataset.json
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.coordinates[:, 0]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.coordinates[:, 1]
+
+    @property
+    def modality(self) -> np.ndarray:
+        """(2N,) int8: 0 for an image, 1 for a caption."""
+        return (np.arange(len(self.coordinates)) >= len(self.coordinates) // 2).astype(np.int8)
+
+    @property
+    def pair(self) -> np.ndarray:
+        """(2N,) int64: the pair each point belongs to."""
+        return np.arange(len(self.coordinates), dtype=np.int64) % (len(self.coordinates) // 2)
+
+
+@dataclass
+class EmbeddedDataset:
+    """An opened embedding folder. Pairs are numbered 0..N-1 in folder order; `positions` gives their place
+    in the source."""
+
+    embeddings: EmbeddingFolder
+    columns: dict[str, np.ndarray]  # name -> (N,) float32: what points can be coloured by
+    positions: np.ndarray  # (N,) int64
+    layout: DatasetLayout | None  # None when opened with layout=False before one was built
+    memory_budget: int
+    _indexes: dict[str, search_index.ModalityIndex]
+    _checked_models: weakref.WeakSet[VLModel] = field(default_factory=weakref.WeakSet)
+    _thumbnails: dict[int, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """N, the pairs the folder holds."""
+        return self.embeddings.pairs
+
+    @property
+    def model_spec(self) -> str:
+        """The spec of the model the folder was embedded with: text and image queries need it loaded."""
+        return str(self.embeddings.index["model"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: columns, positions, layout and the search lists not memory-mapped."""
+        held = sum(array.nbytes for array in self.columns.values()) + self.positions.nbytes
+        held += 0 if self.layout is None else self.layout.coordinates.nbytes
+        return held + sum(index.nbytes for index in self._indexes.values())
+
+    def captions(self, pairs: Sequence[int] | np.ndarray) -> list[str]:
+        return self.embeddings.rows(np.asarray(pairs), ("captions",))["captions"].tolist()
+
+    def names(self, pairs: Sequence[int] | np.ndarray) -> list[str]:
+        return self.embeddings.rows(np.asarray(pairs), ("names",))["names"].tolist()
+
+    def features(self, pairs: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The stored embeddings of some pairs, "image" and "caption" -> (n, D) float32, within the memory budget.
+
+        Raises:
+            InputError: They would take more than the memory budget.
+        """
+        pairs = np.asarray(pairs, dtype=np.int64)
+        needed = 2 * 4 * len(pairs) * self.embeddings.dim
+        if needed > self.memory_budget:
+            raise InputError(
+                f"The features of {len(pairs)} pairs take {needed / 2**20:.0f} MB, more than the "
+                f"{self.memory_budget / 2**20:.0f} MB budget; ask for fewer pairs at a time."
+            )
+        rows = self.embeddings.rows(pairs, tuple(FEATURE_KEYS.values()))
+        return {modality: rows[key].astype(np.float32) for modality, key in FEATURE_KEYS.items()}
+
+    def search(
+        self,
+        query: str | Image.Image | np.ndarray,
+        k: int = 10,
+        modality: str = "image",
+        model: VLModel | None = None,
+    ) -> search_index.SearchHits:
+        """The k pairs whose image (or caption, `modality`) is nearest to the query, best first: (k,) pair numbers
+        and cosines.
+
+        A text or an image is encoded by `model`, which must be the folder's (`model_spec`, same weights); a
+        vector (D,) is searched as it is (e.g. `features([i])["image"][0]`: the pairs nearest pair i's image).
+
+        Raises:
+            InputError: No model for a text or image query, or another model than the folder's.
+            ValueError: An unknown modality or a vector of another width.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
+        vector = self._query_vector(query, model)
+        hits = self._indexes[modality].search(vector[None], min(k, len(self)))
+        found = hits.pairs[0] >= 0
+        return search_index.SearchHits(hits.pairs[0][found], hits.scores[0][found])
+
+    def _query_vector(self, query: str | Image.Image | np.ndarray, model: VLModel | None) -> np.ndarray:
+        if isinstance(query, np.ndarray):
+            vector = np.asarray(query, dtype=np.float32).reshape(-1)
+            if vector.shape[0] != self.embeddings.dim:
+                raise ValueError(
+                    f"A query vector of this folder has {self.embeddings.dim} values, got {vector.shape[0]}."
+                )
+            return vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if model is None:
+            raise InputError(
+                f"A {'text' if isinstance(query, str) else 'image'} query is encoded by the folder's model: load "
+                f"{self.model_spec} and pass it as model=."
+            )
+        self._check_model(model)
+        encoded = model.encode_texts([query]) if isinstance(query, str) else model.encode_images([query])
+        return encoded[0].float().cpu().numpy()
+
+    def _check_model(self, model: VLModel) -> None:
+        """Refuse a model other than the folder's (its spec and weights): its vectors would mean nothing here."""
+        if model in self._checked_models:
+            return
+        index = self.embeddings.index
+        if model_fingerprint(model.model) != index["weights"]:
+            raise InputError(
+                f"{model.name} is not the model {self.embeddings.path.name} was embedded with ({index['model']}, "
+                "other weights): its queries would not match the stored embeddings. Load that model."
+            )
+        self._checked_models.add(model)
+
+    def thumbnail(self, pair: int) -> Image.Image | None:
+        """Pair `pair`'s stored thumbnail, or None when the folder was embedded without thumbnails."""
+        if not 0 <= pair < len(self):
+            raise IndexError(f"Pair numbers run from 0 to {len(self) - 1}.")
+        shard = int(np.searchsorted(self.embeddings.starts, pair, side="right") - 1)
+        if shard not in self._thumbnails:
+            if len(self._thumbnails) >= THUMBNAIL_SHARDS:
+                self._thumbnails.pop(next(iter(self._thumbnails)))
+            self._thumbnails[shard] = read_thumbnails(self.embeddings.shard_path(shard))
+        stored = self._thumbnails[shard]
+        if stored is None:
+            return None
+        data, offsets = stored
+        row = pair - int(self.embeddings.starts[shard])
+        return Image.open(io.BytesIO(bytes(data[offsets[row] : offsets[row + 1]])))
+
+    def pairs(self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION) -> PairSet:
+        """The selected pairs' images (decoded from the folder's source) and captions, for Analyze.
+
+        The source is read from its start to the last selected pair, decoding only the selected images.
+
+        Raises:
+            InputError: More than `max_pairs` pairs, the source is gone or changed since it was embedded, or a
+                selected image no longer decodes.
+        """
+        chosen = np.unique(np.asarray(pairs, dtype=np.int64))
+        if len(chosen) == 0 or len(chosen) > max_pairs:
+            raise InputError(f"Select 1 to {max_pairs} pairs to analyse, not {len(chosen)}.")
+        wanted = dict(zip(self.positions[chosen].tolist(), chosen.tolist()))
+        index = self.embeddings.index
+        names, captions = self.names(chosen), self.captions(chosen)
+        expected = {position: (names[i], captions[i]) for i, position in enumerate(self.positions[chosen].tolist())}
+        found: dict[int, Image.Image] = {}
+        try:
+            stream = stream_pairs(index["source"], **index.get("source_options", {}))
+            for position, raw in enumerate(stream.pairs):
+                if position in wanted:
+                    if (raw.name, raw.caption) != expected[position]:
+                        raise InputError(
+                            f"Pair {position} of {index['source']} is now {raw.name!r}, not {expected[position][0]!r}: "
+                            "the source changed since it was embedded. Embed it again into a new folder."
+                        )
+                    found[position] = load_image(raw.image, raw.label)
+                    if len(found) == len(wanted):
+                        break
+        except InputError as error:
+            raise InputError(f"The source of {self.embeddings.path.name} cannot be read: {error}") from error
+        if len(found) < len(wanted):
+            raise InputError(
+                f"{index['source']} now ends before pair {max(set(wanted) - set(found))}: the source changed since "
+                "it was embedded. Embed it again into a new folder."
+            )
+        order = sorted(wanted)
+        return PairSet([found[p] for p in order], [expected[p][1] for p in order], [expected[p][0] for p in order])
+
+
+def open_dataset(
+    folder: str | os.PathLike[str],
+    prepare: bool = True,
+    layout: bool = True,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> EmbeddedDataset:
+    """Open an embedding folder for exploring: check it, build what it lacks (`prepare`), read what was built.
+
+    Args:
+        folder: A folder `python -m vlviz embed` wrote.
+        prepare: Build the columns, search index and (with `layout`) layout when missing; False refuses a
+            folder that lacks the first two.
+        layout: Build the layout when missing (minutes at a million pairs); False opens without one.
+        memory_budget: Bytes the dataset may hold; search lists that do not fit are memory-mapped.
+        progress: Hears of each build stage as (stage, done, total).
+
+    Raises:
+        InputError: What is wrong with the folder or a file built from it, and what to do.
+    """
+    embeddings = open_folder(folder)
+    if prepare:
+        prepare_dataset(embeddings, layout=layout, progress=progress)
+    manifest = read_manifest(embeddings)
+    built = manifest["built"]
+    for name in ("columns", "search"):
+        if name not in built:
+            raise InputError(
+                f"{embeddings.path.name} has no {name} yet: open it with prepare=True (or run `python -m vlviz embed` "
+                "again) to build them."
+            )
+    columns_path = _checked(embeddings.path, built["columns"], "pair columns")
+    try:
+        with np.load(columns_path, allow_pickle=False) as stored:
+            columns = {name: stored[name] for name in ("own_cosine", "inconsistency")}
+            positions = stored["positions"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{COLUMNS_FILE} is unreadable ({exc}); delete it and open the folder again.") from exc
+    if any(len(array) != embeddings.pairs for array in (*columns.values(), positions)):
+        raise InputError(f"{COLUMNS_FILE} does not hold {embeddings.pairs} pairs; delete it and open the folder again.")
+    room = memory_budget - sum(array.nbytes for array in columns.values()) - positions.nbytes
+    indexes = {}
+    for modality in MODALITIES:
+        record = built["search"]["files"][modality]
+        path = _checked(embeddings.path, record, f"{modality} search index")
+        mapped = record["bytes"] > room
+        try:
+            index = search_index.read_index_file(path, mapped)
+        except ValueError as exc:
+            raise InputError(f"{path.name} is unreadable ({exc}); delete it and open the folder again.") from exc
+        room -= 0 if mapped else record["bytes"]
+        indexes[modality] = search_index.ModalityIndex(index, record["probes"], mapped)
+    stored_layout = None
+    if "layout" in built:
+        path = _checked(embeddings.path, built["layout"], "layout")
+        coordinates = layout_store.read_layout(path, embeddings.pairs)
+        stored_layout = DatasetLayout(coordinates, built["layout"]["method"], built["layout"])
+    return EmbeddedDataset(embeddings, columns, positions, stored_layout, memory_budget, indexes)
