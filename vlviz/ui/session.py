@@ -34,6 +34,7 @@ from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.models.encoding import EncodedPairs, VLModel, encode_pair_set
 from vlviz.models.loading import (
     DEFAULT_ONLINE_SPEC,
+    GROUNDED_SPEC,
     OFFLINE_SPEC,
     ModelUnavailableError,
     load_model,
@@ -47,7 +48,14 @@ from vlviz.ui.messages import refusal
 from vlviz.ui.runner import Runner
 from vlviz.viz.html import markdown_code, markdown_text
 
-MODEL_CHOICES = [OFFLINE_SPEC, DEFAULT_ONLINE_SPEC, "ViT-B-16:openai", "ViT-B-16-SigLIP:webli", "RN50:openai"]
+MODEL_CHOICES = [
+    OFFLINE_SPEC,
+    GROUNDED_SPEC,
+    DEFAULT_ONLINE_SPEC,
+    "ViT-B-16:openai",
+    "ViT-B-16-SigLIP:webli",
+    "RN50:openai",
+]
 DATA_DIR = Path(os.environ.get("VLVIZ_DATA_DIR") or Path(tempfile.gettempdir()) / "vlviz")
 """Where sessions keep their files: DATA_DIR/sessions/TOKEN/{exports,runs}. Never served as such: Gradio
 serves only the copies of the files a callback returns. It must lie outside Gradio's own folder
