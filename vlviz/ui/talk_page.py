@@ -20,9 +20,9 @@ import gradio as gr
 
 from vlviz.data.inputs import InputError, PairSet, pairs_from_uploads
 from vlviz.data.samples import sample_files
-from vlviz.grounding.maps import shared_untrained_model
-from vlviz.models.encoding import EncodedPairs, encode_pair_set
-from vlviz.models.loading import OFFLINE_SPEC, ModelUnavailableError, load_model
+from vlviz.grounding.maps import maps_by_kind, shared_untrained_model
+from vlviz.models.encoding import EncodedPairs, VLModel, encode_pair_set
+from vlviz.models.loading import GROUNDED_SPEC, OFFLINE_SPEC, ModelUnavailableError, load_model
 from vlviz.models.policy import ModelPolicy
 from vlviz.training.config import NonFiniteLossError, TrainConfig
 from vlviz.training.evaluation import is_evaluation
@@ -31,7 +31,7 @@ from vlviz.ui.messages import refusal, warn
 from vlviz.ui.session import KEPT, SESSIONS, Session, Updates, pairs_state
 from vlviz.ui.train_tab import MAX_TRAININGS
 from vlviz.viz.html import markdown_text
-from vlviz.viz.talk import KEYS, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
+from vlviz.viz.talk import KEYS, GroundingPanel, TalkInputs, TalkStep, lens_step, talk_html, talk_steps, training_step
 from vlviz.viz.views import probe_figures
 
 STEP_KEYS = ["affinity", "gap", "saco", "grounding", "training", "before-after"]
@@ -72,9 +72,22 @@ def build_story(analysis: EncodedPairs | None, model_spec: str) -> Talk:
     inputs = TalkInputs(
         names=pairs.names, captions=pairs.captions, encoding=analysis.encoding, model_name=analysis.model_name,
         image=model.input_image(pairs.images[0]), before=before, before_name="untrained",
+        grounding=grounding_panels(model, pairs) if model_spec == OFFLINE_SPEC else (),
     )  # fmt: skip
     steps = talk_steps(inputs)
     return Talk(steps, {step.key: 0 for step in steps}, inputs, model_spec, pairs)
+
+
+TALK_MAP_KINDS = ["sparc", "cosine"]  # the kinds step 4's key steps through: read off the encodings, no tower pass
+
+
+def grounding_panels(model: VLModel, pairs: PairSet) -> list[GroundingPanel]:
+    """Step 4's two sides for the offline model: it beside the grounded model, each with its pointing game."""
+    panels = []
+    for side in (model, load_model(GROUNDED_SPEC)):
+        maps, pointing = maps_by_kind(side, pairs, 0, TALK_MAP_KINDS)
+        panels.append(GroundingPanel(side.name, side.input_image(pairs.images[0]), maps, pointing))
+    return panels
 
 
 StepOutputs = tuple[Any, Any, str, str]  # a step's message, figure, speaker note and variant name

@@ -217,7 +217,8 @@ def _grounding_step(inputs: TalkInputs) -> TalkStep | None:
     figures = []
     for word, kind in shown:
         overlays = [_overlay(p.maps[kind], p.image, word, _panel_title(p, kind)) for p in panels]
-        figures.append(_side_by_side(overlays, f"'{first.words[word]}' · {MAP_LABELS[kind]}"))
+        names = " | ".join(p.name for p in panels)
+        figures.append(_side_by_side(overlays, f"{names}: '{first.words[word]}' · {MAP_LABELS[kind]}"))
     beside = f" beside {', '.join(p.name for p in panels[1:])}" if len(panels) > 1 else ""
     return TalkStep(
         "grounding",
