@@ -55,7 +55,7 @@ from open_clip.transformer import LayerScale, ResidualAttentionBlock, VisionTran
 from PIL import Image
 from torch import nn
 
-from vlviz.grounding.methods import scaled_similarity, split_heads
+from vlviz.grounding.methods import packed_attention_block, scaled_similarity, split_heads
 from vlviz.models.encoding import VLModel
 from vlviz.models.towers import image_projection
 
@@ -76,20 +76,9 @@ def attention_blocks(model: nn.Module, start_layer: int) -> tuple[VisionTransfor
     start = max(start_layer + depth, 0) if start_layer < 0 else start_layer
     if start >= depth:
         raise ValueError(f"Start layer {start_layer} is outside this tower's {depth} blocks.")
-    blocks = list(visual.transformer.resblocks[start:])
-    for block in blocks:
-        attention = getattr(block, "attn", None)
-        if (
-            not isinstance(block, ResidualAttentionBlock)
-            or not isinstance(attention, nn.MultiheadAttention)
-            or attention.in_proj_weight is None
-            or hasattr(block, "ln_1_kv")
-        ):
-            raise ValueError(
-                f"Gradient map methods need open_clip's ResidualAttentionBlock with packed nn.MultiheadAttention "
-                f"weights, not {type(block).__name__}."
-            )
-    return visual, blocks
+    return visual, [
+        packed_attention_block(block, "Gradient map methods") for block in visual.transformer.resblocks[start:]
+    ]
 
 
 def fp32(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

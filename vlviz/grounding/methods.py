@@ -58,7 +58,12 @@ def last_block(model: nn.Module) -> tuple[VisionTransformer, ResidualAttentionBl
         kind = type(getattr(model, "visual", None)).__name__
         raise ValueError(f"Dense map methods need a ViT image tower with projectable patch tokens, not {kind}.")
     visual: VisionTransformer = model.visual
-    block = visual.transformer.resblocks[read_block(model)]
+    return visual, packed_attention_block(visual.transformer.resblocks[read_block(model)], "Dense map methods")
+
+
+def packed_attention_block(block: nn.Module, methods: str) -> ResidualAttentionBlock:
+    """`block` when it is open_clip's ResidualAttentionBlock with packed nn.MultiheadAttention weights (whose q, k
+    and v these methods read), else a ValueError saying that `methods` need one."""
     attention = getattr(block, "attn", None)
     if (
         not isinstance(block, ResidualAttentionBlock)
@@ -67,10 +72,10 @@ def last_block(model: nn.Module) -> tuple[VisionTransformer, ResidualAttentionBl
         or hasattr(block, "ln_1_kv")
     ):
         raise ValueError(
-            f"Dense map methods need open_clip's ResidualAttentionBlock with packed nn.MultiheadAttention "
-            f"weights as the last image block, not {type(block).__name__}."
+            f"{methods} need open_clip's ResidualAttentionBlock with packed nn.MultiheadAttention weights, "
+            f"not {type(block).__name__}."
         )
-    return visual, block
+    return block
 
 
 def last_block_input(visual: VisionTransformer, pixels: torch.Tensor, last: int = -1) -> torch.Tensor:
