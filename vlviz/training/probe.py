@@ -2,8 +2,9 @@
 
 Drawn from the held-out split at the start of a run, the probe never changes, and its embedding
 layout is fitted once (on the start model) and reused through `EmbeddingLayout.transform`, so
-every change is the model's doing. It returns numbers (`ProbeMeasurement`); `vlviz.viz.views`
-draws them.
+every change is the model's doing. Its pairs are the held-out split's first, so a run measures it
+from its evaluation's pass over that split (`measure_pass`) instead of embedding them again. It
+returns numbers (`ProbeMeasurement`); `vlviz.viz.views` draws them.
 """
 
 from __future__ import annotations
