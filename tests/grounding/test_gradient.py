@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 from unittest import mock
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,9 @@ from PIL import Image
 from torch import nn
 
 from tests.conftest import SCENES_DIR, TINY_RESNET_CFG, TINY_VIT_CFG
+from tests.grounding.conftest import random_pixels, seeded_clip
 from vlviz.grounding.gradient import GRADIENT_METHODS, gradeclip_maps, gradient_maps, legrad_maps
 from vlviz.models.encoding import text_embeddings
-from vlviz.models.loading import OFFLINE_SPEC, load_model
 
 METHODS = list(GRADIENT_METHODS)
 # Three blocks of four heads, so the start layer, the head order and the blocks before the differentiated ones all
@@ -38,11 +37,6 @@ SMALL_VIT_CFG = {
 ONE_HEAD_VIT_CFG = {**SMALL_VIT_CFG, "vision_cfg": {**SMALL_VIT_CFG["vision_cfg"], "head_width": 32}}
 
 
-def seeded_clip(cfg: dict, seed: int = 0) -> CLIP:
-    torch.manual_seed(seed)
-    return CLIP(**cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def small_vit() -> CLIP:
     return seeded_clip(SMALL_VIT_CFG)
@@ -51,22 +45,6 @@ def small_vit() -> CLIP:
 @pytest.fixture(scope="module")
 def one_head_vit() -> CLIP:
     return seeded_clip(ONE_HEAD_VIT_CFG)
-
-
-@pytest.fixture(scope="module")
-def vit_b16() -> nn.Module:
-    torch.manual_seed(0)
-    return open_clip.create_model("ViT-B-16").eval()  # random init: no weights are downloaded
-
-
-@pytest.fixture(scope="module")
-def offline_model():
-    return load_model(OFFLINE_SPEC, device="cpu")
-
-
-def random_pixels(model: nn.Module, batch: int, seed: int = 1) -> torch.Tensor:
-    side = model.visual.image_size[0]
-    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 def random_words(model: nn.Module, batch: int, words: int, seed: int = 2) -> torch.Tensor:

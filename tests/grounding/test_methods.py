@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from unittest import mock
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from tests.conftest import SCENES_DIR, TINY_RESNET_CFG, TINY_VIT_CFG
+from tests.grounding.conftest import random_pixels, seeded_clip
 from vlviz.grounding.methods import (
     DENSE_METHODS,
     NACLIP_GAUSSIAN_STD,
@@ -46,30 +46,9 @@ SMALL_VIT_CFG = {
 }
 
 
-def seeded_clip(cfg: dict, seed: int = 0) -> CLIP:
-    torch.manual_seed(seed)
-    return CLIP(**cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def small_vit() -> CLIP:
     return seeded_clip(SMALL_VIT_CFG)
-
-
-@pytest.fixture(scope="module")
-def vit_b16() -> nn.Module:
-    torch.manual_seed(0)
-    return open_clip.create_model("ViT-B-16").eval()  # random init: no weights are downloaded
-
-
-@pytest.fixture(scope="module")
-def offline_model():
-    return load_model(OFFLINE_SPEC)
-
-
-def random_pixels(model: nn.Module, batch: int, seed: int = 1) -> torch.Tensor:
-    side = model.visual.image_size[0]
-    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
 
 def open_clip_patches(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:

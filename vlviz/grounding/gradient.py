@@ -56,7 +56,7 @@ from PIL import Image
 from torch import nn
 
 from vlviz.grounding.methods import packed_attention_block, scaled_similarity, split_heads
-from vlviz.models.encoding import VLModel
+from vlviz.models.encoding import VLModel, batches
 from vlviz.models.towers import image_projection
 
 LEGRAD_START_LAYER = -2  # the official LeWrapper's default layer_index: the last two blocks
@@ -258,10 +258,9 @@ def model_gradient_maps(
     used = int(real.max()) + 1 if len(real) else 0
     tokens = encoding.token_features[:, :used]
     maps = torch.zeros(*encoding.token_features.shape[:2], encoding.grid_size[0] * encoding.grid_size[1])
-    for start in range(0, len(images) if used else 0, batch):
-        pixels = torch.stack([model.preprocess(image) for image in images[start : start + batch]])
-        pixels = pixels.to(model.device, model.dtype)
-        maps[start : start + batch, :used] = gradient_maps(
-            model.model, pixels, tokens[start : start + batch], method
-        ).cpu()
+    start = 0
+    for part in batches(images, batch) if used else ():
+        words = tokens[start : start + len(part)]
+        maps[start : start + len(part), :used] = gradient_maps(model.model, model.pixels(part), words, method).cpu()
+        start += len(part)
     return maps
