@@ -406,9 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     grounding.add_argument(
         "--kind",
         action="append",
-        help="sparc, no-sparsity, softmax, cosine, occlusion, maskclip, sclip, clearclip, naclip, legrad or gradeclip "
-        "(default: the first four, read off the encodings; the others need a tower pass: occlusion one per patch, "
-        "legrad and gradeclip a backward pass per token too)",
+        help="sparc, no-sparsity, softmax, cosine, occlusion, maskclip, sclip, clearclip, naclip, naclip_pamr (NACLIP "
+        "refined by PAMR, 10 iterations, dilations 8 and 16 pixels), legrad or gradeclip (default: the first four, "
+        "read off the encodings; the others need a tower pass: occlusion one per patch, legrad and gradeclip a "
+        "backward pass per token too)",
     )
     grounding.add_argument("--min-cover", type=float, default=None, help="share of a patch inside an object (0.25)")
     annotated = grounding.add_mutually_exclusive_group()

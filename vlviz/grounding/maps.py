@@ -42,6 +42,7 @@ from vlviz.data.scenes import SceneBatch, blank_scene
 from vlviz.grounding.gradient import GRADIENT_METHODS, model_gradient_maps
 from vlviz.grounding.methods import DENSE_METHODS, dense_patches
 from vlviz.grounding.occlusion import model_occlusion_maps
+from vlviz.grounding.pamr import refine_patch_maps
 from vlviz.grounding.sparc import GROUNDING_MAPS, grounding_maps, word_maps
 from vlviz.losses.xmm import WordAttention, masked_word_attention
 from vlviz.models.encoding import PairEncoding, VLModel, batches
@@ -59,7 +60,10 @@ with the method's patch embeddings, as the papers draw them. They too need the m
 GRADIENT_KINDS = tuple(GRADIENT_METHODS)
 """LeGrad and Grad-ECLIP (`vlviz.grounding.gradient`): where each caption token's cosine with the image is sensitive,
 read off the tower's gradients, in [0, 1]. A backward pass per token and image."""
-MODEL_KINDS = (OCCLUSION, *DENSE_KINDS, *GRADIENT_KINDS)
+PAMR_KIND = "naclip_pamr"
+"""NACLIP's maps refined by PAMR on the image's pixels (`vlviz.grounding.pamr`), NACLIP's own option, its defaults."""
+PAMR_BATCH = 4  # images per PAMR pass: it holds 16 neighbours of every token's map at the input's pixels
+MODEL_KINDS = (OCCLUSION, *DENSE_KINDS, PAMR_KIND, *GRADIENT_KINDS)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ def model_scene_maps(
         return occlusion_scene_maps(model, images, captions, swapped)
     if kind in GRADIENT_KINDS:
         return gradient_scene_maps(model, images, captions, kind, swapped)
+    if kind == PAMR_KIND:
+        return pamr_scene_maps(model, images, captions, swapped)
     tokens = model.encode_pairs(images, captions).token_features
     if tokens is None:
         raise ValueError(f"No {kind} maps for this model: {model.patches_unavailable}.")
@@ -160,6 +166,29 @@ def gradient_scene_maps(
     if not swapped or len(images) < 2:
         return maps, None
     return maps, model_gradient_maps(model, images[-1:] + images[:-1], captions, kind)  # caption n on image n - 1
+
+
+def pamr_scene_maps(
+    model: VLModel, images: list[Image.Image], captions: list[str], swapped: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NACLIP's maps (N, T, P) refined by PAMR with the pixels each caption is drawn on (for `peak_stability`, when
+    `swapped`, the previous image's). Only the tokens up to the last real one of any caption are refined."""
+    maps, previous = model_scene_maps(model, images, captions, "naclip", swapped)
+    encoding = model.encode_pairs(images, captions)
+    real = encoding.tokens.word_mask.any(dim=0).nonzero()
+    used = int(real.max()) + 1 if len(real) else 0
+    refined = []
+    for drawn, seen in ((maps, images), (previous, images[-1:] + images[:-1])):
+        if drawn is not None and used:
+            start = 0
+            for part in batches(seen, PAMR_BATCH):
+                rows = slice(start, start + len(part))
+                with torch.inference_mode():
+                    pixels = model.pixels(part).float().cpu()
+                    drawn[rows, :used] = refine_patch_maps(drawn[rows, :used], pixels, encoding.grid_size)
+                start += len(part)
+        refined.append(drawn)
+    return refined[0], refined[1]
 
 
 def select_scenes(scenes: SceneBatch, rows: list[int] | np.ndarray) -> SceneBatch:

@@ -202,7 +202,7 @@ def naclip_patches(model: nn.Module, pixels: torch.Tensor, gaussian_std: float =
 
     As the official code (sinahmr/NACLIP, ``clip/model.py``, ``arch='reduced'``, ``attn_strategy='naclip'``):
     Omega is unnormalised and added to the scaled logits, 0 in the class token's row and column. PAMR
-    refinement of the upsampled maps (an option there) is not done here.
+    refinement of the upsampled maps, an option there, is the map kind ``naclip_pamr`` (`vlviz.grounding.pamr`).
     """
 
     def neighbourhood(_q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -55,11 +55,12 @@ MAP_LABELS = {
     "sclip": "SCLIP (correlative attention)",
     "clearclip": "ClearCLIP (q-q, no residual)",
     "naclip": "NACLIP (neighbourhood attention)",
+    "naclip_pamr": "NACLIP + PAMR (refined by the image's edges)",
     "legrad": "LeGrad (attention-map gradients)",
     "gradeclip": "Grad-ECLIP (gradient-weighted values)",
 }
 MAP_VALUES = (
-    {"cosine": "cosine", "occlusion": "drop"}
+    {"cosine": "cosine", "occlusion": "drop", "naclip_pamr": "cosine"}
     | dict.fromkeys(DENSE_KINDS, "cosine")
     | dict.fromkeys(GRADIENT_KINDS, "relevance")
 )  # what a map's values are (hover and colour bar); else weights
