@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import tarfile
@@ -517,3 +518,37 @@ def test_a_stream_gives_the_pairs_of_read_pairs_without_decoding_or_bounds(
     (tmp_path / "pairs.zip").write_bytes(b"PK")
     with pytest.raises(InputError, match=r"pairs.zip is a zip, which vlviz reads whole"):
         formats.stream_pairs(tmp_path / "pairs.zip")
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_images_of_plain_tars_are_read_again_at_their_locations(tmp_path: Path, tar_format: int) -> None:
+    long_key = "deep/" * 12 + "scene"  # 65 characters: ustar splits it into prefix and name
+    keys = ["a", long_key, "c"] if tar_format == tarfile.USTAR_FORMAT else ["a", "b" * 150, "c"]
+    for number in range(2):
+        with tarfile.open(tmp_path / f"{number}.tar", "w", format=tar_format) as tar:
+            for key, image, caption in zip(keys, IMAGES[3 * number :], CAPTIONS[3 * number :]):
+                for name, data in ((f"{key}.png", png(image)), (f"{key}.txt", caption.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    source = str(tmp_path / "{0..1}.tar")
+    raw = list(formats.stream_pairs(source).pairs)
+    assert [pair.location[0] for pair in raw] == [0, 0, 0, 1, 1, 1]
+    picked = [raw[4], raw[1], raw[5]]
+    read = formats.read_located_images(source, [pair.location for pair in picked], [pair.name for pair in picked])
+    assert read == [pair.image for pair in picked]
+
+    number, offset, size, crc = raw[1].location
+    with pytest.raises(InputError, match="not where the embedding folder says"):
+        formats.read_located_images(source, [(2, offset, size, crc)], [raw[1].name])
+    with pytest.raises(InputError, match=r"0\.tar no longer holds"):
+        formats.read_located_images(source, [(number, offset, size, crc + 1)], [raw[1].name])
+    with pytest.raises(InputError, match=r"0\.tar no longer holds"):
+        formats.read_located_images(source, [raw[0].location], [raw[1].name])
+
+
+def test_compressed_shards_and_other_sources_carry_no_locations(tmp_path: Path) -> None:
+    write_tar(tmp_path / "plain.tar", [("a.png", png(IMAGES[0])), ("a.txt", b"a red circle")])
+    (tmp_path / "packed.tar.gz").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    assert formats.is_plain_tar(tmp_path / "plain.tar") and not formats.is_plain_tar(tmp_path / "packed.tar.gz")
+    assert [pair.location for pair in formats.stream_pairs(str(tmp_path / "packed.tar.gz")).pairs] == [None]

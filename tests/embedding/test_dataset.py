@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -140,13 +142,46 @@ def test_thumbnails_and_a_selection_come_back_from_the_folder_and_its_source(tmp
         dataset.pairs([1, 2, 3], max_pairs=2)
 
     write_scene_shards(tmp_path / "data", n=12, per_tar=5, seed=9)  # other scenes under the same names
-    with pytest.raises(InputError, match=r"Pair 1 of .* the source changed since it was embedded"):
+    with pytest.raises(
+        InputError, match=r"000.tar no longer holds 0001.png .* the source changed since it was embedded"
+    ):
         dataset.pairs([1])
     shutil.rmtree(tmp_path / "data")
     with pytest.raises(InputError, match="The source of out cannot be read"):
         dataset.pairs([1])
     embed(write_scene_shards(tmp_path / "bare", n=3), tmp_path / "none", "--thumbnails", "0")
     assert open_dataset(tmp_path / "none", layout=False).thumbnail(0) is None
+
+
+def test_a_selection_reads_images_of_plain_tars_in_place_and_streams_compressed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_scene_shards(tmp_path / "data", n=12, per_tar=5)
+    embed(source, tmp_path / "plain")
+    streamed = [tmp_path / "gz" / f"{number:03d}.tar.gz" for number in range(3)]
+    streamed[0].parent.mkdir()
+    for number, packed in enumerate(streamed):
+        packed.write_bytes(gzip.compress((tmp_path / "data" / f"{number:03d}.tar").read_bytes()))
+    embed(str(tmp_path / "gz" / "{000..002}.tar.gz"), tmp_path / "compressed")
+    expected = open_dataset(tmp_path / "compressed", layout=False).pairs([11, 2, 6])  # streamed: no locations
+
+    located = open_folder(tmp_path / "plain").rows(np.arange(12), ("image_locations",))["image_locations"]
+    assert located.shape == (12, 4) and located[:, 0].tolist() == [0] * 5 + [1] * 5 + [2] * 2
+    with (tmp_path / "data" / "002.tar").open("rb") as tar:
+        tar.seek(int(located[11, 1]))
+        assert zlib.crc32(tar.read(int(located[11, 2]))) == located[11, 3]
+
+    def no_streaming(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a located selection must not stream the source")
+
+    monkeypatch.setattr("vlviz.embedding.dataset.stream_pairs", no_streaming)
+    selection = open_dataset(tmp_path / "plain", layout=False).pairs([11, 2, 6])
+    assert selection.names == expected.names == ["0002.png", "0006.png", "0011.png"]
+    assert selection.captions == expected.captions
+    for image, other in zip(selection.images, expected.images):
+        assert np.array_equal(np.asarray(image), np.asarray(other))
+    with pytest.raises(AssertionError, match="must not stream"):
+        open_dataset(tmp_path / "compressed", layout=False).pairs([1])
 
 
 def test_the_layout_is_stored_and_a_rerun_resumes_it(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,15 +185,25 @@ class RawPair:
     caption: str  # stripped, non-empty and within MAX_CAPTION_CHARS
     name: str  # the image's name as views show it (a file name, never a server path)
     label: str  # where the pair comes from, for messages
+    location: tuple[int, int, int, int] | None = None
+    """(file number in the source, byte offset, size, CRC-32) of the image in an uncompressed tar shard: where
+    `read_located_images` reads it again without streaming the shards before it; None elsewhere."""
 
 
-def _pair(image: bytes | Path, caption: str, name: str, label: str, caption_label: str | None = None) -> RawPair:
+def _pair(
+    image: bytes | Path,
+    caption: str,
+    name: str,
+    label: str,
+    caption_label: str | None = None,
+    location: tuple[int, int, int, int] | None = None,
+) -> RawPair:
     """A RawPair whose caption is checked (non-empty, not too long); `caption_label` names it (default: `label`)."""
     caption, where = caption.strip(), caption_label or label
     if not caption:
         raise InputError(f"The caption of {where} is empty; write one.")
     _check_caption(caption, f"The caption of {where}")
-    return RawPair(image, caption, name, label)
+    return RawPair(image, caption, name, label, location)
 
 
 @dataclass
@@ -316,14 +326,16 @@ class _TarBudget:
 
 def _samples(
     archive: tarfile.TarFile, shard: str, budget: _TarBudget
-) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
-    """(key, {extension: (member name, bytes)}) for each run of members sharing a key, in the tar's order.
+) -> Iterator[tuple[str, dict[str, tuple[str, bytes]], dict[str, int]]]:
+    """(key, {extension: (member name, bytes)}, {extension: data offset}) for each run of members sharing a key,
+    in the tar's order (the offsets count from the start of the uncompressed stream).
 
     Only image, .txt and .json members are read, one at a time, each under its size bound; every
     member, read or skipped, counts against `budget` first.
     """
     key: str | None = None
     files: dict[str, tuple[str, bytes]] = {}
+    offsets: dict[str, int] = {}
     for member in archive:
         budget.admit(member, shard)
         split = _split_key(member.name) if member.isfile() else None
@@ -331,8 +343,8 @@ def _samples(
             continue
         if split[0] != key:
             if key is not None:
-                yield key, files
-            key, files = split[0], {}
+                yield key, files, offsets
+            key, files, offsets = split[0], {}, {}
         extension = split[1]
         is_image = "." + extension in IMAGE_EXTENSIONS
         if extension in files or not (is_image or extension in ("txt", "json")):
@@ -345,8 +357,9 @@ def _samples(
             )
         stream = archive.extractfile(member)
         files[extension] = (member.name, stream.read() if stream is not None else b"")
+        offsets[extension] = member.offset_data
     if key is not None:
-        yield key, files
+        yield key, files, offsets
 
 
 def _shard_caption(
@@ -383,17 +396,19 @@ def _webdataset_pairs(
 ) -> Iterator[RawPair]:
     """Pairs from webdataset tar shards, streamed member by member: {key}.jpg/png/... with {key}.txt or {key}.json."""
     without_image: list[str] = []
-    for shard in shards:
+    for number, shard in enumerate(shards):
         try:
+            plain = is_plain_tar(shard)
             with tarfile.open(shard, mode="r|*") as archive:
-                for key, files in _samples(archive, shard.name, budget):
-                    image = next(((n, d) for e, (n, d) in files.items() if "." + e in IMAGE_EXTENSIONS), None)
-                    if image is None:
+                for key, files, offsets in _samples(archive, shard.name, budget):
+                    found = next((e for e in files if "." + e in IMAGE_EXTENSIONS), None)
+                    if found is None:
                         without_image.append(f"{shard.name}: {key}")
                         continue
-                    label = f"{shard.name}: {image[0]}"
-                    caption = _shard_caption(key, image[0], files, shard.name, caption_column)
-                    yield _pair(image[1], caption, image[0], label)
+                    (name, data), label = files[found], f"{shard.name}: {files[found][0]}"
+                    caption = _shard_caption(key, name, files, shard.name, caption_column)
+                    location = (number, offsets[found], len(data), zlib.crc32(data)) if plain else None
+                    yield _pair(data, caption, name, label, location=location)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             raise InputError(f"{shard.name} is not a readable tar archive ({reason}); write the shard again.") from exc
@@ -401,6 +416,70 @@ def _webdataset_pairs(
         notices.append(
             f"Skipped {_plural(len(without_image), 'sample')} without an image: {_list_names(without_image)}"
         )
+
+
+def is_plain_tar(path: Path) -> bool:
+    """Whether a shard is an uncompressed tar (no gzip, bzip2, xz or zstd magic): its members can be read at their
+    offsets. Unreadable files say False here; the streaming reader reports them."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(6)
+    except OSError:
+        return False
+    return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd"))
+
+
+def _tar_header_name(header: bytes) -> tuple[str, int]:
+    """A ustar header's member name (with its prefix field) and size; ("", -1) when it is not one."""
+    if len(header) < 512 or header[257:262] != b"ustar":
+        return "", -1
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+    try:
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return "", -1
+    return (f"{prefix}/{name}" if prefix else name), size
+
+
+def read_located_images(
+    source: str, locations: Sequence[tuple[int, int, int, int]], names: Sequence[str]
+) -> list[bytes]:
+    """The encoded images at `locations` (`RawPair.location`) of a webdataset source, each read at its offset.
+
+    Each member's own tar header, just before its data, must still name it (`names`, a long name by its first
+    100 characters) with the same size, and the bytes must have the same CRC-32, so a shard rewritten since is
+    noticed rather than misread.
+
+    Raises:
+        InputError: A location outside the source, or a shard that changed since the locations were taken.
+    """
+    shards = _expand(source, patterns=True)
+    images: list[bytes] = []
+    handles: dict[int, Any] = {}
+    try:
+        for (number, offset, size, crc), expected in zip(locations, names):
+            if not 0 <= number < len(shards) or offset < 512 or not 0 <= size <= MAX_IMAGE_BYTES:
+                raise InputError(f"{expected} is not where the embedding folder says it is in the source shards.")
+            if number not in handles:
+                handles[number] = shards[number].open("rb")
+            file = handles[number]
+            file.seek(offset - 512)
+            header, data = file.read(512), file.read(size)
+            name, stored = _tar_header_name(header)
+            cut = len(name.encode()) >= 99 and expected.startswith(name.rstrip("\ufffd"))  # a long name, cut at 100
+            if stored != size or len(data) != size or not (name == expected or cut) or zlib.crc32(data) != crc:
+                raise InputError(
+                    f"{shards[number].name} no longer holds {expected} where it did: the source changed since it was "
+                    "embedded. Embed it again into a new folder."
+                )
+            images.append(data)
+    except OSError as exc:
+        raise InputError(f"The source shards could not be read ({exc.strerror or exc}).") from exc
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return images
 
 
 # ----------------------------------------------------------------------------------------- parquet

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlviz.data.formats import stream_pairs
+from vlviz.data.formats import read_located_images, stream_pairs
 from vlviz.data.inputs import InputError, PairSet, load_image
 from vlviz.embedding import layout_store, pair_columns, search_index
 from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder, crc32, file_record, open_folder
@@ -341,7 +341,10 @@ class EmbeddedDataset:
     def pairs(self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION) -> PairSet:
         """The selected pairs' images (decoded from the folder's source) and captions, for Analyze.
 
-        The source is read from its start to the last selected pair, decoding only the selected images.
+        Images in uncompressed tar shards are read where `embed` found them (`read_located_images`: one seek
+        each, whatever the folder's size); other sources are read from their start to the last selected pair
+        (a folder's or a table's images are opened only when selected; compressed shards and parquet are
+        streamed through), decoding only the selected images.
 
         Raises:
             InputError: More than `max_pairs` pairs, the source is gone or changed since it was embedded, or a
@@ -350,9 +353,16 @@ class EmbeddedDataset:
         chosen = np.unique(np.asarray(pairs, dtype=np.int64))
         if len(chosen) == 0 or len(chosen) > max_pairs:
             raise InputError(f"Select 1 to {max_pairs} pairs to analyse, not {len(chosen)}.")
-        wanted = dict(zip(self.positions[chosen].tolist(), chosen.tolist()))
         index = self.embeddings.index
         names, captions = self.names(chosen), self.captions(chosen)
+        locations = self._image_locations(chosen)
+        if locations is not None:
+            try:
+                encoded = read_located_images(index["source"], locations.tolist(), names)
+            except InputError as error:
+                raise InputError(f"The source of {self.embeddings.path.name} cannot be read: {error}") from error
+            return PairSet([load_image(data, name) for data, name in zip(encoded, names)], captions, names)
+        wanted = dict(zip(self.positions[chosen].tolist(), chosen.tolist()))
         expected = {position: (names[i], captions[i]) for i, position in enumerate(self.positions[chosen].tolist())}
         found: dict[int, Image.Image] = {}
         try:
@@ -376,6 +386,14 @@ class EmbeddedDataset:
             )
         order = sorted(wanted)
         return PairSet([found[p] for p in order], [expected[p][1] for p in order], [expected[p][0] for p in order])
+
+    def _image_locations(self, chosen: np.ndarray) -> np.ndarray | None:
+        """(n, 4) where each chosen pair's image lies in the source (`RawPair.location`), or None when a shard
+        has no locations (another source format, compressed shards, or a folder embedded before they were kept)."""
+        try:
+            return self.embeddings.rows(chosen, ("image_locations",))["image_locations"]
+        except InputError:
+            return None
 
 
 def open_dataset(

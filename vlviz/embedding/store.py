@@ -289,6 +289,7 @@ def _encode_shard(
     names: list[str] = []
     captions: list[str] = []
     thumbnails: list[bytes] = []
+    locations: list[tuple[int, int, int, int] | None] = []
     left_out: list[dict[str, Any]] = []
     dtype = np.dtype(settings.dtype)
     while batch := list(itertools.islice(pairs, settings.batch_size)):
@@ -302,6 +303,7 @@ def _encode_shard(
             names += [pair.name for pair in raw]
             captions += [pair.caption for pair in raw]
             thumbnails += small
+            locations += [pair.location for pair in raw]
             for key, value in _encode_batch(model, list(raw), torch.stack(pixels), settings.patches).items():
                 array = value.cpu().numpy() if value.dtype == torch.int32 else value.float().cpu().numpy().astype(dtype)
                 parts.setdefault(key, []).append(array)
@@ -313,6 +315,8 @@ def _encode_shard(
     if settings.thumbnails:
         arrays["thumbnails"] = np.frombuffer(b"".join(thumbnails), dtype=np.uint8)
         arrays["thumbnail_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in thumbnails])]).astype(np.int64)
+    if locations and None not in locations:  # images in uncompressed tars: a selection reads them in place
+        arrays["image_locations"] = np.asarray(locations, dtype=np.int64)
     return {"index": np.asarray(index, dtype=np.int64), "names": np.asarray(names, dtype=str),
             "captions": np.asarray(captions, dtype=str), **arrays}, left_out  # fmt: skip
 
