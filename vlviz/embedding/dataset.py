@@ -42,6 +42,8 @@ MANIFEST_FILE = "dataset.json"
 MANIFEST_FORMAT = "vlviz-dataset"
 MANIFEST_VERSION = 1
 COLUMNS_FILE = "columns.npz"
+COLUMNS = ("own_cosine", "caption_rank_share", "inconsistency")  # what each pair is coloured and compared by
+BUILD_VERSIONS = {"columns": 2}  # a record built by an older version is built again (2: caption_rank_share)
 SEARCH_FILES = {"image": "search-images.faiss", "caption": "search-captions.faiss"}
 MODALITIES = tuple(FEATURE_KEYS)  # "image", "caption"
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the opened dataset may hold; search lists beyond it are memory-mapped
@@ -137,7 +139,7 @@ def _build_columns(embeddings: EmbeddingFolder, progress: Progress | None) -> di
     with temporary.open("wb") as file:
         np.savez(file, positions=embeddings.positions(), **columns)
     os.replace(temporary, path)
-    return {**file_record(path), "reference_pairs": len(columns["reference"])}
+    return {**file_record(path), "reference_pairs": len(columns["reference"]), "version": BUILD_VERSIONS["columns"]}
 
 
 def _build_search(embeddings: EmbeddingFolder, progress: Progress | None) -> dict[str, Any]:
@@ -178,9 +180,12 @@ def prepare_dataset(
         steps["layout"] = layout_store.build_layout
     built = []
     for name, build in steps.items():
-        if name not in manifest["built"] or any(
-            not (embeddings.path / file).is_file() for file in _files(manifest["built"][name])
-        ):  # never built, or a file of it deleted (as a refusal to open says to do with a damaged one)
+        record = manifest["built"].get(name)
+        if (
+            record is None
+            or any(not (embeddings.path / file).is_file() for file in _files(record))
+            or record.get("version", 1) < BUILD_VERSIONS.get(name, 1)
+        ):  # never built, a file of it deleted (as a refusal to open says to do with a damaged one), or outdated
             manifest["built"][name] = build(embeddings, progress)
             _write_manifest(embeddings, manifest)
             built.append(name)
@@ -430,7 +435,7 @@ def open_dataset(
     columns_path = _checked(embeddings.path, built["columns"], "pair columns")
     try:
         with np.load(columns_path, allow_pickle=False) as stored:
-            columns = {name: stored[name] for name in ("own_cosine", "inconsistency")}
+            columns = {name: stored[name] for name in COLUMNS}
             positions = stored["positions"]
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{COLUMNS_FILE} is unreadable ({exc}); delete it and open the folder again.") from exc

@@ -1,6 +1,10 @@
 """Per-pair figures of a whole embedding folder, computed once in batches and kept beside the shards.
 
-`own_cosine` is cos(image i, caption i). `inconsistency` is SaCo's per-sample score
+`own_cosine` is cos(image i, caption i). `caption_rank_share` is the share of other captions that image i
+is closer to than to its own: (rank of its own caption - 1) / (N - 1) in image->caption retrieval, ties
+counted for the own caption, 0 for a pair its model retrieves first; over the same reference sample as the
+next, so a million-pair folder gets an estimate in steps of 1/R. Two folders of the same pairs compare their
+models pair by pair with it (`vlviz.embedding.linked`). `inconsistency` is SaCo's per-sample score
 (`vlviz.metrics.consistency.sample_inconsistency`), s_i = mean over j != i of |A_I[i, j] - A_T[i, j]|, taken
 over a seeded reference sample of REFERENCE_PAIRS pairs j instead of all N: the exact score needs N^2 dot
 products (10^12 at a million pairs), the sampled one N x R, and its standard error is about
@@ -24,7 +28,8 @@ COLUMN_BATCH = 8192  # pairs whose (B, R) affinities are taken at once
 
 
 def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """`own_cosine` and `inconsistency`, (N,) float32 each, and `reference`, the pairs the latter averages over.
+    """`own_cosine`, `caption_rank_share` and `inconsistency`, (N,) float32 each, and `reference`, the pairs the
+    last two are taken over.
 
     One pass over the shards; memory is a batch's (B, R) affinities and the reference's (R, D) features.
     """
@@ -33,20 +38,25 @@ def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None
     rows = folder.rows(reference, tuple(FEATURE_KEYS.values()))
     reference_images = torch.from_numpy(rows["image_features"].astype(np.float32))  # (R, D)
     reference_texts = torch.from_numpy(rows["text_features"].astype(np.float32))
-    own, inconsistency = np.empty(n, np.float32), np.empty(n, np.float32)
+    own, inconsistency, rank_share = (np.empty(n, np.float32) for _ in range(3))
     for (start, images), (_, texts) in zip(
         folder.batches("image", COLUMN_BATCH), folder.batches("caption", COLUMN_BATCH)
     ):
         images, texts = torch.from_numpy(images), torch.from_numpy(texts)  # (B, D)
         stop = start + len(images)
-        own[start:stop] = (images * texts).sum(dim=1).numpy()
+        own_pair = (images * texts).sum(dim=1)  # (B,)
+        own[start:stop] = own_pair.numpy()
+        image_caption = images @ reference_texts.T  # (B, R)
         difference = (images @ reference_images.T - texts @ reference_texts.T).abs_()  # (B, R)
+        closer = image_caption > own_pair[:, None]  # a tie goes to the own caption
         # a pair of the reference leaves itself out: j != i
         member = np.flatnonzero((reference >= start) & (reference < stop))
         difference[reference[member] - start, member] = 0
+        closer[reference[member] - start, member] = False
         counts = np.full(len(images), len(reference), np.float32)
         counts[reference[member] - start] -= 1
         inconsistency[start:stop] = difference.sum(dim=1).numpy() / np.maximum(counts, 1)
+        rank_share[start:stop] = closer.sum(dim=1).numpy() / np.maximum(counts, 1)
         if progress:
             progress(len(images))
-    return {"own_cosine": own, "inconsistency": inconsistency, "reference": reference}
+    return {"own_cosine": own, "caption_rank_share": rank_share, "inconsistency": inconsistency, "reference": reference}
