@@ -26,7 +26,8 @@ from vlviz.ui.agents import fetch, mcp_enabled
 
 TOOLS = {
     "analyze", "affinity_downloads", "query", "consistency", "consistency_downloads", "embedding_space",
-    "embedding_downloads", "grounding", "keywords", "train", "stop_training", "compare_models", "lens",
+    "embedding_downloads", "grounding", "every_method", "grounding_annotations", "keywords", "train", "stop_training",
+    "compare_models", "lens",
 }  # fmt: skip
 ANALYZE_DATA, CONSISTENCY_DATA = 5, 7  # the data output's place among each tool's outputs (States left out)
 

@@ -109,8 +109,8 @@ def test_the_grounding_step_shows_two_models_by_each_method_with_their_pointing(
                                       f"'{words[maps['sparc'].first_word]}', dense cosine map"]  # fmt: skip
     titles = [a.text for a in step.figures[0].layout.annotations]
     first = words[maps["sparc"].first_word]
-    assert titles == [f"vlviz-scenes · SPARC weights · pointing 0.21: '{first}'",
-                      f"grounded · SPARC weights · pointing 0.82: '{first}'"]  # fmt: skip
+    assert titles == [f"vlviz-scenes<br>SPARC weights · pointing 0.21: '{first}'",
+                      f"grounded<br>SPARC weights · pointing 0.82: '{first}'"]  # fmt: skip
     assert "vlviz-scenes beside grounded" in step.message or "beside grounded" in step.message
     grid = every_method_figure(panels[1], maps["sparc"].first_word)
     assert [a.text for a in grid.layout.annotations][:3] == [

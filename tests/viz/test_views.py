@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlviz.grounding.maps import CaptionMaps
 from vlviz.metrics.consistency import consistency_figures, in_modal_affinities
+from vlviz.viz.annotation_view import annotation_view, write_annotation_csv
 from vlviz.viz.exports import write_consistency_files, write_embedding_files
 from vlviz.viz.html import page_html, top_pairs_html
+from vlviz.viz.pair_grounding import every_method_view, grounding_of
 from vlviz.viz.tables import consistency_table
+from vlviz.viz.talk import GroundingPanel
 from vlviz.viz.views import consistency_view, embedding_view, heatmap_page
 
 N = 7
@@ -105,3 +111,60 @@ def test_heatmap_pages_cover_every_pair_once() -> None:
     assert [p[0] for p in pages] == [0, 300, 600] and sum(len(p) for p in pages) == 701
     shown, note = heatmap_page(701, 9, size=300)  # past the end: the last page
     assert shown == list(range(600, 701)) and "pairs 601–701 of 701 (page 3 of 3" in note
+
+
+def _caption_maps(kind: str, words: list[str], seed: int) -> CaptionMaps:
+    maps = torch.rand(len(words), 2, 2, generator=torch.Generator().manual_seed(seed))
+    return CaptionMaps(kind, (2, 2), words, maps, words, maps.flatten(1), first_word=1)
+
+
+def test_every_method_view_titles_each_panel_and_says_why_a_method_is_missing() -> None:
+    words = ["a", "red", "circle"]
+    maps = {kind: _caption_maps(kind, words, seed) for seed, kind in enumerate(("sparc", "cosine", "legrad"))}
+    panel = GroundingPanel("m", np.zeros((8, 8, 3), np.uint8), maps, {"sparc": 0.5, "cosine": 0.25, "legrad": 1.0})
+    head = grounding_of("m", 1, "img.png", "a red circle")
+    view = every_method_view(head, panel, {"maskclip": "no <block> to re-read"}, None, scenes=3)
+    assert view.word == 1 and view.data["kinds"]["legrad"]["word_map"] == maps["legrad"].word_maps[1].flatten().tolist()
+    assert view.data["kinds"]["maskclip"] == {"label": "MaskCLIP (value path)", "reason": "no <block> to re-read"}
+    texts = [a.text for a in view.figure.layout.annotations]
+    assert texts[:4] == [
+        "SPARC weights<br>pointing 0.50", "dense cosine map<br>pointing 0.25",
+        "LeGrad (attention-map gradients)<br>pointing 1.00", "MaskCLIP (value path)<br>not drawn",
+    ]  # fmt: skip
+    assert texts[4] == "no &lt;block&gt; to re-read"  # the reason, escaped, in the refused method's own cell
+    assert [t.type for t in view.figure.data] == ["image", "heatmap"] * 3
+    assert (
+        "3 loaded bundled scenes" in view.notice and "Not drawn: MaskCLIP (value path): no &lt;block&gt;" in view.notice
+    )
+    unscored = every_method_view(head, replace(panel, pointing={}), {}, 9, scenes=0)  # a word out of range: the first
+    assert unscored.word == 1 and "No pair is a bundled scene" in unscored.notice
+    assert unscored.data["kinds"]["sparc"]["pointing"] is None
+
+
+def _figures(pointing: float, words: int) -> dict[str, float]:
+    return {
+        "pointing_game": pointing, "mass_in_mask": 0.5, "chance": 0.1, "words": words, "object_chance": 0.5,
+        "object_accuracy": float("nan") if words == 0 else 0.75, "on_object": words,
+    }  # fmt: skip
+
+
+def test_the_annotation_table_has_a_row_per_method_and_category_beside_the_baseline(tmp_path: Path) -> None:
+    categories = {"=dog": _figures(1.0, 1), "cat": _figures(0.5, 2), "cow": _figures(0.0, 0)}
+    scores = {"all": _figures(0.6, 3), "categories": categories}
+    result = {
+        "format": "coco", "query": "a photo of a {}.", "min_cover": 0.25,
+        "notices": ["1 of the 2 images have no annotations"],
+        "images": 2, "objects": 3, "not_named": 0, "outside_crop": 0,
+        "scores": {"sparc": scores}, "untrained": {"sparc": copy.deepcopy(scores)},
+    }  # fmt: skip
+    result["untrained"]["sparc"]["all"]["pointing_game"] = 0.2
+    view = annotation_view(result, "my_model", "instances.json")
+    table = view.table
+    assert list(table["category"]) == ["all objects", "=dog", "cat"]  # a category without a scored word is left out
+    assert list(table.columns[:4]) == ["method", "category", "words", "pointing game"]
+    first = table.iloc[0]
+    assert (first["method"], first["pointing game"], first["pointing game (untrained)"]) == ("SPARC weights", 0.6, 0.2)
+    assert "2 images, 3 objects" in view.summary and "- 1 of the 2 images" in view.summary
+    assert "my\\_model" in view.summary  # user text shown literally
+    written = pd.read_csv(write_annotation_csv(table, tmp_path))
+    assert list(written["category"]) == ["all objects", "'=dog", "cat"]  # a category name never runs as a formula

@@ -28,7 +28,9 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+import shutil
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +42,12 @@ from vlviz.data.inputs import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     MAX_TABLE_BYTES,
+    MAX_ZIP_BYTES,
+    MAX_ZIP_MEMBERS,
     InputError,
     load_image,
+    unsafe_zip_name,
+    zip_skippable,
 )
 
 MAX_ANNOTATION_BYTES = 256 * 2**20
@@ -59,6 +65,8 @@ MAX_RLE_RUNS = 1_000_000
 """Most runs one RLE may hold (a COCO crowd region has a few thousand)."""
 MAX_CATEGORY_CHARS = 100
 """Longest category name: a name is a word or a few."""
+Files = str | os.PathLike[str] | Sequence[str] | Mapping[str, str]
+"""Where files are: a folder, files matched by base name, or {name as annotations give it: local path}."""
 _ORIENTATION = ExifTags.Base.Orientation
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height: `load_image` shows the photo turned
 
@@ -122,9 +130,10 @@ def _relative_path(root: str, name: str, what: str) -> str:
 
 
 class _ImageFinder:
-    """Where an annotated image's file is: in a folder, by its relative path, or among given files, by base name."""
+    """Where an annotated image's file is: in a folder, by its relative path, or among given files, by base name
+    (a mapping gives each file's name apart from its path: `unpack_uploads`)."""
 
-    def __init__(self, images: str | os.PathLike[str] | Sequence[str]) -> None:
+    def __init__(self, images: Files, where: str = "the images given") -> None:
         self.folder: str | None = None
         self.files: dict[str, list[str]] = {}
         if isinstance(images, (str, os.PathLike)):
@@ -132,9 +141,10 @@ class _ImageFinder:
             if not os.path.isdir(self.folder):
                 raise InputError(f"The images folder {self.folder} does not exist.")
         else:
-            self.where = "the images given"
-            for path in images:
-                self.files.setdefault(os.path.basename(path), []).append(path)
+            self.where = where
+            named = images.items() if isinstance(images, Mapping) else ((path, path) for path in images)
+            for name, path in named:
+                self.files.setdefault(os.path.basename(name.replace("\\", "/")), []).append(path)
         self._stems: dict[str, list[str]] | None = None
 
     def path(self, name: str, what: str) -> str:
@@ -303,9 +313,7 @@ def _entries(data: dict, key: str, limit: int, name: str) -> list[dict]:
     return entries
 
 
-def read_coco_instances(
-    path: str | os.PathLike[str], images: str | os.PathLike[str] | Sequence[str], max_images: int | None = None
-) -> Annotations:
+def read_coco_instances(path: str | os.PathLike[str], images: Files, max_images: int | None = None) -> Annotations:
     """The annotated images of a COCO instances file, found in `images` (a folder, or files matched by base name).
 
     Images without annotations name nothing and are left out (a notice says how many); `max_images`
@@ -444,20 +452,25 @@ def _mask_rle(path: str, label: str) -> dict:
 
 
 def read_mask_folder(
-    masks: str | os.PathLike[str],
+    masks: str | os.PathLike[str] | Mapping[str, str],
     labels: str | os.PathLike[str],
-    images: str | os.PathLike[str] | Sequence[str],
+    images: Files,
     max_images: int | None = None,
 ) -> Annotations:
     """The annotated images of a folder of masks and its labels table (see the module's doc), images found in
-    `images` (a folder, or files matched by base name), in the order their first mask is listed.
+    `images` (a folder, or files matched by base name), in the order their first mask is listed. `masks` may
+    be {mask name: local path} instead of a folder (uploads): a labels row's mask is then matched by base name.
 
     Raises InputError for a labels table that is not one, a mask or image that is missing, unreadable,
     too large, empty or of another size than its image.
     """
-    folder, name = os.fspath(masks), os.path.basename(os.fspath(labels))
-    if not os.path.isdir(folder):
-        raise InputError(f"The masks folder {folder} does not exist.")
+    name = os.path.basename(os.fspath(labels))
+    if isinstance(masks, Mapping):
+        given, folder = _ImageFinder(masks, "the masks given"), ""
+    else:
+        given, folder = None, os.fspath(masks)
+        if not os.path.isdir(folder):
+            raise InputError(f"The masks folder {folder} does not exist.")
     finder = _ImageFinder(images)
     per_image: dict[str, list[tuple[str, str, str]]] = {}
     categories: dict[str, None] = {}
@@ -471,7 +484,8 @@ def read_mask_folder(
             if not stem or not k.isdigit():
                 raise InputError(f"{label} is not named <image stem>_<k>.png: give the labels an image column.")
             image_path = finder.by_stem(stem, label)
-        per_image.setdefault(image_path, []).append((label, category, _relative_path(folder, mask, label)))
+        mask_path = given.path(mask, label) if given is not None else _relative_path(folder, mask, label)
+        per_image.setdefault(image_path, []).append((label, category, mask_path))
         categories.setdefault(category)
     order = list(per_image)
     notices = []
@@ -515,3 +529,54 @@ def load_annotated_image(image: AnnotatedImage) -> tuple[Image.Image, list[str],
             mask = np.asarray(Image.fromarray(mask).resize(picture.size, Image.Resampling.BOX))
         masks.append(mask)
     return picture, list(by_category), np.stack(masks)
+
+
+# ----------------------------------------------------------------------------------------- uploads
+
+
+def unpack_uploads(paths: Sequence[str], folder: str | os.PathLike[str]) -> dict[str, str]:
+    """Uploaded images (or masks), zips unpacked: {name, a zip member's path inside its zip: local file}.
+
+    A server's readers need files (`read_coco_instances`, `read_mask_folder` take this mapping). A zip is
+    checked as `vlviz.data.inputs` checks one (members, uncompressed bytes of all zips together, unsafe
+    names) before anything is unpacked, and its image members are written into `folder` under names made
+    here, never the zip's: no path is built from what a client sent. Folders, dotfiles and members that are
+    not images are left out. Raises InputError for a zip that is not one or breaks a bound.
+    """
+    found: dict[str, str] = {}
+    unpacked = written = 0
+    os.makedirs(folder, exist_ok=True)
+    for path in paths:
+        base = os.path.basename(path)
+        if os.path.splitext(base)[1].lower() != ".zip":
+            found[base] = path
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                if len(members) > MAX_ZIP_MEMBERS:
+                    raise InputError(
+                        f"{base} lists {len(members):,} entries, more than the {MAX_ZIP_MEMBERS:,} allowed."
+                    )
+                if any(unsafe_zip_name(m.filename) for m in members):
+                    raise InputError(f"{base} has entries whose names point outside the folder it unpacks into.")
+                images = [
+                    m for m in members
+                    if not zip_skippable(m) and os.path.splitext(m.filename)[1].lower() in IMAGE_EXTENSIONS
+                ]  # fmt: skip
+                unpacked += sum(m.file_size for m in images)
+                if unpacked > MAX_ZIP_BYTES:
+                    raise InputError(
+                        f"{base} unpacks to more than {MAX_ZIP_BYTES // 2**20} MB with the zips before it."
+                    )
+                for member in images:  # at most MAX_ZIP_MEMBERS, of at most MAX_ZIP_BYTES together
+                    target, written = os.path.join(folder, f"{written:06d}"), written + 1
+                    with archive.open(member) as source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out)  # zipfile yields no more than the size the zip declares
+                    found[member.filename] = target
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, ValueError, OSError) as exc:
+            # the class only: an OSError's text would name this server's folders
+            raise InputError(f"{base} could not be unpacked ({type(exc).__name__}); create the zip again.") from exc
+    return found

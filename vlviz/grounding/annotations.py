@@ -17,14 +17,14 @@ and dropped a batch at a time, so memory does not grow with the number of images
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vlviz.data.annotations import Annotations, load_annotated_image, read_coco_instances, read_mask_folder
+from vlviz.data.annotations import Annotations, Files, load_annotated_image, read_coco_instances, read_mask_folder
 from vlviz.data.inputs import InputError, load_caption_table
 from vlviz.grounding.maps import (
     MIN_COVER,
@@ -233,27 +233,35 @@ def score_annotations(
 def annotation_grounding(
     model: VLModel,
     annotations: str | os.PathLike[str],
-    images: str | os.PathLike[str] | Sequence[str],
+    images: Files,
     kinds: list[str] | None = None,
     *,
-    masks: str | os.PathLike[str] | None = None,
+    masks: str | os.PathLike[str] | Mapping[str, str] | None = None,
     caption_table: str | os.PathLike[str] | None = None,
     template: str = QUERY_TEMPLATE,
     min_cover: float = MIN_COVER,
     max_images: int | None = None,
     baseline: bool = True,
+    max_pixels: int | None = None,
 ) -> dict:
     """Read annotations with their images and score `model` on them, beside its untrained twin: for a UI or a script.
 
     `annotations`: a COCO instances JSON, or, with `masks` (a mask folder), its labels table. `images`: a
     folder, or image files matched by base name (uploads). Returns `score_annotations`'s dict with the
-    format ("coco" or "masks"), the reading's notices, the query and min_cover. Raises InputError for
-    bad annotations or images, with a message for the user.
+    format ("coco" or "masks"), the reading's notices, the query and min_cover. `max_pixels`: most pixels the
+    annotated images may hold together (from their headers, before any is decoded; None: no bound, as for a
+    script). Raises InputError for bad annotations or images, with a message for the user.
     """
     if masks is not None:
         read = read_mask_folder(masks, annotations, images, max_images)
     else:
         read = read_coco_instances(annotations, images, max_images)
+    pixels = sum(width * height for width, height in (image.size for image in read.images))
+    if max_pixels is not None and pixels > max_pixels:
+        raise InputError(
+            f"The annotated images ({len(read.images):,}) hold {pixels / 1e6:,.0f} megapixels together, more than the "
+            f"{max_pixels / 1e6:,.0f} one request may decode: score fewer or smaller images."
+        )
     captions = None
     if caption_table is not None:
         captions = load_caption_table(caption_table, os.path.basename(os.fspath(caption_table)))

@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -595,18 +597,50 @@ def maps_by_kind(
     tower) is left out rather than failing the whole step.
     """
     maps: dict[str, CaptionMaps] = {}
-    pointing: dict[str, float | None] = dict.fromkeys(kinds)
     for kind in kinds:  # a handful of kinds, each batched over patches and words
         try:
             maps[kind] = model_caption_maps(model, pairs.images[row], pairs.captions[row], kind)
         except ValueError:
-            pointing.pop(kind)
+            continue
+    return maps, bundled_pointing(model, pairs, list(maps))
+
+
+POINTING_CACHE_ENTRIES = 64  # (kind, scenes) scores kept per model: a float each
+_POINTING: weakref.WeakKeyDictionary[VLModel, OrderedDict[tuple[str, tuple[int, ...]], float]] = (
+    weakref.WeakKeyDictionary()
+)  # a model's scores go with it
+_POINTING_LOCK = threading.Lock()
+
+
+def bundled_pointing(model: VLModel, pairs: PairSet, kinds: list[str]) -> dict[str, float | None]:
+    """Each kind's colour-word pointing game on the bundled scenes among `pairs` (None for every kind when none is
+    one), the model's own score only: the titles of the talk's step 4 and the Grounding tab's every-method view.
+
+    Kept per model, kind and set of scenes (`POINTING_CACHE_ENTRIES`, least recently used dropped first), so
+    that moving between words, or a second visitor on the same model, does not score the scenes again: the
+    occlusion and gradient kinds take a tower pass per patch or token. Raises ValueError for a kind `model`
+    cannot draw.
+    """
     rows, truth = bundled_rows(pairs)
-    if rows:  # the model's own score only: the step shows no untrained baseline
+    if not rows:
+        return dict.fromkeys(kinds)
+    scenes_key = tuple(truth)
+    with _POINTING_LOCK:
+        kept = _POINTING.setdefault(model, OrderedDict())
+        found = {kind: kept[(kind, scenes_key)] for kind in kinds if (kind, scenes_key) in kept}
+        for kind in found:
+            kept.move_to_end((kind, scenes_key))
+    missing = [kind for kind in kinds if kind not in found]
+    if missing:  # scored outside the lock: two first calls may both score, and agree
         images, captions = [pairs.images[i] for i in rows], [pairs.captions[i] for i in rows]
         scenes = select_scenes(bundled_scenes()[0], truth)
         encoding = model.encode_pairs(images, captions)
-        given = {k: model_scene_maps(model, images, captions, k, swapped=False) for k in maps if k in MODEL_KINDS}
-        scores = scene_grounding_score(encoding, scenes, kinds=list(maps), token_maps=given)
-        pointing = {kind: scores[kind]["colour"]["pointing_game"] for kind in maps}
-    return maps, pointing
+        given = {k: model_scene_maps(model, images, captions, k, swapped=False) for k in missing if k in MODEL_KINDS}
+        scores = scene_grounding_score(encoding, scenes, kinds=missing, token_maps=given)
+        with _POINTING_LOCK:
+            kept = _POINTING.setdefault(model, OrderedDict())
+            for kind in missing:
+                found[kind] = kept[(kind, scenes_key)] = scores[kind]["colour"]["pointing_game"]
+            while len(kept) > POINTING_CACHE_ENTRIES:
+                kept.popitem(last=False)
+    return {kind: found[kind] for kind in kinds}

@@ -1,8 +1,9 @@
 """The Grounding view of one pair: where each word of a caption (or typed text) lands on its image, the trained XMM
-head's view of the chosen word, the grounding score on bundled scenes, and a second model's map beside it.
+head's view of the chosen word, the grounding score on bundled scenes, and a second model's map beside it; and
+the every-method view, the chosen word by each map method side by side.
 
 Data in (the maps, the XMM attention, the score, the second model's maps, each computed by the tab with its
-model), the view out: figures, Markdown and the `grounding` API's data. No model calls.
+model), the view out: figures, Markdown and the `grounding` and `every_method` APIs' data. No model calls.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from vlviz.grounding.maps import MIN_COVER, BundledScore, CaptionMaps
 from vlviz.losses.xmm import WordAttention
 from vlviz.viz.html import markdown_text
 from vlviz.viz.tables import grounding_score_markdown
+from vlviz.viz.talk import GroundingPanel, every_method_figure
 from vlviz.viz.views import MAP_LABELS, attention_overlay, grounding_view, word_overlay
 
 
@@ -145,3 +147,49 @@ def _compare_view(
         "word_maps": other.word_maps.flatten(1).tolist(),
     }
     return figure, data
+
+
+EVERY_METHOD_COLUMNS = 4  # panels a row in the every-method view
+
+
+@dataclass(frozen=True)
+class EveryMethod:
+    """The every-method view of one pair and word."""
+
+    figure: go.Figure  # the word by each method, titled with its pointing game; refused methods say why
+    word: int  # the chosen word, 0-based
+    notice: str  # Markdown: what the titles' scores are, and which methods were not drawn
+    data: dict[str, Any]  # the `every_method` API's data
+
+
+def every_method_view(
+    head: dict[str, Any], panel: GroundingPanel, refused: dict[str, str], word: int | None, scenes: int
+) -> EveryMethod:
+    """`panel`'s maps of `head`'s text, word `word` (None or out of range: the first content word) by each method
+    side by side (`every_method_figure`, the talk's figure), with the kinds the model refused and why; `scenes`:
+    the bundled scenes among the pairs, which the titles' pointing games are scored on."""
+    first = next(iter(panel.maps.values()))
+    chosen = word if word is not None and 0 <= int(word) < len(first.words) else first.first_word
+    figure = every_method_figure(panel, chosen, columns=EVERY_METHOD_COLUMNS, refused=refused)
+    panels = len(panel.maps) + len(refused)
+    for title in figure.layout.annotations[:panels]:  # the method on one line, its score on the next: names are long
+        title.text = title.text.replace(" · ", "<br>", 1)
+    figure.update_layout(height=90 + 170 * -(-panels // EVERY_METHOD_COLUMNS))
+    scored = (
+        f"Each title carries the method's pointing game for colour words on the {scenes} loaded bundled scenes "
+        "(the share whose peak patch lies on the object the word names)."
+        if scenes
+        else "No pair is a bundled scene, so no pointing game is shown: analyze the sample scenes to see each score."
+    )
+    notes = [f"Not drawn: {MAP_LABELS[kind]}: {markdown_text(reason)}" for kind, reason in refused.items()]
+    kinds: dict[str, dict[str, Any]] = {
+        kind: {
+            "label": MAP_LABELS[kind],
+            "pointing": panel.pointing.get(kind),
+            "word_map": maps.word_maps[chosen].flatten().tolist(),
+        }
+        for kind, maps in panel.maps.items()
+    }
+    kinds |= {kind: {"label": MAP_LABELS[kind], "reason": reason} for kind, reason in refused.items()}
+    data = head | {"grid_size": list(first.grid_size), "words": first.words, "word": chosen, "scenes": scenes}
+    return EveryMethod(figure, chosen, "\n\n".join([scored, *notes]), data | {"kinds": kinds})

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,18 +163,31 @@ def _saco_step(inputs: TalkInputs) -> TalkStep:
     )
 
 
-def every_method_figure(panel: GroundingPanel, word: int, columns: int = 4) -> go.Figure:
+def every_method_figure(
+    panel: GroundingPanel, word: int, columns: int = 4, refused: Mapping[str, str] | None = None
+) -> go.Figure:
     """One word by every map kind of `panel` side by side, each titled with its pointing game on the bundled scenes:
-    the Grounding tab's "every method" view and the talk's key through the methods, from the same panel."""
-    kinds = list(panel.maps)
+    the Grounding tab's "every method" view and the talk's key through the methods, from the same panel.
+
+    `refused`: kinds the model cannot draw (or the view would not afford) and why, each in a panel of its own after
+    the drawn ones, saying so, so that a missing method reads as refused rather than forgotten."""
+    kinds, refused = list(panel.maps), refused or {}
     words = panel.maps[kinds[0]].words
     titles = [
         MAP_LABELS[k] + ("" if panel.pointing.get(k) is None else f" · pointing {panel.pointing[k]:.2f}") for k in kinds
-    ]
+    ] + [f"{MAP_LABELS[k]} · not drawn" for k in refused]
     stack = np.stack([panel.maps[k].word_maps[word].numpy() for k in kinds])
     image = display_image(panel.image, OVERLAY_SIDE)
     title = f"'{words[word]}' by every method · {panel.name} (pointing: colour words on the bundled scenes loaded)"
-    return grounding_grid(image, stack, titles, columns=min(columns, len(kinds)), title=title)
+    figure = grounding_grid(image, stack, titles, columns=min(columns, len(titles)), title=title)
+    for cell, reason in enumerate(refused.values(), start=len(kinds)):  # a few refusals, one text each
+        # under the cell's title, on the page: plotly does not lay out the axes of a cell without traces
+        below = figure.layout.annotations[cell]
+        figure.add_annotation(
+            text="<br>".join(textwrap.wrap(html.escape(reason), 28)), x=below.x, y=below.y, xref="paper",
+            yref="paper", xanchor="center", yanchor="top", yshift=-20, showarrow=False, font={"size": 10},
+        )  # fmt: skip
+    return figure
 
 
 def _overlay(maps: CaptionMaps, image: np.ndarray, word: int, label: str) -> go.Figure:
@@ -182,9 +196,10 @@ def _overlay(maps: CaptionMaps, image: np.ndarray, word: int, label: str) -> go.
 
 
 def _panel_title(panel: GroundingPanel, kind: str) -> str:
-    """'vlviz-scenes-grounded · SPARC weights · pointing 0.82': what each side of step 4 shows, with its score."""
+    """'vlviz-scenes-grounded<br>SPARC weights · pointing 0.82': what each side of step 4 shows, with its score, on
+    two lines so that two sides' titles fit beside each other."""
     score = panel.pointing.get(kind)
-    return f"{panel.name} · {MAP_LABELS[kind]}" + ("" if score is None else f" · pointing {score:.2f}")
+    return f"{panel.name}<br>{MAP_LABELS[kind]}" + ("" if score is None else f" · pointing {score:.2f}")
 
 
 def _side_by_side(panels: list[go.Figure], title: str) -> go.Figure:
