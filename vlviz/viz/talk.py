@@ -212,7 +212,7 @@ def _side_by_side(panels: list[go.Figure], title: str) -> go.Figure:
     both.update_xaxes(visible=False)
     both.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
     both.update_layout(title={"text": title, "x": 0.5})
-    return talk_figure(both)
+    return talk_figure(both).update_layout(margin={"t": 140})  # room for the sides' two-line titles
 
 
 def _grounding_step(inputs: TalkInputs) -> TalkStep | None:
