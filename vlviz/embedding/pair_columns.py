@@ -1,8 +1,9 @@
 """Per-pair figures of a whole embedding folder, computed once in batches and kept beside the shards.
 
 `own_cosine` is cos(image i, caption i). `caption_rank_share` is the share of other captions that image i
-is closer to than to its own: (rank of its own caption - 1) / (N - 1) in image->caption retrieval, ties
-counted for the own caption, 0 for a pair its model retrieves first; over the same reference sample as the
+scores at least as high as its own: (rank of its own caption - 1) / (N - 1) in image->caption retrieval, ties
+counted against the own caption as everywhere in vlviz (`vlviz.metrics.affinity.partner_ranks`), 0 for a
+pair its model alone retrieves first; over the same reference sample as the
 next, so a million-pair folder gets an estimate in steps of 1/R. Two folders of the same pairs compare their
 models pair by pair with it (`vlviz.embedding.linked`). `inconsistency` is SaCo's per-sample score
 (`vlviz.metrics.consistency.sample_inconsistency`), s_i = mean over j != i of |A_I[i, j] - A_T[i, j]|, taken
@@ -48,7 +49,7 @@ def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None
         own[start:stop] = own_pair.numpy()
         image_caption = images @ reference_texts.T  # (B, R)
         difference = (images @ reference_images.T - texts @ reference_texts.T).abs_()  # (B, R)
-        closer = image_caption > own_pair[:, None]  # a tie goes to the own caption
+        closer = image_caption >= own_pair[:, None]  # a tie counts against the own caption (`partner_ranks`)
         # a pair of the reference leaves itself out: j != i
         member = np.flatnonzero((reference >= start) & (reference < stop))
         difference[reference[member] - start, member] = 0
