@@ -25,7 +25,7 @@ def two_models(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> 
     source = write_scene_shards(root / "data", n=N, per_tar=8)
     embed(source, root / "offline")
     embed(source, root / "tiny", model=str(tiny_vit_dir))
-    embed(write_scene_shards(root / "other", n=6, per_tar=8), root / "elsewhere")
+    embed(write_scene_shards(root / "other", n=6, per_tar=8, seed=9), root / "elsewhere")
     return root / "offline", root / "tiny", root / "elsewhere"
 
 

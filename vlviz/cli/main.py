@@ -310,6 +310,12 @@ def _embed_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    """Hand the process over to the explore command (`vlviz.cli.explore`), which starts the app: the command line
+    never imports the UI."""
+    os.execv(sys.executable, [sys.executable, "-m", "vlviz.cli.explore", *args.argv])  # replaces this process
+
+
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     """The format options of `vlviz.data.formats.read_pairs` and `stream_pairs`, shared by embed and report."""
     parser.add_argument("--image-column", default=None, help="parquet: the image column (default: auto-detected)")
@@ -489,6 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     report.add_argument("--device", default=None)
     report.set_defaults(run=_report)
+
+    explore = commands.add_parser(
+        "explore", add_help=False, help="the app with embedding folders open in its Dataset tab (docs/dataset.md)"
+    )
+    explore.add_argument("argv", nargs=argparse.REMAINDER, help="FOLDER ... [--model SPEC] [--port PORT]")
+    explore.set_defaults(run=_explore)
 
     args = parser.parse_args(argv)
     return args.run(args)

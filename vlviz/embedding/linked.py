@@ -47,23 +47,30 @@ def _twins(keys: np.ndarray, values: np.ndarray, pairs: np.ndarray) -> np.ndarra
     return np.where(keys[at] == pairs, values[at], -1)
 
 
+LINK_PROBES = 64  # linked pairs whose names and captions are compared: the same pairs, not only the same places
+
+
 def link_datasets(first: EmbeddedDataset, second: EmbeddedDataset) -> LinkedPairs:
     """Pair the two folders' pairs by their place in the source, and what moved for each.
 
+    The source may have moved or been copied between the two runs: the pairs are the same when those at the same
+    places have the same image names and captions (checked on `LINK_PROBES` pairs spread over the folders).
+
     Raises:
-        InputError: The folders embed different sources (or the same one read with other options), or share
-            no pair.
+        InputError: The folders share no place, or hold other pairs at the same places (another source).
     """
-    one, two = first.embeddings.index, second.embeddings.index
-    if (one["source"], one.get("source_options", {})) != (two["source"], two.get("source_options", {})):
-        raise InputError(
-            f"{first.embeddings.path.name} and {second.embeddings.path.name} embed different sources: link two "
-            "folders that `python -m vlviz embed` wrote from the same --data with two models."
-        )
     _, in_first, in_second = np.intersect1d(first.positions, second.positions, assume_unique=True, return_indices=True)
+    names = f"{first.embeddings.path.name} and {second.embeddings.path.name}"
     if len(in_first) == 0:
-        raise InputError(f"{first.embeddings.path.name} and {second.embeddings.path.name} share no pair.")
+        raise InputError(f"{names} share no pair.")
     in_first, in_second = in_first.astype(np.int64), in_second.astype(np.int64)
+    probe = np.unique(np.linspace(0, len(in_first) - 1, min(len(in_first), LINK_PROBES)).round().astype(np.int64))
+    one, two = in_first[probe], in_second[probe]
+    if first.names(one) != second.names(two) or first.captions(one) != second.captions(two):
+        raise InputError(
+            f"{names} hold other pairs at the same places: they embed different sources. Link two folders that "
+            "`python -m vlviz embed` wrote from the same --data with two models."
+        )
     shift = {
         name: (second.columns[name][in_second] - first.columns[name][in_first]).astype(np.float32)
         for name in ("caption_rank_share", "own_cosine")

@@ -26,6 +26,7 @@ from vlviz.embedding.store import sample_positions
 REFERENCE_PAIRS = 1024  # pairs j each pair's inconsistency is averaged over
 REFERENCE_SEED = 0
 COLUMN_BATCH = 8192  # pairs whose (B, R) affinities are taken at once
+TIE_TOLERANCE = 1e-6  # cosines this close to a pair's own are ties: a duplicate caption, or a collapsed model
 
 
 def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -49,7 +50,8 @@ def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None
         own[start:stop] = own_pair.numpy()
         image_caption = images @ reference_texts.T  # (B, R)
         difference = (images @ reference_images.T - texts @ reference_texts.T).abs_()  # (B, R)
-        closer = image_caption >= own_pair[:, None]  # a tie counts against the own caption (`partner_ranks`)
+        # a tie counts against the own caption (`partner_ranks`); TIE_TOLERANCE absorbs the two products' rounding
+        closer = image_caption >= own_pair[:, None] - TIE_TOLERANCE
         # a pair of the reference leaves itself out: j != i
         member = np.flatnonzero((reference >= start) & (reference < stop))
         difference[reference[member] - start, member] = 0

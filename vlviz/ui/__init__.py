@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import gradio as gr
 
@@ -22,6 +24,8 @@ from vlviz.ui.affinity_tab import build_affinity_tab
 from vlviz.ui.agents import accept_urls, hide_state_loads, mcp_enabled, open_choices, repair_gradio_mcp
 from vlviz.ui.consistency_tab import TAB as CONSISTENCY_TAB
 from vlviz.ui.consistency_tab import build_consistency_tab
+from vlviz.ui.dataset_tab import TAB as DATASET_TAB
+from vlviz.ui.dataset_tab import DatasetCatalog, build_dataset_tab, dataset_routes
 from vlviz.ui.embedding_tab import LAYOUT_WORKER, build_embedding_tab
 from vlviz.ui.embedding_tab import TAB as EMBEDDING_TAB
 from vlviz.ui.fair_share import QUEUE_SHARE, QUEUE_SHARE_PER_ADDRESS, share_queue
@@ -56,21 +60,27 @@ set), choose a model, and press **Analyze**; then look at its consistency, embed
 word grounding, or train it live in the **Train** tab."""
 
 
-def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: ModelPolicy | None = None) -> gr.Blocks:
+def build_app(
+    model_spec: str, initial_sample: str | None = "scenes", policy: ModelPolicy | None = None,
+    datasets: Sequence[str | Path] = (),
+) -> gr.Blocks:  # fmt: skip
     """The whole app. `model_spec` is the model chosen at start; `initial_sample` is analyzed on load;
-    `policy` says which models visitors may load (default: from the environment, see `vlviz.models.policy`)."""
+    `policy` says which models visitors may load (default: from the environment, see `vlviz.models.policy`);
+    `datasets` are embedding folders the Dataset tab opens (besides `VLVIZ_DATASETS`'s; the tab shows, first,
+    when any is listed)."""
     check_data_dir()
     threading.Thread(target=_warm_up, args=(model_spec,), name="vlviz-warm-up", daemon=True).start()
     trim_heap_every(HEAP_TRIM_EVERY_S, expire_analyses)
     policy = policy or ModelPolicy.from_env(MODEL_CHOICES, always=[model_spec])
     initial_files, initial_captions = sample_files(initial_sample) if initial_sample else (None, "")
+    catalog = DatasetCatalog.listed(datasets)
     sweep = int(min(SESSION_TTL_S, 3600))
     with gr.Blocks(title="vlviz", delete_cache=(sweep, int(SESSION_TTL_S))) as demo:
         gr.Markdown(INTRO)
         states = SessionStates(
             session=gr.State(lambda: SESSIONS.new(policy), delete_callback=lambda session: session.close()),
             analysed=gr.State(None),  # the serial of the session's analysis: its change draws the tab in view
-            shown_tab=gr.State("Affinity"),  # the label of the tab in view
+            shown_tab=gr.State(DATASET_TAB if catalog.names else "Affinity"),  # the label of the tab in view
         )
         wanted = gr.State(None)  # the Grounding pair and word a view link asks for (`WantedView`)
         linked = pairs_state()  # the analysis a view link hands over (`EncodedPairs`), shown without encoding
@@ -111,7 +121,7 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     link_button = gr.Button("Link to this view", size="sm", elem_id="view-link-button")
                 talk_link = gr.Markdown(elem_id="talk-link")
                 view_link_text = gr.Markdown(elem_id="view-link")
-            with gr.Column(scale=3), gr.Tabs() as tabs:
+            with gr.Column(scale=3), gr.Tabs(selected="dataset" if catalog.names else None) as tabs:
                 with gr.Tab("Affinity", id="affinity"):
                     affinity = build_affinity_tab(files, captions, model, analyze_button, status, states)
                 with gr.Tab(CONSISTENCY_TAB, id="consistency") as consistency_tab:
@@ -124,6 +134,9 @@ def build_app(model_spec: str, initial_sample: str | None = "scenes", policy: Mo
                     build_keywords_tab(keywords_tab, states)
                 with gr.Tab("Train", id="train"):
                     build_train_tab(model, states)
+                if catalog.names:
+                    with gr.Tab(DATASET_TAB, id="dataset"):
+                        build_dataset_tab(demo, catalog, affinity, tabs, states)
         tabs.select(current_tab, None, states.shown_tab, api_visibility="private", show_progress="hidden")
         use_sample.click(sample_files, sample, [files, captions], api_visibility="private")
         link = LinkTargets(model, sample, files, captions, tabs, states.shown_tab, wanted, linked)
@@ -166,7 +179,8 @@ def launch_kwargs() -> dict:
     """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files;
     Gradio's MCP server serves the API endpoints as tools to agents where `vlviz.ui.agents.mcp_enabled`
     says (a local server, or `VLVIZ_MCP=1`); every plot has SVG and PNG (3x) download buttons
-    (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`).
+    (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`); the
+    Dataset tab's map has its bundle and points routes (`vlviz.ui.dataset_tab.dataset_routes`).
 
     Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.models.policy` reads to
     tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
@@ -179,5 +193,5 @@ def launch_kwargs() -> dict:
         "mcp_server": mcp,
         "head": FIGURE_EXPORT_HEAD,
         "css": TALK_CSS,
-        "app_kwargs": {"middleware": host_guard()},
+        "app_kwargs": {"middleware": host_guard(), "routes": dataset_routes()},
     }

@@ -1,0 +1,137 @@
+// The Dataset tab's map (vlviz/ui/dataset_tab.py): every pair's image and caption as points of one
+// regl-scatterplot, inside a gr.HTML whose js_on_load calls `mountDatasetMap`.
+//
+// Props the Python side sets: `points` (the URL of the session's points: x, y and a colour value per point,
+// raw little-endian float32, `count` each), `count`, `colour_kind` ("categorical" or "continuous"), `token`
+// (the session's map token: hover asks the server with it), `highlight` (point indices a search found), `role`
+// ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
+// highlights the same point in the other).
+// The page answers a lasso with trigger("select", {index, value}): the number of points and their indices as JSON
+// (in the event, not in `props.value`, whose update may reach the server after the event that reads it).
+import createScatterplot from "regl-scatterplot";
+
+export { createScatterplot };
+
+const CATEGORY_COLOURS = ["#0072B2", "#E69F00"]; // image, caption (Okabe-Ito: distinguishable to colour-blind eyes)
+// Viridis in 16 steps, for a continuous column scaled to [0, 1] on the server.
+const RAMP = [
+  "#440154", "#481a6c", "#472f7d", "#414487", "#39568c", "#31688e", "#2a788e", "#23888e",
+  "#1f988b", "#22a884", "#35b779", "#54c568", "#7ad151", "#a5db36", "#d2e21b", "#fde725",
+];
+const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps the first pairs of them anyway
+
+function escapeHtml(text) {
+  const div = document.createElement("div");
+  div.textContent = text;
+  return div.innerHTML;
+}
+
+async function fetchPoints(url, count) {
+  const response = await fetch(url, { credentials: "same-origin" });
+  if (!response.ok) throw new Error(`the map's points were refused (${response.status})`);
+  const values = new Float32Array(await response.arrayBuffer());
+  if (values.length !== 3 * count) throw new Error(`expected ${3 * count} values, got ${values.length}`);
+  return { x: values.subarray(0, count), y: values.subarray(count, 2 * count), valueA: values.subarray(2 * count) };
+}
+
+/** Draw the map in `element` (the gr.HTML's root), redraw when `points` changes, highlight searches, report lassos. */
+export function mountDatasetMap(element, props, trigger, server, watch) {
+  const canvas = element.querySelector("canvas");
+  const tip = element.querySelector(".vlviz-map-tip");
+  const status = element.querySelector(".vlviz-map-status");
+  const frame = canvas.parentElement; // the plot sets the canvas's size in pixels; the frame follows the layout
+  const { width, height } = frame.getBoundingClientRect();
+  const plot = createScatterplot({
+    canvas,
+    width: Math.max(width, 100),
+    height: Math.max(height, 100),
+    pointSize: 3,
+    pointSizeSelected: 4,
+    opacityInactiveScale: 0.6,
+    colorBy: "valueA",
+    lassoOnLongPress: true,
+  });
+  const state = { plot, drawn: 0, hovered: null, linkedHover: null, error: null };
+  canvas.vlvizMap = state; // tests read the drawn count and the selection, and drive the plot
+  window.vlvizMaps = window.vlvizMaps || {};
+  window.vlvizMaps[props.role] = state;
+  const partner = () => {
+    const other = window.vlvizMaps[props.role === "main" ? "linked" : "main"];
+    return other && other !== state && other.drawn === state.drawn && other.drawn > 0 ? other : null;
+  };
+  const showInPartner = (index) => {
+    const other = partner();
+    if (!other) return;
+    other.linkedHover = index;
+    other.plot.hover(index ?? -1, { showReticleOnce: index !== null, preventEvent: true });
+  };
+  // The points lie in [-1, 1]²; a canvas narrower than tall would cut the sides off, so the view fits the square.
+  const fit = () => plot.zoomToArea({ x: -1, y: -1, width: 2, height: 2 });
+  new ResizeObserver(() => {
+    const box = frame.getBoundingClientRect();
+    if (box.width <= 0 || box.height <= 0) return;
+    plot.set({ width: box.width, height: box.height });
+    if (state.drawn) requestAnimationFrame(fit); // after the plot took its new size
+  }).observe(frame); // a map drawn before its partner appeared beside it narrows with it
+
+  const draw = async () => {
+    const url = props.points;
+    if (!url || !props.count) {
+      plot.clear();
+      return;
+    }
+    try {
+      const points = await fetchPoints(url, props.count);
+      const categorical = props.colour_kind === "categorical";
+      plot.set({ pointColor: categorical ? CATEGORY_COLOURS : RAMP });
+      await plot.draw(points, { zDataType: categorical ? "categorical" : "continuous" });
+      if (!state.drawn) fit();
+      state.drawn = props.count;
+      state.error = null;
+      status.textContent = "";
+      highlight();
+    } catch (error) {
+      state.error = String(error);
+      status.textContent = `The map could not be drawn: ${error.message || error}`;
+    }
+  };
+
+  const highlight = () => {
+    const wanted = Array.isArray(props.highlight) ? props.highlight.filter((i) => i >= 0 && i < state.drawn) : [];
+    if (wanted.length) plot.select(wanted, { preventEvent: true });
+    else plot.deselect({ preventEvent: true });
+  };
+
+  plot.subscribe("pointOver", async (index) => {
+    state.hovered = index;
+    showInPartner(index);
+    const token = props.token;
+    let info;
+    try {
+      info = await server.dataset_point(token, index);
+    } catch {
+      return;
+    }
+    if (state.hovered !== index || !info) return;
+    const image = info.thumbnail ? `<img src="${info.thumbnail}" alt="">` : "";
+    tip.innerHTML = `${image}<div><b>${escapeHtml(info.title)}</b><br>${escapeHtml(info.caption)}</div>`;
+    const [x, y] = plot.getScreenPosition(index) || [0, 0];
+    tip.style.left = `${Math.min(x + 12, canvas.clientWidth - 260)}px`;
+    tip.style.top = `${Math.max(y - 12, 0)}px`;
+    tip.style.display = "flex";
+  });
+  plot.subscribe("pointOut", () => {
+    state.hovered = null;
+    showInPartner(null);
+    tip.style.display = "none";
+  });
+  const report = (points) =>
+    trigger("select", { index: points.length, value: JSON.stringify(Array.from(points.slice(0, MAX_SENT_POINTS))) });
+  plot.subscribe("select", ({ points }) => report(points));
+  plot.subscribe("deselect", () => report([]));
+
+  watch(["points", "count", "colour_kind"], draw);
+  watch("highlight", highlight);
+  state.ready = draw();
+  return state;
+}

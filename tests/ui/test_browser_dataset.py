@@ -1,0 +1,130 @@
+"""The Dataset tab in Chromium: the map draws, hover shows a pair, search highlights its pairs, a lasso's pairs go to
+Analyze and fill the Affinity tab, and a linked map of the same pairs by another model follows the hover."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect
+
+from tests.browser import TIMEOUT_MS, wait_for_heatmap
+from tests.conftest import free_port
+from tests.ui.test_dataset_tab import embedded_folder
+from vlviz.embedding.dataset import open_dataset
+from vlviz.models.loading import OFFLINE_SPEC
+
+pytestmark = pytest.mark.browser
+
+N = 150
+MAP = "() => document.querySelector('#dataset-map canvas')?.vlvizMap"
+LINKED = "() => document.querySelector('#dataset-map-linked canvas')?.vlvizMap"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory, tiny_vit_dir: Path) -> list[Path]:
+    """N scenes embedded by the offline model, and the same scenes by another model."""
+    root = tmp_path_factory.mktemp("browser-dataset")
+    return [embedded_folder(root, n=N), embedded_folder(root, n=N, model=str(tiny_vit_dir), name="scenes-vit")]
+
+
+@pytest.fixture(scope="module")
+def folder(folders: list[Path]) -> Path:
+    return folders[0]
+
+
+@pytest.fixture(scope="module")
+def explore_url(folders: list[Path]) -> Iterator[str]:
+    """The app as `explore FOLDER OTHER` starts it: both folders listed, no sample analysed."""
+    from vlviz.ui import build_app, launch_kwargs
+
+    demo = build_app(OFFLINE_SPEC, initial_sample=None, datasets=folders)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def map_page(browser, explore_url: str) -> Iterator[Page]:
+    """A page on the app once the Dataset tab has drawn every point."""
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(explore_url)
+    page.wait_for_function(f"() => ({MAP})()?.drawn === {2 * N}", timeout=TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def _screen(page: Page, point: int) -> tuple[float, float]:
+    """Where point `point` is drawn, in page coordinates."""
+    x, y = page.evaluate(f"(i) => ({MAP})().plot.getScreenPosition(i)", point)
+    box = page.locator("#dataset-map canvas").bounding_box()
+    return box["x"] + x, box["y"] + y
+
+
+def test_the_map_draws_and_hover_shows_the_pair(map_page: Page, folder: Path) -> None:
+    expect(map_page.get_by_role("tab", name="Dataset")).to_have_attribute("aria-selected", "true")
+    png = map_page.locator("#dataset-map canvas").screenshot()
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    assert (np.abs(pixels - 255).sum(axis=2) > 30).mean() > 0.001  # points are on the canvas
+
+    caption = open_dataset(folder, prepare=False).captions([4])[0]
+    map_page.mouse.move(*_screen(map_page, N + 4))  # pair 5's caption point
+    tip = map_page.locator("#dataset-map .vlviz-map-tip")
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text(caption)
+    expect(tip).to_contain_text("pair 5, caption")
+    expect(tip.locator("img")).to_have_count(1)  # the pair's thumbnail
+
+
+def test_search_highlights_its_pairs(map_page: Page) -> None:
+    map_page.locator("#dataset-query textarea").fill("a red circle")
+    map_page.locator("#dataset-search").click()
+    map_page.wait_for_function(f"() => ({MAP})().plot.get('selectedPoints').length === 48")  # 24 pairs, 2 points each
+    expect(map_page.locator("#dataset-selection")).to_contain_text("24 pairs selected")
+    expect(map_page.locator("#dataset-hits")).to_contain_text("red")
+
+
+def test_a_lasso_sends_its_pairs_to_analyze(map_page: Page) -> None:
+    box = map_page.locator("#dataset-map canvas").bounding_box()
+    left, top = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+    right, bottom = box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.7
+    map_page.keyboard.down("Shift")  # shift-drag draws a lasso
+    map_page.mouse.move(left, top)
+    map_page.mouse.down()
+    for x, y in ((right, top), (right, bottom), (left, bottom), (left, top + 1)):
+        map_page.mouse.move(x, y, steps=8)
+    map_page.mouse.up()
+    map_page.keyboard.up("Shift")
+    expect(map_page.locator("#dataset-selection")).to_contain_text("(the lasso's)")
+    selected = map_page.evaluate(f"() => ({MAP})().plot.get('selectedPoints')")
+    pairs = sorted({point % N for point in selected})
+    assert 0 < len(pairs) < N
+
+    map_page.locator("#dataset-analyze").click()
+    rows = min(len(pairs), 200)
+    wait_for_heatmap(map_page, "image-text-plot", rows=rows)
+    expect(map_page.get_by_role("tab", name="Affinity")).to_have_attribute("aria-selected", "true")
+    expect(map_page.locator("#model-status")).to_contain_text(f"{rows} pairs selected in the dataset")
+
+
+def test_a_linked_map_follows_the_hover_and_colours_by_rank_shift(map_page: Page) -> None:
+    map_page.locator("#dataset-linked input").click()
+    map_page.get_by_role("option", name="scenes-vit").click()
+    map_page.wait_for_function(f"() => ({LINKED})()?.drawn === {2 * N}")
+    map_page.mouse.move(*_screen(map_page, 7))
+    map_page.wait_for_function(f"() => ({LINKED})().linkedHover === 7")  # the same pair's image, in the other map
+    map_page.mouse.move(5, 5)  # off the map: the other map's highlight goes too
+    map_page.wait_for_function(f"() => ({LINKED})().linkedHover === null")
+
+    map_page.locator("#dataset-colour").get_by_text("rank_shift").click()
+    expect(map_page.locator("#dataset-info")).to_contain_text("own caption moved in image-to-caption retrieval")
+    map_page.wait_for_function(f"() => ({LINKED})().plot.get('pointColor').length === 16")  # both on the ramp
+    map_page.wait_for_function(f"() => ({MAP})().plot.get('pointColor').length === 16")

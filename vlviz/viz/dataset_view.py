@@ -1,0 +1,117 @@
+"""The Dataset tab's data: an opened embedding folder's map as the raw arrays the browser draws, its colour
+columns, a search's hits as a table, and the pairs a selection of points names.
+
+The map ships as three little-endian float32 arrays end to end (x, y, colour value; 12 bytes a point, 24 MB for
+a million pairs' 2M points), which the page decodes in tens of milliseconds (docs/results/draw_engines.md);
+plotly's JSON of the same points is larger and decodes 20 times slower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vlviz.embedding.dataset import EmbeddedDataset
+from vlviz.embedding.linked import LinkedPairs
+from vlviz.embedding.search_index import SearchHits
+
+MODALITY = "modality"
+RANK_SHIFT = "rank_shift"
+COLUMN_LABELS = {  # a colour column -> what the legend calls it
+    MODALITY: "modality (image or caption)",
+    "own_cosine": "own-pair cosine (image with its caption)",
+    "inconsistency": "inconsistency (SaCo's per-sample |A_I - A_T|)",
+    RANK_SHIFT: "how far each pair's own caption moved in image-to-caption retrieval, linked model minus this one "
+    "(a share of the other captions; > 0: ranked worse)",
+}
+Columns = dict[str, np.ndarray]  # name -> (N,) per-pair values
+
+
+def colour_choices(dataset: EmbeddedDataset, extra: Columns | None = None) -> list[str]:
+    """What the map can be coloured by: the modality, each of the dataset's per-pair columns, then `extra`'s (e.g.
+    the rank shift against a linked map)."""
+    return [MODALITY, *dataset.columns, *(extra or {})]
+
+
+@dataclass(frozen=True)
+class ColourValues:
+    """Each point's colour value in [0, 1], whether they are categories, and the legend's line."""
+
+    values: np.ndarray  # (2N,) float32
+    categorical: bool
+    legend: str
+
+
+def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None = None) -> ColourValues:
+    """The points' colour by `colour` (one of `colour_choices`): a per-pair column (the dataset's or `extra`'s) is
+    min-max scaled, each pair's image and caption sharing their pair's value.
+
+    Raises:
+        ValueError: `colour` is none of the dataset's choices.
+    """
+    if colour == MODALITY:
+        values = (np.arange(2 * len(dataset)) >= len(dataset)).astype(np.float32)
+        return ColourValues(values, True, "Blue: images; orange: captions.")
+    columns = {**dataset.columns, **(extra or {})}
+    if colour not in columns:
+        raise ValueError(f"Colour by one of {', '.join(colour_choices(dataset, extra))}, not {colour!r}.")
+    column = np.asarray(columns[colour], dtype=np.float32)
+    low, high = float(np.nanmin(column)), float(np.nanmax(column))
+    scaled = np.nan_to_num((column - low) / max(high - low, 1e-12), nan=0.0)
+    label = COLUMN_LABELS.get(colour, colour)
+    legend = f"Colour: {label}, from dark purple ({low:.3f}) to yellow ({high:.3f})."
+    return ColourValues(np.concatenate([scaled, scaled]).astype(np.float32), False, legend)
+
+
+def map_points(coordinates: np.ndarray, values: np.ndarray) -> bytes:
+    """(2N, 2) map positions and (2N,) colour values as the bytes the page draws: x, y, value, float32 each.
+
+    Positions are centred and scaled by one factor into [-1, 1] (the drawing's clip space), so the map keeps its
+    aspect ratio.
+    """
+    coordinates = np.asarray(coordinates, dtype=np.float64)
+    centre = (coordinates.max(0) + coordinates.min(0)) / 2
+    radius = float(np.abs(coordinates - centre).max()) or 1.0
+    scaled = (coordinates - centre) / radius * 0.95  # a margin, so edge points are not cut
+    out = np.concatenate([scaled[:, 0], scaled[:, 1], np.asarray(values, dtype=np.float64)])
+    return out.astype("<f4").tobytes()
+
+
+def selected_pairs(points: list[int], n_pairs: int, limit: int) -> tuple[np.ndarray, int]:
+    """The pairs of the selected points (images are points 0..N-1, captions N..2N-1), in order of first
+    appearance: the first `limit` of them, and how many pairs the points name in all. Out-of-range points are
+    dropped."""
+    indices = np.asarray([p for p in points if isinstance(p, int) and 0 <= p < 2 * n_pairs], dtype=np.int64)
+    pairs = indices % n_pairs if n_pairs else indices
+    _, first = np.unique(pairs, return_index=True)
+    ordered = pairs[np.sort(first)]
+    return ordered[:limit], len(ordered)
+
+
+def hits_table(dataset: EmbeddedDataset, hits: SearchHits) -> pd.DataFrame:
+    """A search's pairs, best first: rank, pair number (from 1), file name, caption, cosine to the query."""
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(hits.pairs) + 1),
+            "pair": hits.pairs + 1,
+            "name": dataset.names(hits.pairs) if len(hits.pairs) else [],
+            "caption": dataset.captions(hits.pairs) if len(hits.pairs) else [],
+            "cosine": np.round(hits.scores.astype(np.float64), 4),
+        }
+    )
+
+
+def hit_points(hits: SearchHits, n_pairs: int) -> list[int]:
+    """The map points of a search's hits: each pair's image and caption."""
+    return [*hits.pairs.tolist(), *(hits.pairs + n_pairs).tolist()]
+
+
+def rank_shift(linked: LinkedPairs, n_pairs: int) -> np.ndarray:
+    """(N,) per pair of the first map, how far its own caption moved in image-to-caption retrieval from the first
+    model to the second (`LinkedPairs.rank_shift`: a share of the other captions, > 0 ranked worse); 0 for a pair
+    the second folder lacks."""
+    shift = np.zeros(n_pairs, dtype=np.float32)
+    shift[linked.first] = linked.rank_shift
+    return shift
