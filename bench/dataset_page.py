@@ -1,0 +1,128 @@
+"""The Dataset tab on a large folder in Chromium: from opening the page to every point drawn, and the app's memory.
+
+`python -m bench.dataset_page FOLDER [--repeats 3] [--screenshot assets/dataset_1m.png] [--docs]` serves the app in
+this process with FOLDER listed (as `python -m vlviz explore FOLDER` does; the folder prepared beforehand, e.g. by
+`bench.dataset` or `explore` itself), then in headless Chromium (the project's flags: WebGL on the CPU) times each
+fresh page from navigation to the map's last point drawn (the bundle's own `drawn` count reaching 2N): the server
+opens the folder, sends 2N raw points and the page draws them. Baseline, in the same process and browser: a bare
+Gradio page whose one gr.HTML says it has loaded, the page cost no map can avoid. Also the resident memory of this
+process (the app; Chromium runs in its own) with the folder open, against issue 24's targets (first draw <= 5 s,
+<= 3 GB at a million pairs). Prints one JSON object, written to bench/results/dataset_page.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from playwright.sync_api import sync_playwright
+
+from bench.readme import write_results_block
+from tests.browser import CHROMIUM_ARGS
+from tests.conftest import free_port
+from vlviz.embedding.dataset import open_dataset
+from vlviz.models.loading import OFFLINE_SPEC
+from vlviz.ui import build_app, launch_kwargs
+
+RESULTS = Path(__file__).resolve().parent / "results" / "dataset_page.json"
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "dataset.md"
+TARGETS = {"first_draw_s": 5.0, "app_rss_mb": 3072}
+MAP = "document.querySelector('#dataset-map canvas')?.vlvizMap"
+TIMEOUT_MS = 300_000
+BARE_READY_JS = "() => !!document.querySelector('[data-loaded=\"yes\"]')"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def _bare_page() -> gr.Blocks:
+    with gr.Blocks() as demo:
+        gr.HTML("", js_on_load="element.dataset.loaded = 'yes';", elem_id="bare")
+    return demo
+
+
+def _timed(browser: Any, url: str, ready_js: str, screenshot: Path | None = None) -> float:
+    """Seconds from navigation to `ready_js` true, in a fresh page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    start = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(ready_js, timeout=TIMEOUT_MS, polling=50)
+    seconds = time.perf_counter() - start
+    if screenshot is not None:
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(screenshot))
+    context.close()
+    return seconds
+
+
+def run(folder: Path, repeats: int, screenshot: Path | None) -> dict[str, Any]:
+    pairs = len(open_dataset(folder, prepare=False))
+    rss_before = _rss_mb()
+    app, bare = build_app(OFFLINE_SPEC, initial_sample=None, datasets=[folder]), _bare_page()
+    ports = free_port(), free_port()
+    app.launch(server_port=ports[0], prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    bare.launch(server_port=ports[1], prevent_thread_lock=True, quiet=True)
+    drawn_js = f"() => ({MAP})?.drawn === {2 * pairs}"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+            first, baseline = [], []
+            for repeat in range(repeats):  # interleaved
+                baseline.append(_timed(browser, f"http://127.0.0.1:{ports[1]}/", BARE_READY_JS))
+                shot = screenshot if repeat == repeats - 1 else None
+                first.append(_timed(browser, f"http://127.0.0.1:{ports[0]}/", drawn_js, shot))
+            browser.close()
+    finally:
+        app.close()
+        bare.close()
+    best, base = min(first), min(baseline)
+    rss = _rss_mb()
+    return {
+        "pairs": pairs, "points": 2 * pairs, "repeats": repeats,
+        "first_draw_s": round(best, 2), "first_draw_all_s": [round(s, 2) for s in first],
+        "bare_page_s": round(base, 2), "ratio_vs_bare_page": round(best / base, 1),
+        "app_rss_mb": round(rss), "rss_before_app_mb": round(rss_before),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "targets": TARGETS,
+        "targets_met": {"first_draw_s": best <= TARGETS["first_draw_s"], "app_rss_mb": rss <= TARGETS["app_rss_mb"]},
+    }  # fmt: skip
+
+
+def docs_block(result: dict[str, Any]) -> str:
+    met = result["targets_met"]
+    return (
+        f"| pairs (points) | page to every point drawn | bare Gradio page | app RSS with the folder open |\n"
+        f"|---|---|---|---|\n"
+        f"| {result['pairs']:,} ({result['points']:,}) | **{result['first_draw_s']} s** (best of "
+        f"{result['repeats']}: {', '.join(map(str, result['first_draw_all_s']))}; target 5 s: "
+        f"{'met' if met['first_draw_s'] else 'not met'}) | {result['bare_page_s']} s "
+        f"({result['ratio_vs_bare_page']}x) | {result['app_rss_mb']:,} MB (target 3,072: "
+        f"{'met' if met['app_rss_mb'] else 'not met'}) |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--screenshot", type=Path, default=None, help="a PNG of the last page, map drawn")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/dataset.md")
+    args = parser.parse_args()
+    result = run(args.folder, args.repeats, args.screenshot)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    if args.docs:
+        write_results_block("dataset_page", docs_block(result), DOCS_PAGE)
+
+
+if __name__ == "__main__":
+    main()
