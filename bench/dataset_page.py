@@ -7,7 +7,8 @@ fresh page from navigation to the map's last point drawn (the bundle's own `draw
 opens the folder, sends 2N raw points and the page draws them. Baseline, in the same process and browser: a bare
 Gradio page whose one gr.HTML says it has loaded, the page cost no map can avoid. Also the resident memory of this
 process (the app; Chromium runs in its own) with the folder open, against issue 24's targets (first draw <= 5 s,
-<= 3 GB at a million pairs). Prints one JSON object, written to bench/results/dataset_page.json.
+<= 3 GB at a million pairs). Prints one JSON object, written to bench/results/dataset_page.json
+(`--docs`: its table in docs/results/dataset_page.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui import build_app, launch_kwargs
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dataset_page.json"
-DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "dataset.md"
 TARGETS = {"first_draw_s": 5.0, "app_rss_mb": 3072}
 MAP = "document.querySelector('#dataset-map canvas')?.vlvizMap"
 TIMEOUT_MS = 300_000
@@ -115,13 +115,13 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--screenshot", type=Path, default=None, help="a PNG of the last page, map drawn")
-    parser.add_argument("--docs", action="store_true", help="write the table into docs/dataset.md")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/results/dataset_page.md")
     args = parser.parse_args()
     result = run(args.folder, args.repeats, args.screenshot)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
     if args.docs:
-        write_results_block("dataset_page", docs_block(result), DOCS_PAGE)
+        write_results_block("dataset_page", docs_block(result))
 
 
 if __name__ == "__main__":
