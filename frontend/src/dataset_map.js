@@ -19,6 +19,9 @@ const RAMP = [
   "#1f988b", "#22a884", "#35b779", "#54c568", "#7ad151", "#a5db36", "#d2e21b", "#fde725",
 ];
 const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps the first pairs of them anyway
+// A larger map is drawn first from every k-th point (its shape in about a second, drawn in software here), then
+// whole: drawing two million points takes several seconds, during which the page would show nothing.
+const PREVIEW_POINTS = 200000;
 
 function escapeHtml(text) {
   const div = document.createElement("div");
@@ -51,7 +54,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     colorBy: "valueA",
     lassoOnLongPress: true,
   });
-  const state = { plot, drawn: 0, hovered: null, linkedHover: null, error: null };
+  const state = { plot, drawn: 0, previewed: 0, hovered: null, linkedHover: null, error: null };
   canvas.vlvizMap = state; // tests read the drawn count and the selection, and drive the plot
   window.vlvizMaps = window.vlvizMaps || {};
   window.vlvizMaps[props.role] = state;
@@ -83,8 +86,17 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     try {
       const points = await fetchPoints(url, props.count);
       const categorical = props.colour_kind === "categorical";
+      const options = { zDataType: categorical ? "categorical" : "continuous" };
       plot.set({ pointColor: categorical ? CATEGORY_COLOURS : RAMP });
-      await plot.draw(points, { zDataType: categorical ? "categorical" : "continuous" });
+      if (!state.drawn && props.count > PREVIEW_POINTS) {
+        const step = Math.ceil(props.count / PREVIEW_POINTS);
+        const every = (values) => values.filter((_, i) => i % step === 0);
+        await plot.draw({ x: every(points.x), y: every(points.y), valueA: every(points.valueA) }, options);
+        fit();
+        state.previewed = props.count;
+        await new Promise((painted) => requestAnimationFrame(() => requestAnimationFrame(painted)));
+      }
+      await plot.draw(points, options);
       if (!state.drawn) fit();
       state.drawn = props.count;
       state.error = null;
@@ -103,6 +115,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
   };
 
   plot.subscribe("pointOver", async (index) => {
+    if (state.drawn !== props.count) return; // a preview's points are not the pairs' numbers
     state.hovered = index;
     showInPartner(index);
     const token = props.token;
@@ -126,6 +139,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     tip.style.display = "none";
   });
   const report = (points) =>
+    state.drawn === props.count &&
     trigger("select", { index: points.length, value: JSON.stringify(Array.from(points.slice(0, MAX_SENT_POINTS))) });
   plot.subscribe("select", ({ points }) => report(points));
   plot.subscribe("deselect", () => report([]));
