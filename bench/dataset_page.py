@@ -1,13 +1,14 @@
 """The Dataset tab on a large folder in Chromium: from opening the page to every point drawn, and the app's memory.
 
-`python -m bench.dataset_page FOLDER [--repeats 3] [--screenshot assets/dataset_1m.png] [--docs]` serves the app in
-this process with FOLDER listed (as `python -m vlviz explore FOLDER` does; the folder prepared beforehand, e.g. by
+`python -m bench.dataset_page FOLDER [FOLDER ...] [--repeats 3] [--screenshot assets/dataset_1m.png] [--docs]` serves
+the app in this process with each FOLDER listed in turn (as `python -m vlviz explore FOLDER` does; the folder prepared beforehand, e.g. by
 `bench.dataset` or `explore` itself), then in headless Chromium (the project's flags: WebGL on the CPU) times each
 fresh page from navigation to the map's last point drawn (the bundle's own `drawn` count reaching 2N): the server
 opens the folder, sends 2N raw points and the page draws them. Baseline, in the same process and browser: a bare
 Gradio page whose one gr.HTML says it has loaded, the page cost no map can avoid. Also the resident memory of this
 process (the app; Chromium runs in its own) with the folder open, against issue 24's targets (first draw <= 5 s,
-<= 3 GB at a million pairs). Prints one JSON object, written to bench/results/dataset_page.json
+<= 3 GB at a million pairs). The screenshot is of the last folder. Prints one JSON object (a record per folder),
+written to bench/results/dataset_page.json
 (`--docs`: its table in docs/results/dataset_page.md).
 """
 
@@ -103,12 +104,17 @@ def run(folder: Path, repeats: int, screenshot: Path | None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def docs_block(result: dict[str, Any]) -> str:
+def docs_block(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| pairs (points) | page to the first drawn map | to every point drawn | bare Gradio page "
+        "| app RSS with the folder open |\n|---|---|---|---|---|"
+    )
+    return "\n".join([head, *map(_docs_row, results)])
+
+
+def _docs_row(result: dict[str, Any]) -> str:
     met = result["targets_met"]
     return (
-        f"| pairs (points) | page to the first drawn map | to every point drawn | bare Gradio page "
-        f"| app RSS with the folder open |\n"
-        f"|---|---|---|---|---|\n"
         f"| {result['pairs']:,} ({result['points']:,}) | **{result['first_draw_s']} s** (best of "
         f"{result['repeats']}: {', '.join(map(str, result['first_draw_all_s']))}; target 5 s: "
         f"{'met' if met['first_draw_s'] else 'not met'}) | {result['every_point_s']} s "
@@ -120,16 +126,18 @@ def docs_block(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--screenshot", type=Path, default=None, help="a PNG of the last page, map drawn")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/results/dataset_page.md")
     args = parser.parse_args()
-    result = run(args.folder, args.repeats, args.screenshot)
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    results = [
+        run(folder, args.repeats, args.screenshot if folder == args.folders[-1] else None) for folder in args.folders
+    ]
+    RESULTS.write_text(json.dumps({"folders": results}, indent=1))
+    print(json.dumps({"folders": results}))
     if args.docs:
-        write_results_block("dataset_page", docs_block(result))
+        write_results_block("dataset_page", docs_block(results))
 
 
 if __name__ == "__main__":
