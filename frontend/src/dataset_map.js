@@ -51,6 +51,9 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     pointSize: 3,
     pointSizeSelected: 4,
     opacityInactiveScale: 0.6,
+    // zoomed out, dense clouds of points turn translucent, so the map reads as a density; zoomed in, each point
+    // is opaque (regl-scatterplot's density-based opacity, after Ricky Reusser's 2-D point-cloud opacity)
+    opacityBy: "density",
     colorBy: "valueA",
     lassoOnLongPress: true,
   });

@@ -19,7 +19,7 @@ import vlviz.embedding.pair_columns as pair_columns
 from bench.dataset import HELD_OUT, synthetic_pairs, write_synthetic_folder
 from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
-from vlviz.data.inputs import InputError
+from vlviz.data.inputs import ByteBudget, InputError, decoded_bytes
 from vlviz.embedding.dataset import MANIFEST_FILE, open_dataset, prepare_dataset
 from vlviz.embedding.folder import open_folder
 from vlviz.embedding.search_index import exact_search, recall_at_k
@@ -182,6 +182,12 @@ def test_a_selection_reads_images_of_plain_tars_in_place_and_streams_compressed_
         assert np.array_equal(np.asarray(image), np.asarray(other))
     with pytest.raises(AssertionError, match="must not stream"):
         open_dataset(tmp_path / "compressed", layout=False).pairs([1])
+    one_image = decoded_bytes(32, 32)  # a 32-pixel scene, decoded
+    with pytest.raises(InputError, match="The selected images take"):  # from the headers, before decoding
+        open_dataset(tmp_path / "plain", layout=False).pairs([1, 2, 3], memory=ByteBudget(2 * one_image))
+    budget = ByteBudget(3 * one_image)
+    open_dataset(tmp_path / "plain", layout=False).pairs([1, 2, 3], memory=budget)
+    assert budget.taken == 3 * one_image
 
 
 def test_the_layout_is_stored_and_a_rerun_resumes_it(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -563,6 +563,12 @@ def _header_size(item: _Item) -> tuple[int, int]:
         return 0, 0
 
 
+def decoded_bytes_of(image: bytes | str | os.PathLike[str]) -> int:
+    """`decoded_bytes` of an encoded image or image file, read from its header (0 when unreadable: its decode
+    reports it)."""
+    return decoded_bytes(*_size_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image)))
+
+
 def megabytes(size: int) -> str:
     """Bytes as MB for a message: "4,096 MB", "2.5 MB"."""
     return f"{size / 2**20:,.0f} MB" if size >= 10 * 2**20 else f"{size / 2**20:.3g} MB"

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vlviz.data.formats import read_located_images, stream_pairs
-from vlviz.data.inputs import InputError, PairSet, load_image
+from vlviz.data.inputs import ByteBudget, InputError, PairSet, decoded_bytes_of, load_image
 from vlviz.embedding import layout_store, pair_columns, search_index
 from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder, crc32, file_record, open_folder
 from vlviz.embedding.store import model_fingerprint, read_thumbnails
@@ -343,17 +343,20 @@ class EmbeddedDataset:
         row = pair - int(self.embeddings.starts[shard])
         return Image.open(io.BytesIO(bytes(data[offsets[row] : offsets[row + 1]])))
 
-    def pairs(self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION) -> PairSet:
+    def pairs(
+        self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION, memory: ByteBudget | None = None
+    ) -> PairSet:
         """The selected pairs' images (decoded from the folder's source) and captions, for Analyze.
 
         Images in uncompressed tar shards are read where `embed` found them (`read_located_images`: one seek
         each, whatever the folder's size); other sources are read from their start to the last selected pair
         (a folder's or a table's images are opened only when selected; compressed shards and parquet are
-        streamed through), decoding only the selected images.
+        streamed through), decoding only the selected images, each taken from `memory` (its size read from its
+        header) before it is decoded.
 
         Raises:
-            InputError: More than `max_pairs` pairs, the source is gone or changed since it was embedded, or a
-                selected image no longer decodes.
+            InputError: More than `max_pairs` pairs, the source is gone or changed since it was embedded, a
+                selected image no longer decodes, or the images do not fit `memory`.
         """
         chosen = np.unique(np.asarray(pairs, dtype=np.int64))
         if len(chosen) == 0 or len(chosen) > max_pairs:
@@ -366,7 +369,7 @@ class EmbeddedDataset:
                 encoded = read_located_images(index["source"], locations.tolist(), names)
             except InputError as error:
                 raise InputError(f"The source of {self.embeddings.path.name} cannot be read: {error}") from error
-            return PairSet([load_image(data, name) for data, name in zip(encoded, names)], captions, names)
+            return PairSet([self._decoded(data, name, memory) for data, name in zip(encoded, names)], captions, names)
         wanted = dict(zip(self.positions[chosen].tolist(), chosen.tolist()))
         expected = {position: (names[i], captions[i]) for i, position in enumerate(self.positions[chosen].tolist())}
         found: dict[int, Image.Image] = {}
@@ -379,7 +382,7 @@ class EmbeddedDataset:
                             f"Pair {position} of {index['source']} is now {raw.name!r}, not {expected[position][0]!r}: "
                             "the source changed since it was embedded. Embed it again into a new folder."
                         )
-                    found[position] = load_image(raw.image, raw.label)
+                    found[position] = self._decoded(raw.image, raw.label, memory)
                     if len(found) == len(wanted):
                         break
         except InputError as error:
@@ -391,6 +394,12 @@ class EmbeddedDataset:
             )
         order = sorted(wanted)
         return PairSet([found[p] for p in order], [expected[p][1] for p in order], [expected[p][0] for p in order])
+
+    @staticmethod
+    def _decoded(image: bytes | os.PathLike[str], label: str, memory: ByteBudget | None) -> Image.Image:
+        if memory is not None:
+            memory.take(decoded_bytes_of(image), "The selected images")
+        return load_image(image, label)
 
     def _image_locations(self, chosen: np.ndarray) -> np.ndarray | None:
         """(n, 4) where each chosen pair's image lies in the source (`RawPair.location`), or None when a shard

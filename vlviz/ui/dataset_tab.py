@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
-from vlviz.embedding.dataset import MAX_SELECTION, EmbeddedDataset, open_dataset
+from vlviz.embedding.dataset import EmbeddedDataset, open_dataset
 from vlviz.embedding.linked import link_datasets
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
@@ -74,7 +74,7 @@ TAB = "Dataset"
 DATASETS_ENV = "VLVIZ_DATASETS"
 POINTS_ROUTE = "/vlviz-dataset"  # POINTS_ROUTE/{token}/points?colour=NAME
 SEARCH_K = 24  # pairs a search returns and highlights
-SELECTION_LIMIT = min(MAX_SELECTION, MAX_PAIRS)  # pairs a selection hands to Analyze (decoded from the source)
+SELECTION_LIMIT = MAX_PAIRS  # pairs a selection hands to Analyze, as many as an upload (decoded from the source)
 MAX_SELECTION_CHARS = 400_000  # a lasso's JSON; the page sends at most 20,000 point indices
 MAX_QUERY_PIXELS = 40_000_000  # an uploaded query image, checked before the model resizes it
 MAP_HEIGHT_PX = 560
@@ -448,9 +448,8 @@ class DatasetTab:
             try:
                 model = load_model(dataset.model_spec, name=public_model_name(dataset.model_spec))
                 with LEDGER.reserve(session.token, address) as room:
-                    pairs = dataset.pairs(handle.selection, max_pairs=SELECTION_LIMIT)
-                    decoded = sum(image.width * image.height * 3 for image in pairs.images)
-                    room.take(decoded + model.encoded_bytes(len(pairs)), f"These {len(pairs)} pairs")
+                    pairs = dataset.pairs(handle.selection, max_pairs=SELECTION_LIMIT, memory=room)  # header first
+                    room.take(model.encoded_bytes(len(pairs)), f"These {len(pairs)} pairs with their embeddings")
                     progress(0.4, desc="Encoding")
                     analysis = session.hold(encode_pair_set(model, pairs), model, address)
             except (InputError, ValueError, ModelUnavailableError) as error:
