@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
 from vlviz.embedding.dataset import EmbeddedDataset, open_dataset
-from vlviz.embedding.linked import link_datasets
+from vlviz.embedding.linked import LinkedPairs, link_datasets
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
 from vlviz.models.policy import is_public
@@ -242,12 +242,15 @@ def _describe(handle: MapHandle) -> str:
     )
 
 
-def same_pairs(dataset: EmbeddedDataset, other: EmbeddedDataset) -> bool:
-    """Whether two folders hold the same pairs in the same order (their source's positions, names and captions)."""
+def linked_pairs(dataset: EmbeddedDataset, other: EmbeddedDataset) -> LinkedPairs | None:
+    """The two folders' pairs linked (`link_datasets`) when they hold the same pairs in the same order, so that a
+    point of one map is the same point of the other; else None."""
     if len(dataset) != len(other) or not np.array_equal(dataset.positions, other.positions):
-        return False
-    probe = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), 64)).astype(np.int64))
-    return dataset.names(probe) == other.names(probe) and dataset.captions(probe) == other.captions(probe)
+        return None
+    try:
+        return link_datasets(dataset, other)  # the same names and captions at the same places
+    except InputError:
+        return None
 
 
 def _map(elem_id: str, role: str, visible: bool = True) -> gr.HTML:
@@ -351,9 +354,10 @@ class DatasetTab:
         if handle.linked is not None and handle.linked.name == name:
             return gr.skip()  # linked already (a repeated pick)
         other = open_listed(self.catalog, name)
-        if other.layout is None or not same_pairs(handle.dataset, other):
+        linked = linked_pairs(handle.dataset, other) if other.layout is not None else None
+        if linked is None:
             raise refusal(f"'{name}' does not hold the same pairs as '{handle.name}' (embed the same source).")
-        handle.extra = {RANK_SHIFT: rank_shift(link_datasets(handle.dataset, other), len(handle.dataset))}
+        handle.extra = {RANK_SHIFT: rank_shift(linked, len(handle.dataset))}
         handle.linked = register_map(MapHandle(name, other, handle.colour, extra=handle.extra))
         legend = colour_values(handle.dataset, handle.colour, handle.extra).legend
         return {
