@@ -254,8 +254,7 @@ def model_gradient_maps(
     encoding = model.encode_pairs(images, captions)
     if encoding.token_features is None or encoding.grid_size is None:
         raise ValueError(f"No {method} maps for this model: {model.patches_unavailable}.")
-    real = encoding.tokens.word_mask.any(dim=0).nonzero()
-    used = int(real.max()) + 1 if len(real) else 0
+    used = encoding.tokens.used_length
     tokens = encoding.token_features[:, :used]
     maps = torch.zeros(*encoding.token_features.shape[:2], encoding.grid_size[0] * encoding.grid_size[1])
     start = 0

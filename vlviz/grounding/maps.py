@@ -177,8 +177,7 @@ def pamr_scene_maps(
     `swapped`, the previous image's). Only the tokens up to the last real one of any caption are refined."""
     maps, previous = model_scene_maps(model, images, captions, "naclip", swapped)
     encoding = model.encode_pairs(images, captions)
-    real = encoding.tokens.word_mask.any(dim=0).nonzero()
-    used = int(real.max()) + 1 if len(real) else 0
+    used = encoding.tokens.used_length
     refined = []
     for drawn, seen in ((maps, images), (previous, images[-1:] + images[:-1])):
         if drawn is not None and used:

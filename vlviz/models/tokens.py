@@ -43,6 +43,13 @@ class TokenLayout:
     tokens: list[list[str]]  # (N, T) readable piece per position, "" for padding
     words: list[list[str]]  # per caption, its words in order
 
+    @property
+    def used_length(self) -> int:
+        """Positions up to the last real token of any caption (0 for none): what per-token work needs to cover,
+        since a caption is a few tokens of a long context."""
+        real = self.word_mask.any(dim=0).nonzero()
+        return int(real.max()) + 1 if len(real) else 0
+
 
 def _special_ids(tokenizer: Callable[..., torch.Tensor]) -> tuple[set[int], int]:
     """The start/end/special token ids and the padding id, for either tokenizer kind."""
