@@ -16,6 +16,7 @@ from gradio_client.exceptions import AppError
 from tests.conftest import SCENE_CAPTIONS, analyzed_client
 from tests.grounding.test_annotations import _write_scenes
 from vlviz.data import annotations as reading
+from vlviz.data import inputs
 from vlviz.data.samples import SAMPLE_SETS, bundled_scenes
 from vlviz.grounding.annotations import annotation_grounding
 from vlviz.models.loading import GROUNDED_SPEC, OFFLINE_SPEC, load_model
@@ -335,7 +336,7 @@ def test_wrong_files_are_refused_with_what_to_upload(client: Client, scene_files
         (not_json, [image], [], "instances.json is not a JSON file"),
         (captions, [image], [], "not a COCO instances file"),
         (scene_files / "masks_colour" / "labels.csv", [image], [], "labels.csv is a labels table: upload its masks"),
-        (scene_files / "coco_colour.json", [unsafe], [], "unsafe.zip has entries whose names point outside"),
+        (scene_files / "coco_colour.json", [unsafe], [], "unsafe.zip has entries with unsafe names"),
         (scene_files / "coco_colour.json", [broken], [], "broken.zip could not be unpacked"),
     ):
         with pytest.raises(AppError, match=message) as refused:
@@ -352,7 +353,7 @@ def test_every_bound_is_checked_before_unpacking_or_decoding(
     data = _score(client, coco, images, kinds=["sparc"])[-1]
     assert data["images"] == 1 and data["notices"] == [f"scored the first 1 of {len(ANNOTATED)} annotated images"]
     for module, bound, value, message in (
-        (reading, "MAX_ZIP_MEMBERS", 2, f"images.zip lists {len(ANNOTATED)} entries, more than the 2 allowed"),
+        (inputs, "MAX_ZIP_MEMBERS", 2, f"images.zip lists {len(ANNOTATED)} entries, more than the 2 allowed"),
         (reading, "MAX_ZIP_BYTES", 100, "images.zip unpacks to more than 0 MB"),
         (grounding_tab, "MAX_REQUEST_PIXELS", 100, r"images \(1\) hold 0 megapixels together, more than the 0"),
     ):

@@ -43,11 +43,9 @@ from vlviz.data.inputs import (
     MAX_IMAGE_PIXELS,
     MAX_TABLE_BYTES,
     MAX_ZIP_BYTES,
-    MAX_ZIP_MEMBERS,
     InputError,
     load_image,
-    unsafe_zip_name,
-    zip_skippable,
+    zip_members,
 )
 
 MAX_ANNOTATION_BYTES = 256 * 2**20
@@ -553,17 +551,9 @@ def unpack_uploads(paths: Sequence[str], folder: str | os.PathLike[str]) -> dict
             continue
         try:
             with zipfile.ZipFile(path) as archive:
-                members = archive.infolist()
-                if len(members) > MAX_ZIP_MEMBERS:
-                    raise InputError(
-                        f"{base} lists {len(members):,} entries, more than the {MAX_ZIP_MEMBERS:,} allowed."
-                    )
-                if any(unsafe_zip_name(m.filename) for m in members):
-                    raise InputError(f"{base} has entries whose names point outside the folder it unpacks into.")
                 images = [
-                    m for m in members
-                    if not zip_skippable(m) and os.path.splitext(m.filename)[1].lower() in IMAGE_EXTENSIONS
-                ]  # fmt: skip
+                    m for m in zip_members(archive) if os.path.splitext(m.filename)[1].lower() in IMAGE_EXTENSIONS
+                ]
                 unpacked += sum(m.file_size for m in images)
                 if unpacked > MAX_ZIP_BYTES:
                     raise InputError(

@@ -468,20 +468,25 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
         raise InputError(f"{member.filename} in {_zip_label(archive)} could not be unpacked ({reason}).") from exc
 
 
-def unsafe_zip_name(name: str) -> bool:
+def _unsafe_zip_name(name: str) -> bool:
     """Whether unpacking `name` could write outside the target folder (zip slip): a .. part, or a root or drive."""
     parts = name.replace("\\", "/").split("/")
     return ".." in parts or name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None
 
 
-def zip_skippable(member: zipfile.ZipInfo) -> bool:
+def _zip_skippable(member: zipfile.ZipInfo) -> bool:
     """Folders, macOS resource forks (__MACOSX/) and dotfiles (.DS_Store) hold no images or captions."""
     parts = [p for p in member.filename.replace("\\", "/").split("/") if p not in ("", ".")]  # ./a.png is a.png
     return member.is_dir() or not parts or "__MACOSX" in parts or any(p.startswith(".") for p in parts)
 
 
-def _scan_zip(archive: zipfile.ZipFile, notices: list[str]) -> tuple[list[zipfile.ZipInfo], zipfile.ZipInfo | None]:
-    """The zip's image members, in name order, and its caption table member if it has one."""
+def zip_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The zip's members that can hold a file (`_zip_skippable` ones left out), after the checks every unpacking
+    needs: at most MAX_ZIP_MEMBERS entries, and none whose name points outside the folder it unpacks into.
+
+    Raises:
+        InputError: Too many entries, or an unsafe name.
+    """
     zip_name = _zip_label(archive)
     members = archive.infolist()
     if len(members) > MAX_ZIP_MEMBERS:
@@ -490,14 +495,20 @@ def _scan_zip(archive: zipfile.ZipFile, notices: list[str]) -> tuple[list[zipfil
             f"put at most {MAX_PAIRS} images in it."
         )
     # Checked before anything is skipped: a ../ entry must not vanish silently as if it were a dotfile.
-    unsafe = [_clip(m.filename, 80) for m in members if unsafe_zip_name(m.filename)]
+    unsafe = [_clip(m.filename, 80) for m in members if _unsafe_zip_name(m.filename)]
     if unsafe:
         raise InputError(
             f"{zip_name} has entries with unsafe names ({_list_names(unsafe)}): a name with a .. part or one "
             "that starts at the root or at a drive (/, \\, C:) points outside the folder the zip unpacks into. "
             "Create the zip again from a folder of images."
         )
-    kept = [m for m in members if not zip_skippable(m)]
+    return [m for m in members if not _zip_skippable(m)]
+
+
+def _scan_zip(archive: zipfile.ZipFile, notices: list[str]) -> tuple[list[zipfile.ZipInfo], zipfile.ZipInfo | None]:
+    """The zip's image members, in name order, and its caption table member if it has one."""
+    zip_name = _zip_label(archive)
+    kept = zip_members(archive)
     images = sorted(
         (m for m in kept if _extension(m.filename) in IMAGE_EXTENSIONS), key=lambda m: _natural_key(m.filename)
     )
