@@ -552,3 +552,47 @@ def test_compressed_shards_and_other_sources_carry_no_locations(tmp_path: Path) 
     (tmp_path / "packed.tar.gz").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
     assert formats.is_plain_tar(tmp_path / "plain.tar") and not formats.is_plain_tar(tmp_path / "packed.tar.gz")
     assert [pair.location for pair in formats.stream_pairs(str(tmp_path / "packed.tar.gz")).pairs] == [None]
+
+
+# ------------------------------------------------------------------------------------ source fields
+
+
+def test_numeric_fields_keep_numbers_and_booleans_under_short_names() -> None:
+    record = {"similarity": 0.31, "width": 640, "nsfw": False, "url": "http://x", "tags": [1, 2], "none": None,
+              "bad<b>name": 1, "x" * 65: 2, "inf": float("inf"), 3: 4.0}  # fmt: skip
+    fields = formats.numeric_fields(record)
+    assert [name for name, _ in fields] == ["similarity", "width", "nsfw", "inf"]
+    assert fields[:3] == (("similarity", 0.31), ("width", 640.0), ("nsfw", 0.0)) and np.isnan(fields[3][1])
+    assert formats.numeric_fields({"score": "0.5", "label": "cat", "size": " 1e3 "}, numbers_in_text=True) == (
+        ("score", 0.5),
+        ("size", 1000.0),
+    )
+    assert formats.numeric_fields({"score": "0.5"}) == ()  # a JSON string is text
+    many = formats.numeric_fields({f"f{i}": i for i in range(40)})
+    assert len(many) == formats.MAX_SOURCE_FIELDS and many[-1] == ("f15", 15.0)
+
+
+def test_every_streamed_format_carries_its_rows_numeric_fields(shards: Path, tmp_path: Path) -> None:
+    webdataset = list(formats.stream_pairs(str(shards / "{000..001}.tar")).pairs)
+    assert [pair.fields for pair in webdataset] == [(), (), (), (), (("width", 64.0),), ()]
+    images = pa.array([png(image) for image in IMAGES[:3]], pa.binary())
+    table = pa.table({"image": images, "caption": CAPTIONS[:3], "similarity": [0.1, None, 0.3], "id": [7, 8, 9],
+                      "url": ["a", "b", "c"], "keep": [True, False, True]})  # fmt: skip
+    pq.write_table(table, tmp_path / "rows.parquet", row_group_size=2)
+    parquet = list(formats.stream_pairs(tmp_path / "rows.parquet").pairs)
+    assert [pair.fields for pair in parquet] == [
+        (("similarity", 0.1), ("id", 7.0), ("keep", 1.0)),
+        (("id", 8.0), ("keep", 0.0)),  # a null is no value: the pair lacks the field
+        (("similarity", 0.3), ("id", 9.0), ("keep", 1.0)),
+    ]
+    files = write_images(tmp_path / "coco")
+    coco = list(formats.stream_pairs(write_coco(tmp_path / "coco" / "captions.json", files)).pairs)
+    assert coco[0].fields == (("width", 64.0), ("height", 64.0))  # the image's own, not its id
+    folder = tmp_path / "imagefolder"
+    write_images(folder)
+    with (folder / "metadata.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([["file_name", "caption", "aesthetic", "label"], [files[0], "a", "5.5", "cat"]])
+    assert [pair.fields for pair in formats.stream_pairs(folder).pairs] == [(("aesthetic", 5.5),)]
+    (folder / "metadata.csv").unlink()
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": files[1], "text": "b", "aesthetic": 4}) + "\n")
+    assert [pair.fields for pair in formats.stream_pairs(folder).pairs] == [(("aesthetic", 4.0),)]

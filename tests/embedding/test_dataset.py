@@ -20,12 +20,14 @@ from bench.dataset import HELD_OUT, synthetic_pairs, write_synthetic_folder
 from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
 from vlviz.data.inputs import ByteBudget, InputError, decoded_bytes
-from vlviz.embedding.dataset import MANIFEST_FILE, open_dataset, prepare_dataset
+from vlviz.data.scenes import generate_scenes
+from vlviz.embedding.dataset import COLUMNS, MANIFEST_FILE, open_dataset, prepare_dataset
 from vlviz.embedding.folder import open_folder
 from vlviz.embedding.search_index import exact_search, recall_at_k
 from vlviz.embedding.store import load_embeddings, thumbnail_jpeg
 from vlviz.metrics.consistency import sample_inconsistency
 from vlviz.models.loading import OFFLINE_SPEC, load_model
+from vlviz.viz.dataset_view import colour_values
 
 N = 90  # scenes in the shared folder: shards of 32, 32 and 26
 
@@ -151,6 +153,37 @@ def test_thumbnails_and_a_selection_come_back_from_the_folder_and_its_source(tmp
         dataset.pairs([1])
     embed(write_scene_shards(tmp_path / "bare", n=3), tmp_path / "none", "--thumbnails", "0")
     assert open_dataset(tmp_path / "none", layout=False).thumbnail(0) is None
+
+
+@pytest.mark.parametrize("file_format", ["npz", "parquet"])
+def test_the_source_rows_numeric_fields_become_colour_columns(tmp_path: Path, file_format: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scenes = generate_scenes(40, seed=2, image_size=32)
+    encoded = []
+    for image in scenes.pil_images():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    similarity = [None if i == 5 else i / 40 for i in range(40)]
+    width = [None] * 32 + [float(i) for i in range(32, 40)]  # only the second shard's rows have it
+    table = pa.table({"image": encoded, "caption": scenes.captions, "similarity": similarity, "width": width,
+                      "url": [f"u{i}" for i in range(40)]})  # fmt: skip
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    embed(str(tmp_path / "pairs.parquet"), tmp_path / "out", "--format", file_format)
+    dataset = open_dataset(tmp_path / "out", layout=False)
+    assert list(dataset.columns) == [*COLUMNS, "source: similarity", "source: width"]
+    expected = np.array([np.nan if v is None else v for v in similarity], np.float32)
+    assert np.array_equal(dataset.columns["source: similarity"], expected, equal_nan=True)
+    assert np.isnan(dataset.columns["source: width"][:32]).all()
+    assert dataset.columns["source: width"][32:].tolist() == list(range(32, 40))
+    colour = colour_values(dataset, "source: width")
+    assert colour.values[32:40].tolist() == pytest.approx(np.linspace(0, 1, 8).tolist())
+    assert colour.legend == (
+        "Colour: width (a field of the source's rows), from dark purple (32) to yellow (39). 32 pairs without a "
+        "value are drawn dark purple."
+    )
 
 
 def test_a_selection_reads_images_of_plain_tars_in_place_and_streams_compressed_ones(

@@ -19,11 +19,12 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,13 @@ IMAGE_COLUMNS: tuple[str, ...] = (
 """Accepted names of a parquet file's image column, earlier ones first (matched like inputs.FILE_COLUMNS)."""
 FILE_NAME_COLUMNS: tuple[str, ...] = ("file_name",)
 """The column of an imagefolder's metadata that names each image, as Hugging Face datasets require."""
+MAX_SOURCE_FIELDS = 16
+"""Most numeric fields of a source row kept with each pair (`RawPair.fields`): colour columns of the Dataset tab."""
+NUMBER_CELL_BYTES = 1024
+"""Most bytes a parquet number cell may take uncompressed: its 8 bytes and its share of a small chunk's page headers."""
+_FIELD_NAME = re.compile(r"^[\w .:()-]{1,64}$")
+"""A field name kept: a short label (no markup, no path); other names are left out."""
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 SOURCES_HELP = (
     "a folder of images with captions.csv/json or with metadata.jsonl/csv, a .zip, a caption table (.csv/.json), "
@@ -188,6 +196,30 @@ class RawPair:
     location: tuple[int, int, int, int] | None = None
     """(file number in the source, byte offset, size, CRC-32) of the image in an uncompressed tar shard: where
     `read_located_images` reads it again without streaming the shards before it; None elsewhere."""
+    fields: tuple[tuple[str, float], ...] = ()
+    """The source row's numeric fields (`numeric_fields`): a sample's .json, a parquet or metadata row, a COCO image."""
+
+
+def numeric_fields(record: Mapping[Any, Any], numbers_in_text: bool = False) -> tuple[tuple[str, float], ...]:
+    """The numeric (and boolean, as 0 or 1) fields of a source row, as (name, value), at most MAX_SOURCE_FIELDS.
+
+    What a dataset says of each pair besides its image and caption (LAION's `similarity` or `aesthetic`, a
+    width, a label id) is what people colour a map of it by. Text, lists and nulls are left out, as are names
+    that are not short labels; a value that is not finite is NaN. `numbers_in_text`: a CSV's cells are text, so a
+    cell that reads as a number counts as one.
+    """
+    found: list[tuple[str, float]] = []
+    for name, value in record.items():
+        if len(found) == MAX_SOURCE_FIELDS:
+            break
+        if not isinstance(name, str) or not _FIELD_NAME.match(name):
+            continue
+        if numbers_in_text and isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)
+        if isinstance(value, bool | int | float):
+            number = float(value)
+            found.append((name, number if math.isfinite(number) else math.nan))
+    return tuple(found)
 
 
 def _pair(
@@ -197,13 +229,14 @@ def _pair(
     label: str,
     caption_label: str | None = None,
     location: tuple[int, int, int, int] | None = None,
+    fields: tuple[tuple[str, float], ...] = (),
 ) -> RawPair:
     """A RawPair whose caption is checked (non-empty, not too long); `caption_label` names it (default: `label`)."""
     caption, where = caption.strip(), caption_label or label
     if not caption:
         raise InputError(f"The caption of {where} is empty; write one.")
     _check_caption(caption, f"The caption of {where}")
-    return RawPair(image, caption, name, label, location)
+    return RawPair(image, caption, name, label, location, fields)
 
 
 @dataclass
@@ -362,33 +395,45 @@ def _samples(
         yield key, files, offsets
 
 
+def _sample_record(files: dict[str, tuple[str, bytes]], shard: str) -> dict[Any, Any] | str:
+    """A sample's .json member as an object, or why it is not one."""
+    name, data = files["json"]
+    try:
+        record = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return f"{shard}: {name} is not valid JSON ({exc})."
+    if not isinstance(record, dict):
+        return f"{shard}: {name} holds a JSON {type(record).__name__}, not an object with a caption field."
+    return record
+
+
 def _shard_caption(
     key: str, image_name: str, files: dict[str, tuple[str, bytes]], shard: str, caption_column: str | None
-) -> str:
-    """The caption of one sample: its .txt member, else a field of its .json member."""
+) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """The caption of one sample (its .txt member, else a field of its .json member) and the numeric fields of
+    its .json (as LAION's shards keep their similarity and size there; none when the .json is unreadable and the
+    caption comes from the .txt)."""
+    record = _sample_record(files, shard) if "json" in files else None
+    fields = numeric_fields(record) if isinstance(record, dict) else ()
     if "txt" in files:
         try:
-            return files["txt"][1].decode("utf-8-sig")
+            return files["txt"][1].decode("utf-8-sig"), fields
         except UnicodeDecodeError as exc:
             raise InputError(f"{shard}: {files['txt'][0]} is not UTF-8 text.") from exc
-    if "json" not in files:
+    if record is None:
         field_name = caption_column or "caption"
         raise InputError(
             f"{shard}: sample {key} has an image ({image_name}) but no caption: add {key}.txt, or {key}.json "
             f'with a "{field_name}" field. The files of one sample must follow each other in the tar.'
         )
-    name, data = files["json"]
-    try:
-        record = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InputError(f"{shard}: {name} is not valid JSON ({exc}).") from exc
-    if not isinstance(record, dict):
-        raise InputError(f"{shard}: {name} holds a JSON {type(record).__name__}, not an object with a caption field.")
+    if isinstance(record, str):
+        raise InputError(record)
+    name = files["json"][0]
     column = _pick_column([str(k) for k in record], caption_column, CAPTION_COLUMNS, "caption", f"{shard}: {name}")
     caption = _first_caption(record[column])
     if caption is None:
         raise InputError(f'{shard}: the "{column}" field of {name} is not a string.')
-    return caption
+    return caption, fields
 
 
 def _webdataset_pairs(
@@ -406,9 +451,9 @@ def _webdataset_pairs(
                         without_image.append(f"{shard.name}: {key}")
                         continue
                     (name, data), label = files[found], f"{shard.name}: {files[found][0]}"
-                    caption = _shard_caption(key, name, files, shard.name, caption_column)
+                    caption, fields = _shard_caption(key, name, files, shard.name, caption_column)
                     location = (number, offsets[found], len(data), zlib.crc32(data)) if plain else None
-                    yield _pair(data, caption, name, label, location=location)
+                    yield _pair(data, caption, name, label, location=location, fields=fields)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             raise InputError(f"{shard.name} is not a readable tar archive ({reason}); write the shard again.") from exc
@@ -556,15 +601,23 @@ def _parquet_batch_rows(parquet: Any, group: int, columns: dict[str, int], where
 
 def _parquet_cells(
     parquet: Any, columns: list[str], cell_bytes: dict[str, int], where: str
-) -> Iterator[tuple[Any, Any]]:
-    """The cells of the two `columns` (image, caption) of every row as Python values, one row at a time, each
-    row group read in batches no larger than `_parquet_batch_rows` allows."""
+) -> Iterator[tuple[Any, ...]]:
+    """The cells of `columns` (image, caption, then any numeric ones) of every row as Python values, one row at a
+    time, each row group read in batches no larger than `_parquet_batch_rows` allows."""
     for group in range(parquet.metadata.num_row_groups):
         rows = _parquet_batch_rows(parquet, group, cell_bytes, where)
         for batch in parquet.iter_batches(batch_size=rows, row_groups=[group], columns=columns):
-            images, captions = batch.column(0), batch.column(1)
             for index in range(batch.num_rows):
-                yield images[index].as_py(), captions[index].as_py()
+                yield tuple(column[index].as_py() for column in batch.columns)
+
+
+def _parquet_numeric_columns(schema: Any, taken: tuple[str, ...]) -> list[str]:
+    """A parquet file's numeric and boolean columns besides `taken`, at most MAX_SOURCE_FIELDS (`numeric_fields`)."""
+    import pyarrow as pa
+
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    names = [field.name for field in schema if field.name not in taken and any(test(field.type) for test in numeric)]
+    return [name for name in names if _FIELD_NAME.match(name)][:MAX_SOURCE_FIELDS]
 
 
 def _parquet_pairs(
@@ -592,12 +645,16 @@ def _parquet_pairs(
         image_col = _pick_column(schema.names, image_column, IMAGE_COLUMNS, "image", path.name)
         caption_col = _pick_column(schema.names, caption_column, CAPTION_COLUMNS, "caption", path.name)
         kind = _parquet_image_kind(image_col, schema.field(image_col).type, path.name)
+        numbers = _parquet_numeric_columns(schema, (image_col, caption_col))
         expect(parquet.metadata.num_rows)
         base = images_dir or path.parent
         cell_bytes = {image_col: MAX_IMAGE_BYTES, caption_col: MAX_CAPTION_BYTES}
+        cell_bytes |= dict.fromkeys(numbers, NUMBER_CELL_BYTES)
         row = 0
         try:
-            for value, caption_value in _parquet_cells(parquet, [image_col, caption_col], cell_bytes, path.name):
+            for value, caption_value, *number_values in _parquet_cells(
+                parquet, [image_col, caption_col, *numbers], cell_bytes, path.name
+            ):
                 where = f"{path.name} row {row}"
                 image = _parquet_image(value, kind, base, where, allow_paths)
                 caption = _first_caption(caption_value)
@@ -609,7 +666,8 @@ def _parquet_pairs(
                         "fill it in or drop the row."
                     )
                 label = f"{where} ({image[1]})" if image[1] else where
-                yield _pair(image[0], caption, image[1] or where, label)
+                fields = numeric_fields(dict(zip(numbers, number_values)))
+                yield _pair(image[0], caption, image[1] or where, label, fields=fields)
                 row += 1
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path.name} could not be read past row {row} ({exc}); write the file again.") from exc
@@ -633,12 +691,14 @@ def _coco_pairs(
     if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
         raise InputError(f'{name}: "images" and "annotations" must both be lists, as in COCO captions files.')
     files: dict[Any, str] = {}
+    fields: dict[Any, tuple[tuple[str, float], ...]] = {}
     for number, image in enumerate(data["images"], start=1):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or not _is_id(image.get("id")):
             raise InputError(f"{name}: image {number} is not an object with an id and a file_name.")
         if image["id"] in files:
             raise InputError(f"{name}: two images have the id {image['id']}; ids must be unique.")
         files[image["id"]] = image["file_name"]
+        fields[image["id"]] = numeric_fields({k: v for k, v in image.items() if k != "id"})  # its size, licence
     captions: dict[Any, list[str]] = {}
     for number, annotation in enumerate(data["annotations"], start=1):
         if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
@@ -659,9 +719,8 @@ def _coco_pairs(
         chosen = captions[image_id] if all_captions else captions[image_id][:1]
         label = f"{name}: {file}"
         for number, caption in enumerate(chosen, start=1):
-            yield _pair(
-                image, caption, file if number == 1 else f"{file} ({number})", label, f"{label} (caption {number})"
-            )
+            name = file if number == 1 else f"{file} ({number})"
+            yield _pair(image, caption, name, label, f"{label} (caption {number})", fields=fields[image_id])
 
 
 # ------------------------------------------------------------------------------------- imagefolder
@@ -718,7 +777,8 @@ def _imagefolder_pairs(
             raise InputError(f"{where}: row {number} ({file}) has no caption in its {caption_col} column.")
         listed.add(os.path.normpath(file))
         label = f"{folder.name}/{file}"
-        yield _pair(folder / file, caption, file, label)
+        fields = numeric_fields(row, numbers_in_text=metadata.suffix == ".csv")
+        yield _pair(folder / file, caption, file, label, fields=fields)
     unlisted = sorted(
         (e.name for e in folder.iterdir() if e.suffix.lower() in IMAGE_EXTENSIONS and e.name not in listed),
         key=_natural_key,

@@ -5,8 +5,9 @@ selection handed to Analyze.
 returns an `EmbeddedDataset`. Built once and kept beside the shards, listed in dataset.json with their size
 and CRC-32 (a truncated or damaged file is refused with what to do) and the embeddings they were built from:
 
-    columns.npz             own_cosine, inconsistency (`vlviz.embedding.pair_columns`) and each pair's place
-                            in the source, (N,) each
+    columns.npz             own_cosine, caption_rank_share, inconsistency (`vlviz.embedding.pair_columns`)
+                            and each pair's place in the source, (N,) each; the source's numeric fields
+                            (`source_names`, `source_values` (F, N))
     search-images.faiss     the approximate nearest-neighbour index of each modality
     search-captions.faiss   (`vlviz.embedding.search_index`)
     layout.npz              the 2-D map of every image and caption (`vlviz.embedding.layout_store`)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +45,9 @@ MANIFEST_FORMAT = "vlviz-dataset"
 MANIFEST_VERSION = 1
 COLUMNS_FILE = "columns.npz"
 COLUMNS = ("own_cosine", "caption_rank_share", "inconsistency")  # what each pair is coloured and compared by
-BUILD_VERSIONS = {"columns": 2}  # a record built by an older version is built again (2: caption_rank_share)
+SOURCE_COLUMN_PREFIX = "source: "  # a source field's colour column: "source: similarity"
+BUILD_VERSIONS = {"columns": 3}  # a record built by an older version is built again (2: caption_rank_share,
+# 3: the source's fields)
 SEARCH_FILES = {"image": "search-images.faiss", "caption": "search-captions.faiss"}
 MODALITIES = tuple(FEATURE_KEYS)  # "image", "caption"
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the opened dataset may hold; search lists beyond it are memory-mapped
@@ -134,10 +138,15 @@ def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int],
 
 def _build_columns(embeddings: EmbeddingFolder, progress: Progress | None) -> dict[str, Any]:
     columns = pair_columns.pair_columns(embeddings, _stage(progress, "columns", embeddings.pairs))
+    source = pair_columns.source_columns(embeddings)
+    values = np.stack(list(source.values())) if source else np.zeros((0, embeddings.pairs), np.float32)
     path = embeddings.path / COLUMNS_FILE
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("wb") as file:
-        np.savez(file, positions=embeddings.positions(), **columns)
+        np.savez(
+            file, positions=embeddings.positions(), source_names=np.asarray(list(source), dtype=str),
+            source_values=values, **columns,
+        )  # fmt: skip
     os.replace(temporary, path)
     return {**file_record(path), "reference_pairs": len(columns["reference"]), "version": BUILD_VERSIONS["columns"]}
 
@@ -228,13 +237,15 @@ class EmbeddedDataset:
     in the source."""
 
     embeddings: EmbeddingFolder
-    columns: dict[str, np.ndarray]  # name -> (N,) float32: what points can be coloured by
+    columns: dict[str, np.ndarray]  # name -> (N,) float32: what points can be coloured by (COLUMNS, then the
+    # source's fields as SOURCE_COLUMN_PREFIX + name)
     positions: np.ndarray  # (N,) int64
     layout: DatasetLayout | None  # None when opened with layout=False before one was built
     memory_budget: int
     _indexes: dict[str, search_index.ModalityIndex]
     _checked_models: weakref.WeakSet[VLModel] = field(default_factory=weakref.WeakSet)
     _thumbnails: dict[int, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
+    _thumbnails_lock: threading.Lock = field(default_factory=threading.Lock)  # hover and the map ask at once
 
     def __len__(self) -> int:
         """N, the pairs the folder holds."""
@@ -329,19 +340,35 @@ class EmbeddedDataset:
 
     def thumbnail(self, pair: int) -> Image.Image | None:
         """Pair `pair`'s stored thumbnail, or None when the folder was embedded without thumbnails."""
-        if not 0 <= pair < len(self):
+        (jpeg,) = self.thumbnail_jpegs([pair])
+        return None if jpeg is None else Image.open(io.BytesIO(jpeg))
+
+    def thumbnail_jpegs(self, pairs: Sequence[int]) -> list[bytes | None]:
+        """Some pairs' stored thumbnails as the JPEG bytes `embed` wrote (None where it wrote none), read shard by
+        shard: the map draws dozens at once when zoomed in."""
+        pairs = np.asarray(pairs, dtype=np.int64)
+        if pairs.size and (pairs.min() < 0 or pairs.max() >= len(self)):
             raise IndexError(f"Pair numbers run from 0 to {len(self) - 1}.")
-        shard = int(np.searchsorted(self.embeddings.starts, pair, side="right") - 1)
+        shard_of = np.searchsorted(self.embeddings.starts, pairs, side="right") - 1
+        found: list[bytes | None] = [None] * len(pairs)
+        with self._thumbnails_lock:
+            for shard in np.unique(shard_of).tolist():
+                stored = self._shard_thumbnails(shard)
+                if stored is None:
+                    continue
+                data, offsets = stored
+                for at in np.flatnonzero(shard_of == shard).tolist():
+                    row = int(pairs[at]) - int(self.embeddings.starts[shard])
+                    found[at] = bytes(data[offsets[row] : offsets[row + 1]])
+        return found
+
+    def _shard_thumbnails(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """One shard's thumbnails, kept for the last THUMBNAIL_SHARDS shards asked for."""
         if shard not in self._thumbnails:
             if len(self._thumbnails) >= THUMBNAIL_SHARDS:
                 self._thumbnails.pop(next(iter(self._thumbnails)))
             self._thumbnails[shard] = read_thumbnails(self.embeddings.shard_path(shard))
-        stored = self._thumbnails[shard]
-        if stored is None:
-            return None
-        data, offsets = stored
-        row = pair - int(self.embeddings.starts[shard])
-        return Image.open(io.BytesIO(bytes(data[offsets[row] : offsets[row + 1]])))
+        return self._thumbnails[shard]
 
     def pairs(
         self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION, memory: ByteBudget | None = None
@@ -445,6 +472,8 @@ def open_dataset(
     try:
         with np.load(columns_path, allow_pickle=False) as stored:
             columns = {name: stored[name] for name in COLUMNS}
+            fields = zip(stored["source_names"].tolist(), stored["source_values"])
+            columns |= {SOURCE_COLUMN_PREFIX + name: values for name, values in fields}
             positions = stored["positions"]
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{COLUMNS_FILE} is unreadable ({exc}); delete it and open the folder again.") from exc

@@ -11,6 +11,9 @@ over a seeded reference sample of REFERENCE_PAIRS pairs j instead of all N: the 
 products (10^12 at a million pairs), the sampled one N x R, and its standard error is about
 std(|A_I - A_T|) / sqrt(R), 0.003 at R = 1024 on CLIP-like embeddings. A folder of at most R pairs gets the
 exact score.
+
+`source_columns` gathers what the source said of each pair (`vlviz.data.formats.numeric_fields`, kept by `embed`
+in each shard): LAION's similarity, an aesthetic score, a size; the map is coloured by them as by the others.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from vlviz.data.formats import MAX_SOURCE_FIELDS
 from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder
-from vlviz.embedding.store import sample_positions
+from vlviz.embedding.store import read_source_fields, sample_positions
 
 REFERENCE_PAIRS = 1024  # pairs j each pair's inconsistency is averaged over
 REFERENCE_SEED = 0
@@ -63,3 +67,18 @@ def pair_columns(folder: EmbeddingFolder, progress: Callable[[int], None] | None
         if progress:
             progress(len(images))
     return {"own_cosine": own, "caption_rank_share": rank_share, "inconsistency": inconsistency, "reference": reference}
+
+
+def source_columns(folder: EmbeddingFolder) -> dict[str, np.ndarray]:
+    """The source's numeric fields of every pair, name -> (N,) float32, NaN for a pair whose row lacked it: the
+    first MAX_SOURCE_FIELDS names the shards list, in their order (shards of one source list the same ones,
+    unless its rows differ)."""
+    shards = [read_source_fields(folder.shard_path(s)) for s in range(len(folder.starts) - 1)]
+    names = list(dict.fromkeys(name for shard in shards if shard for name in shard[0]))[:MAX_SOURCE_FIELDS]
+    columns = {name: np.full(folder.pairs, np.nan, dtype=np.float32) for name in names}
+    for number, shard in enumerate(shards):
+        start, stop = int(folder.starts[number]), int(folder.starts[number + 1])
+        for column, name in enumerate(shard[0] if shard else []):
+            if name in columns:
+                columns[name][start:stop] = shard[1][:, column]
+    return columns

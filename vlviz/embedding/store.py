@@ -22,7 +22,9 @@ as in the index: a shard copied from another model's folder is told apart), with
 small JPEG (`thumbnails`, the n JPEGs end to end as uint8, and `thumbnail_offsets`, (n + 1,): image i is
 bytes [offsets[i], offsets[i + 1]); a binary column in parquet) and, with patches, `patch_features`
 (n, P, D), `token_features` (n, T, D) (projected, not normalised, as `vlviz.models.encoding.PairEncoding`'s)
-and `token_ids` (n, T).
+and `token_ids` (n, T). A source whose rows carry numeric fields (`vlviz.data.formats.numeric_fields`: a
+sample's .json, a parquet's number columns, ...) adds `source_fields` (n, F) float32, NaN where a pair's row
+lacks one, and `source_field_names`, their names as a JSON list (0-d: parquet keeps it in its metadata).
 
 An image that does not decode (corrupt, truncated, too many pixels) is left out with its reason, not
 the end of the run: a million-pair crawl always holds a few.
@@ -53,7 +55,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from vlviz.data.formats import PairStream, RawPair
+from vlviz.data.formats import MAX_SOURCE_FIELDS, PairStream, RawPair
 from vlviz.data.inputs import InputError, load_image
 from vlviz.models.encoding import VLModel, global_embeddings, image_embeddings, text_embeddings
 from vlviz.models.towers import joint_dim
@@ -68,6 +70,7 @@ DEFAULT_BATCH = 256  # pairs decoded and encoded at once
 GLOBAL_KEYS = ("index", "names", "captions", "image_features", "text_features")
 PATCH_KEYS = ("patch_features", "token_features", "token_ids")
 THUMBNAIL_KEYS = ("thumbnails", "thumbnail_offsets")
+SOURCE_FIELD_KEYS = ("source_fields", "source_field_names")
 DEFAULT_THUMBNAIL_SIDE = 64  # px of a thumbnail's longer side: a JPEG of about 2 KB, 2 GB for a million pairs
 MAX_THUMBNAIL_SIDE = 128  # thumbnails are for a map's hover and a result list, never for analysis
 THUMBNAIL_QUALITY = 80  # JPEG quality
@@ -290,6 +293,7 @@ def _encode_shard(
     captions: list[str] = []
     thumbnails: list[bytes] = []
     locations: list[tuple[int, int, int, int] | None] = []
+    fields: list[tuple[tuple[str, float], ...]] = []
     left_out: list[dict[str, Any]] = []
     dtype = np.dtype(settings.dtype)
     while batch := list(itertools.islice(pairs, settings.batch_size)):
@@ -304,6 +308,7 @@ def _encode_shard(
             captions += [pair.caption for pair in raw]
             thumbnails += small
             locations += [pair.location for pair in raw]
+            fields += [pair.fields for pair in raw]
             for key, value in _encode_batch(model, list(raw), torch.stack(pixels), settings.patches).items():
                 array = value.cpu().numpy() if value.dtype == torch.int32 else value.float().cpu().numpy().astype(dtype)
                 parts.setdefault(key, []).append(array)
@@ -317,8 +322,56 @@ def _encode_shard(
         arrays["thumbnail_offsets"] = np.concatenate([[0], np.cumsum([len(t) for t in thumbnails])]).astype(np.int64)
     if locations and None not in locations:  # images in uncompressed tars: a selection reads them in place
         arrays["image_locations"] = np.asarray(locations, dtype=np.int64)
+    arrays |= _source_field_arrays(fields)
     return {"index": np.asarray(index, dtype=np.int64), "names": np.asarray(names, dtype=str),
             "captions": np.asarray(captions, dtype=str), **arrays}, left_out  # fmt: skip
+
+
+def _source_field_arrays(fields: list[tuple[tuple[str, float], ...]]) -> dict[str, np.ndarray]:
+    """The shard's `source_fields` (n, F) and `source_field_names`: the first MAX_SOURCE_FIELDS field names its
+    pairs' rows carry, NaN where a row lacks one; nothing when no row carries any."""
+    names = list(dict.fromkeys(name for row in fields for name, _ in row))[:MAX_SOURCE_FIELDS]
+    if not names:
+        return {}
+    column = {name: number for number, name in enumerate(names)}
+    values = np.full((len(fields), len(names)), np.nan, dtype=np.float32)
+    for row, pair_fields in enumerate(fields):
+        for name, value in pair_fields:
+            if name in column:
+                values[row, column[name]] = value
+    return {"source_fields": values, "source_field_names": np.asarray(json.dumps(names))}
+
+
+def read_source_fields(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray] | None:
+    """A shard's source fields: their names and (n, F) float32 values; None when its source rows carried none.
+
+    Raises:
+        InputError: The file is not a readable shard, or its field names are not a list of at most
+            MAX_SOURCE_FIELDS names.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                if "source_field_names" not in data.files:
+                    return None
+                listed = str(data["source_field_names"])
+                values = data["source_fields"]
+        else:
+            import pyarrow.parquet as pq
+
+            metadata = pq.read_schema(path).metadata or {}
+            if b"source_field_names" not in metadata:
+                return None
+            listed = metadata[b"source_field_names"].decode()
+            values = _read_parquet(path, ("source_fields",))["source_fields"]
+        names = json.loads(listed)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path.name} is not a readable embedding shard ({exc}); embed it again.") from exc
+    valid = isinstance(names, list) and len(names) <= MAX_SOURCE_FIELDS and all(isinstance(n, str) for n in names)
+    if not valid or values.shape[1:] != (len(names),):
+        raise InputError(f"{path.name} lists its source fields wrongly; embed it again.")
+    return names, np.asarray(values, dtype=np.float32)
 
 
 def _empty_features(model: VLModel, settings: EmbedSettings) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vlviz.embedding.dataset import EmbeddedDataset
+from vlviz.embedding.dataset import SOURCE_COLUMN_PREFIX, EmbeddedDataset
 from vlviz.embedding.linked import LinkedPairs
 from vlviz.embedding.search_index import SearchHits
 
@@ -58,10 +58,15 @@ def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None =
     if colour not in columns:
         raise ValueError(f"Colour by one of {', '.join(colour_choices(dataset, extra))}, not {colour!r}.")
     column = np.asarray(columns[colour], dtype=np.float32)
-    low, high = float(np.nanmin(column)), float(np.nanmax(column))
+    known = np.isfinite(column)
+    low, high = (float(column[known].min()), float(column[known].max())) if known.any() else (0.0, 0.0)
     scaled = np.nan_to_num((column - low) / max(high - low, 1e-12), nan=0.0)
     label = COLUMN_LABELS.get(colour, colour)
-    legend = f"Colour: {label}, from dark purple ({low:.3f}) to yellow ({high:.3f})."
+    if colour.startswith(SOURCE_COLUMN_PREFIX):
+        label = f"{colour.removeprefix(SOURCE_COLUMN_PREFIX)} (a field of the source's rows)"
+    legend = f"Colour: {label}, from dark purple ({low:.4g}) to yellow ({high:.4g})."
+    if not known.all():
+        legend += f" {int((~known).sum()):,} pairs without a value are drawn dark purple."
     return ColourValues(np.concatenate([scaled, scaled]).astype(np.float32), False, legend)
 
 
