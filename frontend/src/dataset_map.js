@@ -6,6 +6,8 @@
 // (the session's map token: hover asks the server with it), `highlight` (point indices a search found), `role`
 // ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
 // highlights the same point in the other).
+// Zoomed in (the view at most half the map's side, at most ZOOMED_IN_IMAGES image points in it), the map draws
+// thumbnails over its image points, one a THUMBNAIL_CELL_PX cell at most, asked of the server (`dataset_thumbnails`) and kept while the page lives.
 // The page answers a lasso with trigger("select", {index, value}): the number of points and their indices as JSON
 // (in the event, not in `props.value`, whose update may reach the server after the event that reads it).
 import createScatterplot from "regl-scatterplot";
@@ -22,6 +24,30 @@ const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps 
 // A larger map is drawn first from every k-th point (its shape in about a second, drawn in software here), then
 // whole: drawing two million points takes several seconds, during which the page would show nothing.
 const PREVIEW_POINTS = 200000;
+const ZOOMED_IN_SPAN = 1; // the view's shorter side, in the map's [-1, 1] units, from which on thumbnails are drawn
+const ZOOMED_IN_IMAGES = 20000; // ... and the most image points in view
+const THUMBNAIL_CELL_PX = 56; // one thumbnail a cell of this many pixels a side, the first image point in it
+const THUMBNAIL_PX = 40;
+const MAX_THUMBNAILS = 60; // drawn at once (the server answers at most 64 a call)
+const MAX_KEPT_THUMBNAILS = 3000; // data URLs the page keeps (about 3 KB each)
+const THUMBNAIL_DELAY_MS = 200; // after the view last moved
+
+/** A scale regl-scatterplot keeps up to date with the view (it sets `domain` to what is in view, in [-1, 1]). */
+function viewScale(range) {
+  let domain = [-1, 1];
+  return {
+    domain(value) {
+      if (value === undefined) return domain;
+      domain = value;
+      return this;
+    },
+    range(value) {
+      if (value === undefined) return range;
+      range = value;
+      return this;
+    },
+  };
+}
 
 function escapeHtml(text) {
   const div = document.createElement("div");
@@ -42,6 +68,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
   const canvas = element.querySelector("canvas");
   const tip = element.querySelector(".vlviz-map-tip");
   const status = element.querySelector(".vlviz-map-status");
+  const thumbnailLayer = element.querySelector(".vlviz-map-thumbnails");
   const frame = canvas.parentElement; // the plot sets the canvas's size in pixels; the frame follows the layout
   const { width, height } = frame.getBoundingClientRect();
   const plot = createScatterplot({
@@ -56,8 +83,10 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     opacityBy: "density",
     colorBy: "valueA",
     lassoOnLongPress: true,
+    xScale: viewScale([0, width]),
+    yScale: viewScale([height, 0]),
   });
-  const state = { plot, drawn: 0, previewed: 0, hovered: null, linkedHover: null, error: null };
+  const state = { plot, drawn: 0, previewed: 0, hovered: null, linkedHover: null, error: null, thumbnails: [] };
   canvas.vlvizMap = state; // tests read the drawn count and the selection, and drive the plot
   window.vlvizMaps = window.vlvizMaps || {};
   window.vlvizMaps[props.role] = state;
@@ -101,6 +130,8 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
       }
       await plot.draw(points, options);
       if (!state.drawn) fit();
+      if (state.points?.url !== url.split("?")[0]) thumbnailCache.clear(); // another map, not another colour
+      state.points = { x: points.x, y: points.y, url: url.split("?")[0] };
       state.drawn = props.count;
       state.error = null;
       status.textContent = "";
@@ -110,6 +141,76 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
       status.textContent = `The map could not be drawn: ${error.message || error}`;
     }
   };
+
+  // ------------------------------------------------------------------ thumbnails, zoomed in
+  const thumbnailCache = new Map(); // image point index -> data URL ("" when the folder keeps none)
+  let thumbnailTimer = null;
+  let thumbnailRound = 0;
+
+  const placeThumbnails = () => {
+    for (const { index, image } of state.thumbnails) {
+      const [x, y] = plot.getScreenPosition(index) || [-1e4, -1e4];
+      image.style.transform = `translate(${x - THUMBNAIL_PX / 2}px, ${y - THUMBNAIL_PX / 2}px)`;
+    }
+  };
+
+  /** The image points to draw thumbnails on: one a cell of the view, or none when too many images are in view. */
+  const thumbnailPoints = () => {
+    const [x0, x1] = plot.get("xScale").domain();
+    const [y0, y1] = plot.get("yScale").domain();
+    if (Math.min(x1 - x0, y1 - y0) > ZOOMED_IN_SPAN) return [];
+    const columns = Math.max(1, Math.floor(canvas.clientWidth / THUMBNAIL_CELL_PX));
+    const rows = Math.max(1, Math.floor(canvas.clientHeight / THUMBNAIL_CELL_PX));
+    const { x, y } = state.points;
+    const images = state.drawn / 2; // points 0..N-1 are the images
+    const cells = new Map();
+    let inView = 0;
+    for (let i = 0; i < images; i += 1) {
+      if (x[i] < x0 || x[i] > x1 || y[i] < y0 || y[i] > y1) continue;
+      inView += 1;
+      if (inView > ZOOMED_IN_IMAGES) return [];
+      const cell = Math.floor(((x[i] - x0) / (x1 - x0)) * columns) * rows + Math.floor(((y[i] - y0) / (y1 - y0)) * rows);
+      if (!cells.has(cell)) cells.set(cell, i);
+    }
+    return Array.from(cells.values()).slice(0, MAX_THUMBNAILS);
+  };
+
+  const refreshThumbnails = async () => {
+    const round = ++thumbnailRound;
+    const wanted = state.drawn === props.count && state.points ? thumbnailPoints() : [];
+    const missing = wanted.filter((i) => !thumbnailCache.has(i));
+    if (missing.length) {
+      let urls;
+      try {
+        urls = await server.dataset_thumbnails(props.token, missing);
+      } catch {
+        return;
+      }
+      if (!Array.isArray(urls) || urls.length !== missing.length) return;
+      if (thumbnailCache.size + missing.length > MAX_KEPT_THUMBNAILS) thumbnailCache.clear();
+      missing.forEach((index, k) => thumbnailCache.set(index, urls[k]));
+    }
+    if (round !== thumbnailRound) return; // the view moved on while the server answered
+    thumbnailLayer.replaceChildren();
+    state.thumbnails = wanted
+      .filter((index) => thumbnailCache.get(index))
+      .map((index) => {
+        const image = document.createElement("img");
+        image.src = thumbnailCache.get(index);
+        image.alt = "";
+        image.style.cssText = `position:absolute;left:0;top:0;width:${THUMBNAIL_PX}px;height:${THUMBNAIL_PX}px;
+          object-fit:cover;border:1px solid #fff;border-radius:3px;box-shadow:0 0 2px rgba(0,0,0,.6)`;
+        thumbnailLayer.appendChild(image);
+        return { index, image };
+      });
+    placeThumbnails();
+  };
+
+  plot.subscribe("view", () => {
+    placeThumbnails(); // follow the pan and zoom every frame, then ask again once the view rests
+    clearTimeout(thumbnailTimer);
+    thumbnailTimer = setTimeout(refreshThumbnails, THUMBNAIL_DELAY_MS);
+  });
 
   const highlight = () => {
     const wanted = Array.isArray(props.highlight) ? props.highlight.filter((i) => i >= 0 && i < state.drawn) : [];
@@ -147,7 +248,10 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
   plot.subscribe("select", ({ points }) => report(points));
   plot.subscribe("deselect", () => report([]));
 
-  watch(["points", "count", "colour_kind"], draw);
+  watch(["points", "count", "colour_kind"], async () => {
+    await draw();
+    refreshThumbnails();
+  });
   watch("highlight", highlight);
   state.ready = draw();
   return state;

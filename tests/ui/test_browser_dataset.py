@@ -4,6 +4,7 @@ Analyze and fill the Affinity tab, and a linked map of the same pairs by another
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,27 @@ def test_the_map_draws_and_hover_shows_the_pair(map_page: Page, folder: Path) ->
     expect(tip).to_contain_text(caption)
     expect(tip).to_contain_text("pair 5, caption")
     expect(tip.locator("img")).to_have_count(1)  # the pair's thumbnail
+
+
+def test_zoomed_in_the_map_draws_thumbnails_over_its_images(map_page: Page) -> None:
+    thumbnails = "#dataset-map .vlviz-map-thumbnails img"
+    expect(map_page.locator(thumbnails)).to_have_count(0)  # the whole map: points only
+    x, y = map_page.evaluate(f"() => {{ const s = ({MAP})(); return [s.points.x[0], s.points.y[0]]; }}")
+    map_page.evaluate(f"([x, y]) => ({MAP})().plot.zoomToArea({{x: x - 0.2, y: y - 0.2, width: 0.4, height: 0.4}})",
+                      [x, y])  # fmt: skip
+    map_page.wait_for_function(f"() => ({MAP})().thumbnails.some((t) => t.index === 0)")  # image 0 is in view
+    drawn = map_page.evaluate(f"() => ({MAP})().thumbnails.map((t) => t.index)")
+    assert 0 < len(drawn) <= 60 and all(0 <= index < N for index in drawn)  # images' points only
+    first = map_page.locator(thumbnails).first
+    expect(first).to_have_attribute("src", re.compile(r"^data:image/jpeg;base64,"))
+    assert map_page.evaluate("(image) => image.naturalWidth", first.element_handle()) > 0
+    image_box, (px, py) = map_page.locator(thumbnails).nth(drawn.index(0)).bounding_box(), _screen(map_page, 0)
+    assert (
+        abs(image_box["x"] + image_box["width"] / 2 - px) < 2 and abs(image_box["y"] + image_box["height"] / 2 - py) < 2
+    )
+
+    map_page.evaluate(f"() => ({MAP})().plot.zoomToArea({{x: -1, y: -1, width: 2, height: 2}})")
+    expect(map_page.locator(thumbnails)).to_have_count(0)  # zoomed out again
 
 
 def test_search_highlights_its_pairs(map_page: Page) -> None:

@@ -3,6 +3,8 @@ refused without a path, and the points route and hover asking for the session's 
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 import vlviz.embedding.layout_store as layout_store
 from tests.conftest import free_port
@@ -24,10 +27,12 @@ from vlviz.embedding.store import load_embeddings
 from vlviz.metrics.affinity import retrieval_ranks
 from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui.dataset_tab import (
+    MAX_MAP_THUMBNAILS,
     POINTS_ROUTE,
     DatasetCatalog,
     MapHandle,
     dataset_point,
+    dataset_thumbnails,
     open_listed,
     public_message,
     register_map,
@@ -158,6 +163,15 @@ def test_the_points_route_and_hover_answer_only_the_maps_token(dataset_app: str,
     assert point["title"].startswith("pair 5, caption")
     for request in ([f"x{handle.token}", 0], [handle.token, 2 * N], [handle.token, "0"], handle.token, None):
         assert dataset_point(request) is None
+
+    thumbnails = dataset_thumbnails([handle.token, [3, 0, 3]])  # the stored JPEGs, as `embed` wrote them
+    assert thumbnails == [
+        "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() for jpeg in dataset.thumbnail_jpegs([3, 0, 3])
+    ]
+    assert Image.open(io.BytesIO(base64.b64decode(thumbnails[1].split(",")[1]))).size == dataset.thumbnail(0).size
+    too_many = list(range(MAX_MAP_THUMBNAILS + 1))
+    for request in ([handle.token, [N]], [handle.token, [True]], [handle.token, too_many], [handle.token, 3], [0, [1]]):
+        assert dataset_thumbnails(request) is None  # a caption's point, a bool, too many, not a list, no token
 
 
 def test_a_public_server_never_builds_what_a_folder_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

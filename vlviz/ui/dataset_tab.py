@@ -15,7 +15,6 @@ lasso with a `select` event whose value is the selected point indices (JSON).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import gradio as gr
 import numpy as np
@@ -78,6 +78,7 @@ SELECTION_LIMIT = MAX_PAIRS  # pairs a selection hands to Analyze, as many as an
 MAX_SELECTION_CHARS = 400_000  # a lasso's JSON; the page sends at most 20,000 point indices
 MAX_QUERY_PIXELS = 40_000_000  # an uploaded query image, checked before the model resizes it
 MAP_HEIGHT_PX = 560
+MAX_MAP_THUMBNAILS = 64  # thumbnails one call of the zoomed-in map asks for (the page draws at most 60)
 NO_LINK = "none"
 LASSO_EVENT = {"show_progress": "hidden", "concurrency_id": "dataset-lasso", "concurrency_limit": 1}
 """A lasso's deselect and select arrive back to back: one at a time, so the last one the page made wins."""
@@ -221,15 +222,28 @@ def dataset_point(request: Any) -> dict[str, str] | None:
     if handle is None or not isinstance(index, int) or not 0 <= index < 2 * len(handle.dataset):
         return None
     dataset, pair = handle.dataset, index % len(handle.dataset)
-    thumbnail = dataset.thumbnail(pair)
-    url = ""
-    if thumbnail is not None:
-        buffer = io.BytesIO()
-        thumbnail.convert("RGB").save(buffer, format="JPEG", quality=85)
-        url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     kind = "image" if index < len(dataset) else "caption"
     return {"title": f"pair {pair + 1}, {kind}: {dataset.names([pair])[0]}", "caption": dataset.captions([pair])[0],
-            "thumbnail": url}  # fmt: skip
+            "thumbnail": _data_url(dataset.thumbnail_jpegs([pair])[0])}  # fmt: skip
+
+
+def dataset_thumbnails(request: Any) -> list[str] | None:
+    """The thumbnails the zoomed-in map draws over its image points: the page calls it with [map token, [image
+    point indices]] and gets a data URL each ('' where the folder keeps none); None for an unknown token, an index
+    that is no image's point, or more than MAX_MAP_THUMBNAILS."""
+    token, indices = request if isinstance(request, list) and len(request) == 2 else (None, None)
+    handle = _BY_TOKEN.get(token) if isinstance(token, str) else None
+    if handle is None or not isinstance(indices, list) or len(indices) > MAX_MAP_THUMBNAILS:
+        return None
+    pairs = len(handle.dataset)
+    if not all(type(index) is int and 0 <= index < pairs for index in indices):
+        return None
+    return [_data_url(jpeg) for jpeg in handle.dataset.thumbnail_jpegs(indices)]
+
+
+def _data_url(jpeg: bytes | None) -> str:
+    """A stored thumbnail as the page shows it ('' for none)."""
+    return "" if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _describe(handle: MapHandle) -> str:
@@ -257,13 +271,14 @@ def _map(elem_id: str, role: str, visible: bool = True) -> gr.HTML:
     """A map (`mountDatasetMap`), empty until a callback sets its points."""
     return gr.HTML(
         "[]", html_template=MAP_TEMPLATE, js_on_load=MAP_JS, apply_default_css=False, elem_id=elem_id,
-        server_functions=[dataset_point], bundle=bundle_url(), points="", count=0, colour_kind="categorical",
+        server_functions=[dataset_point, dataset_thumbnails], bundle=bundle_url(), points="", count=0, colour_kind="categorical",
         token="", highlight=[], role=role, visible=visible,
     )  # fmt: skip
 
 
 MAP_TEMPLATE = f"""<div class="vlviz-map" style="position:relative;width:100%;height:{MAP_HEIGHT_PX}px;overflow:hidden">
 <canvas style="width:100%;height:{MAP_HEIGHT_PX}px;display:block;background:#fff"></canvas>
+<div class="vlviz-map-thumbnails" style="position:absolute;inset:0;pointer-events:none;overflow:hidden"></div>
 <div class="vlviz-map-tip" style="display:none;position:absolute;max-width:250px;padding:6px;background:#fff;
 border:1px solid #999;border-radius:4px;font-size:12px;pointer-events:none;gap:6px"></div>
 <div class="vlviz-map-status" style="position:absolute;left:8px;top:8px;font-size:13px"></div></div>"""
@@ -468,7 +483,7 @@ class DatasetTab:
         """The map's props that draw `handle`'s points in its colour (`settings`: more of gr.HTML's, e.g. visible)."""
         colour = colour_values(handle.dataset, handle.colour, handle.extra)
         return gr.HTML(
-            points=f"{POINTS_ROUTE}/{handle.token}/points?colour={handle.colour}", count=2 * len(handle.dataset),
+            points=f"{POINTS_ROUTE}/{handle.token}/points?colour={quote(handle.colour)}", count=2 * len(handle.dataset),
             colour_kind="categorical" if colour.categorical else "continuous", token=handle.token, highlight=highlight,
             **settings,
         )  # fmt: skip
