@@ -231,7 +231,8 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     }
     if (state.hovered !== index || !info) return;
     const image = info.thumbnail ? `<img src="${info.thumbnail}" alt="">` : "";
-    tip.innerHTML = `${image}<div><b>${escapeHtml(info.title)}</b><br>${escapeHtml(info.caption)}</div>`;
+    const fields = info.fields ? `<br><small>${escapeHtml(info.fields)}</small>` : "";
+    tip.innerHTML = `${image}<div><b>${escapeHtml(info.title)}</b><br>${escapeHtml(info.caption)}${fields}</div>`;
     const [x, y] = plot.getScreenPosition(index) || [0, 0];
     tip.style.left = `${Math.min(x + 12, canvas.clientWidth - 260)}px`;
     tip.style.top = `${Math.max(y - 12, 0)}px`;

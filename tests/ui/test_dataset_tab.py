@@ -7,10 +7,14 @@ import base64
 import io
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -20,8 +24,9 @@ import vlviz.embedding.layout_store as layout_store
 from tests.conftest import free_port
 from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
+from vlviz.data.scenes import generate_scenes
 from vlviz.embedding import space
-from vlviz.embedding.dataset import open_dataset
+from vlviz.embedding.dataset import DatasetLayout, open_dataset
 from vlviz.embedding.linked import link_datasets
 from vlviz.embedding.store import load_embeddings
 from vlviz.metrics.affinity import retrieval_ranks
@@ -37,7 +42,7 @@ from vlviz.ui.dataset_tab import (
     public_message,
     register_map,
 )
-from vlviz.viz.dataset_view import map_points, rank_shift, selected_pairs
+from vlviz.viz.dataset_view import colour_choices, map_points, rank_shift, selected_pairs
 
 N = 120  # pairs of the shared folder
 
@@ -160,7 +165,7 @@ def test_the_points_route_and_hover_answer_only_the_maps_token(dataset_app: str,
         assert httpx.get(f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{url}", timeout=30).status_code == 404
     point = dataset_point([handle.token, N + 4])
     assert point["caption"] == dataset.captions([4])[0] and point["thumbnail"].startswith("data:image/jpeg;base64,")
-    assert point["title"].startswith("pair 5, caption")
+    assert point["title"].startswith("pair 5, caption") and point["fields"] == ""  # the tars' rows carry none
     for request in ([f"x{handle.token}", 0], [handle.token, 2 * N], [handle.token, "0"], handle.token, None):
         assert dataset_point(request) is None
 
@@ -172,6 +177,28 @@ def test_the_points_route_and_hover_answer_only_the_maps_token(dataset_app: str,
     too_many = list(range(MAX_MAP_THUMBNAILS + 1))
     for request in ([handle.token, [N]], [handle.token, [True]], [handle.token, too_many], [handle.token, 3], [0, [1]]):
         assert dataset_thumbnails(request) is None  # a caption's point, a bool, too many, not a list, no token
+
+
+def test_the_sources_fields_colour_the_map_and_show_on_hover(dataset_app: str, tmp_path: Path) -> None:
+    scenes = generate_scenes(12, seed=4, image_size=32)
+    encoded = []
+    for image in scenes.pil_images():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    similarity = [i / 10 for i in range(12)]
+    pq.write_table(pa.table({"image": encoded, "caption": scenes.captions, "similarity": similarity}),
+                   tmp_path / "pairs.parquet")  # fmt: skip
+    assert main(["embed", "--model", OFFLINE_SPEC, "--data", str(tmp_path / "pairs.parquet"),
+                 "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    dataset = open_dataset(tmp_path / "out", layout=False)
+    dataset = replace(dataset, layout=DatasetLayout(np.zeros((24, 2), np.float32), "none", {}))
+    handle = register_map(MapHandle("out", dataset))
+    assert "source: similarity" in colour_choices(dataset)
+    url = f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{handle.token}/points?colour={quote('source: similarity')}"
+    points = np.frombuffer(httpx.get(url, timeout=30).content, "<f4")
+    assert np.allclose(points[48:60], np.array(similarity) / 1.1)  # the colour values: min-max scaled
+    assert dataset_point([handle.token, 3])["fields"] == "similarity 0.3"
 
 
 def test_a_public_server_never_builds_what_a_folder_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

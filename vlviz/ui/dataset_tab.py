@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
-from vlviz.embedding.dataset import EmbeddedDataset, open_dataset
+from vlviz.embedding.dataset import SOURCE_COLUMN_PREFIX, EmbeddedDataset, open_dataset
 from vlviz.embedding.linked import LinkedPairs, link_datasets
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
@@ -214,17 +214,22 @@ def dataset_routes() -> list[BaseRoute]:
 
 
 def dataset_point(request: Any) -> dict[str, str] | None:
-    """What hovering a point shows: its pair's thumbnail (a data URL), title and caption. The page calls it with
-    [map token, point index] (Gradio hands a server function its arguments as one list); None for an unknown
-    token or index."""
+    """What hovering a point shows: its pair's thumbnail (a data URL), title, caption and source fields. The page
+    calls it with [map token, point index] (Gradio hands a server function its arguments as one list); None for an
+    unknown token or index."""
     token, index = request if isinstance(request, list) and len(request) == 2 else (None, None)
     handle = _BY_TOKEN.get(token) if isinstance(token, str) else None
     if handle is None or not isinstance(index, int) or not 0 <= index < 2 * len(handle.dataset):
         return None
     dataset, pair = handle.dataset, index % len(handle.dataset)
     kind = "image" if index < len(dataset) else "caption"
+    fields = [
+        f"{name.removeprefix(SOURCE_COLUMN_PREFIX)} {float(values[pair]):.4g}"
+        for name, values in dataset.columns.items()
+        if name.startswith(SOURCE_COLUMN_PREFIX) and np.isfinite(values[pair])
+    ]
     return {"title": f"pair {pair + 1}, {kind}: {dataset.names([pair])[0]}", "caption": dataset.captions([pair])[0],
-            "thumbnail": _data_url(dataset.thumbnail_jpegs([pair])[0])}  # fmt: skip
+            "fields": " · ".join(fields), "thumbnail": _data_url(dataset.thumbnail_jpegs([pair])[0])}  # fmt: skip
 
 
 def dataset_thumbnails(request: Any) -> list[str] | None:
