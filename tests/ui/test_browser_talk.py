@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
@@ -38,6 +39,23 @@ def _wait_for_step(page: object, key: str) -> dict:
     return _figure(page, key)
 
 
+# The drawn width of a step's figure (its SVG) and its container's, in px.
+_WIDTHS_JS = """(id) => {
+    const el = document.querySelector(`#${id} .js-plotly-plot`);
+    return [el.querySelector('.main-svg').getBoundingClientRect().width, el.parentElement.clientWidth];
+}"""
+FIT_MS = 1_000  # a figure refits within a frame or two of its step being shown; plotly's default width is 700 px
+
+
+def _assert_fills(page: object, key: str) -> None:
+    """The step's figure spans its container (within a few px), not plotly's default width."""
+    fills = f"(([svg, box]) => box > 0 && Math.abs(svg - box) <= 3)(({_WIDTHS_JS})('talk-{key}-plot'))"
+    try:
+        page.wait_for_function(fills, timeout=FIT_MS)
+    except PlaywrightTimeout:
+        pytest.fail(f"step {key}: figure {page.evaluate(_WIDTHS_JS, f'talk-{key}-plot')} px (drawn, container)")
+
+
 @pytest.fixture
 def talk_page(browser: object, app_url: str, tmp_path: Path):
     """The talk page in a browser context that may reach the app and nothing else."""
@@ -67,6 +85,7 @@ def test_the_talk_walks_by_keyboard_through_every_step(talk_page: tuple, app_url
         assert figure["title"].startswith(title) or title in figure["title"], (key, figure)
         if kind is not None:
             assert figure["type"] == kind, (key, figure)
+        _assert_fills(page, key)
         if index < len(STEP_KEYS) - 1:
             page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowLeft")
@@ -87,6 +106,28 @@ def test_the_talk_walks_by_keyboard_through_every_step(talk_page: tuple, app_url
     html = Path(download.value.path()).read_text(encoding="utf-8")
     assert html.count("<section") == len(STEP_KEYS) and "Plotly" in html
     assert not outside, outside  # nothing was fetched from outside the app
+
+
+# Every step's figure drawn (the preload visits each step), and the page back at step 1.
+_ALL_DRAWN_JS = f"""() => {STEP_KEYS}.every((key) => {{
+    const el = document.querySelector(`#talk-${{key}}-plot .js-plotly-plot`);
+    return !!el && !!el._fullLayout;
+}}) && ({_FIGURE_JS})('talk-{STEP_KEYS[0]}-plot') !== null"""
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1024, "height": 768}, {"width": 1920, "height": 1080}])
+def test_step_four_fills_the_window_it_is_first_shown_in(talk_page: tuple, app_url: str, viewport: dict) -> None:
+    """Plotly measures a figure's container only when drawn and on a window resize, and a hidden step's container
+    measures nothing: the step-4 figure, drawn in the background, must still fit the window it is shown in."""
+    page, _ = talk_page
+    page.goto(app_url + "talk")
+    page.wait_for_function(_ALL_DRAWN_JS, timeout=TIMEOUT_MS)
+    page.set_viewport_size(viewport)  # the presenter moves the window to the projector...
+    _assert_fills(page, STEP_KEYS[0])  # ...and plotly has refit the shown step (hidden ones measure nothing)
+    for _ in range(STEP_KEYS.index("grounding")):
+        page.keyboard.press("ArrowRight")
+    _wait_for_step(page, "grounding")
+    _assert_fills(page, "grounding")
 
 
 def test_a_session_tells_its_own_pairs(talk_page: tuple, app_url: str) -> None:

@@ -319,6 +319,30 @@ KEYS_JS = """
 }
 """
 
+FIT_JS = """
+() => {
+  // Plotly sizes a figure to its container when it draws and on window resizes only. A step drawn in the
+  // background (its tab hidden: no width) gets plotly's default 700 px and keeps it, as does a hidden step
+  // when the window changes size. So every figure of the steps refits whenever its own width changes,
+  // which is when its step is shown: observed from the first switch to its step on (tabs mount lazily).
+  if (window.vlvizTalkFit) return;
+  window.vlvizTalkFit = true;
+  const fit = new ResizeObserver((entries) => {
+    for (const {target} of entries) {
+      const width = target.clientWidth;
+      if (width && target._fullLayout && Math.abs(target._fullLayout.width - width) > 1) {
+        window.Plotly.relayout(target, {autosize: true});
+      }
+    }
+  });
+  const observe = () => document.querySelectorAll('#talk-steps [data-testid="plotly"]').forEach(el => fit.observe(el));
+  document.addEventListener('click', (event) => {
+    if (event.target.closest('#talk-steps button[role="tab"]')) requestAnimationFrame(observe);
+  });
+  observe();
+}
+"""
+
 PRELOAD_JS = """
 async () => {
   // Visit every step once so that each figure is drawn before the talk starts: later switches only show them.
@@ -350,6 +374,7 @@ def build_talk_page(demo: gr.Blocks, policy: ModelPolicy) -> TalkPage:
             None, None, None, js=PRELOAD_JS
         )
         route.load(None, None, None, js=keys_js)
+        route.load(None, None, None, js=FIT_JS)
         for key, boxes in page.steps.items():
             boxes.next_variant.click(
                 page.next_variant, [page.talk, gr.State(key)], [boxes.plot, boxes.variant], api_visibility="private",
