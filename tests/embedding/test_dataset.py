@@ -22,7 +22,7 @@ from vlviz.cli.main import main
 from vlviz.data.inputs import ByteBudget, InputError, decoded_bytes
 from vlviz.data.scenes import generate_scenes
 from vlviz.embedding.dataset import COLUMNS, MANIFEST_FILE, open_dataset, prepare_dataset
-from vlviz.embedding.folder import open_folder
+from vlviz.embedding.folder import file_record, open_folder
 from vlviz.embedding.search_index import exact_search, recall_at_k
 from vlviz.embedding.store import load_embeddings, thumbnail_jpeg
 from vlviz.metrics.consistency import sample_inconsistency
@@ -335,3 +335,20 @@ def test_thumbnails_are_a_setting_a_rerun_must_repeat(
     del index["thumbnails"]  # as a folder written before thumbnails were stored: none
     (out / "index.json").write_text(json.dumps(index))
     assert main([*args, "--thumbnails", "0"]) == 0
+
+
+def test_columns_of_an_older_build_open_without_source_fields_or_ask_for_a_rebuild(folder: Path) -> None:
+    with np.load(folder / "columns.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    np.savez(folder / "columns.npz", **{k: v for k, v in arrays.items() if not k.startswith("source_")})  # version 2
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["built"]["columns"] |= {**file_record(folder / "columns.npz"), "version": 2}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert list(open_dataset(folder, prepare=False).columns) == list(COLUMNS)  # as a public server opens it
+    np.savez(folder / "columns.npz", **{k: v for k, v in arrays.items() if k != "caption_rank_share"})  # version 1
+    manifest["built"]["columns"] |= {**file_record(folder / "columns.npz"), "version": 1}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"out/columns.npz was built by an older vlviz \(it has no caption_rank_share"):
+        open_dataset(folder, prepare=False)
+    assert list(open_dataset(folder).columns) == list(COLUMNS)  # prepare rebuilds it
+    assert json.loads((folder / MANIFEST_FILE).read_text())["built"]["columns"]["version"] == 3

@@ -471,10 +471,19 @@ def open_dataset(
     columns_path = _checked(embeddings.path, built["columns"], "pair columns")
     try:
         with np.load(columns_path, allow_pickle=False) as stored:
+            older = [name for name in COLUMNS if name not in stored.files]
+            if older:
+                raise InputError(
+                    f"{embeddings.path.name}/{COLUMNS_FILE} was built by an older vlviz (it has no {older[0]}); open "
+                    "the folder once with prepare=True (`python -m vlviz explore FOLDER` where it lies) to rebuild it."
+                )
             columns = {name: stored[name] for name in COLUMNS}
-            fields = zip(stored["source_names"].tolist(), stored["source_values"])
-            columns |= {SOURCE_COLUMN_PREFIX + name: values for name, values in fields}
+            if "source_names" in stored.files:  # a version 2 file has none: opened as it is, without them
+                fields = zip(stored["source_names"].tolist(), stored["source_values"])
+                columns |= {SOURCE_COLUMN_PREFIX + name: values for name, values in fields}
             positions = stored["positions"]
+    except InputError:
+        raise
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{COLUMNS_FILE} is unreadable ({exc}); delete it and open the folder again.") from exc
     if any(len(array) != embeddings.pairs for array in (*columns.values(), positions)):
