@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vlviz.cli.report import REPORT_MAX_PAIRS
@@ -34,8 +35,10 @@ TAR_SAMPLES = 10_000  # samples per webdataset tar
 CHUNK = 1_000  # scenes generated at a time
 
 
-def write_scene_tars(folder: Path, pairs: int) -> str:
-    """`pairs` scenes as webdataset tars ({key}.png + {key}.txt); returns their brace pattern."""
+def write_scene_tars(folder: Path, pairs: int, fields: bool = False) -> str:
+    """`pairs` scenes as webdataset tars ({key}.png + {key}.txt); returns their brace pattern. With `fields` each
+    sample also has a {key}.json of numbers, as LAION's shards keep theirs: its objects and their mean size (0 small,
+    1 large), which `embed` keeps as the source's columns."""
     folder.mkdir(parents=True, exist_ok=True)
     tars = -(-pairs // TAR_SAMPLES)
     for number in range(tars):
@@ -43,11 +46,17 @@ def write_scene_tars(folder: Path, pairs: int) -> str:
             for start in range(number * TAR_SAMPLES, min(pairs, (number + 1) * TAR_SAMPLES), CHUNK):
                 count = min(CHUNK, pairs - start, (number + 1) * TAR_SAMPLES - start)
                 scenes = generate_scenes(count, seed=start, image_size=64)
+                objects = scenes.present.sum(axis=1)
+                mean_size = (scenes.size * scenes.present).sum(axis=1) / np.maximum(objects, 1)
                 for offset, (image, caption) in enumerate(zip(scenes.pil_images(), scenes.captions)):
                     png = io.BytesIO()
                     image.save(png, format="PNG")
                     key = f"{start + offset:07d}"
-                    for name, data in ((f"{key}.png", png.getvalue()), (f"{key}.txt", caption.encode())):
+                    members = [(f"{key}.png", png.getvalue()), (f"{key}.txt", caption.encode())]
+                    if fields:
+                        facts = {"objects": int(objects[offset]), "mean_size": round(float(mean_size[offset]), 3)}
+                        members.append((f"{key}.json", json.dumps(facts).encode()))
+                    for name, data in members:
                         info = tarfile.TarInfo(name)
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))

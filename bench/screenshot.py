@@ -10,6 +10,13 @@ and map there, e.g. the occlusion map of a word-region run (docs/results/peaks.m
 
     python -m bench.screenshot --compare --model runs/peaks/word_region --map "occlusion map" \
         --pair 2 --word 9 --out assets/grounding_occlusion.png      # 'blue' of the second bundled scene
+
+With `--dataset FOLDER` (`--out assets/dataset_zoom.png`) the Dataset tab on an embedding folder, coloured by
+`--colour` and zoomed in until thumbnails are drawn over the images; a FOLDER that does not exist yet is made of
+DATASET_SCENES bundled-style scenes as webdataset tars whose .json gives each scene's objects and their mean size
+(`bench.embed.write_scene_tars`), embedded by the offline model with its layout:
+
+    python -m bench.screenshot --dataset /tmp/scenes-3k --colour "source: objects" --out assets/dataset_zoom.png
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from urllib.parse import urlencode
 
 from playwright.sync_api import sync_playwright
 
+from bench.embed import write_scene_tars
 from tests.browser import CHROMIUM_ARGS
 from tests.conftest import free_port
+from vlviz.cli.main import main as vlviz_main
 from vlviz.models.loading import OFFLINE_SPEC
 from vlviz.ui import build_app, launch_kwargs
 
@@ -81,15 +90,61 @@ def _compare(
     return {"x": left, "y": top, "width": right - left, "height": bottom - top}
 
 
+DATASET_SCENES = 3000
+MAP_JS = "document.querySelector('#dataset-map canvas')?.vlvizMap"
+ZOOM_SPAN = 0.3  # the zoomed view's side, in the map's [-1, 1] units
+
+
+def _scene_folder(folder: Path) -> None:
+    """DATASET_SCENES scenes with their numbers as webdataset tars, embedded with a layout into `folder`."""
+    source = write_scene_tars(folder.with_name(folder.name + "-source"), DATASET_SCENES, fields=True)
+    args = ["embed", "--model", OFFLINE_SPEC, "--data", source, "--out", str(folder), "--layout"]
+    if vlviz_main(args) != 0:
+        raise SystemExit(f"embedding the scenes into {folder} failed")
+
+
+def _dataset(page: object, url: str, timeout_s: float, colour: str | None) -> dict[str, float]:
+    """The Dataset tab coloured by `colour`, zoomed in on its densest part until thumbnails are drawn; the clip of
+    the map and its legend."""
+    page.goto(url)
+    page.wait_for_function(f"() => !!{MAP_JS}?.points", timeout=timeout_s * 1000)  # every point drawn
+    if colour:
+        page.locator("#dataset-colour").get_by_text(colour, exact=True).click()
+        page.wait_for_function(f"() => {MAP_JS}.plot.get('pointColor').length === 16", timeout=timeout_s * 1000)
+    # the image point with the most image points within ZOOM_SPAN / 2 of it: the view is full of thumbnails
+    centre = page.evaluate(f"""(span) => {{
+        const m = {MAP_JS}, images = m.drawn / 2, {{ x, y }} = m.points;
+        let best = 0, most = -1;
+        for (let i = 0; i < images; i += Math.max(1, Math.floor(images / 500))) {{
+            let near = 0;
+            for (let j = 0; j < images; j += 1) near += Math.abs(x[j] - x[i]) < span / 2 && Math.abs(y[j] - y[i]) < span / 2;
+            if (near > most) {{ most = near; best = i; }}
+        }}
+        return [x[best], y[best]];
+    }}""", ZOOM_SPAN)  # fmt: skip
+    page.evaluate(
+        f"([x, y, s]) => {MAP_JS}.plot.zoomToArea({{x: x - s / 2, y: y - s / 2, width: s, height: s}})",
+        [*centre, ZOOM_SPAN],
+    )
+    page.wait_for_function(f"() => {MAP_JS}.thumbnails.length >= 10", timeout=timeout_s * 1000)
+    page.wait_for_timeout(1000)  # the thumbnails' images decoded
+    top = page.locator("#dataset-info").bounding_box()
+    frame = page.locator("#dataset-map").bounding_box()
+    return {"x": frame["x"], "y": top["y"], "width": frame["width"], "height": frame["y"] + frame["height"] - top["y"]}
+
+
 def screenshot(
     out: Path, width: int, height: int, timeout_s: float, talk: bool = False, compare: bool = False,
     model: str = OFFLINE_SPEC, map_label: str | None = None, pair: int = 1, word: int = 3,
+    dataset: Path | None = None, colour: str | None = None,
 ) -> None:  # fmt: skip
-    """Launch the app, wait for the page-load heatmaps (or the talk's step 4), save a clip of the page's top."""
+    """Launch the app, wait for the page-load heatmaps (or the talk's step 4, or a dataset's map), save a clip."""
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("Chromium is not installed: `apt-get install -y chromium`.")
-    demo = build_app(OFFLINE_SPEC)
+    if dataset is not None and not dataset.exists():
+        _scene_folder(dataset)
+    demo = build_app(OFFLINE_SPEC, **({"initial_sample": None, "datasets": [dataset]} if dataset else {}))
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
     try:
@@ -102,6 +157,8 @@ def screenshot(
                 _talk(page, f"http://127.0.0.1:{port}/", timeout_s)
             elif compare:
                 clip = _compare(page, f"http://127.0.0.1:{port}/", timeout_s, model, map_label, pair, word)
+            elif dataset is not None:
+                clip = _dataset(page, f"http://127.0.0.1:{port}/", timeout_s, colour)
             else:
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
@@ -127,10 +184,12 @@ def main() -> None:
     parser.add_argument("--map", dest="map_label", help="with --compare: the map's label in the tab's switch")
     parser.add_argument("--pair", type=int, default=1, help="with --compare: the bundled pair, 1-based")
     parser.add_argument("--word", type=int, default=3, help="with --compare: the caption's word, 0-based")
+    parser.add_argument("--dataset", type=Path, help="the Dataset tab on this embedding folder (made when missing)")
+    parser.add_argument("--colour", help="with --dataset: the colour column, e.g. 'source: objects'")
     args = parser.parse_args()
     screenshot(
         args.out, args.width, args.height, args.timeout, args.talk, args.compare, args.model, args.map_label,
-        args.pair, args.word,
+        args.pair, args.word, args.dataset, args.colour,
     )  # fmt: skip
 
 

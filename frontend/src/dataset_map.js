@@ -7,7 +7,8 @@
 // ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
 // highlights the same point in the other).
 // Zoomed in (the view at most half the map's side, at most ZOOMED_IN_IMAGES image points in it), the map draws
-// thumbnails over its image points, one a THUMBNAIL_CELL_PX cell at most, asked of the server (`dataset_thumbnails`) and kept while the page lives.
+// thumbnails over its image points, none overlapping another, asked of the server (`dataset_thumbnails`) and kept
+// while the page lives.
 // The page answers a lasso with trigger("select", {index, value}): the number of points and their indices as JSON
 // (in the event, not in `props.value`, whose update may reach the server after the event that reads it).
 import createScatterplot from "regl-scatterplot";
@@ -26,8 +27,8 @@ const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps 
 const PREVIEW_POINTS = 200000;
 const ZOOMED_IN_SPAN = 1; // the view's shorter side, in the map's [-1, 1] units, from which on thumbnails are drawn
 const ZOOMED_IN_IMAGES = 20000; // ... and the most image points in view
-const THUMBNAIL_CELL_PX = 56; // one thumbnail a cell of this many pixels a side, the first image point in it
 const THUMBNAIL_PX = 40;
+const THUMBNAIL_GAP_PX = 4; // between two thumbnails' edges
 const MAX_THUMBNAILS = 60; // drawn at once (the server answers at most 64 a call)
 const MAX_KEPT_THUMBNAILS = 3000; // data URLs the page keeps (about 3 KB each)
 const THUMBNAIL_DELAY_MS = 200; // after the view last moved
@@ -154,25 +155,41 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     }
   };
 
-  /** The image points to draw thumbnails on: one a cell of the view, or none when too many images are in view. */
+  /** The image points to draw thumbnails on, in pair order, each taken when its thumbnail overlaps none taken
+   * before (a grid of the spacing's cells finds the neighbours); none when the view is not zoomed in enough. */
   const thumbnailPoints = () => {
     const [x0, x1] = plot.get("xScale").domain();
     const [y0, y1] = plot.get("yScale").domain();
     if (Math.min(x1 - x0, y1 - y0) > ZOOMED_IN_SPAN) return [];
-    const columns = Math.max(1, Math.floor(canvas.clientWidth / THUMBNAIL_CELL_PX));
-    const rows = Math.max(1, Math.floor(canvas.clientHeight / THUMBNAIL_CELL_PX));
     const { x, y } = state.points;
     const images = state.drawn / 2; // points 0..N-1 are the images
-    const cells = new Map();
-    let inView = 0;
+    const inView = [];
     for (let i = 0; i < images; i += 1) {
       if (x[i] < x0 || x[i] > x1 || y[i] < y0 || y[i] > y1) continue;
-      inView += 1;
-      if (inView > ZOOMED_IN_IMAGES) return [];
-      const cell = Math.floor(((x[i] - x0) / (x1 - x0)) * columns) * rows + Math.floor(((y[i] - y0) / (y1 - y0)) * rows);
-      if (!cells.has(cell)) cells.set(cell, i);
+      if (inView.push(i) > ZOOMED_IN_IMAGES) return [];
     }
-    return Array.from(cells.values()).slice(0, MAX_THUMBNAILS);
+    const spacing = THUMBNAIL_PX + THUMBNAIL_GAP_PX;
+    const toX = canvas.clientWidth / (x1 - x0);
+    const toY = canvas.clientHeight / (y1 - y0);
+    const taken = new Map(); // grid cell -> the screen position of the thumbnail taken there
+    const chosen = [];
+    for (const i of inView) {
+      const sx = (x[i] - x0) * toX;
+      const sy = (y1 - y[i]) * toY;
+      const cx = Math.floor(sx / spacing);
+      const cy = Math.floor(sy / spacing);
+      let free = true;
+      for (let dx = -1; dx <= 1 && free; dx += 1) {
+        for (let dy = -1; dy <= 1 && free; dy += 1) {
+          const other = taken.get(`${cx + dx},${cy + dy}`);
+          free = !other || Math.max(Math.abs(other[0] - sx), Math.abs(other[1] - sy)) >= spacing;
+        }
+      }
+      if (!free) continue;
+      taken.set(`${cx},${cy}`, [sx, sy]);
+      if (chosen.push(i) === MAX_THUMBNAILS) break;
+    }
+    return chosen;
   };
 
   const refreshThumbnails = async () => {
