@@ -102,18 +102,22 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     other.plot.hover(index ?? -1, { showReticleOnce: index !== null, preventEvent: true });
   };
   // The points lie in [-1, 1]²; a canvas narrower than tall would cut the sides off, so the view fits the square.
+  // The camera is set before the first draw (it needs no points): drawing then takes one frame, not a second one
+  // for the fit (hundreds of milliseconds each in software).
   const fit = () => plot.zoomToArea({ x: -1, y: -1, width: 2, height: 2 });
+  fit();
   new ResizeObserver(() => {
     const box = frame.getBoundingClientRect();
     if (box.width <= 0 || box.height <= 0) return;
     plot.set({ width: box.width, height: box.height });
-    if (state.drawn) requestAnimationFrame(fit); // after the plot took its new size
+    requestAnimationFrame(fit); // after the plot took its new size
   }).observe(frame); // a map drawn before its partner appeared beside it narrows with it
 
   const draw = async () => {
     const url = props.points;
     if (!url || !props.count) {
-      plot.clear();
+      plot.clear(); // unlinked: this map is hidden, and is no partner of the other
+      Object.assign(state, { drawn: 0, previewed: 0, points: null });
       return;
     }
     try {
@@ -125,12 +129,10 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
         const step = Math.ceil(props.count / PREVIEW_POINTS);
         const every = (values) => values.filter((_, i) => i % step === 0);
         await plot.draw({ x: every(points.x), y: every(points.y), valueA: every(points.valueA) }, options);
-        fit();
         state.previewed = props.count;
         await new Promise((painted) => requestAnimationFrame(() => requestAnimationFrame(painted)));
       }
       await plot.draw(points, options);
-      if (!state.drawn) fit();
       if (state.points?.url !== url.split("?")[0]) thumbnailCache.clear(); // another map, not another colour
       state.points = { x: points.x, y: points.y, url: url.split("?")[0] };
       state.drawn = props.count;

@@ -83,6 +83,10 @@ def test_the_map_draws_and_hover_shows_the_pair(map_page: Page, folder: Path) ->
     expect(tip).to_contain_text(caption)
     expect(tip).to_contain_text("pair 5, caption")
     expect(tip.locator("img")).to_have_count(1)  # the pair's thumbnail
+    fetched = map_page.evaluate(
+        "() => performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('/points'))"
+    )
+    assert len(fetched) == 1 and "/first/" in fetched[0]  # the page's config named the map: fetched once, at once
 
 
 def test_zoomed_in_the_map_draws_thumbnails_over_its_images(map_page: Page) -> None:

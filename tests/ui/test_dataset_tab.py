@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,7 +27,7 @@ from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
 from vlviz.data.scenes import generate_scenes
 from vlviz.embedding import space
-from vlviz.embedding.dataset import DatasetLayout, open_dataset
+from vlviz.embedding.dataset import MANIFEST_FILE, DatasetLayout, open_dataset
 from vlviz.embedding.linked import link_datasets
 from vlviz.embedding.store import load_embeddings
 from vlviz.metrics.affinity import retrieval_ranks
@@ -35,6 +36,7 @@ from vlviz.ui.dataset_tab import (
     MAX_MAP_THUMBNAILS,
     POINTS_ROUTE,
     DatasetCatalog,
+    FirstMap,
     MapHandle,
     dataset_point,
     dataset_thumbnails,
@@ -199,6 +201,27 @@ def test_the_sources_fields_colour_the_map_and_show_on_hover(dataset_app: str, t
     points = np.frombuffer(httpx.get(url, timeout=30).content, "<f4")
     assert np.allclose(points[48:60], np.array(similarity) / 1.1)  # the colour values: min-max scaled
     assert dataset_point([handle.token, 3])["fields"] == "similarity 0.3"
+
+
+def test_the_first_listed_map_is_in_the_pages_config_and_the_same_for_everyone(
+    dataset_app: str, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    catalog = DatasetCatalog.listed([folders["scenes"], folders["fewer"]], env={})
+    first = FirstMap.of(catalog)
+    assert first is not None and first.name == "scenes" and first.count == 2 * N
+    dataset = open_dataset(folders["scenes"])
+    handle = register_map(MapHandle("scenes", dataset))
+    base = dataset_app.rstrip("/")
+    shared = httpx.get(f"{base}{first.url}", timeout=30)
+    own = httpx.get(f"{base}{POINTS_ROUTE}/{handle.token}/points?colour=modality", timeout=30)
+    assert shared.status_code == 200 and shared.content == own.content
+    assert httpx.get(f"{base}{POINTS_ROUTE}/first/{first.key}x/points", timeout=30).status_code == 404
+    unbuilt = Path(shutil.copytree(folders["scenes"], tmp_path / "unbuilt"))
+    manifest = json.loads((unbuilt / MANIFEST_FILE).read_text())
+    del manifest["built"]["layout"]
+    (unbuilt / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert FirstMap.of(DatasetCatalog.listed([unbuilt], env={})) is None  # the page waits for the open event
+    assert FirstMap.of(DatasetCatalog.listed([tmp_path / "nothing"], env={})) is None
 
 
 def test_a_public_server_never_builds_what_a_folder_lacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

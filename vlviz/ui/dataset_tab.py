@@ -5,7 +5,9 @@ Which folders open is the server owner's choice, never a visitor's: `python -m v
 `VLVIZ_DATASETS` (folders separated by the path separator, ':' on Linux) lists them, and a visitor picks one by
 its listed name; no message shows a server path. An opened folder is shared by every session (`OPENED`: one
 explicit process cache, the search index and layout are large); each session's map has a random token
-(`MapHandle`) that the points route and the hover function ask for, as view links do.
+(`MapHandle`) that the points route and the hover function ask for, as view links do. One map is the same for
+every visitor, the first listed folder's coloured by modality: the page's config names its points (`FirstMap`), so
+the page fetches them while its load event opens the folder instead of after.
 
 The map is regl-scatterplot (`vlviz.ui.frontend`) in a gr.HTML: `js_on_load` imports the bundle and calls its
 `mountDatasetMap`, which fetches the points from `POINTS_ROUTE`, asks `dataset_point` on hover, and answers a
@@ -25,7 +27,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import gradio as gr
@@ -37,8 +39,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
-from vlviz.embedding.dataset import SOURCE_COLUMN_PREFIX, EmbeddedDataset, open_dataset
+from vlviz.embedding.dataset import MANIFEST_FILE, SOURCE_COLUMN_PREFIX, EmbeddedDataset, open_dataset
 from vlviz.embedding.linked import LinkedPairs, link_datasets
+from vlviz.embedding.store import read_index
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
 from vlviz.models.policy import is_public
@@ -200,6 +203,60 @@ def _points(request: Request) -> Response:  # sync: Starlette runs it in its thr
     return Response(payload, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
+@dataclass(frozen=True)
+class FirstMap:
+    """The map a page shows first: the first listed folder's, coloured by modality. Its points' URL carries a key
+    of its own (the same for every visitor: the map is), and the page's config holds it with the point count."""
+
+    catalog: DatasetCatalog
+    name: str
+    count: int  # points: 2N
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    @property
+    def url(self) -> str:
+        return f"{POINTS_ROUTE}/first/{self.key}/points"
+
+    @classmethod
+    def of(cls, catalog: DatasetCatalog) -> FirstMap | None:
+        """The first listed folder's map, when its map is built (else the page waits for the open event)."""
+        if not catalog.names:
+            return None
+        name = catalog.names[0]
+        folder = catalog.folders[name]
+        try:
+            built = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["built"]
+            pairs = sum(int(shard.get("held", shard["count"])) for shard in read_index(folder)["shards"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # opening it says what is wrong
+        if "layout" not in built or pairs <= 0:
+            return None
+        first = cls(catalog, name, 2 * pairs)
+        _FIRST_MAPS[first.key] = first
+        return first
+
+
+_FIRST_MAPS: dict[str, FirstMap] = {}
+_FIRST_POINTS: dict[str, bytes] = {}  # key -> the points, made once (12 bytes a point)
+
+
+def _first_points(request: Request) -> Response:  # sync: the first request may wait for the folder to open
+    """The first listed folder's map coloured by modality; 404 for an unknown key or a folder that cannot open."""
+    first = _FIRST_MAPS.get(request.path_params["key"])
+    if first is None:
+        return Response(status_code=404)
+    if first.key not in _FIRST_POINTS:
+        try:
+            dataset = open_listed(first.catalog, first.name)
+        except gr.Error:
+            return Response(status_code=404)  # the open event shows why
+        if dataset.layout is None or 2 * len(dataset) != first.count:
+            return Response(status_code=404)
+        _FIRST_POINTS[first.key] = map_points(dataset.layout.coordinates, colour_values(dataset, MODALITY).values)
+    payload = _FIRST_POINTS[first.key]
+    return Response(payload, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+
+
 def bundle_url() -> str:
     """Where the page imports the map's module from (its CRC-32 in the query: a rebuilt bundle is fetched anew)."""
     return f"{STATIC_ROUTE}/{BUNDLE.name}?v={zlib.crc32(BUNDLE.read_bytes()):08x}"
@@ -210,6 +267,7 @@ def dataset_routes() -> list[BaseRoute]:
     return [
         Mount(STATIC_ROUTE, StaticFiles(directory=STATIC_DIR), name="vlviz-static"),
         Route(f"{POINTS_ROUTE}/{{token}}/points", _points),
+        Route(f"{POINTS_ROUTE}/first/{{key}}/points", _first_points),
     ]
 
 
@@ -272,12 +330,13 @@ def linked_pairs(dataset: EmbeddedDataset, other: EmbeddedDataset) -> LinkedPair
         return None
 
 
-def _map(elem_id: str, role: str, visible: bool = True) -> gr.HTML:
-    """A map (`mountDatasetMap`), empty until a callback sets its points."""
+def _map(elem_id: str, role: str, visible: bool | Literal["hidden"] = True, first: FirstMap | None = None) -> gr.HTML:
+    """A map (`mountDatasetMap`), empty until a callback sets its points, or drawing `first` from the start."""
     return gr.HTML(
         "[]", html_template=MAP_TEMPLATE, js_on_load=MAP_JS, apply_default_css=False, elem_id=elem_id,
-        server_functions=[dataset_point, dataset_thumbnails], bundle=bundle_url(), points="", count=0, colour_kind="categorical",
-        token="", highlight=[], role=role, visible=visible,
+        server_functions=[dataset_point, dataset_thumbnails], bundle=bundle_url(), points=first.url if first else "",
+        count=first.count if first else 0, colour_kind="categorical", token="", highlight=[], role=role,
+        visible=visible,
     )  # fmt: skip
 
 
@@ -307,9 +366,13 @@ class DatasetTab:
             self.open_button = gr.Button("Open", scale=1, elem_id="dataset-open")
             self.colour = gr.Radio([MODALITY], value=MODALITY, label="Colour by", scale=3, elem_id="dataset-colour")
         self.info = gr.Markdown(elem_id="dataset-info")
+        self.first = FirstMap.of(catalog)
         with gr.Row():
-            self.map = _map("dataset-map", "main")
-            self.map2 = _map("dataset-map-linked", "linked", visible=False)
+            self.map = _map("dataset-map", "main", first=self.first)
+            # in the page from the start, hidden, when there is a folder to link: a map made visible by an update
+            # loaded before the update's props (its bundle) reached it, and never drew
+            self.unlinked: bool | Literal["hidden"] = "hidden" if len(catalog.names) > 1 else False
+            self.map2 = _map("dataset-map-linked", "linked", visible=self.unlinked)
         self.linked_name = gr.Dropdown(
             [NO_LINK, *catalog.names], value=NO_LINK, label="Linked map", elem_id="dataset-linked",
             info="the same pairs embedded by another model: drawn beside, hover linked, colour by rank_shift",
@@ -355,7 +418,7 @@ class DatasetTab:
             self.map: self._drawn(handle, []),
             self.hits: None,
             self.selection: "No pairs selected.",
-            self.map2: gr.HTML(visible=False, points="", count=0),
+            self.map2: gr.HTML(visible=self.unlinked, points="", count=0),
             self.linked_name: NO_LINK,
             self.handle: handle,
         }
@@ -368,7 +431,7 @@ class DatasetTab:
             handle.linked, handle.extra = None, {}
             handle.colour = MODALITY if handle.colour == RANK_SHIFT else handle.colour
             return {
-                self.map2: gr.HTML(visible=False, points="", count=0),
+                self.map2: gr.HTML(visible=self.unlinked, points="", count=0),
                 self.colour: gr.Radio(colour_choices(handle.dataset), value=handle.colour),
             }
         if handle.linked is not None and handle.linked.name == name:
@@ -381,8 +444,7 @@ class DatasetTab:
         handle.linked = register_map(MapHandle(name, other, handle.colour, extra=handle.extra))
         legend = colour_values(handle.dataset, handle.colour, handle.extra).legend
         return {
-            # a map made hidden has none of its props in the page's config: they come with it
-            self.map2: self._drawn(handle.linked, gr.skip(), visible=True, bundle=bundle_url(), role="linked"),
+            self.map2: self._drawn(handle.linked, gr.skip(), visible=True),
             self.colour: gr.Radio(colour_choices(handle.dataset, handle.extra), value=handle.colour),
             self.info: self._info(handle, legend),
         }
@@ -487,10 +549,14 @@ class DatasetTab:
     def _drawn(self, handle: MapHandle, highlight: Any, **settings: Any) -> gr.HTML:
         """The map's props that draw `handle`'s points in its colour (`settings`: more of gr.HTML's, e.g. visible)."""
         colour = colour_values(handle.dataset, handle.colour, handle.extra)
+        first, count = self.first, 2 * len(handle.dataset)
+        if first and (handle.name, handle.colour, count) == (first.name, MODALITY, first.count):
+            points = first.url  # what the page's config named: not fetched again
+        else:
+            points = f"{POINTS_ROUTE}/{handle.token}/points?colour={quote(handle.colour)}"
         return gr.HTML(
-            points=f"{POINTS_ROUTE}/{handle.token}/points?colour={quote(handle.colour)}", count=2 * len(handle.dataset),
-            colour_kind="categorical" if colour.categorical else "continuous", token=handle.token, highlight=highlight,
-            **settings,
+            points=points, count=count, colour_kind="categorical" if colour.categorical else "continuous",
+            token=handle.token, highlight=highlight, **settings,
         )  # fmt: skip
 
     def _info(self, handle: MapHandle, legend: str) -> str:
