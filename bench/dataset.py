@@ -149,13 +149,12 @@ def _stage_layout_baseline(folder: Path) -> dict[str, Any]:
     from vlviz.embedding.umap_layout import umap_coordinates
 
     embeddings = open_folder(folder)
-    sample = sample_positions(embeddings.pairs, layout_store.SAMPLE_PAIRS, layout_store.SEED)
+    sample = sample_positions(embeddings.pairs, layout_store.SAMPLE_PAIRS, layout_store.SETTINGS.seed)
     rows = embeddings.rows(sample, ("image_features", "text_features"))
     anchors = np.concatenate([rows["image_features"], rows["text_features"]]).astype(np.float32)
     start = time.perf_counter()
-    coordinates, reducer = umap_coordinates(
-        anchors, layout_store.N_NEIGHBORS, layout_store.MIN_DIST, "cosine", layout_store.SEED
-    )
+    umap = layout_store.SETTINGS
+    coordinates, reducer = umap_coordinates(anchors, umap.n_neighbors, umap.min_dist, umap.metric, umap.seed)
     fit_seconds = time.perf_counter() - start
     others = np.setdiff1d(np.arange(embeddings.pairs), sample)
     chosen = np.random.default_rng(1).choice(others, LAYOUT_CHECK // 2, replace=False)

@@ -41,7 +41,9 @@ def test_explore_builds_the_map_then_serves_the_folder(tmp_path: Path, monkeypat
     source, out = write_scene_shards(tmp_path / "data", n=12), tmp_path / "embeddings"
     assert main(["embed", "--model", OFFLINE_SPEC, "--data", source, "--out", str(out), "--shard-size", "8"]) == 0
     assert "layout" not in json.loads((out / MANIFEST_FILE).read_text())["built"]
-    monkeypatch.setattr(layout_store, "fit_layout", lambda i, t, **kw: space.fit_layout(i, t, method="pca"))
+    monkeypatch.setattr(
+        layout_store, "fit_layout", lambda i, t, *_: space.fit_layout(i, t, space.LayoutSettings("pca"))
+    )
     served = {}
 
     def build_app(model_spec: str, initial_sample: str | None, datasets: list[str]) -> SimpleNamespace:

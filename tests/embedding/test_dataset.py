@@ -155,23 +155,28 @@ def test_thumbnails_and_a_selection_come_back_from_the_folder_and_its_source(tmp
     assert open_dataset(tmp_path / "none", layout=False).thumbnail(0) is None
 
 
-@pytest.mark.parametrize("file_format", ["npz", "parquet"])
-def test_the_source_rows_numeric_fields_become_colour_columns(tmp_path: Path, file_format: str) -> None:
+def write_scene_parquet(path: Path, n: int, seed: int, **columns: list) -> str:
+    """`n` scenes as one parquet file of PNG bytes and captions, with more `columns` (a source with its own fields)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    scenes = generate_scenes(40, seed=2, image_size=32)
+    scenes = generate_scenes(n, seed=seed, image_size=32)
     encoded = []
     for image in scenes.pil_images():
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
+    pq.write_table(pa.table({"image": encoded, "caption": scenes.captions, **columns}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("file_format", ["npz", "parquet"])
+def test_the_source_rows_numeric_fields_become_colour_columns(tmp_path: Path, file_format: str) -> None:
     similarity = [None if i == 5 else i / 40 for i in range(40)]
     width = [None] * 32 + [float(i) for i in range(32, 40)]  # only the second shard's rows have it
-    table = pa.table({"image": encoded, "caption": scenes.captions, "similarity": similarity, "width": width,
-                      "url": [f"u{i}" for i in range(40)]})  # fmt: skip
-    pq.write_table(table, tmp_path / "pairs.parquet")
-    embed(str(tmp_path / "pairs.parquet"), tmp_path / "out", "--format", file_format)
+    url = [f"u{i}" for i in range(40)]
+    source = write_scene_parquet(tmp_path / "pairs.parquet", 40, 2, similarity=similarity, width=width, url=url)
+    embed(source, tmp_path / "out", "--format", file_format)
     dataset = open_dataset(tmp_path / "out", layout=False)
     assert list(dataset.columns) == [*COLUMNS, "source: similarity", "source: width"]
     expected = np.array([np.nan if v is None else v for v in similarity], np.float32)

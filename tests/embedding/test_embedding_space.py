@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from vlviz.embedding.space import (
     MIN_UMAP_POINTS,
     EmbeddingLayout,
+    LayoutSettings,
     alignment_figures,
     close_modality_gap,
     fit_layout,
@@ -33,7 +34,7 @@ def _pairs(n: int, seed: int = 0, d: int = 16) -> tuple[torch.Tensor, torch.Tens
 @pytest.fixture(scope="module")
 def umap_layout() -> tuple[EmbeddingLayout, torch.Tensor, torch.Tensor]:
     images, texts = _pairs(20)
-    return fit_layout(images, texts, "umap", n_neighbors=8, seed=3), images, texts
+    return fit_layout(images, texts, LayoutSettings(n_neighbors=8, seed=3)), images, texts
 
 
 def test_gap_by_hand() -> None:
@@ -66,9 +67,9 @@ def test_one_pair_has_no_unmatched_cosine() -> None:
 
 def test_pca_is_deterministic_and_transform_reproduces_the_fit() -> None:
     images, texts = _pairs(15)
-    layout = fit_layout(images, texts, "pca")
+    layout = fit_layout(images, texts, LayoutSettings("pca"))
     assert layout.method == "pca" and layout.note is None and layout.coordinates.shape == (30, 2)
-    assert torch.equal(layout.coordinates, fit_layout(images, texts, "pca").coordinates)
+    assert torch.equal(layout.coordinates, fit_layout(images, texts, LayoutSettings("pca")).coordinates)
     assert torch.allclose(layout.transform(images, texts), layout.coordinates, atol=1e-5)
     # The modality gap lies along e0, the direction of most variance: PC1 separates the modalities.
     assert layout.axis_titles[0].startswith("PC1")
@@ -81,7 +82,7 @@ def test_pca_is_deterministic_and_transform_reproduces_the_fit() -> None:
 def test_umap_is_deterministic_for_a_fixed_seed(umap_layout) -> None:
     layout, images, texts = umap_layout
     assert layout.method == "umap" and layout.coordinates.shape == (40, 2)
-    again = fit_layout(images, texts, "umap", n_neighbors=8, seed=3)
+    again = fit_layout(images, texts, LayoutSettings(n_neighbors=8, seed=3))
     assert torch.equal(layout.coordinates, again.coordinates)
 
 
@@ -97,7 +98,7 @@ def test_umap_layout_transforms_new_embeddings_into_its_frame(umap_layout) -> No
 
 def test_few_points_fall_back_to_pca_with_a_note() -> None:
     images, texts = _pairs(MIN_UMAP_POINTS // 2 - 1)
-    layout = fit_layout(images, texts, "umap")
+    layout = fit_layout(images, texts)
     assert layout.method == "pca" and "UMAP needs at least" in layout.note
     assert layout.coordinates.shape == (2 * images.shape[0], 2)
 
@@ -105,8 +106,8 @@ def test_few_points_fall_back_to_pca_with_a_note() -> None:
 def test_bad_options_are_named() -> None:
     images, texts = _pairs(3)
     with pytest.raises(ValueError, match="'tsne'"):
-        fit_layout(images, texts, "tsne")
+        LayoutSettings("tsne")
     with pytest.raises(ValueError, match="'manhattan'"):
-        fit_layout(images, texts, metric="manhattan")
+        LayoutSettings(metric="manhattan")
     with pytest.raises(ValueError, match="one shape"):
         fit_layout(images, texts[:2])

@@ -14,7 +14,7 @@ import torch
 from tests.embedding.test_embedding_space import _pairs
 from vlviz.embedding import umap_layout
 from vlviz.embedding.layout_worker import LayoutWorker, RemoteUmap
-from vlviz.embedding.space import fit_layout
+from vlviz.embedding.space import LayoutSettings, fit_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,8 @@ def worker() -> LayoutWorker:
 
 def test_a_umap_fitted_in_the_worker_equals_one_fitted_here(worker: LayoutWorker) -> None:
     images, texts = _pairs(20)
-    here = fit_layout(images, texts, "umap", n_neighbors=8, seed=3)
-    there = worker.fit_layout(images, texts, "umap", n_neighbors=8, seed=3)
+    here = fit_layout(images, texts, LayoutSettings(n_neighbors=8, seed=3))
+    there = worker.fit_layout(images, texts, LayoutSettings(n_neighbors=8, seed=3))
     assert worker.ready.is_set()
     assert isinstance(there.projection, RemoteUmap)
     assert torch.equal(there.coordinates, here.coordinates)
@@ -40,33 +40,31 @@ def test_a_umap_fitted_in_the_worker_equals_one_fitted_here(worker: LayoutWorker
     assert torch.equal(there.transform(later_images, later_texts), here.transform(later_images, later_texts))
 
 
-def test_pca_small_sets_and_bad_settings_stay_in_this_process(worker: LayoutWorker) -> None:
+def test_pca_small_sets_and_bad_shapes_stay_in_this_process(worker: LayoutWorker) -> None:
     images, texts = _pairs(12)
-    assert not isinstance(worker.fit_layout(images, texts, "pca").projection, RemoteUmap)
-    small = worker.fit_layout(images[:3], texts[:3], "umap")
+    assert not isinstance(worker.fit_layout(images, texts, LayoutSettings("pca")).projection, RemoteUmap)
+    small = worker.fit_layout(images[:3], texts[:3])
     assert small.method == "pca" and "UMAP needs at least" in small.note
-    with pytest.raises(ValueError, match="Unknown UMAP metric"):
-        worker.fit_layout(images, texts, "umap", metric="manhattan")
     with pytest.raises(ValueError, match="one shape"):
-        worker.fit_layout(images, texts[:5], "umap")
+        worker.fit_layout(images, texts[:5])
 
 
 def test_an_error_in_the_child_is_raised_here_and_it_keeps_serving(worker: LayoutWorker) -> None:
     images, texts = _pairs(12)
     with pytest.raises(ValueError, match="min_dist"):  # umap-learn refuses it in the child
-        worker.fit_layout(images, texts, "umap", min_dist=-1.0)
-    assert worker.fit_layout(images, texts, "umap", n_neighbors=5).method == "umap"
+        worker.fit_layout(images, texts, LayoutSettings(min_dist=-1.0))
+    assert worker.fit_layout(images, texts, LayoutSettings(n_neighbors=5)).method == "umap"
 
 
 def test_a_stopped_child_is_replaced_and_its_layouts_are_gone(worker: LayoutWorker) -> None:
     images, texts = _pairs(12)
-    layout = worker.fit_layout(images, texts, "umap", n_neighbors=5)
+    layout = worker.fit_layout(images, texts, LayoutSettings(n_neighbors=5))
     worker._process.kill()  # as if the child had crashed (the module's last use: later fits would compile again)
     worker._process.wait()
     with pytest.raises(ValueError, match="kept layout is gone"):
         layout.transform(images, texts)
     with pytest.raises(ValueError, match="min_dist"):  # a new child answers (refused before any compile)
-        worker.fit_layout(images, texts, "umap", min_dist=-1.0)
+        worker.fit_layout(images, texts, LayoutSettings(min_dist=-1.0))
     with pytest.raises(ValueError, match="kept layout is gone"):
         layout.transform(images, texts)
     worker.close()

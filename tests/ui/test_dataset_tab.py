@@ -14,8 +14,6 @@ from urllib.parse import quote
 
 import httpx
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -23,9 +21,9 @@ from PIL import Image
 
 import vlviz.embedding.layout_store as layout_store
 from tests.conftest import free_port
+from tests.embedding.test_dataset import write_scene_parquet
 from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
-from vlviz.data.scenes import generate_scenes
 from vlviz.embedding import space
 from vlviz.embedding.dataset import MANIFEST_FILE, DatasetLayout, open_dataset
 from vlviz.embedding.linked import link_datasets
@@ -54,7 +52,7 @@ def embedded_folder(root: Path, n: int = N, model: str = OFFLINE_SPEC, name: str
     these tests)."""
     source = write_scene_shards(root / f"{name}-source", n=n, per_tar=64)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(layout_store, "fit_layout", lambda i, t, **kw: space.fit_layout(i, t, method="pca"))
+        patch.setattr(layout_store, "fit_layout", lambda i, t, *_: space.fit_layout(i, t, space.LayoutSettings("pca")))
         args = ["embed", "--model", model, "--data", source, "--out", str(root / name), "--shard-size", "64"]
         assert main([*args, "--layout"]) == 0
     return root / name
@@ -182,17 +180,9 @@ def test_the_points_route_and_hover_answer_only_the_maps_token(dataset_app: str,
 
 
 def test_the_sources_fields_colour_the_map_and_show_on_hover(dataset_app: str, tmp_path: Path) -> None:
-    scenes = generate_scenes(12, seed=4, image_size=32)
-    encoded = []
-    for image in scenes.pil_images():
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        encoded.append(buffer.getvalue())
     similarity = [i / 10 for i in range(12)]
-    pq.write_table(pa.table({"image": encoded, "caption": scenes.captions, "similarity": similarity}),
-                   tmp_path / "pairs.parquet")  # fmt: skip
-    assert main(["embed", "--model", OFFLINE_SPEC, "--data", str(tmp_path / "pairs.parquet"),
-                 "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    source = write_scene_parquet(tmp_path / "pairs.parquet", 12, 4, similarity=similarity)
+    assert main(["embed", "--model", OFFLINE_SPEC, "--data", source, "--out", str(tmp_path / "out")]) == 0
     dataset = open_dataset(tmp_path / "out", layout=False)
     dataset = replace(dataset, layout=DatasetLayout(np.zeros((24, 2), np.float32), "none", {}))
     handle = register_map(MapHandle("out", dataset))

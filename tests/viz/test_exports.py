@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlviz.embedding.space import LayoutSettings
 from vlviz.metrics.affinity import affinity_report
 from vlviz.viz.exports import write_affinity_files, write_consistency_files, write_csv, write_embedding_files
 from vlviz.viz.views import consistency_view, embedding_view
@@ -82,7 +83,7 @@ def test_every_exported_csv_is_neutralised(tmp_path: Path) -> None:
     data = view.to_dict(NAMES, CAPTIONS)
     written += write_consistency_files(tmp_path / "c", view, data, images, texts, pictures, NAMES, CAPTIONS)
 
-    layout = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
+    layout = embedding_view(images, texts, NAMES, CAPTIONS, LayoutSettings("pca"))
     data = layout.to_dict(NAMES, CAPTIONS)
     written += write_embedding_files(tmp_path / "e", layout, data, images, texts, NAMES, CAPTIONS)
 

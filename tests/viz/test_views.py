@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlviz.embedding.space import LayoutSettings
 from vlviz.grounding.maps import CaptionMaps
 from vlviz.metrics.consistency import consistency_figures, in_modal_affinities
 from vlviz.viz.annotation_view import annotation_view, write_annotation_csv
@@ -70,7 +71,7 @@ def test_top_pairs_html_escapes_captions_and_embeds_images() -> None:
 
 def test_page_html_inlines_plotly_once_and_loads_nothing() -> None:
     images, texts = _features()
-    view = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
+    view = embedding_view(images, texts, NAMES, CAPTIONS, LayoutSettings("pca"))
     page = page_html("t", ["<h1>x</h1>", view.figure, view.figure])
     assert not re.search(r"<script[^>]*\ssrc=", page)
     assert page.count("<script") == 3  # plotly.js once, then one call per figure
@@ -89,7 +90,7 @@ def test_exported_files_hold_the_numbers(tmp_path: Path) -> None:
     assert len(pd.read_csv(tmp_path / "top_pairs.csv")) == 2
     assert json.loads((tmp_path / "consistency.json").read_text()) == data
 
-    layout_view = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
+    layout_view = embedding_view(images, texts, NAMES, CAPTIONS, LayoutSettings("pca"))
     write_embedding_files(tmp_path, layout_view, layout_view.to_dict(NAMES, CAPTIONS), images, texts, NAMES, CAPTIONS)  # fmt: skip
     saved = np.load(tmp_path / "embeddings.npz")
     assert np.allclose(saved["image_features"], images.numpy()) and saved["coordinates"].shape == (2 * N, 2)
@@ -99,7 +100,7 @@ def test_exported_files_hold_the_numbers(tmp_path: Path) -> None:
 
 def test_kept_layout_transforms_instead_of_refitting() -> None:
     images, texts = _features()
-    first = embedding_view(images, texts, NAMES, CAPTIONS, method="pca")
+    first = embedding_view(images, texts, NAMES, CAPTIONS, LayoutSettings("pca"))
     closed = embedding_view(images, texts, NAMES, CAPTIONS, close_gap=True, layout=first.layout)
     assert closed.layout is first.layout and "(kept layout)" in closed.title
     assert not torch.allclose(closed.coordinates, first.coordinates)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from vlviz.data.formats import read_pairs
 from vlviz.data.inputs import MAX_IMAGE_PIXELS, InputError, PairSet
-from vlviz.embedding.space import close_modality_gap
+from vlviz.embedding.space import LayoutSettings, close_modality_gap
 from vlviz.embedding.store import StoredEmbeddings, is_embeddings_folder, load_embeddings
 from vlviz.metrics.affinity import affinity_report
 from vlviz.metrics.consistency import DEFAULT_TEMPERATURE
@@ -199,7 +199,7 @@ def _write_views(
     mapped, map_notes = _map_subset(len(names), encoded.map_pairs, seed)
     map_images, map_texts = images[mapped], texts[mapped]
     map_names, map_captions = [names[i] for i in mapped.tolist()], [captions[i] for i in mapped.tolist()]
-    embedding = embedding_view(map_images, map_texts, map_names, map_captions, method=method, seed=seed)
+    embedding = embedding_view(map_images, map_texts, map_names, map_captions, LayoutSettings(method, seed=seed))
     closed = embedding_scatter(
         embedding.layout.transform(*close_modality_gap(map_images, map_texts)).numpy(), map_names, map_captions,
         embedding.layout.axis_titles, embedding.title + ", gap closed in the same frame",

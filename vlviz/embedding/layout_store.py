@@ -27,7 +27,7 @@ import torch
 
 from vlviz.data.inputs import InputError
 from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder, file_record
-from vlviz.embedding.space import fit_layout
+from vlviz.embedding.space import LayoutSettings, fit_layout
 from vlviz.embedding.store import sample_positions
 
 LAYOUT_FILE = "layout.npz"
@@ -38,8 +38,7 @@ NEIGHBOURS = 15  # sampled points each other point is placed by
 SEARCH_DIMS = 128  # principal directions of the sample its nearest points are searched in
 TEMPERATURE = 0.01  # of the softmax over their cosines
 PLACE_BATCH = 1024  # points placed at once: a (B, 2S) cosine matrix
-SEED = 0
-N_NEIGHBORS, MIN_DIST = 15, 0.1  # UMAP's settings (`fit_layout`'s defaults)
+SETTINGS = LayoutSettings("umap", 15, 0.1, seed=0)  # as dataset.json records them; the seed also draws the sample
 PLACED = f"; every other point at the weighted mean of its {NEIGHBOURS} nearest sampled points"
 
 
@@ -61,13 +60,13 @@ def _fit(folder: EmbeddingFolder) -> tuple[np.ndarray, np.ndarray, str]:
                 return stored["sample"], stored["coordinates"], str(stored["method"])
         except (OSError, ValueError, KeyError):
             path.unlink()  # an unreadable fit is only lost time: fit again
-    sample = sample_positions(folder.pairs, SAMPLE_PAIRS, SEED)
+    sample = sample_positions(folder.pairs, SAMPLE_PAIRS, SETTINGS.seed)
     rows = folder.rows(sample, tuple(FEATURE_KEYS.values()))
     fitted = fit_layout(
         torch.from_numpy(rows["image_features"].astype(np.float32)),
         torch.from_numpy(rows["text_features"].astype(np.float32)),
-        method="umap", n_neighbors=N_NEIGHBORS, min_dist=MIN_DIST, seed=SEED,
-    )  # fmt: skip
+        SETTINGS,
+    )
     coordinates = fitted.coordinates.numpy().astype(np.float32)
     method = f"{fitted.method.upper()} of {'all' if len(sample) == folder.pairs else 'a seeded sample of'} "
     method += f"{len(sample):,} pairs" + (f" ({fitted.note})" if fitted.note else "")
@@ -152,8 +151,9 @@ def build_layout(folder: EmbeddingFolder, progress: Callable[[str, int, int], No
     for part in parts:
         part.unlink()
     (folder.path / FIT_FILE).unlink()
+    umap = {"n_neighbors": SETTINGS.n_neighbors, "min_dist": SETTINGS.min_dist, "seed": SETTINGS.seed}
     return {**file_record(path), "method": method, "sample_pairs": len(sample), "neighbours": NEIGHBOURS,
-            "temperature": TEMPERATURE, "umap": {"n_neighbors": N_NEIGHBORS, "min_dist": MIN_DIST, "seed": SEED}}  # fmt: skip
+            "temperature": TEMPERATURE, "umap": umap}  # fmt: skip
 
 
 def read_layout(path: Path, pairs: int) -> np.ndarray:

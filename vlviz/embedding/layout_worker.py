@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vlviz.embedding import umap_layout
-from vlviz.embedding.space import EmbeddingLayout, fit_layout
+from vlviz.embedding.space import DEFAULT_SETTINGS, EmbeddingLayout, LayoutSettings, fit_layout
 from vlviz.embedding.umap_layout import GONE, read_message, write_message
 
 
@@ -56,10 +56,10 @@ class LayoutWorker:
         self.ready.set()
 
     def fit_layout(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, method: str = "umap", **settings: Any
+        self, image_features: torch.Tensor, text_features: torch.Tensor, settings: LayoutSettings = DEFAULT_SETTINGS
     ) -> EmbeddingLayout:
         """`vlviz.embedding.space.fit_layout` (same settings, checks, notes and result), its UMAP fitted in the child."""
-        return fit_layout(image_features, text_features, method, **settings, umap_fit=self._umap)
+        return fit_layout(image_features, text_features, settings, umap_fit=self._umap)
 
     def transform(self, reducer: RemoteUmap, points: np.ndarray) -> np.ndarray:
         """Place `points` with a reducer the child fitted; ValueError if the child no longer has it."""

@@ -109,14 +109,31 @@ class EmbeddingLayout:
 UmapFit = Callable[..., tuple[np.ndarray, Any]]  # `umap_coordinates`' signature: (coordinates, reducer)
 
 
+@dataclass(frozen=True)
+class LayoutSettings:
+    """How images and captions are laid out in 2-D: the method, and UMAP's parameters (McInnes et al. 2018)."""
+
+    method: str = "umap"
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown method or metric where the settings are made, before anything is fitted."""
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown layout method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.metric not in UMAP_METRICS:
+            raise ValueError(f"Unknown UMAP metric {self.metric!r}; choose one of {', '.join(UMAP_METRICS)}.")
+
+
+DEFAULT_SETTINGS = LayoutSettings()  # what `fit_layout` and the views fit when not told otherwise
+
+
 def fit_layout(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
-    method: str = "umap",
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    metric: str = "cosine",
-    seed: int = 0,
+    settings: LayoutSettings = DEFAULT_SETTINGS,
     umap_fit: UmapFit = umap_coordinates,
 ) -> EmbeddingLayout:
     """Embed images and captions together in 2-D; the same inputs and seed give the same layout.
@@ -126,10 +143,7 @@ def fit_layout(
     signature (the app's `LayoutWorker` fits in a child process). Fewer than MIN_UMAP_POINTS points fall
     back to PCA, with a note saying so.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown layout method {method!r}; choose one of {', '.join(METHODS)}.")
-    if metric not in UMAP_METRICS:
-        raise ValueError(f"Unknown UMAP metric {metric!r}; choose one of {', '.join(UMAP_METRICS)}.")
+    method, n_neighbors = settings.method, settings.n_neighbors
     points = _joint_points(image_features, text_features)  # (2N, D)
     count, dimension = points.shape
     note = None
@@ -148,8 +162,9 @@ def fit_layout(
     if neighbours < n_neighbors:
         note = f"n_neighbors lowered from {n_neighbors} to {neighbours}: there are only {count} points."
     coordinates, reducer = umap_fit(
-        points.float().numpy(), n_neighbors=neighbours, min_dist=min_dist, metric=metric, seed=seed
-    )
+        points.float().numpy(), n_neighbors=neighbours, min_dist=settings.min_dist, metric=settings.metric,
+        seed=settings.seed,
+    )  # fmt: skip
     coordinates = torch.from_numpy(coordinates).float()
     return EmbeddingLayout("umap", coordinates, ("UMAP 1", "UMAP 2"), note, dimension, reducer)
 

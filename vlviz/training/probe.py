@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vlviz.data.sources import HeldOut
-from vlviz.embedding.space import EmbeddingLayout, fit_layout
+from vlviz.embedding.space import EmbeddingLayout, LayoutSettings, fit_layout
 from vlviz.grounding.maps import CaptionMaps, caption_maps
 from vlviz.metrics.consistency import inconsistency_matrix
 from vlviz.models.encoding import PairEncoding, input_image
@@ -72,7 +72,7 @@ class ProbeBatch:
             None if t is None else t.cpu() for t in embedded.first(len(self.batch.captions))
         )
         if self.layout is None:
-            self.layout = fit_layout(image, text, method="pca")
+            self.layout = fit_layout(image, text, LayoutSettings("pca"))
         grounding = None
         if patches is not None and tokens is not None:
             first = PairEncoding(

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
 
 from vlviz.data.inputs import PairSet
 from vlviz.embedding.layout_worker import LayoutWorker, LayoutWorkerError
-from vlviz.embedding.space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout
+from vlviz.embedding.space import MIN_UMAP_POINTS, UMAP_METRICS, EmbeddingLayout, LayoutSettings
 from vlviz.metrics.affinity import own_pair_cosines
 from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
@@ -175,11 +175,8 @@ class EmbeddingTab:
             if layout is not None and layout.dimension != images.shape[1]:
                 notes.append(f"The kept layout was fitted on {layout.dimension}-d embeddings; this model gives {images.shape[1]}-d, so it was refitted.")  # fmt: skip
                 layout = None
-            settings = dict(
-                n_neighbors=int(n_neighbors), min_dist=float(min_dist), metric=metric, seed=int(seed),
-                close_gap=close_gap, layout=layout,
-            )  # fmt: skip
             try:
+                settings = LayoutSettings(method, int(n_neighbors), float(min_dist), metric, int(seed))
                 if (
                     method == "umap"
                     and layout is None
@@ -187,15 +184,16 @@ class EmbeddingTab:
                     and not LAYOUT_WORKER.ready.is_set()
                 ):
                     # The first UMAP of the process still compiles: show PCA at once, then UMAP when it is ready.
-                    first = embedding_view(images, texts, pairs.names, pairs.captions, method="pca", **settings)
+                    pca = replace(settings, method="pca")
+                    first = embedding_view(images, texts, pairs.names, pairs.captions, pca, close_gap=close_gap)
                     waiting = (
                         "UMAP is compiling its code (the first map since the app started): PCA shown until it is ready."
                     )
                     yield self._drawn(encoded, first, close_gap, [*notes, waiting])
                     progress(0.4, desc="Fitting the UMAP layout (the first one compiles numba code)")
                 view = embedding_view(
-                    images, texts, pairs.names, pairs.captions, method=method, fit=LAYOUT_WORKER.fit_layout,
-                    **settings,
+                    images, texts, pairs.names, pairs.captions, settings, close_gap=close_gap, layout=layout,
+                    fit=LAYOUT_WORKER.fit_layout,
                 )  # fmt: skip
             except (ValueError, LayoutWorkerError) as error:
                 raise refusal(error) from error

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from vlviz.embedding.space import alignment_figures, close_modality_gap
+from vlviz.embedding.space import LayoutSettings, alignment_figures, close_modality_gap
 from vlviz.grounding.maps import CaptionMaps, caption_maps
 from vlviz.metrics.affinity import affinity_report
 from vlviz.models.encoding import PairEncoding
@@ -124,7 +124,7 @@ def _affinity_step(inputs: TalkInputs) -> TalkStep:
 def _gap_step(inputs: TalkInputs) -> TalkStep:
     images, texts = inputs.encoding.image_features.float().cpu(), inputs.encoding.text_features.float().cpu()
     views = [
-        embedding_view(images, texts, inputs.names, inputs.captions, method="pca", close_gap=closed)
+        embedding_view(images, texts, inputs.names, inputs.captions, LayoutSettings("pca"), close_gap=closed)
         for closed in (False, True)
     ]
     before, after = alignment_figures(images, texts), alignment_figures(*close_modality_gap(images, texts))

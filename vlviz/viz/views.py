@@ -16,7 +16,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from vlviz.embedding.space import EmbeddingLayout, close_modality_gap, fit_layout, gap_report
+from vlviz.embedding.space import (
+    DEFAULT_SETTINGS,
+    EmbeddingLayout,
+    LayoutSettings,
+    close_modality_gap,
+    fit_layout,
+    gap_report,
+)
 from vlviz.grounding.maps import DENSE_KINDS, GRADIENT_KINDS, CaptionMaps
 from vlviz.metrics.affinity import AffinityReport
 from vlviz.metrics.consistency import (
@@ -289,14 +296,10 @@ def embedding_view(
     text_features: torch.Tensor,
     names: Sequence[str],
     captions: Sequence[str],
-    method: str = "umap",
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    metric: str = "cosine",
-    seed: int = 0,
+    settings: LayoutSettings = DEFAULT_SETTINGS,
     close_gap: bool = False,
     layout: EmbeddingLayout | None = None,
-    fit: Callable[..., EmbeddingLayout] = fit_layout,
+    fit: Callable[[torch.Tensor, torch.Tensor, LayoutSettings], EmbeddingLayout] = fit_layout,
 ) -> EmbeddingView:
     """Lay images and captions out in 2-D (fit, or `transform` into a kept `layout`) and draw them.
 
@@ -307,7 +310,7 @@ def embedding_view(
     points = close_modality_gap(image_features, text_features) if close_gap else (image_features, text_features)
     kept = layout is not None
     if layout is None:
-        layout = fit(*points, method=method, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, seed=seed)
+        layout = fit(*points, settings)
         coordinates = layout.coordinates
     else:
         coordinates = layout.transform(*points)
