@@ -561,7 +561,7 @@ class DatasetTab:
 
     def _info(self, handle: MapHandle, legend: str) -> str:
         lines = [_describe(map_handle) for map_handle in (handle, handle.linked) if map_handle is not None]
-        return "\n\n".join([*lines, legend])
+        return "\n\n".join([*lines, markdown_text(legend)])  # a legend names a column of the source's rows
 
     @staticmethod
     def _selected(kept: int, named: int, source: str) -> str:
