@@ -155,6 +155,29 @@ def test_thumbnails_and_a_selection_come_back_from_the_folder_and_its_source(tmp
     assert open_dataset(tmp_path / "none", layout=False).thumbnail(0) is None
 
 
+def test_thumbnails_read_only_the_rows_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
+    import vlviz.embedding.store as store
+
+    monkeypatch.setattr(store, "PARQUET_ROW_GROUP", 4)  # 12 pairs: row groups of pairs 0-3, 4-7 and 8-11
+    source = write_scene_shards(tmp_path / "data", n=12, per_tar=5)
+    embed(source, tmp_path / "parquet", "--format", "parquet")
+    embed(source, tmp_path / "npz")
+    shard = tmp_path / "parquet" / "embeddings-00000.parquet"
+    assert pq.ParquetFile(shard).num_row_groups == 3
+    read_groups = []
+    read_row_group = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, **kw: read_groups.append(i) or read_row_group(self, i, **kw)
+    )
+    rows = np.array([9, 0, 9, 2])
+    expected = open_dataset(tmp_path / "npz", layout=False).thumbnail_jpegs(rows)
+    assert store.read_thumbnails(shard, rows) == expected  # the same JPEGs from either format
+    assert sorted(read_groups) == [0, 2]  # the groups of pairs 0, 2 and 9, once each
+    assert all(Image.open(io.BytesIO(jpeg)).format == "JPEG" for jpeg in expected)
+
+
 def write_scene_parquet(path: Path, n: int, seed: int, **columns: list) -> str:
     """`n` scenes as one parquet file of PNG bytes and captions, with more `columns` (a source with its own fields)."""
     import pyarrow as pa

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,6 @@ SEARCH_FILES = {"image": "search-images.faiss", "caption": "search-captions.fais
 MODALITIES = tuple(FEATURE_KEYS)  # "image", "caption"
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the opened dataset may hold; search lists beyond it are memory-mapped
 MAX_SELECTION = 200  # pairs a selection hands to Analyze (their images are decoded from the source)
-THUMBNAIL_SHARDS = 4  # shards whose thumbnails stay read (parquet; npz shards are memory-mapped)
 
 Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): "columns", "search image", "search caption", "layout fit", "layout"."""
@@ -244,8 +242,6 @@ class EmbeddedDataset:
     memory_budget: int
     _indexes: dict[str, search_index.ModalityIndex]
     _checked_models: weakref.WeakSet[VLModel] = field(default_factory=weakref.WeakSet)
-    _thumbnails: dict[int, tuple[np.ndarray, np.ndarray] | None] = field(default_factory=dict)
-    _thumbnails_lock: threading.Lock = field(default_factory=threading.Lock)  # hover and the map ask at once
 
     def __len__(self) -> int:
         """N, the pairs the folder holds."""
@@ -351,24 +347,12 @@ class EmbeddedDataset:
             raise IndexError(f"Pair numbers run from 0 to {len(self) - 1}.")
         shard_of = np.searchsorted(self.embeddings.starts, pairs, side="right") - 1
         found: list[bytes | None] = [None] * len(pairs)
-        with self._thumbnails_lock:
-            for shard in np.unique(shard_of).tolist():
-                stored = self._shard_thumbnails(shard)
-                if stored is None:
-                    continue
-                data, offsets = stored
-                for at in np.flatnonzero(shard_of == shard).tolist():
-                    row = int(pairs[at]) - int(self.embeddings.starts[shard])
-                    found[at] = bytes(data[offsets[row] : offsets[row + 1]])
+        for shard in np.unique(shard_of).tolist():
+            at = np.flatnonzero(shard_of == shard)
+            stored = read_thumbnails(self.embeddings.shard_path(shard), pairs[at] - self.embeddings.starts[shard])
+            for index, jpeg in zip(at.tolist(), stored or []):
+                found[index] = jpeg
         return found
-
-    def _shard_thumbnails(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """One shard's thumbnails, kept for the last THUMBNAIL_SHARDS shards asked for."""
-        if shard not in self._thumbnails:
-            if len(self._thumbnails) >= THUMBNAIL_SHARDS:
-                self._thumbnails.pop(next(iter(self._thumbnails)))
-            self._thumbnails[shard] = read_thumbnails(self.embeddings.shard_path(shard))
-        return self._thumbnails[shard]
 
     def pairs(
         self, pairs: Sequence[int] | np.ndarray, max_pairs: int = MAX_SELECTION, memory: ByteBudget | None = None

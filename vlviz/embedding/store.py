@@ -74,6 +74,7 @@ SOURCE_FIELD_KEYS = ("source_fields", "source_field_names")
 DEFAULT_THUMBNAIL_SIDE = 64  # px of a thumbnail's longer side: a JPEG of about 2 KB, 2 GB for a million pairs
 MAX_THUMBNAIL_SIDE = 128  # thumbnails are for a map's hover and a result list, never for analysis
 THUMBNAIL_QUALITY = 80  # JPEG quality
+PARQUET_ROW_GROUP = 1024  # rows a parquet shard's row group holds: thumbnails are read one group at a time
 MAX_LISTED_SKIPS = 100  # pairs left out that the index names (all are counted)
 SKIPPED_SUFFIX = ".skipped.json"
 _SETTINGS = {"source": "--data", "shard_size": "--shard-size", "file_format": "--format", "dtype": "--dtype",
@@ -413,7 +414,7 @@ def _write_shard(path: Path, arrays: dict[str, np.ndarray], file_format: str) ->
         table = pa.table(columns).replace_schema_metadata(
             {key: str(value) for key, value in arrays.items() if value.ndim == 0}  # the weights fingerprint
         )
-        pq.write_table(table, temporary)
+        pq.write_table(table, temporary, row_group_size=PARQUET_ROW_GROUP)
     os.replace(temporary, path)
 
 
@@ -565,28 +566,37 @@ def read_shard_arrays(path: str | os.PathLike[str], keys: tuple[str, ...]) -> di
     return arrays  # type: ignore[return-value]
 
 
-def read_thumbnails(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """A shard's thumbnails as (JPEG bytes end to end (uint8), offsets (n + 1,)), memory-mapped from an npz;
-    None when the shard was written without them.
+def read_thumbnails(path: str | os.PathLike[str], rows: np.ndarray) -> list[bytes] | None:
+    """The JPEG thumbnails of some rows of a shard (any order, repeats allowed), reading only those: memory-mapped
+    from an npz, the row groups holding them from a parquet (PARQUET_ROW_GROUP rows each; a shard written before
+    is one group); None when the shard was written without thumbnails.
 
     Raises:
         InputError: The file is not a readable shard.
     """
-    path = Path(path)
+    path, rows = Path(path), np.asarray(rows, dtype=np.int64)
     try:
         if path.suffix == ".npz":
             data, offsets = (map_npz_array(path, key) for key in THUMBNAIL_KEYS)
-            return None if data is None or offsets is None else (data, offsets)
+            if data is None or offsets is None:
+                return None
+            return [bytes(data[offsets[row] : offsets[row + 1]]) for row in rows.tolist()]
         import pyarrow.parquet as pq
 
-        if "thumbnails" not in pq.read_schema(path).names:
+        parquet = pq.ParquetFile(path)
+        if "thumbnails" not in parquet.schema_arrow.names:
             return None
-        column = pq.read_table(path, columns=["thumbnails"]).column("thumbnails").combine_chunks()
-        _, offsets, data = column.buffers()
-        first = column.offset  # the buffers of a sliced array start before it
-        offsets = np.frombuffer(offsets, dtype=np.int64)[first : first + len(column) + 1]
-        return np.frombuffer(data, dtype=np.uint8), offsets
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        group_of = np.searchsorted(starts, rows, side="right") - 1
+        found: list[bytes] = [b""] * len(rows)
+        for group in np.unique(group_of).tolist():
+            at = np.flatnonzero(group_of == group)
+            column = parquet.read_row_group(group, columns=["thumbnails"]).column("thumbnails")
+            for index, jpeg in zip(at.tolist(), column.take(rows[at] - starts[group]).to_pylist()):
+                found[index] = jpeg
+        return found
+    except (OSError, ValueError, IndexError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path.name} is not a readable embedding shard ({exc}); embed it again.") from exc
 
 
