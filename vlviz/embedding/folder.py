@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vlviz.data.inputs import InputError
-from vlviz.embedding.store import map_npz_array, read_index, read_shard_arrays
+from vlviz.embedding.store import map_npz_array, read_index, read_shard_arrays, shard_held
 
 FEATURE_KEYS = {"image": "image_features", "caption": "text_features"}
 """The shard array of each modality."""
@@ -64,7 +64,7 @@ class EmbeddingFolder:
     def key(self) -> str:
         """What the files built from these embeddings must have been built from: model, weights and shards."""
         basis = [self.index["model"], self.index["weights"], self.index["dtype"]]
-        basis += [[shard["file"], shard.get("held", shard["count"])] for shard in self.index["shards"]]
+        basis += [[shard["file"], shard_held(shard)] for shard in self.index["shards"]]
         return hashlib.blake2b(json.dumps(basis).encode(), digest_size=16).hexdigest()
 
     def shard_path(self, shard: int) -> Path:
@@ -129,7 +129,7 @@ def open_folder(path: str | os.PathLike[str]) -> EmbeddingFolder:
             f"{folder.name} lacks {missing[0]}{f' and {len(missing) - 1} more shards' if len(missing) > 1 else ''}, "
             "which its index.json lists. Run the same `python -m vlviz embed` command again to rewrite them."
         )
-    held = np.array([shard.get("held", shard["count"]) for shard in shards], dtype=np.int64)
+    held = np.array([shard_held(shard) for shard in shards], dtype=np.int64)
     if held.sum() == 0:
         raise InputError(f"{folder.name} holds no pair: no image of its source could be read.")
     for shard, count in zip(shards, held.tolist()):

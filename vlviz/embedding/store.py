@@ -146,6 +146,12 @@ def is_embeddings_folder(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def shard_held(shard: dict[str, Any]) -> int:
+    """The pairs an index.json shard record holds: its count less those left out (a record written before pairs
+    could be left out lists no `held`: it holds them all)."""
+    return int(shard.get("held", shard["count"]))
+
+
 def read_index(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The index.json of an embedding folder.
 
@@ -725,7 +731,7 @@ def load_embeddings(folder: str | os.PathLike[str], max_pairs: int | None = None
     for shard in shards:
         arrays = read_shard(folder / shard["file"])
         images, texts = arrays["image_features"].astype(np.float32), arrays["text_features"].astype(np.float32)
-        held = shard.get("held", shard["count"])
+        held = shard_held(shard)
         if len(images) != held or images.shape[1] != index["dim"]:
             raise InputError(f"{shard['file']} does not hold the {held} pairs its index lists; embed again.")
         image_sum += images.sum(axis=0, dtype=np.float64)

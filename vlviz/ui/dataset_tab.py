@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
 from vlviz.embedding.dataset import MANIFEST_FILE, SOURCE_COLUMN_PREFIX, EmbeddedDataset, open_dataset
 from vlviz.embedding.linked import LinkedPairs, link_datasets
-from vlviz.embedding.store import read_index
+from vlviz.embedding.store import read_index, shard_held
 from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
 from vlviz.models.policy import is_public
@@ -226,7 +226,7 @@ class FirstMap:
         folder = catalog.folders[name]
         try:
             built = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["built"]
-            pairs = sum(int(shard.get("held", shard["count"])) for shard in read_index(folder)["shards"])
+            pairs = sum(shard_held(shard) for shard in read_index(folder)["shards"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # opening it says what is wrong
         if "layout" not in built or pairs <= 0:
