@@ -7,6 +7,8 @@ traces with their `z` matrices decoded (the figure arrives base64-encoded, so `d
 
 from __future__ import annotations
 
+from typing import Any
+
 from playwright.sync_api import Page
 
 from vlviz.data.samples import SAMPLE_SETS, sample_files
@@ -30,6 +32,18 @@ _TRACE_JS = """(id) => {
     return trace ? {type: trace.type, z: Array.from(trace.z || [], (row) => Array.from(row)),
                     title: (el.layout.title && el.layout.title.text) || ""} : null;
 }"""
+
+
+def open_page(browser: Any, url: str, height: int = 1000) -> Page:
+    """`url` in a page of a fresh context 1400 px wide, every wait TIMEOUT_MS (close it with `page.context.close()`)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": height})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(url)
+    return page
 
 
 def heatmap(page: Page, elem_id: str) -> dict | None:

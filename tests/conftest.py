@@ -139,15 +139,9 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser, app_url: str) -> Iterator[object]:
     """A fresh page on the app, once the bundled scenes analyzed on load are drawn."""
-    from playwright.sync_api import expect
+    from tests.browser import N_SAMPLE_PAIRS, open_page, wait_for_heatmap
 
-    from tests.browser import N_SAMPLE_PAIRS, TIMEOUT_MS, wait_for_heatmap
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(app_url)
+    page = open_page(browser, app_url)
     wait_for_heatmap(page, "image-text-plot", rows=N_SAMPLE_PAIRS)
     yield page
-    context.close()
+    page.context.close()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.browser import TIMEOUT_MS, wait_for_heatmap
+from tests.browser import open_page, wait_for_heatmap
 from tests.conftest import free_port
 from tests.ui.test_dataset_tab import embedded_folder
 from vlviz.embedding.dataset import open_dataset
@@ -53,14 +53,10 @@ def explore_url(folders: list[Path]) -> Iterator[str]:
 @pytest.fixture
 def map_page(browser, explore_url: str) -> Iterator[Page]:
     """A page on the app once the Dataset tab has drawn every point."""
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1400, "height": 1100})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(explore_url)
-    page.wait_for_function(f"() => ({MAP})()?.drawn === {2 * N}", timeout=TIMEOUT_MS)
+    page = open_page(browser, explore_url, height=1100)
+    page.wait_for_function(f"() => ({MAP})()?.drawn === {2 * N}")
     yield page
-    context.close()
+    page.context.close()
 
 
 def _screen(page: Page, point: int) -> tuple[float, float]:
