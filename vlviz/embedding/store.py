@@ -70,7 +70,6 @@ DEFAULT_BATCH = 256  # pairs decoded and encoded at once
 GLOBAL_KEYS = ("index", "names", "captions", "image_features", "text_features")
 PATCH_KEYS = ("patch_features", "token_features", "token_ids")
 THUMBNAIL_KEYS = ("thumbnails", "thumbnail_offsets")
-SOURCE_FIELD_KEYS = ("source_fields", "source_field_names")
 DEFAULT_THUMBNAIL_SIDE = 64  # px of a thumbnail's longer side: a JPEG of about 2 KB, 2 GB for a million pairs
 MAX_THUMBNAIL_SIDE = 128  # thumbnails are for a map's hover and a result list, never for analysis
 THUMBNAIL_QUALITY = 80  # JPEG quality
