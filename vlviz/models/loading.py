@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from vlviz.data.inputs import return_freed_memory
 from vlviz.data.samples import ASSETS_DIR
 from vlviz.losses.heads import load_loss_heads
 from vlviz.models.checkpoints import load_token_readout
@@ -204,8 +205,12 @@ class ModelCache:
             with self._lock:
                 self._models[key] = model
                 budget = self.budget_bytes if self.budget_bytes is not None else default_cache_budget(model.device)
+                evicted = 0
                 while len(self._models) > 1 and sum(model_bytes(m.model) for m in self._models.values()) > budget:
                     self._models.popitem(last=False)
+                    evicted += 1
+            if evicted:
+                return_freed_memory()  # an evicted model's weights, once no view holds it
             return model
 
     def keys(self) -> list[tuple[str, str]]:
@@ -254,6 +259,7 @@ def _create(spec: str, source: ModelSource, target: torch.device, name: str | No
     except Exception as error:  # open_clip, torch, safetensors and the hub client raise many types
         failure = _failure(spec, error)
     if failure is not None:
+        return_freed_memory()  # the half-built model's weights, freed with the error above
         raise ModelUnavailableError(failure)
     model.eval()
     return VLModel(

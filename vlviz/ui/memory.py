@@ -14,17 +14,15 @@ counts once.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vlviz.data.inputs import ByteBudget
+from vlviz.data.inputs import ByteBudget, return_freed_memory
 from vlviz.models.encoding import EncodedPairs
 from vlviz.ui.messages import refusal
 
@@ -40,17 +38,6 @@ MIN_RESERVATION_BYTES = 16 * MB
 """Below this much room an Analyze is refused at once rather than started (a few hundred small pairs)."""
 MAX_KEPT_PER_SESSION = 4
 """Analyses one session keeps for links and talks; its oldest go first."""
-
-
-def return_freed_memory() -> None:
-    """Hand the pages freed since the last call back to the system (glibc's `malloc_trim`).
-
-    An analysis is hundreds of small and large blocks; once freed, glibc keeps most of them in its heaps, so the
-    resident set of a server whose visitors have left stays at its peak. Called when sessions end.
-    """
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, ...): nothing to trim
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def trim_heap_every(seconds: float, expire: Callable[[], None]) -> threading.Thread:
