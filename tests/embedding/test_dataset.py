@@ -21,7 +21,7 @@ from tests.embedding.test_embeddings_store import write_scene_shards
 from vlviz.cli.main import main
 from vlviz.data.inputs import ByteBudget, InputError, decoded_bytes
 from vlviz.data.scenes import generate_scenes
-from vlviz.embedding.dataset import COLUMNS, MANIFEST_FILE, open_dataset, prepare_dataset
+from vlviz.embedding.dataset import COLUMNS, MANIFEST_FILE, SOURCE_COLUMN_PREFIX, open_dataset, prepare_dataset
 from vlviz.embedding.folder import file_record, open_folder
 from vlviz.embedding.search_index import exact_search, recall_at_k
 from vlviz.embedding.store import load_embeddings, thumbnail_jpeg
@@ -379,4 +379,26 @@ def test_columns_of_an_older_build_open_without_source_fields_or_ask_for_a_rebui
     with pytest.raises(InputError, match=r"out/columns.npz was built by an older vlviz \(it has no caption_rank_share"):
         open_dataset(folder, prepare=False)
     assert list(open_dataset(folder).columns) == list(COLUMNS)  # prepare rebuilds it
+    assert json.loads((folder / MANIFEST_FILE).read_text())["built"]["columns"]["version"] == 3
+
+
+def test_a_version_2_columns_file_keeps_its_pair_metrics_and_gains_the_source_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 only added the source's fields: the metrics (minutes at a million pairs) are not computed again,
+    unless the file is not the one dataset.json lists."""
+    folder = tmp_path / "out"
+    embed(write_scene_parquet(tmp_path / "data.parquet", 12, 3, similarity=[i / 12 for i in range(12)]), folder)
+    with np.load(folder / "columns.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    arrays["own_cosine"] = np.full(12, 0.25, np.float32)  # a mark the upgrade must keep
+    np.savez(folder / "columns.npz", **{k: v for k, v in arrays.items() if not k.startswith("source_")})
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["built"]["columns"] |= {**file_record(folder / "columns.npz"), "version": 2}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    computed = []
+    monkeypatch.setattr(pair_columns, "pair_columns", lambda *args: computed.append(args) or {})
+    dataset = open_dataset(folder, layout=False)
+    assert not computed and dataset.columns["own_cosine"].tolist() == [0.25] * 12
+    assert [name for name in dataset.columns if name.startswith(SOURCE_COLUMN_PREFIX)] == ["source: similarity"]
     assert json.loads((folder / MANIFEST_FILE).read_text())["built"]["columns"]["version"] == 3

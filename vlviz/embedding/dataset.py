@@ -26,6 +26,7 @@ import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ COLUMNS_FILE = "columns.npz"
 COLUMNS = ("own_cosine", "caption_rank_share", "inconsistency")  # what each pair is coloured and compared by
 SOURCE_COLUMN_PREFIX = "source: "  # a source field's colour column: "source: similarity"
 BUILD_VERSIONS = {"columns": 3}  # a record built by an older version is built again (2: caption_rank_share,
-# 3: the source's fields)
+# 3: the source's fields, added to a version-2 file's metrics)
 SEARCH_FILES = {"image": "search-images.faiss", "caption": "search-captions.faiss"}
 MODALITIES = tuple(FEATURE_KEYS)  # "image", "caption"
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the opened dataset may hold; search lists beyond it are memory-mapped
@@ -134,8 +135,33 @@ def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int],
     return advance
 
 
-def _build_columns(embeddings: EmbeddingFolder, progress: Progress | None) -> dict[str, Any]:
-    columns = pair_columns.pair_columns(embeddings, _stage(progress, "columns", embeddings.pairs))
+def _kept_pair_metrics(embeddings: EmbeddingFolder, record: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """The pair metrics of an intact version-2 columns file (its size and CRC-32 as listed): version 3 only added
+    the source's fields, so a folder built before keeps its metrics (minutes to compute at a million pairs)."""
+    path = embeddings.path / COLUMNS_FILE
+    if (
+        record is None
+        or record.get("version") != 2
+        or not path.is_file()
+        or file_record(path) != {key: record.get(key) for key in ("file", "bytes", "crc32")}
+    ):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            kept = {name: stored[name] for name in (*COLUMNS, "reference")}
+    except (OSError, ValueError, KeyError):
+        return None
+    return kept if all(len(kept[name]) == embeddings.pairs for name in COLUMNS) else None
+
+
+def _build_columns(
+    embeddings: EmbeddingFolder, progress: Progress | None, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """columns.npz: the pair metrics (kept from `previous`, the record of a version-2 file, when intact) and the
+    source's fields."""
+    columns = _kept_pair_metrics(embeddings, previous) or pair_columns.pair_columns(
+        embeddings, _stage(progress, "columns", embeddings.pairs)
+    )
     source = pair_columns.source_columns(embeddings)
     values = np.stack(list(source.values())) if source else np.zeros((0, embeddings.pairs), np.float32)
     path = embeddings.path / COLUMNS_FILE
@@ -182,7 +208,7 @@ def prepare_dataset(
     """
     embeddings = folder if isinstance(folder, EmbeddingFolder) else open_folder(folder)
     manifest = read_manifest(embeddings)
-    steps = {"columns": _build_columns, "search": _build_search}
+    steps = {"columns": partial(_build_columns, previous=manifest["built"].get("columns")), "search": _build_search}
     if layout:
         steps["layout"] = layout_store.build_layout
     built = []
