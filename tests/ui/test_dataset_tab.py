@@ -42,7 +42,7 @@ from vlviz.ui.dataset_tab import (
     public_message,
     register_map,
 )
-from vlviz.viz.dataset_view import colour_choices, map_points, rank_shift, selected_pairs
+from vlviz.viz.dataset_view import colour_choices, map_points, points_preview, rank_shift, selected_pairs
 
 N = 120  # pairs of the shared folder
 
@@ -120,6 +120,14 @@ def test_selected_points_name_their_pairs_bounded() -> None:
     assert np.isclose(2 * (x[1] - x[0]), y[1] - y[0])  # one scale for both axes: the map keeps its aspect
 
 
+def test_a_maps_preview_is_every_kth_point_where_the_whole_map_draws_it() -> None:
+    coordinates = np.stack([np.arange(10.0), np.arange(10.0) ** 2], axis=1)
+    whole = np.frombuffer(map_points(coordinates, np.arange(10) / 10), "<f4").reshape(3, 10)
+    for at_most, kept in ((4, [0, 3, 6, 9]), (5, [0, 2, 4, 6, 8]), (10, list(range(10))), (1, [0])):
+        preview = np.frombuffer(points_preview(whole.tobytes(), at_most), "<f4").reshape(3, -1)
+        assert np.array_equal(preview, whole[:, kept])  # positions as in the whole map
+
+
 def test_open_search_and_analyze_the_selection(dataset_app: str, folders: dict[str, Path]) -> None:
     client = Client(dataset_app, verbose=False)
     opened = client.predict("scenes", api_name="/dataset_open")
@@ -161,8 +169,14 @@ def test_the_points_route_and_hover_answer_only_the_maps_token(dataset_app: str,
     handle = register_map(MapHandle("scenes", dataset))  # as opening the tab does
     points = httpx.get(f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{handle.token}/points?colour=own_cosine", timeout=30)
     assert points.status_code == 200 and len(points.content) == 3 * 4 * 2 * N
+    preview = httpx.get(f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{handle.token}/points?preview={N}", timeout=30)
+    assert preview.content == points_preview(map_points(dataset.layout.coordinates, np.arange(2 * N) >= N), N)
+    refused = ("0", str(2 * N + 1), "-1", "1e3", "", "9" * 12, "²")  # beyond the map's points, or not a count
     for url in (f"wrong{handle.token}/points", f"{handle.token}/points?colour=__class__", "../points"):
         assert httpx.get(f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{url}", timeout=30).status_code == 404
+    for count in refused:
+        url = f"{dataset_app.rstrip('/')}{POINTS_ROUTE}/{handle.token}/points?preview={quote(count)}"
+        assert httpx.get(url, timeout=30).status_code == 404
     point = dataset_point([handle.token, N + 4])
     assert point["caption"] == dataset.captions([4])[0] and point["thumbnail"].startswith("data:image/jpeg;base64,")
     assert point["title"].startswith("pair 5, caption") and point["fields"] == ""  # the tars' rows carry none
@@ -205,6 +219,8 @@ def test_the_first_listed_map_is_in_the_pages_config_and_the_same_for_everyone(
     shared = httpx.get(f"{base}{first.url}", timeout=30)
     own = httpx.get(f"{base}{POINTS_ROUTE}/{handle.token}/points?colour=modality", timeout=30)
     assert shared.status_code == 200 and shared.content == own.content
+    shared_preview = httpx.get(f"{base}{first.url}?preview=7", timeout=30)
+    assert shared_preview.content == points_preview(own.content, 7) and len(shared_preview.content) < len(own.content)
     assert httpx.get(f"{base}{POINTS_ROUTE}/first/{first.key}x/points", timeout=30).status_code == 404
     unbuilt = Path(shutil.copytree(folders["scenes"], tmp_path / "unbuilt"))
     manifest = json.loads((unbuilt / MANIFEST_FILE).read_text())

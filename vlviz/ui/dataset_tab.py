@@ -68,6 +68,7 @@ from vlviz.viz.dataset_view import (
     hit_points,
     hits_table,
     map_points,
+    points_preview,
     rank_shift,
     selected_pairs,
 )
@@ -200,6 +201,18 @@ def _points(request: Request) -> Response:  # sync: Starlette runs it in its thr
     if handle is None or layout is None or colour not in colour_choices(handle.dataset, handle.extra):
         return Response(status_code=404)
     payload = map_points(layout.coordinates, colour_values(handle.dataset, colour, handle.extra).values)
+    return _points_response(request, payload)
+
+
+def _points_response(request: Request, payload: bytes) -> Response:
+    """`payload`, or with `?preview=K` (1 <= K <= its points) every k-th point of it, at most K (`points_preview`);
+    404 for any other preview."""
+    preview = request.query_params.get("preview")
+    if preview is not None:
+        points = len(payload) // 12
+        if not (preview.isdecimal() and len(preview) <= 9 and 1 <= int(preview) <= points):
+            return Response(status_code=404)
+        payload = points_preview(payload, int(preview))
     return Response(payload, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
@@ -238,6 +251,7 @@ class FirstMap:
 
 _FIRST_MAPS: dict[str, FirstMap] = {}
 _FIRST_POINTS: dict[str, bytes] = {}  # key -> the points, made once (12 bytes a point)
+_FIRST_POINTS_LOCK = threading.Lock()  # the page asks for a preview and the whole map at once: made once for both
 
 
 def _first_points(request: Request) -> Response:  # sync: the first request may wait for the folder to open
@@ -245,16 +259,17 @@ def _first_points(request: Request) -> Response:  # sync: the first request may 
     first = _FIRST_MAPS.get(request.path_params["key"])
     if first is None:
         return Response(status_code=404)
-    if first.key not in _FIRST_POINTS:
-        try:
-            dataset = open_listed(first.catalog, first.name)
-        except gr.Error:
-            return Response(status_code=404)  # the open event shows why
-        if dataset.layout is None or 2 * len(dataset) != first.count:
-            return Response(status_code=404)
-        _FIRST_POINTS[first.key] = map_points(dataset.layout.coordinates, colour_values(dataset, MODALITY).values)
-    payload = _FIRST_POINTS[first.key]
-    return Response(payload, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
+    with _FIRST_POINTS_LOCK:
+        if first.key not in _FIRST_POINTS:
+            try:
+                dataset = open_listed(first.catalog, first.name)
+            except gr.Error:
+                return Response(status_code=404)  # the open event shows why
+            if dataset.layout is None or 2 * len(dataset) != first.count:
+                return Response(status_code=404)
+            values = colour_values(dataset, MODALITY).values
+            _FIRST_POINTS[first.key] = map_points(dataset.layout.coordinates, values)
+    return _points_response(request, _FIRST_POINTS[first.key])
 
 
 def bundle_url() -> str:

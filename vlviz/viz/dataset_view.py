@@ -74,14 +74,24 @@ def map_points(coordinates: np.ndarray, values: np.ndarray) -> bytes:
     """(2N, 2) map positions and (2N,) colour values as the bytes the page draws: x, y, value, float32 each.
 
     Positions are centred and scaled by one factor into [-1, 1] (the drawing's clip space), so the map keeps its
-    aspect ratio.
+    aspect ratio. In float32 throughout: a million pairs' map is made in tens of milliseconds, per request.
     """
-    coordinates = np.asarray(coordinates, dtype=np.float64)
-    centre = (coordinates.max(0) + coordinates.min(0)) / 2
-    radius = float(np.abs(coordinates - centre).max()) or 1.0
-    scaled = (coordinates - centre) / radius * 0.95  # a margin, so edge points are not cut
-    out = np.concatenate([scaled[:, 0], scaled[:, 1], np.asarray(values, dtype=np.float64)])
-    return out.astype("<f4").tobytes()
+    coordinates = np.asarray(coordinates, dtype=np.float32)
+    low, high = coordinates.min(0).astype(np.float64), coordinates.max(0).astype(np.float64)
+    centre = (high + low) / 2
+    radius = float((high - low).max()) / 2 or 1.0
+    out = np.empty((3, len(coordinates)), dtype="<f4")
+    np.multiply(coordinates.T - centre[:, None].astype(np.float32), np.float32(0.95 / radius), out=out[:2])  # a margin
+    out[2] = values
+    return out.tobytes()
+
+
+def points_preview(payload: bytes, at_most: int) -> bytes:
+    """Every k-th point of a `map_points` payload, k = ceil(count / at_most): a large map's shape, which the page
+    draws first (its positions as in the whole map, so the whole one is drawn over it in place)."""
+    values = np.frombuffer(payload, dtype="<f4").reshape(3, -1)  # x, y, value rows
+    step = -(-values.shape[1] // max(at_most, 1))
+    return np.ascontiguousarray(values[:, ::step]).tobytes()
 
 
 def selected_pairs(points: list[int], n_pairs: int, limit: int) -> tuple[np.ndarray, int]:
