@@ -2,7 +2,8 @@
 // regl-scatterplot, inside a gr.HTML whose js_on_load calls `mountDatasetMap`.
 //
 // Props the Python side sets: `points` (the URL of the session's points: x, y and a colour value per point,
-// raw little-endian float32, `count` each), `count`, `colour_kind` ("categorical" or "continuous"), `token`
+// raw little-endian float32, `count` each), `count`, `colour_kind` ("categorical": image or caption, "clusters":
+// the map's clusters, or "continuous"), `token`
 // (the session's map token: hover asks the server with it), `highlight` (point indices a search found), `role`
 // ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
 // highlights the same point in the other).
@@ -16,11 +17,17 @@ import createScatterplot from "regl-scatterplot";
 export { createScatterplot };
 
 const CATEGORY_COLOURS = ["#0072B2", "#E69F00"]; // image, caption (Okabe-Ito: distinguishable to colour-blind eyes)
+// The map's clusters (at most 16, largest first): Tableau 10, then six of D3's category20.
+const CLUSTER_COLOURS = [
+  "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+  "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2",
+];
 // Viridis in 16 steps, for a continuous column scaled to [0, 1] on the server.
 const RAMP = [
   "#440154", "#481a6c", "#472f7d", "#414487", "#39568c", "#31688e", "#2a788e", "#23888e",
   "#1f988b", "#22a884", "#35b779", "#54c568", "#7ad151", "#a5db36", "#d2e21b", "#fde725",
 ];
+const PALETTES = { categorical: CATEGORY_COLOURS, clusters: CLUSTER_COLOURS, continuous: RAMP };
 const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps the first pairs of them anyway
 // A larger map is drawn first from every k-th point (asked of the server with `?preview=`), then whole: drawing two
 // million points takes several seconds in software here, during which the page would show nothing, and even 200,000
@@ -138,9 +145,9 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     try {
       const asked = early?.url === url ? early : askPoints(url, props.count, !state.drawn);
       early = null;
-      const categorical = props.colour_kind === "categorical";
-      const options = { zDataType: categorical ? "categorical" : "continuous" };
-      plot.set({ pointColor: categorical ? CATEGORY_COLOURS : RAMP });
+      const kind = PALETTES[props.colour_kind] ? props.colour_kind : "continuous";
+      const options = { zDataType: kind === "continuous" ? "continuous" : "categorical" };
+      plot.set({ pointColor: PALETTES[kind] });
       if (asked.preview) {
         await plot.draw(await asked.preview, options);
         state.previewed = props.count;

@@ -1,5 +1,6 @@
-"""The Dataset tab in Chromium: the map draws, hover shows a pair, search highlights its pairs, a lasso's pairs go to
-Analyze and fill the Affinity tab, and a linked map of the same pairs by another model follows the hover."""
+"""The Dataset tab in Chromium: the map draws, hover shows a pair, search highlights its pairs, clusters colour the
+map and one picked is selected, a lasso's pairs go to Analyze and fill the Affinity tab, and a linked map of the
+same pairs by another model follows the hover."""
 
 from __future__ import annotations
 
@@ -112,6 +113,26 @@ def test_search_highlights_its_pairs(map_page: Page) -> None:
     map_page.wait_for_function(f"() => ({MAP})().plot.get('selectedPoints').length === 48")  # 24 pairs, 2 points each
     expect(map_page.locator("#dataset-selection")).to_contain_text("24 pairs selected")
     expect(map_page.locator("#dataset-hits")).to_contain_text("red")
+
+
+def test_clusters_colour_the_map_and_one_picked_is_the_selection(map_page: Page, folder: Path) -> None:
+    def hues() -> int:
+        png = map_page.locator("#dataset-map canvas").screenshot()
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3) // 32
+        coloured = pixels[np.ptp(pixels, axis=1) > 2]  # not white, grey or black: a point's colour
+        return len({tuple(colour) for colour in coloured})
+
+    by_modality = hues()
+    map_page.locator("#dataset-colour").get_by_text("cluster", exact=True).click()
+    map_page.wait_for_function(f"() => ({MAP})().plot.get('pointColor').length === 16")
+    map_page.wait_for_timeout(300)  # the frame after the redraw
+    assert hues() > by_modality  # 16 clusters' colours, not two
+    clusters = open_dataset(folder, prepare=False).clusters
+    kept = len(np.unique(clusters.points(0) % N))
+    map_page.locator("#dataset-cluster input").click()
+    map_page.get_by_role("option", name=re.compile(r"^1: ")).click()
+    expect(map_page.locator("#dataset-selection")).to_contain_text(f"{kept} pairs selected (cluster 1's)")
+    map_page.wait_for_function(f"() => ({MAP})().plot.get('selectedPoints').length === {2 * kept}")
 
 
 def test_a_lasso_sends_its_pairs_to_analyze(map_page: Page) -> None:

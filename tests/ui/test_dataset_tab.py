@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -42,7 +43,17 @@ from vlviz.ui.dataset_tab import (
     public_message,
     register_map,
 )
-from vlviz.viz.dataset_view import colour_choices, map_points, points_preview, rank_shift, selected_pairs
+from vlviz.viz.dataset_view import (
+    CLUSTER,
+    MODALITY,
+    cluster_choices,
+    colour_choices,
+    colour_values,
+    map_points,
+    points_preview,
+    rank_shift,
+    selected_pairs,
+)
 
 N = 120  # pairs of the shared folder
 
@@ -143,6 +154,37 @@ def test_open_search_and_analyze_the_selection(dataset_app: str, folders: dict[s
     assert "24 pairs selected in the dataset 'scenes'" in status
     query = client.predict("a red circle", api_name="/query")  # the other tabs work on the selection
     assert len(query) == 24
+
+
+def test_a_cluster_of_the_map_is_a_selection_to_analyze(dataset_app: str, folders: dict[str, Path]) -> None:
+    client = Client(dataset_app, verbose=False)
+    client.predict("scenes", api_name="/dataset_open")
+    clusters = open_dataset(folders["scenes"]).clusters
+    assert clusters is not None and len(clusters.labels) == 16 and clusters.sizes.sum() == 2 * N
+    named = clusters.points(3) % N
+    _, selection, _ = client.predict(3, api_name="/dataset_cluster")
+    kept = len(np.unique(named))
+    assert selection.startswith(f"**{kept} pairs selected** (cluster 4's)")
+    result = client.predict("cosine similarity", api_name="/dataset_analyze")
+    assert sorted(result[5]["names"]) == sorted(open_dataset(folders["scenes"]).names(np.unique(named)))
+    for cluster in (16, -1):
+        with pytest.raises(AppError) as refused:
+            client.predict(cluster, api_name="/dataset_cluster")
+        assert "Traceback" not in str(refused.value)
+
+
+def test_the_map_colours_by_cluster_and_lists_them_named(folders: dict[str, Path]) -> None:
+    dataset = open_dataset(folders["scenes"])
+    assert colour_choices(dataset)[:2] == [MODALITY, CLUSTER]
+    colour = colour_values(dataset, CLUSTER)
+    assert colour.kind == "clusters" and np.array_equal(colour.values, dataset.clusters.assignment)
+    choices = cluster_choices(dataset)
+    assert [value for _, value in choices] == list(range(16))
+    sizes = [int(re.search(r"\((\d+) points\)$", label).group(1)) for label, _ in choices]
+    assert sizes == sorted(sizes, reverse=True) and sum(sizes) == 2 * N
+    assert choices[0][0].startswith(f"1: {dataset.clusters.labels[0] or 'no word stands out'} (")
+    assert colour_values(dataset, MODALITY).kind == "categorical"
+    assert colour_values(dataset, "own_cosine").kind == "continuous"
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from PIL import Image
 from vlviz.data.formats import read_located_images, stream_pairs
 from vlviz.data.inputs import ByteBudget, InputError, PairSet, decoded_bytes_of, load_image
 from vlviz.embedding import layout_store, pair_columns, search_index
+from vlviz.embedding.clusters import MapClusters, cluster_labels, cluster_map
 from vlviz.embedding.folder import FEATURE_KEYS, EmbeddingFolder, crc32, file_record, open_folder
 from vlviz.embedding.store import model_fingerprint, read_thumbnails
 from vlviz.models.encoding import VLModel
@@ -284,6 +285,15 @@ class EmbeddedDataset:
         held = sum(array.nbytes for array in self.columns.values()) + self.positions.nbytes
         held += 0 if self.layout is None else self.layout.coordinates.nbytes
         return held + sum(index.nbytes for index in self._indexes.values())
+
+    @cached_property
+    def clusters(self) -> MapClusters | None:
+        """The map's clusters and their names (`vlviz.embedding.clusters`), made on first use (about a second at a
+        million pairs); None without a map."""
+        if self.layout is None:
+            return None
+        assignment = cluster_map(self.layout.coordinates)
+        return MapClusters(assignment, cluster_labels(assignment, len(self), self.captions))
 
     def captions(self, pairs: Sequence[int] | np.ndarray) -> list[str]:
         return self.embeddings.rows(np.asarray(pairs), ("captions",))["captions"].tolist()

@@ -63,11 +63,13 @@ from vlviz.viz.dataset_view import (
     MODALITY,
     RANK_SHIFT,
     Columns,
+    cluster_choices,
     colour_choices,
     colour_values,
-    hit_points,
     hits_table,
     map_points,
+    pair_points,
+    pairs_of_points,
     points_preview,
     rank_shift,
     selected_pairs,
@@ -407,13 +409,18 @@ class DatasetTab:
             label="Nearest pairs, best first", interactive=False, wrap=True, elem_id="dataset-hits"
         )
         with gr.Row():
+            self.cluster = gr.Dropdown(
+                [], value=None, label="Select a cluster", elem_id="dataset-cluster", scale=2,
+                info="k-means on the map, largest first, named by the words its captions use most",
+            )  # fmt: skip
             self.selection = gr.Markdown("No pairs selected.", elem_id="dataset-selection")
             self.analyze_button = gr.Button("Analyze the selection", variant="primary", elem_id="dataset-analyze")
         # the session's map (`MapHandle`): a state of its own, set by the event that opened it (the page's first
         # events run at once, and only the state an event outputs is surely the one the next events read)
         self.handle = pairs_state()
         self.outputs = [
-            self.colour, self.info, self.map, self.hits, self.selection, self.map2, self.linked_name, self.handle,
+            self.colour, self.info, self.map, self.hits, self.selection, self.map2, self.linked_name, self.cluster,
+            self.handle,
         ]  # fmt: skip
 
     # --- callbacks ------------------------------------------------------------------------------
@@ -435,6 +442,7 @@ class DatasetTab:
             self.selection: "No pairs selected.",
             self.map2: gr.HTML(visible=self.unlinked, points="", count=0),
             self.linked_name: NO_LINK,
+            self.cluster: gr.Dropdown(cluster_choices(dataset), value=None),
             self.handle: handle,
         }
 
@@ -510,11 +518,28 @@ class DatasetTab:
         except (InputError, ValueError, ModelUnavailableError) as error:
             raise refusal(f"The search failed: {public_message(error)}") from error
         handle.selection = hits.pairs.astype(np.int64)
-        highlight = gr.HTML(highlight=hit_points(hits, len(dataset)))
+        highlight = gr.HTML(highlight=pair_points(hits.pairs, len(dataset)))
         return {
             self.map: highlight,
             self.hits: hits_table(dataset, hits),
             self.selection: self._selected(len(hits.pairs), len(hits.pairs), "the search's"),
+            self.map2: highlight if handle.linked is not None else gr.skip(),
+        }
+
+    def select_cluster(self, cluster: int | None, handle: MapHandle | None) -> Updates:
+        """The pairs of a cluster's points (the first SELECTION_LIMIT, highlighted on the map) become the
+        selection."""
+        handle = _opened(handle)
+        clusters = handle.dataset.clusters
+        if clusters is None or type(cluster) is not int or not 0 <= cluster < len(clusters.labels):
+            raise refusal("Pick one of the map's clusters.")
+        n_pairs = len(handle.dataset)
+        chosen, named = pairs_of_points(clusters.points(cluster), n_pairs, SELECTION_LIMIT)
+        handle.selection = chosen
+        highlight = gr.HTML(highlight=pair_points(chosen, n_pairs))
+        return {
+            self.map: highlight,
+            self.selection: self._selected(len(chosen), named, f"cluster {cluster + 1}'s"),
             self.map2: highlight if handle.linked is not None else gr.skip(),
         }
 
@@ -540,7 +565,7 @@ class DatasetTab:
         session's analysis: the Affinity tab shows them, and every other tab works on them."""
         handle = _opened(handle)
         if len(handle.selection) == 0:
-            raise refusal("Select pairs first: search, or lasso points on the map.")
+            raise refusal("Select pairs first: search, pick a cluster, or lasso points on the map.")
         SESSIONS.bind(session, request)
         address = client_address(request)
         dataset = handle.dataset
@@ -570,7 +595,7 @@ class DatasetTab:
         else:
             points = f"{POINTS_ROUTE}/{handle.token}/points?colour={quote(handle.colour)}"
         return gr.HTML(
-            points=points, count=count, colour_kind="categorical" if colour.categorical else "continuous",
+            points=points, count=count, colour_kind=colour.kind,
             token=handle.token, highlight=highlight, **settings,
         )  # fmt: skip
 
@@ -605,6 +630,10 @@ def build_dataset_tab(
     )  # fmt: skip
     view.search_button.click(**searched, api_name="dataset_search")
     view.query.submit(**searched, api_visibility="private")
+    view.cluster.input(
+        view.select_cluster, [view.cluster, view.handle], [view.map, view.selection, view.map2],
+        api_name="dataset_cluster", **VIEW_EVENT,
+    )  # fmt: skip
     for drawn in (view.map, view.map2):  # the linked map holds the same pairs: its lasso selects them too
         drawn.select(view.lassoed, view.handle, view.selection, api_visibility="private", **LASSO_EVENT)
     shown = [*affinity.outputs, tabs, states.shown_tab]

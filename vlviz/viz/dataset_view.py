@@ -9,6 +9,7 @@ plotly's JSON of the same points is larger and decodes 20 times slower.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from vlviz.embedding.linked import LinkedPairs
 from vlviz.embedding.search_index import SearchHits
 
 MODALITY = "modality"
+CLUSTER = "cluster"
 RANK_SHIFT = "rank_shift"
 COLUMN_LABELS = {  # a colour column -> what the legend calls it
     MODALITY: "modality (image or caption)",
@@ -30,18 +32,30 @@ Columns = dict[str, np.ndarray]  # name -> (N,) per-pair values
 
 
 def colour_choices(dataset: EmbeddedDataset, extra: Columns | None = None) -> list[str]:
-    """What the map can be coloured by: the modality, each of the dataset's per-pair columns, then `extra`'s (e.g.
-    the rank shift against a linked map)."""
-    return [MODALITY, *dataset.columns, *(extra or {})]
+    """What the map can be coloured by: the modality, the map's clusters, each of the dataset's per-pair columns,
+    then `extra`'s (e.g. the rank shift against a linked map)."""
+    clusters = [CLUSTER] if dataset.layout is not None else []
+    return [MODALITY, *clusters, *dataset.columns, *(extra or {})]
 
 
 @dataclass(frozen=True)
 class ColourValues:
-    """Each point's colour value in [0, 1], whether they are categories, and the legend's line."""
+    """Each point's colour value, how the page colours them, and the legend's line."""
 
-    values: np.ndarray  # (2N,) float32
-    categorical: bool
+    values: np.ndarray  # (2N,) float32: a category's number, or a value in [0, 1]
+    kind: Literal["categorical", "clusters", "continuous"]  # image/caption colours, cluster colours, or a ramp
     legend: str
+
+
+def cluster_choices(dataset: EmbeddedDataset) -> list[tuple[str, int]]:
+    """The map's clusters as (what a list shows, its number): largest first, each with its size and name."""
+    clusters = dataset.clusters
+    if clusters is None:
+        return []
+    return [
+        (f"{cluster + 1}: {label or 'no word stands out'} ({size:,} points)", cluster)
+        for cluster, (size, label) in enumerate(zip(clusters.sizes.tolist(), clusters.labels))
+    ]
 
 
 def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None = None) -> ColourValues:
@@ -53,7 +67,14 @@ def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None =
     """
     if colour == MODALITY:
         values = (np.arange(2 * len(dataset)) >= len(dataset)).astype(np.float32)
-        return ColourValues(values, True, "Blue: images; orange: captions.")
+        return ColourValues(values, "categorical", "Blue: images; orange: captions.")
+    if colour == CLUSTER and dataset.clusters is not None:
+        clusters = dataset.clusters
+        legend = (
+            f"Colour: the map's {len(clusters.labels)} clusters (k-means on the map's points; images and captions "
+            "of one pair may lie in different ones). Select a cluster to send its pairs to Analyze."
+        )
+        return ColourValues(clusters.assignment.astype(np.float32), "clusters", legend)
     columns = {**dataset.columns, **(extra or {})}
     if colour not in columns:
         raise ValueError(f"Colour by one of {', '.join(colour_choices(dataset, extra))}, not {colour!r}.")
@@ -67,7 +88,7 @@ def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None =
     legend = f"Colour: {label}, from dark purple ({low:.4g}) to yellow ({high:.4g})."
     if not known.all():
         legend += f" {int((~known).sum()):,} pairs without a value are drawn dark purple."
-    return ColourValues(np.concatenate([scaled, scaled]).astype(np.float32), False, legend)
+    return ColourValues(np.concatenate([scaled, scaled]).astype(np.float32), "continuous", legend)
 
 
 def map_points(coordinates: np.ndarray, values: np.ndarray) -> bytes:
@@ -99,10 +120,21 @@ def selected_pairs(points: list[int], n_pairs: int, limit: int) -> tuple[np.ndar
     appearance: the first `limit` of them, and how many pairs the points name in all. Out-of-range points are
     dropped."""
     indices = np.asarray([p for p in points if isinstance(p, int) and 0 <= p < 2 * n_pairs], dtype=np.int64)
-    pairs = indices % n_pairs if n_pairs else indices
+    return pairs_of_points(indices, n_pairs, limit)
+
+
+def pairs_of_points(points: np.ndarray, n_pairs: int, limit: int) -> tuple[np.ndarray, int]:
+    """`selected_pairs` of map points known to be in range (e.g. a cluster's)."""
+    pairs = points % n_pairs if n_pairs else points
     _, first = np.unique(pairs, return_index=True)
     ordered = pairs[np.sort(first)]
     return ordered[:limit], len(ordered)
+
+
+def pair_points(pairs: np.ndarray, n_pairs: int) -> list[int]:
+    """The map points of some pairs: each pair's image and caption (what the map highlights)."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return [*pairs.tolist(), *(pairs + n_pairs).tolist()]
 
 
 def hits_table(dataset: EmbeddedDataset, hits: SearchHits) -> pd.DataFrame:
@@ -116,11 +148,6 @@ def hits_table(dataset: EmbeddedDataset, hits: SearchHits) -> pd.DataFrame:
             "cosine": np.round(hits.scores.astype(np.float64), 4),
         }
     )
-
-
-def hit_points(hits: SearchHits, n_pairs: int) -> list[int]:
-    """The map points of a search's hits: each pair's image and caption."""
-    return [*hits.pairs.tolist(), *(hits.pairs + n_pairs).tolist()]
 
 
 def rank_shift(linked: LinkedPairs, n_pairs: int) -> np.ndarray:
