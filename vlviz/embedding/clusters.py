@@ -85,7 +85,7 @@ def cluster_labels(
     rng = np.random.default_rng(seed)
     sampled = []
     for cluster in range(count):  # k clusters: a short loop; each draw is one vectorised choice
-        members = np.unique(np.flatnonzero(assignment == cluster) % n_pairs)  # a pair once, image and caption in
+        members = np.unique(np.flatnonzero(assignment == cluster) % n_pairs)  # a pair once, by its image or caption
         sampled.append(np.sort(rng.choice(members, size=min(per_cluster, len(members)), replace=False)))
     pairs = np.unique(np.concatenate(sampled)) if sampled else np.zeros(0, np.int64)
     words_of = {
