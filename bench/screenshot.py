@@ -12,16 +12,19 @@ and map there, e.g. the occlusion map of a word-region run (docs/results/peaks.m
         --pair 2 --word 9 --out assets/grounding_occlusion.png      # 'blue' of the second bundled scene
 
 With `--dataset FOLDER` (`--out assets/dataset_zoom.png`) the Dataset tab on an embedding folder, coloured by
-`--colour` and zoomed in until thumbnails are drawn over the images; a FOLDER that does not exist yet is made of
+`--colour` and zoomed in until thumbnails are drawn over the images (with `--cluster K`: the whole map, cluster K
+picked in Select a cluster); a FOLDER that does not exist yet is made of
 DATASET_SCENES bundled-style scenes as webdataset tars whose .json gives each scene's objects and their mean size
 (`bench.embed.write_scene_tars`), embedded by the offline model with its layout:
 
     python -m bench.screenshot --dataset /tmp/scenes-3k --colour "source: objects" --out assets/dataset_zoom.png
+    python -m bench.screenshot --dataset /tmp/scenes-3k --colour cluster --cluster 7 --out assets/dataset_clusters.png
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import time
 from pathlib import Path
@@ -103,14 +106,28 @@ def _scene_folder(folder: Path) -> None:
         raise SystemExit(f"embedding the scenes into {folder} failed")
 
 
-def _dataset(page: object, url: str, timeout_s: float, colour: str | None) -> dict[str, float]:
-    """The Dataset tab coloured by `colour`, zoomed in on its densest part until thumbnails are drawn; the clip of
-    the map and its legend."""
+def _dataset(page: object, url: str, timeout_s: float, colour: str | None, cluster: int | None) -> dict[str, float]:
+    """The Dataset tab coloured by `colour`, zoomed in on its densest part until thumbnails are drawn (or, with
+    `cluster`, the whole map with that cluster picked in Select a cluster); the clip of the map and its legend."""
     page.goto(url)
     page.wait_for_function(f"() => !!{MAP_JS}?.points", timeout=timeout_s * 1000)  # every point drawn
     if colour:
         page.locator("#dataset-colour").get_by_text(colour, exact=True).click()
         page.wait_for_function(f"() => {MAP_JS}.plot.get('pointColor').length === 16", timeout=timeout_s * 1000)
+    if cluster is not None:
+        page.locator("#dataset-cluster input").click()
+        page.get_by_role("option", name=re.compile(rf"^{cluster}: ")).click()
+        page.wait_for_function(f"() => {MAP_JS}.plot.get('selectedPoints').length > 0", timeout=timeout_s * 1000)
+        page.evaluate("() => window.scrollTo(0, 0)")  # boxes are measured in the view; the clip is of the page
+        top = page.locator("#dataset-info").bounding_box()
+        bottom = page.locator("#dataset-cluster").bounding_box()
+        frame = page.locator("#dataset-map").bounding_box()
+        return {
+            "x": frame["x"],
+            "y": top["y"],
+            "width": frame["width"],
+            "height": bottom["y"] + bottom["height"] - top["y"],
+        }
     # the image point with the most image points within ZOOM_SPAN / 2 of it: the view is full of thumbnails
     centre = page.evaluate(f"""(span) => {{
         const m = {MAP_JS}, images = m.drawn / 2, {{ x, y }} = m.points;
@@ -136,7 +153,7 @@ def _dataset(page: object, url: str, timeout_s: float, colour: str | None) -> di
 def screenshot(
     out: Path, width: int, height: int, timeout_s: float, talk: bool = False, compare: bool = False,
     model: str = OFFLINE_SPEC, map_label: str | None = None, pair: int = 1, word: int = 3,
-    dataset: Path | None = None, colour: str | None = None,
+    dataset: Path | None = None, colour: str | None = None, cluster: int | None = None,
 ) -> None:  # fmt: skip
     """Launch the app, wait for the page-load heatmaps (or the talk's step 4, or a dataset's map), save a clip."""
     chromium = shutil.which("chromium")
@@ -158,7 +175,7 @@ def screenshot(
             elif compare:
                 clip = _compare(page, f"http://127.0.0.1:{port}/", timeout_s, model, map_label, pair, word)
             elif dataset is not None:
-                clip = _dataset(page, f"http://127.0.0.1:{port}/", timeout_s, colour)
+                clip = _dataset(page, f"http://127.0.0.1:{port}/", timeout_s, colour, cluster)
             else:
                 page.goto(f"http://127.0.0.1:{port}/")
                 page.wait_for_function(PLOTS_READY_JS, arg=PLOTS, timeout=timeout_s * 1000)
@@ -186,10 +203,11 @@ def main() -> None:
     parser.add_argument("--word", type=int, default=3, help="with --compare: the caption's word, 0-based")
     parser.add_argument("--dataset", type=Path, help="the Dataset tab on this embedding folder (made when missing)")
     parser.add_argument("--colour", help="with --dataset: the colour column, e.g. 'source: objects'")
+    parser.add_argument("--cluster", type=int, help="with --dataset: pick this cluster (1-based), the whole map shown")
     args = parser.parse_args()
     screenshot(
         args.out, args.width, args.height, args.timeout, args.talk, args.compare, args.model, args.map_label,
-        args.pair, args.word, args.dataset, args.colour,
+        args.pair, args.word, args.dataset, args.colour, args.cluster,
     )  # fmt: skip
 
 

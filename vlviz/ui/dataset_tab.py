@@ -390,14 +390,20 @@ class DatasetTab:
             # loaded before the update's props (its bundle) reached it, and never drew
             self.unlinked: bool | Literal["hidden"] = "hidden" if len(catalog.names) > 1 else False
             self.map2 = _map("dataset-map-linked", "linked", visible=self.unlinked)
-        self.linked_name = gr.Dropdown(
-            [NO_LINK, *catalog.names], value=NO_LINK, label="Linked map", elem_id="dataset-linked",
-            info="the same pairs embedded by another model: drawn beside, hover linked, colour by rank_shift",
-            visible=len(catalog.names) > 1,  # a second listed folder to link
-        )  # fmt: skip
+        with gr.Row():
+            self.cluster = gr.Dropdown(
+                [], value=None, label="Select a cluster", elem_id="dataset-cluster",
+                info="k-means on the map, largest first, named by the words its captions use most",
+            )  # fmt: skip
+            self.linked_name = gr.Dropdown(
+                [NO_LINK, *catalog.names], value=NO_LINK, label="Linked map", elem_id="dataset-linked",
+                info="the same pairs embedded by another model: drawn beside, hover linked, colour by rank_shift",
+                visible=len(catalog.names) > 1,  # a second listed folder to link
+            )  # fmt: skip
         gr.Markdown(
             "Drag to pan, scroll to zoom, hover a point for its pair; shift-drag (or press and hold, then drag) "
-            "lassoes points, whose pairs **Analyze the selection** sends to every tab."
+            "lassoes points, whose pairs **Analyze the selection** sends to every tab, as it does a cluster's or a "
+            "search's."
         )
         with gr.Row():
             self.query = gr.Textbox(label="Search", placeholder="a red circle", scale=3, elem_id="dataset-query")
@@ -409,10 +415,6 @@ class DatasetTab:
             label="Nearest pairs, best first", interactive=False, wrap=True, elem_id="dataset-hits"
         )
         with gr.Row():
-            self.cluster = gr.Dropdown(
-                [], value=None, label="Select a cluster", elem_id="dataset-cluster", scale=2,
-                info="k-means on the map, largest first, named by the words its captions use most",
-            )  # fmt: skip
             self.selection = gr.Markdown("No pairs selected.", elem_id="dataset-selection")
             self.analyze_button = gr.Button("Analyze the selection", variant="primary", elem_id="dataset-analyze")
         # the session's map (`MapHandle`): a state of its own, set by the event that opened it (the page's first
