@@ -34,6 +34,9 @@ def test_each_blob_is_one_cluster_numbered_by_size(monkeypatch: pytest.MonkeyPat
 def test_a_map_of_fewer_points_than_clusters_has_a_cluster_a_point() -> None:
     points = np.array([[0, 0], [5, 5], [9, 0]], np.float32)
     assert sorted(cluster_map(points, count=16).tolist()) == [0, 1, 2]
+    same = np.zeros((40, 2), np.float32)  # fewer distinct points than clusters: one cluster, the empty ones unnumbered
+    assert cluster_map(same, count=16).tolist() == [0] * 40
+    assert cluster_labels(cluster_map(same, count=16), 20, lambda pairs: ["a dog"] * len(pairs)) == [""]
 
 
 def test_a_cluster_is_named_by_the_words_particular_to_its_captions() -> None:

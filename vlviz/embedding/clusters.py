@@ -10,12 +10,14 @@ point then goes to its nearest centre, in bounded batches (a million pairs' two 
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from vlviz.models.tokens import STOP_WORDS
 
@@ -46,7 +48,8 @@ class MapClusters:
 
 
 def cluster_map(coordinates: np.ndarray, count: int = CLUSTER_COUNT, seed: int = 0) -> np.ndarray:
-    """(P,) int16: each of the (P, 2) map points' cluster by k-means, numbered by size (0 the largest).
+    """(P,) int16: each of the (P, 2) map points' cluster by k-means, numbered by size (0 the largest; a cluster
+    no point went to has no number, so the numbers are 0..k'-1 for the k' <= `count` clusters that hold points).
 
     Fitted on a seeded sample of FIT_POINTS_PER_CLUSTER points a cluster, then every point is assigned to its
     nearest centre: the same clusters whatever the map's size, in memory of one batch's distances.
@@ -56,13 +59,15 @@ def cluster_map(coordinates: np.ndarray, count: int = CLUSTER_COUNT, seed: int =
     count = max(1, min(count, n))
     rng = np.random.default_rng(seed)
     sample = coordinates[np.sort(rng.choice(n, size=min(n, count * FIT_POINTS_PER_CLUSTER), replace=False))]
-    centres = KMeans(count, n_init=4, random_state=seed).fit(sample).cluster_centers_.astype(np.float32)  # (k, 2)
+    with warnings.catch_warnings():  # a small map may hold fewer distinct points than clusters: some stay empty
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        centres = KMeans(count, n_init=4, random_state=seed).fit(sample).cluster_centers_.astype(np.float32)  # (k, 2)
     assignment = np.empty(n, dtype=np.int64)
     for start in range(0, n, ASSIGN_BATCH):
         block = coordinates[start : start + ASSIGN_BATCH]
         distances = ((block[:, None, :] - centres[None]) ** 2).sum(-1)  # (B, k)
         assignment[start : start + len(block)] = distances.argmin(1)
-    order = np.argsort(-np.bincount(assignment, minlength=count), kind="stable")  # largest first
+    order = np.argsort(-np.bincount(assignment, minlength=count), kind="stable")  # largest first, empty ones last
     rank = np.empty(count, dtype=np.int16)
     rank[order] = np.arange(count, dtype=np.int16)
     return rank[assignment]

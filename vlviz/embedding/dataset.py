@@ -288,7 +288,7 @@ class EmbeddedDataset:
 
     @cached_property
     def clusters(self) -> MapClusters | None:
-        """The map's clusters and their names (`vlviz.embedding.clusters`), made on first use (about a second at a
+        """The map's clusters and their names (`vlviz.embedding.clusters`), made on first use (about 2 s at a
         million pairs); None without a map."""
         if self.layout is None:
             return None
