@@ -6,7 +6,8 @@
 // the map's clusters, or "continuous"), `token`
 // (the session's map token: hover asks the server with it), `highlight` (point indices a search found), `role`
 // ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
-// highlights the same point in the other).
+// highlights the same point in the other), `preview` (a larger map is drawn first from at most this many of its
+// points, then whole).
 // Zoomed in (the view at most half the map's side, at most ZOOMED_IN_IMAGES image points in it), the map draws
 // thumbnails over its image points, none overlapping another, asked of the server (`dataset_thumbnails`) and kept
 // while the page lives.
@@ -29,10 +30,6 @@ const RAMP = [
 ];
 const PALETTES = { categorical: CATEGORY_COLOURS, clusters: CLUSTER_COLOURS, continuous: RAMP };
 const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps the first pairs of them anyway
-// A larger map is drawn first from every k-th point (asked of the server with `?preview=`), then whole: drawing two
-// million points takes several seconds in software here, during which the page would show nothing, and even 200,000
-// take most of a second (the spatial index and the first frame) that a 20,000-point preview draws in a fifth of it.
-const PREVIEW_POINTS = 20000;
 const ZOOMED_IN_SPAN = 1; // the view's shorter side, in the map's [-1, 1] units, from which on thumbnails are drawn
 const ZOOMED_IN_IMAGES = 20000; // ... and the most image points in view
 const THUMBNAIL_PX = 40;
@@ -64,13 +61,14 @@ function escapeHtml(text) {
   return div.innerHTML;
 }
 
-/** The points of a map, the whole map's and, for a large one drawn for the first time, its preview's: both asked
- * for at once, so the preview (about 240 KB) is drawn while the rest (24 MB at a million pairs) still arrives. */
-function askPoints(url, count, withPreview) {
+/** The points of a map, the whole map's and, for one of more than `preview` points drawn for the first time, a
+ * preview of at most `preview` of them (every k-th, `?preview=` on the points route): both asked for at once, so
+ * the preview is drawn while the rest (24 MB at a million pairs) still arrives. */
+function askPoints(url, count, preview) {
   const asked = { url, points: fetchPoints(url, count) };
-  if (withPreview && count > PREVIEW_POINTS) {
-    const shown = Math.ceil(count / Math.ceil(count / PREVIEW_POINTS)); // every k-th point (the server's rule)
-    asked.preview = fetchPoints(`${url}${url.includes("?") ? "&" : "?"}preview=${PREVIEW_POINTS}`, shown);
+  if (preview > 0 && count > preview) {
+    const shown = Math.ceil(count / Math.ceil(count / preview)); // every k-th point (the server's rule)
+    asked.preview = fetchPoints(`${url}${url.includes("?") ? "&" : "?"}preview=${preview}`, shown);
   }
   for (const promise of [asked.points, asked.preview]) promise?.catch(() => {}); // reported by the draw awaiting it
   return asked;
@@ -92,7 +90,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
   const thumbnailLayer = element.querySelector(".vlviz-map-thumbnails");
   const frame = canvas.parentElement; // the plot sets the canvas's size in pixels; the frame follows the layout
   // The first points are asked for before WebGL is set up (hundreds of milliseconds in software): they arrive meanwhile.
-  let early = props.points && props.count ? askPoints(props.points, props.count, true) : null;
+  let early = props.points && props.count ? askPoints(props.points, props.count, props.preview) : null;
   const { width, height } = frame.getBoundingClientRect();
   const plot = createScatterplot({
     canvas,
@@ -143,7 +141,7 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
       return;
     }
     try {
-      const asked = early?.url === url ? early : askPoints(url, props.count, !state.drawn);
+      const asked = early?.url === url ? early : askPoints(url, props.count, state.drawn ? 0 : props.preview);
       early = null;
       const kind = PALETTES[props.colour_kind] ? props.colour_kind : "continuous";
       const options = { zDataType: kind === "continuous" ? "continuous" : "categorical" };

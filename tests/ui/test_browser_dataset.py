@@ -86,6 +86,32 @@ def test_the_map_draws_and_hover_shows_the_pair(map_page: Page, folder: Path) ->
     assert len(fetched) == 1 and "/first/" in fetched[0]  # the page's config named the map: fetched once, at once
 
 
+def test_a_larger_map_is_drawn_first_from_the_servers_preview(
+    browser, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawn from at most `preview` points first (every k-th, asked of the server beside the whole map), then whole:
+    here a preview of 50 of the 300 points (k = 6)."""
+    from vlviz.ui import build_app, dataset_tab, launch_kwargs
+
+    monkeypatch.setattr(dataset_tab, "MAP_PREVIEW_POINTS", 50)
+    demo = build_app(OFFLINE_SPEC, initial_sample=None, datasets=[folder])
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    page = open_page(browser, f"http://127.0.0.1:{port}/", height=1100)
+    try:
+        page.wait_for_function(f"() => ({MAP})()?.drawn === {2 * N}")
+        state = page.evaluate(f"() => {{ const m = ({MAP})(); return [m.previewed, m.shownAt <= m.drawnAt]; }}")
+        assert state == [2 * N, True]
+        sizes = page.evaluate(
+            "() => performance.getEntriesByType('resource').filter((e) => e.name.includes('/points'))"
+            ".map((e) => [e.name.split('/points')[1], e.decodedBodySize])"
+        )
+        assert sorted(sizes) == [["", 12 * 2 * N], ["?preview=50", 12 * 50]]
+    finally:
+        page.context.close()
+        demo.close()
+
+
 def test_zoomed_in_the_map_draws_thumbnails_over_its_images(map_page: Page) -> None:
     thumbnails = "#dataset-map .vlviz-map-thumbnails img"
     expect(map_page.locator(thumbnails)).to_have_count(0)  # the whole map: points only

@@ -81,6 +81,10 @@ DATASETS_ENV = "VLVIZ_DATASETS"
 POINTS_ROUTE = "/vlviz-dataset"  # POINTS_ROUTE/{token}/points?colour=NAME
 SEARCH_K = 24  # pairs a search returns and highlights
 SELECTION_LIMIT = MAX_PAIRS  # pairs a selection hands to Analyze, as many as an upload (decoded from the source)
+MAP_PREVIEW_POINTS = 20_000
+"""A map of more points is drawn first from every k-th of them (at most this many), then whole: two million points
+take several seconds to draw in software, and even 200,000 most of a second (the spatial index and the first
+frame) that a 20,000-point preview draws in a fifth of it."""
 MAX_SELECTION_CHARS = 400_000  # a lasso's JSON; the page sends at most 20,000 point indices
 MAX_QUERY_PIXELS = 40_000_000  # an uploaded query image, checked before the model resizes it
 MAP_HEIGHT_PX = 560
@@ -353,7 +357,7 @@ def _map(elem_id: str, role: str, visible: bool | Literal["hidden"] = True, firs
         "[]", html_template=MAP_TEMPLATE, js_on_load=MAP_JS, apply_default_css=False, elem_id=elem_id,
         server_functions=[dataset_point, dataset_thumbnails], bundle=bundle_url(), points=first.url if first else "",
         count=first.count if first else 0, colour_kind="categorical", token="", highlight=[], role=role,
-        visible=visible,
+        preview=MAP_PREVIEW_POINTS, visible=visible,
     )  # fmt: skip
 
 
