@@ -8,6 +8,8 @@ import io
 import json
 import re
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +18,12 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import vlviz.embedding.layout_store as layout_store
+from tests.browser import SCENES
 from tests.conftest import free_port
 from tests.embedding.test_dataset import write_scene_parquet
 from tests.embedding.test_embeddings_store import write_scene_shards
@@ -154,6 +157,48 @@ def test_open_search_and_analyze_the_selection(dataset_app: str, folders: dict[s
     assert "24 pairs selected in the dataset 'scenes'" in status
     query = client.predict("a red circle", api_name="/query")  # the other tabs work on the selection
     assert len(query) == 24
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that says it is `width` x `height` and holds 64 bytes of pixel data: any decode of it fails, so a clear
+    refusal of its size shows that only its header was read."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_query_is_read_from_its_header_first_and_never_from_the_request(
+    dataset_app: str, tmp_path: Path
+) -> None:
+    client = Client(dataset_app, verbose=False)
+    client.predict("scenes", api_name="/dataset_open")
+    scene = tmp_path / "scene.png"
+    Image.open(SCENES / "scene_00.png").save(scene)
+    _, hits, selection, _ = client.predict("", handle_file(str(scene)), "image", api_name="/dataset_search")
+    assert len(hits["data"]) == 24 and selection.startswith("**24 pairs selected**")
+    for name, data, says in [
+        ("huge.png", _png_header(12_000, 12_000), "The query image has over 40,000,000 pixels; send a smaller one."),
+        ("bomb.png", _png_header(20_000, 20_000), "The query image is too large to open safely"),
+        ("notes.png", b"not an image", "The query image is not a readable image (not a known image format)"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AppError) as refused:
+            client.predict("", handle_file(str(tmp_path / name)), "image", api_name="/dataset_search")
+        assert says in str(refused.value) and str(tmp_path) not in str(refused.value)
+
+    # an image inside the request's JSON (Gradio would decode it, and encode it again, before any callback)
+    url = "data:image/png;base64," + base64.b64encode(scene.read_bytes()).decode()
+    payload = {"data": ["", {"url": url, "path": None, "meta": {"_type": "gradio.FileData"}}, "image"]}
+    call = httpx.post(f"{dataset_app.rstrip('/')}/gradio_api/call/dataset_search", json=payload, timeout=30)
+    answer = httpx.get(
+        f"{dataset_app.rstrip('/')}/gradio_api/call/dataset_search/{call.json()['event_id']}", timeout=30
+    )
+    assert "an image inside the request (a data: URL) is refused" in answer.text
 
 
 def test_a_cluster_of_the_map_is_a_selection_to_analyze(dataset_app: str, folders: dict[str, Path]) -> None:

@@ -46,7 +46,7 @@ from vlviz.data.inputs import (
     _natural_key,
     _plural,
     _read_text,
-    _size_in_header,
+    header_size,
     load_caption_table,
     load_image,
     load_pairs_folder,
@@ -156,7 +156,7 @@ class _Pairs:
                 f"{self.source} holds more than {self.limit} pairs, but at most {self.limit} can be compared at "
                 "once; use a smaller part of it."
             )
-        width, height = _size_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
+        width, height = header_size(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image))
         self.pixels += width * height
         if self.memory is not None:
             self.memory.take(inputs.decoded_bytes(width, height), f"The images of {self.source} up to {label}")

@@ -537,7 +537,7 @@ def _megapixels(pixels: int) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def _size_in_header(fp: str | IO[bytes]) -> tuple[int, int]:
+def header_size(fp: str | IO[bytes]) -> tuple[int, int]:
     """(width, height) from an image's header only (nothing is decoded); (0, 0) when the header is unreadable.
 
     An unreadable file is left for `load_image` to report with its usual message.
@@ -570,8 +570,8 @@ def _header_size(item: _Item) -> tuple[int, int]:
     try:
         with contextlib.ExitStack() as stack:
             if item.archive is not None and item.member is not None:
-                return _size_in_header(stack.enter_context(item.archive.open(item.member)))  # a stream
-            return _size_in_header(item.path or "")
+                return header_size(stack.enter_context(item.archive.open(item.member)))  # a stream
+            return header_size(item.path or "")
     except Exception:  # a member that cannot be opened: the decode that follows names the problem
         return 0, 0
 
@@ -579,7 +579,7 @@ def _header_size(item: _Item) -> tuple[int, int]:
 def decoded_bytes_of(image: bytes | str | os.PathLike[str]) -> int:
     """`decoded_bytes` of an encoded image or image file, read from its header (0 when unreadable: its decode
     reports it)."""
-    return decoded_bytes(*_size_in_header(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image)))
+    return decoded_bytes(*header_size(io.BytesIO(image) if isinstance(image, bytes) else os.fspath(image)))
 
 
 def megabytes(size: int) -> str:

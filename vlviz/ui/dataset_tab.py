@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError
+from vlviz.data.inputs import MAX_CAPTION_CHARS, MAX_PAIRS, InputError, header_size, load_image
 from vlviz.embedding.dataset import MANIFEST_FILE, SOURCE_COLUMN_PREFIX, EmbeddedDataset, open_dataset
 from vlviz.embedding.linked import LinkedPairs, link_datasets
 from vlviz.embedding.store import read_index, shard_held
@@ -46,6 +46,7 @@ from vlviz.models.encoding import encode_pair_set
 from vlviz.models.loading import ModelUnavailableError, load_model
 from vlviz.models.policy import is_public
 from vlviz.ui.affinity_tab import AffinityTab
+from vlviz.ui.agents import uploaded_file
 from vlviz.ui.memory import LEDGER
 from vlviz.ui.messages import refusal
 from vlviz.ui.session import (
@@ -165,6 +166,25 @@ def open_listed(catalog: DatasetCatalog, name: str) -> EmbeddedDataset:
 def public_model_name(spec: str) -> str:
     """What the page calls a folder's model: its spec, or for a file or folder on the server, only its name."""
     return Path(spec).name if ("/" in spec or "\\" in spec) and not spec.startswith("hf-hub:") else spec
+
+
+def _path_only(image: gr.Image) -> gr.Image:
+    """`image` (an upload input) handing its callback the uploaded file's path with no pixel decoded, so that the
+    callback reads the header and refuses a huge image before decoding it (`load_image`). Gradio's own Image
+    decodes the upload whole first (as "pil", or to convert its mode), up to Pillow's bomb limit of 179 megapixels;
+    and it decodes and re-encodes a data: URL in an API call's JSON before any callback runs: refused here. (Set on
+    the instance, as `vlviz.ui.agents.accept_urls` sets a data model: a subclass of a Gradio component makes
+    Gradio write a .pyi file beside this module at import.)"""
+
+    def preprocess(payload: Any) -> str | None:
+        if payload is None:
+            return None
+        if (payload.url or "").startswith("data:") or not payload.path:
+            raise gr.Error("Upload the query image as a file; an image inside the request (a data: URL) is refused.")
+        return str(payload.path)
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 @dataclass(eq=False)
@@ -411,7 +431,12 @@ class DatasetTab:
         )
         with gr.Row():
             self.query = gr.Textbox(label="Search", placeholder="a red circle", scale=3, elem_id="dataset-query")
-            self.query_image = gr.Image(type="pil", label="or an image", height=120, scale=1, elem_id="dataset-image")
+            self.query_image = _path_only(
+                gr.Image(
+                    type="filepath", sources=["upload", "clipboard"], label="or an image", height=120, scale=1,
+                    elem_id="dataset-image",
+                )
+            )  # fmt: skip
             with gr.Column(scale=1):
                 self.search_in = gr.Radio(["image", "caption"], value="image", label="Search the pairs'")
                 self.search_button = gr.Button("Search", elem_id="dataset-search")
@@ -500,9 +525,9 @@ class DatasetTab:
             updates[self.map2] = self._drawn(handle.linked, gr.skip())
         return updates
 
-    def search(self, text: str | None, image: Image.Image | None, modality: str, handle: MapHandle | None) -> Updates:
-        """The SEARCH_K pairs nearest a text (or, without one, an image), highlighted on the map and listed; they
-        become the selection."""
+    def search(self, text: str | None, image: str | None, modality: str, handle: MapHandle | None) -> Updates:
+        """The SEARCH_K pairs nearest a text (or, without one, an image file), highlighted on the map and listed;
+        they become the selection."""
         handle = _opened(handle)
         dataset = handle.dataset
         query: str | Image.Image
@@ -511,9 +536,14 @@ class DatasetTab:
                 raise refusal(f"The query is {len(text)} characters long; queries have at most {MAX_CAPTION_CHARS}.")
             query = text.strip()
         elif image is not None:
-            if image.width * image.height > MAX_QUERY_PIXELS:
+            image = uploaded_file(image)
+            width, height = header_size(image)  # nothing decoded yet
+            if width * height > MAX_QUERY_PIXELS:
                 raise refusal(f"The query image has over {MAX_QUERY_PIXELS:,} pixels; send a smaller one.")
-            query = image.convert("RGB")
+            try:
+                query = load_image(image, "The query image")
+            except InputError as error:
+                raise refusal(public_message(error)) from error
         else:
             raise refusal("Type a query, or drop an image to search with.")
         if modality not in ("image", "caption"):
