@@ -26,6 +26,7 @@ from vlviz.losses import LOSSES
 from vlviz.models.loading import OFFLINE_SPEC, ModelCache, ModelUnavailableError, load_model
 from vlviz.models.policy import ModelNotAllowedError, ModelPolicy, is_public
 from vlviz.ui import build_app, launch_kwargs
+from vlviz.ui.request_limits import MAX_REQUEST_BYTES
 
 TOKEN_FOLDER = re.compile(r"[0-9a-f]{32}")
 
@@ -67,6 +68,14 @@ def test_only_returned_files_are_served(app_url: str) -> None:
     for name in ("checkpoint.safetensors", "metrics.jsonl", "run_config.json"):
         response = httpx.get(f"{app_url}gradio_api/file={run / name}")
         assert response.status_code == 403, name  # main served the whole runs folder to anyone
+
+
+def test_a_request_body_past_its_bound_is_refused_unread(app_url: str) -> None:
+    """Gradio reads an API call's JSON whole: a body of a few GB ended the app. Past 16 MB it is refused at once."""
+    join = f"{app_url.rstrip('/')}/gradio_api/queue/join"
+    refused = httpx.post(join, content=b"{" + b" " * (MAX_REQUEST_BYTES + 1) + b"}", timeout=30)
+    assert refused.status_code == 413 and "MB this server accepts in one request" in refused.text
+    assert httpx.post(f"{app_url.rstrip('/')}/gradio_api/upload", files={"files": ("a.txt", b"a")}).status_code == 200
 
 
 def test_stop_stops_only_the_sessions_own_runs(app_url: str) -> None:

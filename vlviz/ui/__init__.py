@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from vlviz.data.samples import ASSETS_DIR, SAMPLE_SETS, sample_files
 from vlviz.embedding.layout_worker import LayoutWorkerError
@@ -36,6 +37,7 @@ from vlviz.ui.keywords_tab import TAB as KEYWORDS_TAB
 from vlviz.ui.keywords_tab import build_keywords_tab
 from vlviz.ui.memory import trim_heap_every
 from vlviz.ui.origins import host_guard
+from vlviz.ui.request_limits import MAX_UPLOAD_BYTES, RequestBodyLimit
 from vlviz.ui.session import (
     MODEL_CHOICES,
     SESSION_TTL_S,
@@ -189,8 +191,9 @@ def launch_kwargs() -> dict:
     """Settings `launch()` needs: the sample assets are servable, and nothing else of the server's files;
     Gradio's MCP server serves the API endpoints as tools to agents where `vlviz.ui.agents.mcp_enabled`
     says (a local server, or `VLVIZ_MCP=1`); every plot has SVG and PNG (3x) download buttons
-    (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`); the
-    Dataset tab's map has its bundle and points routes (`vlviz.ui.dataset_tab.dataset_routes`).
+    (`vlviz.ui.figure_export`); a local app answers only its own Host and Origin (`vlviz.ui.origins`); every
+    request's body is bounded in bytes before it is read (`vlviz.ui.request_limits`); the Dataset tab's map has
+    its bundle and points routes (`vlviz.ui.dataset_tab.dataset_routes`).
 
     Gradio binds to `GRADIO_SERVER_NAME` (default 127.0.0.1), the variable `vlviz.models.policy` reads to
     tell a public server; a launcher that binds elsewhere passes `build_app(..., policy=...)`.
@@ -203,5 +206,6 @@ def launch_kwargs() -> dict:
         "mcp_server": mcp,
         "head": FIGURE_EXPORT_HEAD,
         "css": TALK_CSS,
-        "app_kwargs": {"middleware": host_guard(), "routes": dataset_routes()},
+        "max_file_size": MAX_UPLOAD_BYTES,
+        "app_kwargs": {"middleware": [Middleware(RequestBodyLimit), *host_guard()], "routes": dataset_routes()},
     }

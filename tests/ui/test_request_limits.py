@@ -1,0 +1,56 @@
+"""Every request's body is bounded in bytes before the app reads it (vlviz.ui.request_limits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from vlviz.ui import launch_kwargs
+from vlviz.ui.request_limits import MAX_UPLOAD_BYTES, RequestBodyLimit
+
+
+async def _echo_size(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(await request.body())))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    routes = [Route("/gradio_api/queue/join", _echo_size, methods=["POST"]),
+              Route("/gradio_api/upload", _echo_size, methods=["POST"])]  # fmt: skip
+    app = Starlette(routes=routes, middleware=[Middleware(RequestBodyLimit, max_bytes=100, upload_bytes=1000)])
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _chunks(size: int) -> Iterator[bytes]:
+    """A body sent in chunks, with no Content-Length: counted as it arrives."""
+    for _ in range(size // 10):
+        yield b"x" * 10
+
+
+def test_a_body_within_its_bound_reaches_the_app(client: TestClient) -> None:
+    assert client.post("/gradio_api/queue/join", content=b"x" * 100).text == "100"
+    assert client.post("/gradio_api/queue/join", content=_chunks(100)).text == "100"
+    assert client.post("/gradio_api/upload", content=b"x" * 1000).text == "1000"  # uploads have the larger bound
+
+
+def test_a_larger_body_is_refused_before_it_is_read(client: TestClient) -> None:
+    refused = client.post("/gradio_api/queue/join", content=b"x" * 101)
+    assert refused.status_code == 413 and "larger than the" in refused.text
+    assert client.post("/gradio_api/queue/join", content=_chunks(200)).status_code == 413  # stopped as it arrives
+    assert client.post("/gradio_api/upload", content=b"x" * 1001).status_code == 413
+    lying = client.post("/gradio_api/queue/join", content=b"x", headers={"content-length": "-1"})
+    assert lying.status_code in (400, 413)
+
+
+def test_the_app_is_launched_with_the_bounds() -> None:
+    settings = launch_kwargs()
+    assert settings["max_file_size"] == MAX_UPLOAD_BYTES  # Gradio's own per-file bound, shown in its upload widget
+    assert settings["app_kwargs"]["middleware"][0].cls is RequestBodyLimit
