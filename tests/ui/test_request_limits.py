@@ -50,6 +50,20 @@ def test_a_larger_body_is_refused_before_it_is_read(client: TestClient) -> None:
     assert lying.status_code in (400, 413)
 
 
+def test_an_upload_that_would_leave_too_little_disk_is_refused() -> None:
+    free = [10_000]
+    routes = [Route("/gradio_api/upload", _echo_size, methods=["POST"]),
+              Route("/gradio_api/queue/join", _echo_size, methods=["POST"])]  # fmt: skip
+    bounds = {"upload_bytes": 1000, "free_disk": lambda: free[0], "min_free_disk": 9_000}
+    app = Starlette(routes=routes, middleware=[Middleware(RequestBodyLimit, **bounds)])
+    with TestClient(app) as client:
+        assert client.post("/gradio_api/upload", content=b"x" * 1000).text == "1000"  # 9,000 left: enough
+        free[0] = 9_500
+        short = client.post("/gradio_api/upload", content=b"x" * 1000)
+        assert short.status_code == 507 and "short of disk space" in short.text
+        assert client.post("/gradio_api/queue/join", content=b"x" * 10).text == "10"  # other requests go on
+
+
 def test_the_app_is_launched_with_the_bounds() -> None:
     settings = launch_kwargs()
     assert settings["max_file_size"] == MAX_UPLOAD_BYTES  # Gradio's own per-file bound, shown in its upload widget

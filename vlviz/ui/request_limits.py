@@ -4,14 +4,19 @@ Gradio reads an API call's JSON body whole (and logs it on an error): a 300 MB b
 body of a few GB ended it. Every request is bounded here, as an ASGI middleware outside Gradio: by its declared
 Content-Length at once, and by the bytes actually received for a body sent in chunks. File uploads
 (`/gradio_api/upload`, streamed to disk by Gradio) get the larger bound, which is also Gradio's own per-file
-`max_file_size`; everything else (event data, API calls, MCP) the smaller one.
+`max_file_size`; everything else (event data, API calls, MCP) the smaller one. An upload is also refused when it
+could leave less than MIN_FREE_DISK_BYTES free where Gradio keeps uploads: they stay there until Gradio's cache
+sweep, so uploads in a row could otherwise fill the disk the server's runs and other visitors need.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
+from gradio.utils import get_upload_folder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MB = 2**20
@@ -20,7 +25,15 @@ MAX_REQUEST_BYTES = int(float(os.environ.get("VLVIZ_MAX_REQUEST_MB", 16)) * MB)
 10,000 files (about 400 bytes each, 4 MB), a lasso's 20,000 points (400 KB)."""
 MAX_UPLOAD_BYTES = int(float(os.environ.get("VLVIZ_MAX_UPLOAD_MB", 2048)) * MB)
 """Most bytes of one upload request, and of one uploaded file (a tar shard's members are read up to 2 GB)."""
+MIN_FREE_DISK_BYTES = int(float(os.environ.get("VLVIZ_MIN_FREE_DISK_MB", 2048)) * MB)
+"""Free disk an upload may not take the upload folder's file system below."""
 UPLOAD_ROUTE = "/upload"  # Gradio's upload route ends so (`/gradio_api/upload`)
+
+
+def _upload_folder_free_bytes() -> int:
+    folder = get_upload_folder()  # where Gradio keeps uploads (GRADIO_TEMP_DIR)
+    os.makedirs(folder, exist_ok=True)
+    return shutil.disk_usage(folder).free
 
 
 class _TooLarge(Exception):
@@ -30,19 +43,28 @@ class _TooLarge(Exception):
 class RequestBodyLimit:
     """ASGI middleware: a request whose body is larger than its bound is answered 413 without being read whole."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int | None = None, upload_bytes: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int | None = None, upload_bytes: int | None = None,
+        free_disk: Callable[[], int] = _upload_folder_free_bytes, min_free_disk: int | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
         self.upload_bytes = MAX_UPLOAD_BYTES if upload_bytes is None else upload_bytes
+        self.free_disk = free_disk
+        self.min_free_disk = MIN_FREE_DISK_BYTES if min_free_disk is None else min_free_disk
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_bytes if scope["path"].rstrip("/").endswith(UPLOAD_ROUTE) else self.max_bytes
+        upload = scope["path"].rstrip("/").endswith(UPLOAD_ROUTE)
+        limit = self.upload_bytes if upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _refuse(send, limit)
+            return
+        if upload and self.free_disk() - (int(declared) if declared is not None else limit) < self.min_free_disk:
+            await _answer(send, 507, "This server is short of disk space for uploads now; try again later.")
             return
         received, started = 0, False
 
@@ -68,10 +90,15 @@ class RequestBodyLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = (
+    await _answer(
+        send, 413,
         f"This request is larger than the {limit // MB:,} MB this server accepts in one request. Send fewer or "
-        "smaller files (or, for an API call, the images as file uploads, not inside the request)."
-    ).encode()
+        "smaller files (or, for an API call, the images as file uploads, not inside the request).",
+    )  # fmt: skip
+
+
+async def _answer(send: Send, status: int, message: str) -> None:
+    body = message.encode()
     headers: list[Any] = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
