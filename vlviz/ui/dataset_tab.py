@@ -180,7 +180,7 @@ def _path_only(image: gr.Image) -> gr.Image:
         if payload is None:
             return None
         if (payload.url or "").startswith("data:") or not payload.path:
-            raise gr.Error("Upload the query image as a file; an image inside the request (a data: URL) is refused.")
+            raise refusal("Upload the query image as a file; an image inside the request (a data: URL) is refused.")
         return str(payload.path)
 
     image.preprocess = preprocess  # type: ignore[method-assign]
