@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from vlviz.ui import launch_kwargs
-from vlviz.ui.request_limits import MAX_UPLOAD_BYTES, RequestBodyLimit
+from vlviz.ui.request_limits import MAX_UPLOAD_BYTES, RequestBodyLimit, UploadLedger
 
 
 async def _echo_size(request: Request) -> PlainTextResponse:
@@ -68,3 +68,20 @@ def test_the_app_is_launched_with_the_bounds() -> None:
     settings = launch_kwargs()
     assert settings["max_file_size"] == MAX_UPLOAD_BYTES  # Gradio's own per-file bound, shown in its upload widget
     assert settings["app_kwargs"]["middleware"][0].cls is RequestBodyLimit
+
+
+def test_a_public_server_bounds_each_addresss_uploads_over_time() -> None:
+    ledger = UploadLedger(budget=1500, window_s=3600)
+    public = [True]
+    bounds = {"upload_bytes": 1000, "free_disk": lambda: 10**12, "ledger": ledger, "public": lambda: public[0]}
+    app = Starlette(routes=[Route("/gradio_api/upload", _echo_size, methods=["POST"])],
+                    middleware=[Middleware(RequestBodyLimit, **bounds)])  # fmt: skip
+    with TestClient(app) as client:  # every request comes from the test client's one address
+        assert client.post("/gradio_api/upload", content=b"x" * 1000).text == "1000"
+        refused = client.post("/gradio_api/upload", content=b"x" * 600)  # 1,600 would pass the 1,500
+        assert refused.status_code == 429 and "Uploads from your address reached" in refused.text
+        assert client.post("/gradio_api/upload", content=b"x" * 500).text == "500"  # what is left
+        public[0] = False  # a local server: the owner uploads what it likes
+        assert client.post("/gradio_api/upload", content=b"x" * 1000).text == "1000"
+    ledger.window_s = 0  # the uploads aged out
+    assert ledger.room("testclient") == 1500

@@ -6,18 +6,26 @@ Content-Length at once, and by the bytes actually received for a body sent in ch
 (`/gradio_api/upload`, streamed to disk by Gradio) get the larger bound, which is also Gradio's own per-file
 `max_file_size`; everything else (event data, API calls, MCP) the smaller one. An upload is also refused when it
 could leave less than MIN_FREE_DISK_BYTES free where Gradio keeps uploads: they stay there until Gradio's cache
-sweep, so uploads in a row could otherwise fill the disk the server's runs and other visitors need.
+sweep, so uploads in a row could otherwise fill the disk the server's runs and other visitors need; and on a
+public server one client address may upload at most ADDRESS_UPLOAD_BYTES within UPLOAD_WINDOW_S, so that one
+visitor cannot take that disk from the others.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 from gradio.utils import get_upload_folder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vlviz.models.policy import is_public
+from vlviz.ui.session import SESSION_TTL_S
 
 MB = 2**20
 MAX_REQUEST_BYTES = int(float(os.environ.get("VLVIZ_MAX_REQUEST_MB", 16)) * MB)
@@ -27,7 +35,34 @@ MAX_UPLOAD_BYTES = int(float(os.environ.get("VLVIZ_MAX_UPLOAD_MB", 2048)) * MB)
 """Most bytes of one upload request, and of one uploaded file (a tar shard's members are read up to 2 GB)."""
 MIN_FREE_DISK_BYTES = int(float(os.environ.get("VLVIZ_MIN_FREE_DISK_MB", 2048)) * MB)
 """Free disk an upload may not take the upload folder's file system below."""
+ADDRESS_UPLOAD_BYTES = int(float(os.environ.get("VLVIZ_ADDRESS_UPLOAD_MB", 8192)) * MB)
+"""Most bytes one client address may upload to a public server within UPLOAD_WINDOW_S."""
+UPLOAD_WINDOW_S = SESSION_TTL_S
+"""How long an upload counts against its address: as long as Gradio keeps it (the session TTL its cache sweep uses)."""
 UPLOAD_ROUTE = "/upload"  # Gradio's upload route ends so (`/gradio_api/upload`)
+
+
+class UploadLedger:
+    """Bytes each client address uploaded within the last `window_s` seconds."""
+
+    def __init__(self, budget: int = ADDRESS_UPLOAD_BYTES, window_s: float = UPLOAD_WINDOW_S) -> None:
+        self.budget, self.window_s = budget, window_s
+        self._uploads: defaultdict[str, deque[tuple[float, int]]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def room(self, address: str) -> int:
+        """Bytes `address` may still upload now."""
+        with self._lock:
+            uploads, oldest = self._uploads[address], time.monotonic() - self.window_s
+            while uploads and uploads[0][0] < oldest:
+                uploads.popleft()
+            if not uploads:
+                del self._uploads[address]  # an address that went quiet holds no entry
+            return self.budget - sum(size for _, size in uploads)
+
+    def add(self, address: str, size: int) -> None:
+        with self._lock:
+            self._uploads[address].append((time.monotonic(), size))
 
 
 def _upload_folder_free_bytes() -> int:
@@ -46,12 +81,15 @@ class RequestBodyLimit:
     def __init__(
         self, app: ASGIApp, max_bytes: int | None = None, upload_bytes: int | None = None,
         free_disk: Callable[[], int] = _upload_folder_free_bytes, min_free_disk: int | None = None,
+        ledger: UploadLedger | None = None, public: Callable[[], bool] = is_public,
     ) -> None:  # fmt: skip
         self.app = app
         self.max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
         self.upload_bytes = MAX_UPLOAD_BYTES if upload_bytes is None else upload_bytes
         self.free_disk = free_disk
         self.min_free_disk = MIN_FREE_DISK_BYTES if min_free_disk is None else min_free_disk
+        self.ledger = UploadLedger() if ledger is None else ledger
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,9 +101,21 @@ class RequestBodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _refuse(send, limit)
             return
-        if upload and self.free_disk() - (int(declared) if declared is not None else limit) < self.min_free_disk:
+        size = int(declared) if declared is not None else limit
+        if upload and self.free_disk() - size < self.min_free_disk:
             await _answer(send, 507, "This server is short of disk space for uploads now; try again later.")
             return
+        address = scope["client"][0] if upload and scope.get("client") and self.public() else None
+        if address is not None:
+            room = self.ledger.room(address)
+            if size > room:
+                await _answer(
+                    send, 429,
+                    f"Uploads from your address reached the {self.ledger.budget // MB:,} MB this server takes from "
+                    f"one address within {self.ledger.window_s / 3600:g} h ({max(room, 0) // MB:,} MB left); "
+                    "upload again later.",
+                )  # fmt: skip
+                return
         received, started = 0, False
 
         async def bounded_receive() -> Message:
@@ -87,6 +137,9 @@ class RequestBodyLimit:
         except _TooLarge:
             if not started:
                 await _refuse(send, limit)
+        finally:
+            if address is not None:
+                self.ledger.add(address, received)
 
 
 async def _refuse(send: Send, limit: int) -> None:
