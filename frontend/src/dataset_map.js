@@ -7,7 +7,7 @@
 // (the session's map token: hover asks the server with it), `highlight` (point indices a search found), `role`
 // ("main", or "linked": the same pairs embedded by another model, drawn beside it; hovering a point in one
 // highlights the same point in the other), `preview` (a larger map is drawn first from at most this many of its
-// points, then whole).
+// points, then whole), `cluster_colours` (a colour per cluster, in the order of the legend's).
 // Zoomed in (the view at most half the map's side, at most ZOOMED_IN_IMAGES image points in it), the map draws
 // thumbnails over its image points, none overlapping another, asked of the server (`dataset_thumbnails`) and kept
 // while the page lives.
@@ -18,17 +18,11 @@ import createScatterplot from "regl-scatterplot";
 export { createScatterplot };
 
 const CATEGORY_COLOURS = ["#0072B2", "#E69F00"]; // image, caption (Okabe-Ito: distinguishable to colour-blind eyes)
-// The map's clusters (at most 16, largest first): Tableau 10, then six of D3's category20.
-const CLUSTER_COLOURS = [
-  "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-  "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2",
-];
 // Viridis in 16 steps, for a continuous column scaled to [0, 1] on the server.
 const RAMP = [
   "#440154", "#481a6c", "#472f7d", "#414487", "#39568c", "#31688e", "#2a788e", "#23888e",
   "#1f988b", "#22a884", "#35b779", "#54c568", "#7ad151", "#a5db36", "#d2e21b", "#fde725",
 ];
-const PALETTES = { categorical: CATEGORY_COLOURS, clusters: CLUSTER_COLOURS, continuous: RAMP };
 const MAX_SENT_POINTS = 20000; // a lasso's points sent to the server; it keeps the first pairs of them anyway
 const ZOOMED_IN_SPAN = 1; // the view's shorter side, in the map's [-1, 1] units, from which on thumbnails are drawn
 const ZOOMED_IN_IMAGES = 20000; // ... and the most image points in view
@@ -143,9 +137,11 @@ export function mountDatasetMap(element, props, trigger, server, watch) {
     try {
       const asked = early?.url === url ? early : askPoints(url, props.count, state.drawn ? 0 : props.preview);
       early = null;
-      const kind = PALETTES[props.colour_kind] ? props.colour_kind : "continuous";
+      // the clusters' colours are the Python side's, which its legend names
+      const palettes = { categorical: CATEGORY_COLOURS, clusters: props.cluster_colours, continuous: RAMP };
+      const kind = Object.hasOwn(palettes, props.colour_kind) ? props.colour_kind : "continuous";
       const options = { zDataType: kind === "continuous" ? "continuous" : "categorical" };
-      plot.set({ pointColor: PALETTES[kind] });
+      plot.set({ pointColor: palettes[kind] });
       if (asked.preview) {
         await plot.draw(await asked.preview, options);
         state.previewed = props.count;

@@ -48,10 +48,12 @@ from vlviz.ui.dataset_tab import (
 )
 from vlviz.viz.dataset_view import (
     CLUSTER,
+    CLUSTER_COLOURS,
     MODALITY,
     cluster_choices,
     colour_choices,
     colour_values,
+    legend_markdown,
     map_points,
     points_preview,
     rank_shift,
@@ -230,6 +232,9 @@ def test_the_map_colours_by_cluster_and_lists_them_named(folders: dict[str, Path
     assert choices[0][0].startswith(f"1: {dataset.clusters.labels[0] or 'no word stands out'} (")
     assert colour_values(dataset, MODALITY).kind == "categorical"
     assert colour_values(dataset, "own_cosine").kind == "continuous"
+    assert colour.swatches == tuple(zip(CLUSTER_COLOURS, [label for label, _ in choices], strict=True))
+    legend = legend_markdown(replace(colour, swatches=(("#4e79a7", "1: <img src=x> · red (9 points)"),)))
+    assert '<span style="color:#4e79a7">&#9632;</span> 1: &lt;img src=x&gt; · red (9 points)' in legend
 
 
 @pytest.mark.parametrize(

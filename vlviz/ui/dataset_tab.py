@@ -61,13 +61,16 @@ from vlviz.ui.session import (
     pairs_state,
 )
 from vlviz.viz.dataset_view import (
+    CLUSTER_COLOURS,
     MODALITY,
     RANK_SHIFT,
+    ColourValues,
     Columns,
     cluster_choices,
     colour_choices,
     colour_values,
     hits_table,
+    legend_markdown,
     map_points,
     pair_points,
     pairs_of_points,
@@ -377,7 +380,7 @@ def _map(elem_id: str, role: str, visible: bool | Literal["hidden"] = True, firs
         "[]", html_template=MAP_TEMPLATE, js_on_load=MAP_JS, apply_default_css=False, elem_id=elem_id,
         server_functions=[dataset_point, dataset_thumbnails], bundle=bundle_url(), points=first.url if first else "",
         count=first.count if first else 0, colour_kind="categorical", token="", highlight=[], role=role,
-        preview=MAP_PREVIEW_POINTS, visible=visible,
+        preview=MAP_PREVIEW_POINTS, cluster_colours=list(CLUSTER_COLOURS), visible=visible,
     )  # fmt: skip
 
 
@@ -467,7 +470,7 @@ class DatasetTab:
         handle = register_map(MapHandle(name, dataset))
         return {
             self.colour: gr.Radio(colour_choices(dataset), value=MODALITY),
-            self.info: self._info(handle, colour_values(dataset, MODALITY).legend),
+            self.info: self._info(handle, colour_values(dataset, MODALITY)),
             self.map: self._drawn(handle, []),
             self.hits: None,
             self.selection: "No pairs selected.",
@@ -496,7 +499,7 @@ class DatasetTab:
             raise refusal(f"'{name}' does not hold the same pairs as '{handle.name}' (embed the same source).")
         handle.extra = {RANK_SHIFT: rank_shift(linked, len(handle.dataset))}
         handle.linked = register_map(MapHandle(name, other, handle.colour, extra=handle.extra))
-        legend = colour_values(handle.dataset, handle.colour, handle.extra).legend
+        legend = colour_values(handle.dataset, handle.colour, handle.extra)
         return {
             self.map2: self._drawn(handle.linked, gr.skip(), visible=True),
             self.colour: gr.Radio(colour_choices(handle.dataset, handle.extra), value=handle.colour),
@@ -518,7 +521,7 @@ class DatasetTab:
         if colour not in choices:
             raise refusal(f"Colour by one of {', '.join(choices)}.")
         handle.colour = colour
-        legend = colour_values(handle.dataset, colour, handle.extra).legend
+        legend = colour_values(handle.dataset, colour, handle.extra)
         updates = {self.map: self._drawn(handle, gr.skip()), self.info: self._info(handle, legend)}
         if handle.linked is not None:
             handle.linked.colour = colour
@@ -635,9 +638,9 @@ class DatasetTab:
             token=handle.token, highlight=highlight, **settings,
         )  # fmt: skip
 
-    def _info(self, handle: MapHandle, legend: str) -> str:
+    def _info(self, handle: MapHandle, colour: ColourValues) -> str:
         lines = [_describe(map_handle) for map_handle in (handle, handle.linked) if map_handle is not None]
-        return "\n\n".join([*lines, markdown_text(legend)])  # a legend names a column of the source's rows
+        return "\n\n".join([*lines, legend_markdown(colour)])
 
     @staticmethod
     def _selected(kept: int, named: int, source: str) -> str:

@@ -17,6 +17,7 @@ import pandas as pd
 from vlviz.embedding.dataset import SOURCE_COLUMN_PREFIX, EmbeddedDataset
 from vlviz.embedding.linked import LinkedPairs
 from vlviz.embedding.search_index import SearchHits
+from vlviz.viz.html import markdown_text
 
 MODALITY = "modality"
 CLUSTER = "cluster"
@@ -29,6 +30,10 @@ COLUMN_LABELS = {  # a colour column -> what the legend calls it
     "(a share of the other captions; > 0: ranked worse)",
 }
 Columns = dict[str, np.ndarray]  # name -> (N,) per-pair values
+CLUSTER_COLOURS = (  # the map's clusters, largest first: Tableau 10, then six of D3's category20
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2",
+)  # fmt: skip
 
 
 def colour_choices(dataset: EmbeddedDataset, extra: Columns | None = None) -> list[str]:
@@ -45,6 +50,16 @@ class ColourValues:
     values: np.ndarray  # (2N,) float32: a category's number, or a value in [0, 1]
     kind: Literal["categorical", "clusters", "continuous"]  # image/caption colours, cluster colours, or a ramp
     legend: str
+    swatches: tuple[tuple[str, str], ...] = ()  # (colour, name) of each category the legend lists
+
+
+def legend_markdown(colour: ColourValues) -> str:
+    """The legend's line, then a coloured square and name per category: Markdown that shows the names literally
+    (a legend names a source column; a cluster's name, words of its captions); the colours are the app's own."""
+    swatches = " &nbsp; ".join(
+        f'<span style="color:{swatch}">&#9632;</span> {markdown_text(name)}' for swatch, name in colour.swatches
+    )
+    return "\n\n".join([markdown_text(colour.legend), *([swatches] if swatches else [])])
 
 
 def cluster_choices(dataset: EmbeddedDataset) -> list[tuple[str, int]]:
@@ -74,7 +89,11 @@ def colour_values(dataset: EmbeddedDataset, colour: str, extra: Columns | None =
             f"Colour: the map's {len(clusters.labels)} clusters (k-means on the map's points; images and captions "
             "of one pair may lie in different ones). Select a cluster to send its pairs to Analyze."
         )
-        return ColourValues(clusters.assignment.astype(np.float32), "clusters", legend)
+        swatches = tuple(
+            (CLUSTER_COLOURS[cluster % len(CLUSTER_COLOURS)], label)
+            for cluster, (label, _) in enumerate(cluster_choices(dataset))
+        )
+        return ColourValues(clusters.assignment.astype(np.float32), "clusters", legend, swatches)
     columns = {**dataset.columns, **(extra or {})}
     if colour not in columns:
         raise ValueError(f"Colour by one of {', '.join(colour_choices(dataset, extra))}, not {colour!r}.")
