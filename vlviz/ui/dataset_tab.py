@@ -499,11 +499,11 @@ class DatasetTab:
             raise refusal(f"'{name}' does not hold the same pairs as '{handle.name}' (embed the same source).")
         handle.extra = {RANK_SHIFT: rank_shift(linked, len(handle.dataset))}
         handle.linked = register_map(MapHandle(name, other, handle.colour, extra=handle.extra))
-        legend = colour_values(handle.dataset, handle.colour, handle.extra)
+        colouring = colour_values(handle.dataset, handle.colour, handle.extra)
         return {
             self.map2: self._drawn(handle.linked, gr.skip(), visible=True),
             self.colour: gr.Radio(colour_choices(handle.dataset, handle.extra), value=handle.colour),
-            self.info: self._info(handle, legend),
+            self.info: self._info(handle, colouring),
         }
 
     def open_once(
@@ -521,8 +521,8 @@ class DatasetTab:
         if colour not in choices:
             raise refusal(f"Colour by one of {', '.join(choices)}.")
         handle.colour = colour
-        legend = colour_values(handle.dataset, colour, handle.extra)
-        updates = {self.map: self._drawn(handle, gr.skip()), self.info: self._info(handle, legend)}
+        colouring = colour_values(handle.dataset, colour, handle.extra)
+        updates = {self.map: self._drawn(handle, gr.skip()), self.info: self._info(handle, colouring)}
         if handle.linked is not None:
             handle.linked.colour = colour
             updates[self.map2] = self._drawn(handle.linked, gr.skip())
